@@ -1,0 +1,143 @@
+"""Typed pipeline configuration, split by concern, loaded from one YAML file per pipeline.
+
+Addresses and secrets may be overridden from the environment:
+``STREAMPROC_KAFKA_BOOTSTRAP``, ``STREAMPROC_SCHEMA_REGISTRY_URL``,
+``STREAMPROC_KAFKA_SASL_PASSWORD``, ``STREAMPROC_SCHEMA_REGISTRY_PASSWORD``.
+
+>>> cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "topics": {"input": "t"}})
+>>> cfg.topics.predictions, cfg.batching.max_batch_size, cfg.delivery.guarantee
+('t.predictions', 256, 'at-least-once')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from streamproc.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Strict):
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "streamproc"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Passed through to librdkafka unchanged, for settings this model does not name.
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class RegistrySettings(_Strict):
+    url: str = "http://127.0.0.1:8081"
+    username: str | None = None
+    password: SecretStr | None = None
+    # A registry outage is retried with exponential backoff between these bounds; the
+    # affected partitions are paused meanwhile, never dead-lettered.
+    retry_initial_ms: int = Field(100, gt=0)
+    retry_max_ms: int = Field(5_000, gt=0)
+
+
+class TopicSettings(_Strict):
+    input: str
+    predictions: str = ""
+    dlq: str = ""
+    metrics: str = "streamproc.metrics"
+    alerts: str = "streamproc.alerts"
+    shadow: str = ""
+    feedback: str | None = None
+    control: str = "streamproc.control"
+    partitions: int = Field(4, ge=1)  # used when the pipeline creates missing topics
+
+    @model_validator(mode="after")
+    def _derive(self) -> TopicSettings:
+        # Derived names keep one source of truth: the input topic.
+        for attr, suffix in (("predictions", "predictions"), ("dlq", "dlq"), ("shadow", "shadow")):
+            if not getattr(self, attr):
+                object.__setattr__(self, attr, f"{self.input}.{suffix}")
+        return self
+
+
+class BatchSettings(_Strict):
+    max_batch_size: int = Field(256, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    # Release a batch when its oldest event (by event_time) is this old, whatever its size.
+    max_event_age_ms: float | None = Field(None, gt=0)
+
+
+class DeliverySettings(_Strict):
+    guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    transactional_id: str | None = None  # exactly-once; defaults to "<group>-<instance>"
+    max_message_bytes: int = Field(1_000_000, gt=0)  # larger inputs are dead-lettered
+    # Pause consumption while the producer holds more than this many undelivered records.
+    max_pending: int = Field(100_000, gt=0)
+    flush_timeout_s: float = Field(30.0, gt=0)
+
+
+class MetricsSettings(_Strict):
+    port: int | None = None  # None: no HTTP endpoint
+    host: str = "127.0.0.1"
+    snapshot_interval_s: float = Field(10.0, gt=0)
+
+
+class PipelineConfig(_Strict):
+    name: str
+    model: str  # a model directory (model.yaml + model file), relative to the config file
+    group_id: str = ""
+    instance_id: str = ""
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    topics: TopicSettings
+    batching: BatchSettings = Field(default_factory=BatchSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    drift: dict[str, Any] = Field(default_factory=dict)  # read by streamproc.drift
+    alerts: dict[str, Any] = Field(default_factory=dict)  # routing rules
+
+    @model_validator(mode="after")
+    def _defaults(self) -> PipelineConfig:
+        if not self.group_id:
+            object.__setattr__(self, "group_id", f"streamproc-{self.name}")
+        return self
+
+    def with_overrides(self, **changes: Any) -> PipelineConfig:
+        """A copy with top-level sections replaced (``kafka=..., batching=...``)."""
+        return self.model_copy(update=changes)
+
+
+def _env_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
+    pairs = (
+        ("STREAMPROC_KAFKA_BOOTSTRAP", "kafka", "bootstrap"),
+        ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
+        ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
+        ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
+    )
+    for var, section, key in pairs:
+        if env.get(var):
+            raw.setdefault(section, {})[key] = env[var]
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML file; the model path is resolved relative to it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read pipeline config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    _env_overrides(raw, os.environ if env is None else env)
+    if "model" in raw and not Path(raw["model"]).is_absolute():
+        raw["model"] = str((path.parent / raw["model"]).resolve())
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Adapters over confluent-kafka: the only package that imports it."""

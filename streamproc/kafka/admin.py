@@ -1,0 +1,80 @@
+"""Topic administration and broker health on confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import admin as ck_admin
+
+from streamproc.errors import KafkaError
+
+
+def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """True when the cluster at ``bootstrap`` answers a metadata request."""
+    client = ck_admin.AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        md = client.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return bool(md.brokers)
+
+
+class Admin:
+    """Thin wrapper over AdminClient that raises :class:`KafkaError`."""
+
+    def __init__(self, bootstrap: str, extra: Mapping[str, object] | None = None) -> None:
+        self._client = ck_admin.AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+
+    def ensure_topics(
+        self,
+        names: Iterable[str],
+        partitions: int = 1,
+        config: Mapping[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Create each topic that does not exist yet; existing ones are left as they are."""
+        existing = set(self._client.list_topics(timeout=timeout_s).topics)
+        new = [
+            ck_admin.NewTopic(n, num_partitions=partitions, replication_factor=1,
+                              config=dict(config or {}))
+            for n in dict.fromkeys(names) if n not in existing
+        ]  # fmt: skip
+        if not new:
+            return
+        for name, fut in self._client.create_topics(new, operation_timeout=timeout_s).items():
+            try:
+                fut.result(timeout=timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() == ck_admin.KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
+
+    def partitions(self, topic: str, timeout_s: float = 10.0) -> int:
+        md = self._client.list_topics(topic, timeout=timeout_s)
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise KafkaError("topic does not exist", topic=topic)
+        return len(t.partitions)
+
+    def latest_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+        """End offset of each partition of ``topic`` (``list_offsets`` with LATEST)."""
+        req = {
+            TopicPartition(topic, p): ck_admin.OffsetSpec.latest()
+            for p in range(self.partitions(topic, timeout_s))
+        }
+        try:
+            res = self._client.list_offsets(req, request_timeout=timeout_s)
+            return {tp.partition: fut.result().offset for tp, fut in res.items()}
+        except KafkaException as exc:
+            raise KafkaError(f"list_offsets failed: {exc}", topic=topic) from exc
+
+    def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
+        names = list(names)
+        if not names:
+            return
+        for _name, fut in self._client.delete_topics(names, operation_timeout=timeout_s).items():
+            try:
+                fut.result(timeout=timeout_s)
+            except KafkaException:
+                pass  # already gone

@@ -1,0 +1,128 @@
+"""Start a long-running service in its own session, wait for it, stop it cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from streamproc.errors import LocalStackError, ServiceStartError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
+    """Raise a clear error if ``port`` is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LocalStackError(
+                    f"port {port} for the {what} is already in use; pick another port "
+                    "or leave it out to have a free one chosen"
+                ) from exc
+            raise
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log written)"
+    # Java stack frames say little to a user; the exception lines above them say what broke.
+    kept = [ln for ln in text.strip().splitlines() if not ln.lstrip().startswith(("at ", "..."))]
+    return "\n".join(kept[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def spawn(cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``cmd`` detached in a new session (it outlives the caller); return its pid."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    return proc.pid
+
+
+def wait_ready(
+    name: str,
+    pid: int,
+    log: Path,
+    probe: Callable[[], bool],
+    timeout_s: float,
+) -> None:
+    """Call ``probe`` until it returns True; fail fast if the process dies."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if not pid_alive(pid):
+            raise ServiceStartError(
+                f"the {name} exited during start; last lines of {log}:\n{tail(log)}"
+            )
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            stop(pid)
+            raise ServiceStartError(
+                f"the {name} was not ready after {timeout_s:.0f} s; last lines of {log}:\n"
+                f"{tail(log)}"
+            )
+        time.sleep(delay)  # readiness poll of an external process: no event to wait on
+        delay = min(delay * 1.5, 0.5)
+
+
+def stop(pid: int, grace_s: float = 20.0) -> None:
+    """SIGTERM the process group, wait up to ``grace_s``, then SIGKILL it."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            break
+        time.sleep(0.1)  # waiting for another process to exit: no fd to select on
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)

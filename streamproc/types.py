@@ -1,0 +1,71 @@
+"""Plain data types shared by every layer (no I/O, no third-party imports but numpy)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+class ReasonCode(enum.IntEnum):
+    """Why an event was dead-lettered. ``OK`` (0) marks an accepted event.
+
+    The integer value is what a per-event error array holds, so compiled decoders can
+    write it without touching Python objects.
+    """
+
+    OK = 0
+    BAD_MAGIC = 1  # first byte is not the Confluent magic byte 0
+    TRUNCATED = 2  # the body ended before the record did
+    CORRUPT = 3  # bytes that are not a valid Avro record of the writer schema
+    UNKNOWN_SCHEMA = 4  # the registry has no schema with this id
+    INCOMPATIBLE_SCHEMA = 5  # the writer schema cannot be resolved to the reader schema
+    MISSING_FEATURE = 6  # a required feature is null or absent
+    NAN_FEATURE = 7  # a feature is NaN or infinite where the model forbids it
+    OUT_OF_RANGE = 8  # a feature lies outside the model's declared [min, max]
+    UNKNOWN_ENUM = 9  # an enum symbol the model does not know
+    OVERSIZE = 10  # the message is larger than the configured maximum
+    TRAILING_BYTES = 11  # bytes left over after the record
+    INFERENCE_FAILED = 12  # the backend raised on this event's batch
+    NULL_VALUE = 13  # a tombstone (no value) on an input topic
+
+
+class ReleaseReason(enum.StrEnum):
+    """Why the micro-batcher released a batch."""
+
+    SIZE = "size"
+    TIME = "time"
+    DEADLINE = "deadline"
+    REBALANCE = "rebalance"
+    SHUTDOWN = "shutdown"
+
+
+class Guarantee(enum.StrEnum):
+    AT_LEAST_ONCE = "at-least-once"
+    EXACTLY_ONCE = "exactly-once"
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """What a batch decoder returns: one row per input payload, in input order.
+
+    ``features`` rows of rejected events are undefined; ``errors[i] != 0`` marks them and
+    ``details[i]`` says why in words.
+    """
+
+    features: npt.NDArray[np.float32]  # shape (n, n_features)
+    event_ids: list[str]
+    event_time_ms: npt.NDArray[np.int64]  # shape (n,)
+    errors: npt.NDArray[np.uint8]  # shape (n,), ReasonCode values
+    details: list[str]
+    schema_ids: npt.NDArray[np.int32]  # shape (n,), -1 where no id could be read
+    raw_columns: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        return self.errors == 0
