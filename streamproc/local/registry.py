@@ -38,6 +38,8 @@ class ApicurioRegistry:
             f"-Dquarkus.http.port={self.port}",
             "-Dquarkus.http.host=127.0.0.1",
             "-Dquarkus.log.console.color=false",
+            # The health/metrics interface would bind 0.0.0.0:9000: one registry per machine.
+            "-Dquarkus.management.enabled=false",
             # Ids in the ccompat API are content ids, as a Confluent registry's are.
             "-Dapicurio.ccompat.use-canonical-hash=true",
             "-jar", str(app / "quarkus-run.jar"),
