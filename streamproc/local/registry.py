@@ -38,8 +38,10 @@ class ApicurioRegistry:
             f"-Dquarkus.http.port={self.port}",
             "-Dquarkus.http.host=127.0.0.1",
             "-Dquarkus.log.console.color=false",
-            # The health/metrics interface would bind 0.0.0.0:9000: one registry per machine.
-            "-Dquarkus.management.enabled=false",
+            # The health/metrics interface defaults to 0.0.0.0:9000 (one registry per
+            # machine); it is fixed on at build time, so give it a free loopback port.
+            f"-Dquarkus.management.port={process.free_port()}",
+            "-Dquarkus.management.host=127.0.0.1",
             # Ids in the ccompat API are content ids, as a Confluent registry's are.
             "-Dapicurio.ccompat.use-canonical-hash=true",
             "-jar", str(app / "quarkus-run.jar"),
