@@ -69,3 +69,41 @@ class DecodedBatch:
     @property
     def ok(self) -> npt.NDArray[np.bool_]:
         return self.errors == 0
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """Consumed records, columnar, in consumption order. Built by the Kafka adapter."""
+
+    topic: str
+    values: list[bytes | None]
+    keys: list[bytes | None]
+    partitions: npt.NDArray[np.int32]
+    offsets: npt.NDArray[np.int64]
+    timestamps_ms: npt.NDArray[np.int64]  # Kafka record timestamps
+    headers: list[list[tuple[str, bytes | None]] | None]
+    batch_id: str = ""
+    release: ReleaseReason = ReleaseReason.SIZE
+    wait_ms: float = 0.0  # time the oldest record waited in the batcher
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # None: the partitioner decides (by key)
+
+
+@dataclass(slots=True)
+class Outputs:
+    """Everything one batch produces; the runner writes it, then commits the batch."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    n_predictions: int = 0
+    n_dead_letters: int = 0
+    stats: object | None = None  # telemetry.BatchStats, reported once committed

@@ -1,0 +1,218 @@
+"""Python clients for users: an Avro event producer and a predictions consumer.
+
+Both speak the Confluent wire format through the schema registry, so any
+Confluent-compatible consumer or producer interoperates with them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer, KafkaException, Message, Producer
+
+from streamproc import schemas
+from streamproc.errors import CodecError, DeliveryError, KafkaError
+from streamproc.kafka.registry import Registry
+
+_HEADER = struct.Struct(">bI")
+
+
+class FramedDecoder:
+    """Decode Confluent-framed Avro with the writer schema fetched by id (cached)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._schemas: dict[int, Any] = {}
+
+    def cached(self, payload: bytes) -> bool:
+        """True when decoding ``payload`` needs no registry call."""
+        return len(payload) >= 5 and _HEADER.unpack_from(payload)[1] in self._schemas
+
+    def decode(self, payload: bytes) -> tuple[int, dict[str, Any]]:
+        if len(payload) < 5 or payload[0] != 0:
+            raise CodecError("BAD_MAGIC", "not a Confluent-framed Avro payload")
+        sid = _HEADER.unpack_from(payload)[1]
+        parsed = self._schemas.get(sid)
+        if parsed is None:
+            raw = self.registry.schema(sid)
+            if raw is None:
+                raise CodecError("UNKNOWN_SCHEMA", f"schema id {sid} is not in the registry")
+            parsed = self._schemas[sid] = fastavro.parse_schema(raw)
+        return sid, dict(fastavro.schemaless_reader(io.BytesIO(payload[5:]), parsed, None))
+
+
+class EventProducer:
+    """Produce Avro records (a registered schema) to a topic.
+
+    ``send`` queues; ``flush`` waits for the broker and raises :class:`DeliveryError`
+    naming each failed record's topic and partition.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        registry_url: str,
+        topic: str,
+        schema: str | dict[str, Any] = "Transaction",
+        **conf: Any,
+    ) -> None:
+        text = schemas.schema_text(schema) if isinstance(schema, str) else json.dumps(schema)
+        self.topic = topic
+        self.registry = Registry(registry_url)
+        self.schema_id = self.registry.register(schemas.subject_for(topic), text)
+        self._parsed = fastavro.parse_schema(json.loads(text))
+        self._prefix = _HEADER.pack(0, self.schema_id)
+        self._errors: list[str] = []
+        self.producer = Producer({
+            "bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+            "on_delivery": self._on_delivery, "delivery.report.only.error": True, **conf,
+        })  # fmt: skip
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._prefix)
+        fastavro.schemaless_writer(buf, self._parsed, record)
+        return buf.getvalue()
+
+    def send(
+        self,
+        record: dict[str, Any],
+        key: str | bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.send_raw(self.encode(record), key, headers)
+
+    def send_raw(
+        self, value: bytes | None, key: str | bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:  # fmt: skip
+        """Produce bytes as they are (e.g. to test what consumers do with bad input)."""
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # queue full: wait for deliveries to drain
+            except KafkaException as exc:
+                raise KafkaError(f"produce failed: {exc}", topic=self.topic) from exc
+
+    def _on_delivery(self, err: Any, msg: Message) -> None:
+        if err is not None:
+            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        left = self.producer.flush(timeout_s)
+        errors, self._errors = self._errors, []
+        if left or errors:
+            raise DeliveryError(
+                f"{left} records unacknowledged after {timeout_s}s, {len(errors)} failed: "
+                f"{errors[:3]}", topic=self.topic,
+            )  # fmt: skip
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    event_id: str
+    key: str | None
+    model_name: str
+    model_version: str
+    score: float
+    scores: list[float]
+    label: str
+    event_time: int
+    processed_time: int
+    latency_ms: float
+    partition: int = -1
+    offset: int = -1
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], msg: Message) -> Prediction:
+        def ms(v: Any) -> int:
+            return int(v.timestamp() * 1000) if hasattr(v, "timestamp") else int(v)
+
+        return cls(
+            event_id=rec["event_id"], key=rec["key"], model_name=rec["model_name"],
+            model_version=rec["model_version"], score=rec["score"], scores=list(rec["scores"]),
+            label=rec["label"], event_time=ms(rec["event_time"]),
+            processed_time=ms(rec["processed_time"]), latency_ms=rec["latency_ms"],
+            partition=msg.partition(), offset=msg.offset(),
+            headers={k: v for k, v in (msg.headers() or [])},
+        )  # fmt: skip
+
+
+class RecordConsumer:
+    """Iterate decoded records of a topic (sync, confluent-kafka), read_committed."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        registry_url: str,
+        topic: str,
+        group_id: str | None = None,
+        from_beginning: bool = True,
+        **conf: Any,
+    ) -> None:
+        self.topic = topic
+        self.decoder = FramedDecoder(Registry(registry_url))
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id or f"streamproc-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": group_id is not None,
+            **conf,
+        })  # fmt: skip
+        self.consumer.subscribe([topic])
+
+    def poll_batch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[tuple[Message, dict[str, Any]]]:  # noqa: E501
+        out = []
+        for m in self.consumer.consume(max_records, timeout=timeout_s):
+            if m.error() is not None:
+                continue
+            value = m.value()
+            if value is None:
+                continue
+            _, rec = self.decoder.decode(value)
+            out.append((m, rec))
+        return out
+
+    def __iter__(self) -> Iterator[tuple[Message, dict[str, Any]]]:
+        while True:
+            yield from self.poll_batch()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> RecordConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PredictionConsumer(RecordConsumer):
+    """Typed :class:`Prediction` records from a predictions topic.
+
+    ``for p in PredictionConsumer(bootstrap, registry, "transactions.predictions"): ...``
+    """
+
+    def predictions(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Prediction]:
+        return [Prediction.from_record(r, m) for m, r in self.poll_batch(max_records, timeout_s)]
+
+    def __iter__(self) -> Iterator[Prediction]:  # type: ignore[override]
+        while True:
+            yield from self.predictions()

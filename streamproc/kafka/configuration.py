@@ -1,0 +1,75 @@
+"""The one explicit map from streamproc's settings to librdkafka property names.
+
+>>> from streamproc.config import KafkaSettings
+>>> conf = consumer_config(KafkaSettings(bootstrap="b:9092"), group_id="g", eos=True)
+>>> conf["bootstrap.servers"], conf["isolation.level"], conf["enable.auto.commit"]
+('b:9092', 'read_committed', False)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamproc.config import KafkaSettings, RegistrySettings
+
+
+def common_config(k: KafkaSettings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": k.bootstrap,
+        "client.id": k.client_id,
+        "security.protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        conf["sasl.mechanism"] = k.sasl_mechanism
+    if k.sasl_username:
+        conf["sasl.username"] = k.sasl_username
+    if k.sasl_password is not None:
+        conf["sasl.password"] = k.sasl_password.get_secret_value()
+    return conf
+
+
+def consumer_config(
+    k: KafkaSettings, group_id: str, eos: bool, instance_id: str | None = None
+) -> dict[str, Any]:
+    conf = {
+        **common_config(k),
+        "group.id": group_id,
+        "enable.auto.commit": False,  # offsets are committed by the commit protocol only
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # exactly-once reads only committed transactions of upstream producers
+        "isolation.level": "read_committed" if eos else "read_uncommitted",
+        "partition.assignment.strategy": "range",
+        "fetch.wait.max.ms": 5,  # the batcher's own deadline governs latency
+        "queued.min.messages": 20_000,
+        "session.timeout.ms": 10_000,  # a dead replica's partitions move within ~10 s
+        "heartbeat.interval.ms": 1_000,
+    }
+    if instance_id:
+        conf["group.instance.id"] = instance_id
+    conf.update(k.extra)
+    return conf
+
+
+def producer_config(k: KafkaSettings, transactional_id: str | None = None) -> dict[str, Any]:
+    conf = {
+        **common_config(k),
+        "enable.idempotence": True,  # no duplicates from producer retries
+        "acks": "all",
+        "linger.ms": 2,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+        conf["transaction.timeout.ms"] = 60_000
+    conf.update(k.extra)
+    return conf
+
+
+def registry_config(r: RegistrySettings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"url": r.url}
+    if r.username and r.password is not None:
+        conf["basic.auth.user.info"] = f"{r.username}:{r.password.get_secret_value()}"
+    return conf

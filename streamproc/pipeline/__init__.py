@@ -1,0 +1,1 @@
+"""The pipeline: decode -> validate -> score -> encode, wired onto the Kafka runner."""

@@ -1,0 +1,163 @@
+"""Build a running processor from a :class:`~streamproc.config.PipelineConfig`."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from streamproc import schemas
+from streamproc.batching import WindowPolicy
+from streamproc.config import PipelineConfig
+from streamproc.kafka.admin import Admin
+from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
+from streamproc.kafka.registry import Registry
+from streamproc.kafka.runner import KafkaRunner, RunnerSettings
+from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
+from streamproc.telemetry.prometheus import PrometheusSensor
+
+from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
+from .scoring import Scorer, SingleScorer
+
+log = logging.getLogger(__name__)
+
+
+def register_output_schemas(registry: Registry, cfg: PipelineConfig) -> SchemaIds:
+    t = cfg.topics
+    return SchemaIds(
+        prediction=registry.register(schemas.subject_for(t.predictions),
+                                     schemas.schema_text("Prediction")),  # fmt: skip
+        dead_letter=registry.register(schemas.subject_for(t.dlq),
+                                      schemas.schema_text("DeadLetter")),  # fmt: skip
+        alert=registry.register(schemas.subject_for(t.alerts), schemas.schema_text("Alert")),
+        metrics=registry.register(schemas.subject_for(t.metrics),
+                                  schemas.schema_text("MetricsSnapshot")),  # fmt: skip
+    )
+
+
+def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
+    """Register the input schema (BACKWARD compatible) and every output schema."""
+    subject = schemas.subject_for(cfg.topics.input)
+    sid = registry.register(subject, schemas.schema_text("Transaction"))
+    registry.set_compatibility(subject, "BACKWARD")
+    ids = register_output_schemas(registry, cfg)
+    shadow = registry.register(schemas.subject_for(cfg.topics.shadow),
+                               schemas.schema_text("Prediction"))  # fmt: skip
+    return {
+        subject: sid,
+        schemas.subject_for(cfg.topics.predictions): ids.prediction,
+        schemas.subject_for(cfg.topics.shadow): shadow,
+        schemas.subject_for(cfg.topics.dlq): ids.dead_letter,
+        schemas.subject_for(cfg.topics.alerts): ids.alert,
+        schemas.subject_for(cfg.topics.metrics): ids.metrics,
+    }
+
+
+def ensure_topics(cfg: PipelineConfig) -> None:
+    t = cfg.topics
+    admin = Admin(cfg.kafka.bootstrap)
+    admin.ensure_topics([t.input, t.predictions, t.dlq, t.shadow], partitions=t.partitions)
+    admin.ensure_topics([t.alerts, t.metrics], partitions=1)
+    admin.ensure_topics([t.control], partitions=1, config={"cleanup.policy": "compact"})
+    if t.feedback:
+        admin.ensure_topics([t.feedback], partitions=t.partitions)
+
+
+def reader_schema(spec: ModelSpec) -> dict[str, Any]:
+    import json
+
+    path = spec.reader_schema_path
+    if path is not None and path.exists():
+        return dict(json.loads(path.read_text()))
+    return schemas.schema_dict("Transaction")
+
+
+@dataclass
+class Processor:
+    """A wired processor; :meth:`run` blocks until :meth:`stop`."""
+
+    config: PipelineConfig
+    runner: KafkaRunner
+    handler: BatchHandler
+    counters: CountingSensor
+    prometheus: PrometheusSensor
+    metrics_port: int | None
+
+    def run(self) -> None:
+        self.runner.run()
+
+    def stop(self) -> None:
+        self.runner.request_stop()
+
+
+def build_processor(
+    cfg: PipelineConfig,
+    *,
+    scorer: Scorer | None = None,
+    monitor: Monitor | None = None,
+    extra_sensor: Sensor | None = None,
+) -> Processor:
+    from streamproc.backends.select import load_backend
+    from streamproc.codecs.decoder import BatchDecoder
+
+    instance = cfg.instance_id or socket.gethostname()
+    ensure_topics(cfg)
+    registry = Registry(registry_config(cfg.registry))
+    ids = register_output_schemas(registry, cfg)
+    spec = load_model_spec(cfg.model)
+    if scorer is None:
+        backend = load_backend(spec)
+        scorer = SingleScorer(spec, backend)
+    counters = CountingSensor()
+    prom = PrometheusSensor(pipeline=cfg.name)
+    sensors: list[Sensor] = [counters, prom]
+    if extra_sensor is not None:
+        sensors.append(extra_sensor)
+    sensor = SensorGroup(sensors)
+    sensor.on_model(spec.name, spec.version, scorer.backend_name, "cpu")
+    port = None
+    if cfg.metrics.port is not None:
+        port = prom.serve(cfg.metrics.port, cfg.metrics.host)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
+    decoder = BatchDecoder(
+        spec, reader_schema(spec), registry, max_message_bytes=cfg.delivery.max_message_bytes
+    )
+    t = cfg.topics
+    handler = BatchHandler(
+        decoder=decoder,
+        scorer=scorer,
+        topics=OutputTopics(t.predictions, t.dlq, t.alerts, t.metrics, t.shadow),
+        schema_ids=ids,
+        processor_id=instance,
+        pipeline=cfg.name,
+        sensor=sensor,
+        counters=counters,  # fed by the runner once each batch is committed
+        monitor=monitor,
+        snapshot_interval_s=cfg.metrics.snapshot_interval_s,
+    )
+    eos = cfg.delivery.guarantee == "exactly-once"
+    # A stable id per replica: a restarted replica fences its predecessor and aborts the
+    # transaction it left open, instead of waiting for the transaction timeout.
+    txn_id = cfg.delivery.transactional_id or f"{cfg.group_id}-{instance}"
+    runner = KafkaRunner(
+        consumer_conf=consumer_config(cfg.kafka, cfg.group_id, eos),
+        producer_conf=producer_config(cfg.kafka, txn_id if eos else None),
+        settings=RunnerSettings(
+            topic=t.input,
+            exactly_once=eos,
+            flush_timeout_s=cfg.delivery.flush_timeout_s,
+            registry_retry_initial_s=cfg.registry.retry_initial_ms / 1000.0,
+            registry_retry_max_s=cfg.registry.retry_max_ms / 1000.0,
+            use_event_age=cfg.batching.max_event_age_ms is not None,
+        ),
+        handler=handler,
+        policy=WindowPolicy(
+            max_size=cfg.batching.max_batch_size,
+            max_wait_ms=cfg.batching.max_wait_ms,
+            max_event_age_ms=cfg.batching.max_event_age_ms,
+        ),
+        sensor=sensor,
+    )
+    return Processor(cfg, runner, handler, counters, prom, port)

@@ -1,0 +1,314 @@
+"""The batch handler: raw records in, predictions / dead letters / alerts out.
+
+Nothing here touches Kafka; :class:`~streamproc.kafka.runner.KafkaRunner` writes what
+:meth:`BatchHandler.__call__` returns and commits. Work is per batch: one decode call, one
+inference call per model version, one encode call, one drift update.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from streamproc.codecs.encoder import PredictionEncoder, encode_record
+from streamproc.errors import StreamprocError
+from streamproc.telemetry import BatchStats, CountingSensor, Sensor
+from streamproc.types import DecodedBatch, OutRecord, Outputs, RawBatch, ReasonCode
+
+from .scoring import Scorer
+
+
+class Decoder(Protocol):
+    def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch: ...
+
+
+class Monitor(Protocol):
+    """What the pipeline needs of the drift package (see :mod:`streamproc.drift`)."""
+
+    def observe(
+        self,
+        decoded: DecodedBatch,
+        ok_rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float32],
+        offsets: npt.NDArray[np.int64],
+        rejects: dict[str, int],
+    ) -> list[dict[str, Any]]: ...
+
+
+class NullMonitor:
+    def observe(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return []
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    predictions: str
+    dlq: str
+    alerts: str
+    metrics: str
+    shadow: str
+
+
+@dataclass(frozen=True)
+class SchemaIds:
+    prediction: int
+    dead_letter: int
+    alert: int
+    metrics: int
+
+
+_REASON_NAMES = {int(r): r.name for r in ReasonCode}
+
+
+class BatchHandler:
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        scorer: Scorer,
+        topics: OutputTopics,
+        schema_ids: SchemaIds,
+        processor_id: str,
+        pipeline: str,
+        sensor: Sensor | None = None,
+        counters: CountingSensor | None = None,
+        monitor: Monitor | None = None,
+        snapshot_interval_s: float = 10.0,
+        clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+    ) -> None:
+        self.decoder = decoder
+        self.scorer = scorer
+        self.topics = topics
+        self.ids = schema_ids
+        self.processor_id = processor_id
+        self.pipeline = pipeline
+        self.sensor = sensor or Sensor()
+        self.counters = counters or CountingSensor()
+        self.monitor: Monitor = monitor or NullMonitor()
+        self.snapshot_interval_ms = snapshot_interval_s * 1000.0
+        self.clock_ms = clock_ms
+        self._last_snapshot = clock_ms()
+        self._encoders: dict[str, PredictionEncoder] = {}
+
+    def _encoder(self, version: str) -> PredictionEncoder:
+        enc = self._encoders.get(version)
+        if enc is None:
+            enc = self._encoders[version] = PredictionEncoder(self.ids.prediction)
+        return enc
+
+    def __call__(self, raw: RawBatch) -> Outputs:
+        t0 = time.perf_counter()
+        dec = self.decoder.decode(raw.values)
+        t1 = time.perf_counter()
+        errors = dec.errors.copy()
+        ok_rows = np.flatnonzero(errors == 0)
+        keys = raw.keys
+        scored = None
+        infer_error = ""
+        if len(ok_rows):
+            try:
+                scored = self.scorer.score(dec.features[ok_rows], [keys[i] for i in ok_rows])
+            except (StreamprocError, RuntimeError, ValueError) as exc:
+                # A model that fails on a batch dead-letters it with the reason: no loss,
+                # no crash loop; the operator replays the DLQ after fixing the model.
+                errors[ok_rows] = ReasonCode.INFERENCE_FAILED
+                infer_error = f"{type(exc).__name__}: {exc}"
+                ok_rows = ok_rows[:0]
+        t2 = time.perf_counter()
+        now_ms = int(self.clock_ms())
+        out = Outputs()
+        primary = self.scorer.primary
+        by_version: dict[str, int] = {}
+        if scored is not None and len(ok_rows):
+            self._predictions(raw, dec, ok_rows, scored, now_ms, out, by_version)
+        t3 = time.perf_counter()
+        rejects = self._dead_letters(raw, dec, errors, infer_error, now_ms, out)
+        alerts = self.monitor.observe(
+            dec, ok_rows,
+            scored.scores if scored is not None else np.zeros((0, 0), np.float32),
+            raw.offsets, rejects,
+        )  # fmt: skip
+        for a in alerts:
+            self._alert(a, now_ms, out)
+        t4 = time.perf_counter()
+        latencies = (now_ms - dec.event_time_ms[ok_rows]).astype(np.float64)
+        stats = BatchStats(
+            model=primary.name,
+            version=primary.version,
+            backend=self.scorer.backend_name,
+            size=len(raw),
+            predictions=out.n_predictions,
+            rejects=rejects,
+            release=raw.release.value,
+            wait_ms=raw.wait_ms,
+            stage_s={"decode": t1 - t0, "infer": t2 - t1, "encode": t3 - t2, "monitor": t4 - t3},
+            latencies_ms=latencies,
+            by_version=by_version,
+        )
+        if now_ms - self._last_snapshot >= self.snapshot_interval_ms:
+            self._last_snapshot = now_ms
+            out.records.append(self._snapshot(now_ms))
+        out.stats = stats
+        return out
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _predictions(
+        self,
+        raw: RawBatch,
+        dec: DecodedBatch,
+        ok_rows: npt.NDArray[np.intp],
+        scored: Any,
+        now_ms: int,
+        out: Outputs,
+        by_version: dict[str, int],
+    ) -> None:
+        for vi, spec in enumerate(scored.versions):
+            sel = np.flatnonzero(scored.version_index == vi)
+            if not len(sel):
+                continue
+            rows = ok_rows[sel]
+            self._emit(raw, dec, rows, spec, scored.scores[sel], now_ms, out,
+                       self.topics.predictions)  # fmt: skip
+            by_version[spec.version] = len(rows)
+            out.n_predictions += len(rows)
+        for spec, sel, scores in scored.shadow:
+            self._emit(raw, dec, ok_rows[sel], spec, scores, now_ms, out, self.topics.shadow)
+
+    def _emit(
+        self,
+        raw: RawBatch,
+        dec: DecodedBatch,
+        rows: npt.NDArray[np.intp],
+        spec: Any,
+        scores: npt.NDArray[np.float32],
+        now_ms: int,
+        out: Outputs,
+        topic: str,
+    ) -> None:
+        o = spec.outputs
+        labels_arr = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
+        keys = [raw.keys[i] for i in rows]
+        values = self._encoder(spec.version).encode(
+            [dec.event_ids[i] for i in rows],
+            [k.decode("utf-8", "replace") if k is not None else None for k in keys],
+            spec.name,
+            spec.version,
+            scores,
+            o.score_index,
+            labels_arr.tolist(),
+            dec.event_time_ms[rows],
+            now_ms,
+        )
+        lineage = [
+            ("streamproc-model", spec.name.encode()),
+            ("streamproc-version", spec.version.encode()),
+            ("streamproc-batch", raw.batch_id.encode()),
+        ]
+        sids = dec.schema_ids[rows]
+        parts = raw.partitions[rows]
+        offs = raw.offsets[rows]
+        records = out.records
+        for j, v in enumerate(values):
+            headers = [
+                *lineage,
+                ("streamproc-schema-id", str(sids[j]).encode()),
+                ("streamproc-source", f"{raw.topic}/{parts[j]}/{offs[j]}".encode()),
+            ]
+            records.append(OutRecord(topic, keys[j], v, headers))
+
+    def _dead_letters(
+        self,
+        raw: RawBatch,
+        dec: DecodedBatch,
+        errors: npt.NDArray[np.uint8],
+        infer_error: str,
+        now_ms: int,
+        out: Outputs,
+    ) -> dict[str, int]:
+        bad = np.flatnonzero(errors != 0)
+        rejects: dict[str, int] = {}
+        for i in bad:
+            code = int(errors[i])
+            reason = _REASON_NAMES.get(code, str(code))
+            rejects[reason] = rejects.get(reason, 0) + 1
+            detail = infer_error if code == ReasonCode.INFERENCE_FAILED else dec.details[i]
+            sid = int(dec.schema_ids[i])
+            hdrs = raw.headers[i] or []
+            rec = {
+                "reason": reason,
+                "reason_code": code,
+                "detail": detail or reason,
+                "source_topic": raw.topic,
+                "partition": int(raw.partitions[i]),
+                "offset": int(raw.offsets[i]),
+                "schema_id": sid if sid >= 0 else None,
+                "key": raw.keys[i],
+                "value": raw.values[i],
+                "headers": [{"key": k, "value": v} for k, v in hdrs],
+                "processor": self.processor_id,
+                "time": now_ms,
+            }
+            value = encode_record("DeadLetter", self.ids.dead_letter, rec)
+            out.records.append(OutRecord(self.topics.dlq, raw.keys[i], value,
+                                         [("streamproc-reason", reason.encode())]))  # fmt: skip
+            out.n_dead_letters += 1
+        return rejects
+
+    def _alert(self, a: dict[str, Any], now_ms: int, out: Outputs) -> None:
+        spec = self.scorer.primary
+        rec = {
+            "alert_id": a.get("alert_id") or uuid.uuid4().hex,
+            "type": a["type"],
+            "state": a.get("state", "FIRING"),
+            "severity": a.get("severity", "WARNING"),
+            "model_name": a.get("model_name", spec.name),
+            "model_version": a.get("model_version", spec.version),
+            "feature": a.get("feature"),
+            "statistic": a.get("statistic", ""),
+            "value": float(a.get("value", 0.0)),
+            "threshold": float(a.get("threshold", 0.0)),
+            "window_events": int(a.get("window_events", 0)),
+            "first_offset": a.get("first_offset"),
+            "last_offset": a.get("last_offset"),
+            "message": a.get("message", ""),
+            "time": now_ms,
+        }
+        value = encode_record("Alert", self.ids.alert, rec)
+        key = f"{rec['model_name']}/{rec['type']}/{rec['feature'] or ''}".encode()
+        out.records.append(OutRecord(self.topics.alerts, key, value))
+        self.sensor.on_alert(rec["type"], rec["severity"], rec["feature"], rec["state"] == "FIRING")
+
+    def _snapshot(self, now_ms: int) -> OutRecord:
+        import psutil
+
+        c = self.counters
+        proc = psutil.Process()
+        cpu = proc.cpu_times()
+        p50, p99 = c.latency_quantiles()
+        spec = self.scorer.primary
+        rec = {
+            "processor": self.processor_id,
+            "pipeline": self.pipeline,
+            "model_name": spec.name,
+            "model_version": spec.version,
+            "time": now_ms,
+            "events_in": c.events_in,
+            "events_out": c.events_out,
+            "events_rejected": dict(c.rejected),
+            "batches": c.batches,
+            "mean_batch_size": c.events_in / c.batches if c.batches else 0.0,
+            "p50_latency_ms": p50,
+            "p99_latency_ms": p99,
+            "consumer_lag": int(sum(c.lag.values())),
+            "cpu_seconds": cpu.user + cpu.system,
+            "rss_bytes": proc.memory_info().rss,
+        }
+        value = encode_record("MetricsSnapshot", self.ids.metrics, rec)
+        return OutRecord(self.topics.metrics, self.processor_id.encode(), value)

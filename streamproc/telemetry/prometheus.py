@@ -1,0 +1,154 @@
+"""Prometheus metrics for one processor, in a registry of its own (nothing global).
+
+>>> import numpy as np
+>>> from streamproc.telemetry import BatchStats
+>>> p = PrometheusSensor(pipeline="demo")
+>>> p.on_batch(BatchStats(model="m", version="1.0.0", backend="onnxruntime", size=4,
+...     predictions=3, rejects={"CORRUPT": 1}, release="size", wait_ms=2.0,
+...     stage_s={"infer": 0.001}, latencies_ms=np.array([4.0, 5.0, 6.0])))
+>>> p.registry.get_sample_value("streamproc_events_rejected_total",
+...     {"pipeline": "demo", "reason": "CORRUPT"})
+1.0
+>>> labels = {"pipeline": "demo", "model": "m", "version": "1.0.0"}
+>>> p.registry.get_sample_value("streamproc_end_to_end_latency_ms_bucket", {**labels, "le": "5.0"})
+2.0
+>>> p.registry.get_sample_value("streamproc_end_to_end_latency_ms_sum", labels)
+15.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from streamproc.telemetry.sensor import BatchStats, Sensor
+
+_LAT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+_STAGE_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1)
+
+
+class _ProcessCollector(Collector):
+    """CPU seconds and RSS of this process, read at scrape time (psutil)."""
+
+    def __init__(self, pipeline: str) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._pipeline = pipeline
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        cpu = self._proc.cpu_times()
+        g = GaugeMetricFamily("streamproc_process_cpu_seconds", "CPU seconds used",
+                              labels=["pipeline"])  # fmt: skip
+        g.add_metric([self._pipeline], cpu.user + cpu.system)
+        yield g
+        m = GaugeMetricFamily("streamproc_process_rss_bytes", "Resident memory",
+                              labels=["pipeline"])  # fmt: skip
+        m.add_metric([self._pipeline], self._proc.memory_info().rss)
+        yield m
+
+
+class PrometheusSensor(Sensor):
+    def __init__(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
+        self.pipeline = pipeline
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        lp = ["pipeline"]
+        self.events_in = Counter("streamproc_events_in", "Events consumed", lp, registry=r)
+        self.events_out = Counter("streamproc_events_out", "Predictions produced",
+                                  [*lp, "model", "version"], registry=r)  # fmt: skip
+        self.rejected = Counter("streamproc_events_rejected", "Events dead-lettered",
+                                [*lp, "reason"], registry=r)  # fmt: skip
+        self.batches = Counter("streamproc_batches", "Batches committed",
+                               [*lp, "release"], registry=r)  # fmt: skip
+        self.batch_size = Histogram("streamproc_batch_size", "Events per batch", lp,
+                                    buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024),
+                                    registry=r)  # fmt: skip
+        self.batch_wait = Histogram("streamproc_batch_wait_ms", "Time the oldest event waited",
+                                    lp, buckets=_LAT_BUCKETS, registry=r)  # fmt: skip
+        self.stage = Histogram("streamproc_stage_seconds", "Seconds per batch and stage",
+                               [*lp, "stage", "model", "version", "backend"],
+                               buckets=_STAGE_BUCKETS, registry=r)  # fmt: skip
+        self.e2e = Histogram("streamproc_end_to_end_latency_ms",
+                             "event_time to prediction produced", [*lp, "model", "version"],
+                             buckets=_LAT_BUCKETS, registry=r)  # fmt: skip
+        self.lag = Gauge("streamproc_consumer_lag", "Records behind the end",
+                         [*lp, "topic", "partition"], registry=r)  # fmt: skip
+        self.model_info = Info("streamproc_model", "Loaded model", lp, registry=r)
+        self.registry_retries = Counter("streamproc_registry_retries", "Registry retries", lp,
+                                        registry=r)  # fmt: skip
+        self.fallbacks = Counter("streamproc_decoder_fallbacks", "Schemas not compiled",
+                                 lp, registry=r)  # fmt: skip
+        self.alerts = Counter("streamproc_alerts", "Alerts raised",
+                              [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
+        self.gauges: dict[str, Gauge] = {}
+        r.register(_ProcessCollector(pipeline))
+
+    def on_batch(self, stats: BatchStats) -> None:
+        p = self.pipeline
+        self.events_in.labels(p).inc(stats.size)
+        if stats.by_version:
+            for version, n in stats.by_version.items():
+                self.events_out.labels(p, stats.model, version).inc(n)
+        elif stats.predictions:
+            self.events_out.labels(p, stats.model, stats.version).inc(stats.predictions)
+        for reason, n in stats.rejects.items():
+            self.rejected.labels(p, reason).inc(n)
+        self.batches.labels(p, stats.release).inc()
+        self.batch_size.labels(p).observe(stats.size)
+        self.batch_wait.labels(p).observe(stats.wait_ms)
+        for stage, secs in stats.stage_s.items():
+            self.stage.labels(p, stage, stats.model, stats.version, stats.backend).observe(secs)
+        if len(stats.latencies_ms):
+            # One observe per bucket, not per event: histogram of the batch, then add.
+            self._observe_many(self.e2e.labels(p, stats.model, stats.version),
+                               stats.latencies_ms)  # fmt: skip
+
+    @staticmethod
+    def _observe_many(hist: Histogram, values: np.ndarray) -> None:
+        """Observe a whole batch at once (prometheus_client has no bulk observe).
+
+        Its histogram keeps one non-cumulative count per upper bound and a sum; we add the
+        batch's per-bucket counts and its sum to them, which is what observing each value
+        would do, at per-bucket instead of per-event cost.
+        """
+        bounds = np.asarray(hist._upper_bounds)  # type: ignore[attr-defined]
+        counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+        for i in np.flatnonzero(counts):
+            hist._buckets[i].inc(int(counts[i]))  # type: ignore[attr-defined]
+        hist._sum.inc(float(values.sum()))  # type: ignore[attr-defined]
+
+    def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        for part, n in lag.items():
+            self.lag.labels(self.pipeline, topic, str(part)).set(n)
+
+    def on_model(self, name: str, version: str, backend: str, device: str) -> None:
+        self.model_info.labels(self.pipeline).info(
+            {"name": name, "version": version, "backend": backend, "device": device}
+        )
+
+    def on_registry_retry(self, attempt: int, delay_s: float) -> None:
+        self.registry_retries.labels(self.pipeline).inc()
+
+    def on_decoder_fallback(self, schema_id: int) -> None:
+        self.fallbacks.labels(self.pipeline).inc()
+
+    def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
+        self.alerts.labels(self.pipeline, type_, severity, "firing" if firing else "resolved").inc()
+
+    def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
+        g = self.gauges.get(name)
+        if g is None:
+            g = Gauge(name, name, ["pipeline", *labels], registry=self.registry)
+            self.gauges[name] = g
+        g.labels(self.pipeline, *labels.values()).set(value)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve /metrics over HTTP; returns the bound port (pass 0 for a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

@@ -1,0 +1,132 @@
+"""The sensor interface: the pipeline reports once per batch, never per event.
+
+:class:`Sensor` does nothing; subclasses override what they record.
+
+>>> import numpy as np
+>>> s = CountingSensor()
+>>> s.on_batch(BatchStats(model="m", version="1.0.0", backend="onnxruntime", size=3,
+...     predictions=2, rejects={"BAD_MAGIC": 1}, release="size", wait_ms=1.0,
+...     stage_s={"decode": 0.001}, latencies_ms=np.array([3.0, 5.0])))
+>>> s.events_in, s.events_out, dict(s.rejected)
+(3, 2, {'BAD_MAGIC': 1})
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(slots=True)
+class BatchStats:
+    model: str
+    version: str
+    backend: str
+    size: int  # events in
+    predictions: int  # events scored and produced
+    rejects: Mapping[str, int]  # dead letters by reason name
+    release: str  # ReleaseReason value
+    wait_ms: float
+    stage_s: Mapping[str, float]  # seconds spent per stage for the whole batch
+    latencies_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    # predictions per model version, when a rollout splits traffic
+    by_version: Mapping[str, int] = field(default_factory=dict)
+
+
+class Sensor:
+    """No-op base: every hook is optional to implement."""
+
+    def on_batch(self, stats: BatchStats) -> None:
+        """A batch was produced and committed."""
+
+    def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        """Consumer lag per partition."""
+
+    def on_model(self, name: str, version: str, backend: str, device: str) -> None:
+        """A model version was loaded."""
+
+    def on_registry_retry(self, attempt: int, delay_s: float) -> None:
+        """The registry was unreachable; processing pauses and retries."""
+
+    def on_decoder_fallback(self, schema_id: int) -> None:
+        """A writer schema could not be compiled; the reference decoder serves it."""
+
+    def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
+        """An alert fired or resolved."""
+
+    def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
+        """A free-form gauge (GPU telemetry, drift statistics)."""
+
+
+class SensorGroup(Sensor):
+    """Fan one call out to several sensors."""
+
+    def __init__(self, sensors: Iterable[Sensor]) -> None:
+        self.sensors = list(sensors)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        for s in self.sensors:
+            s.on_batch(stats)
+
+    def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        for s in self.sensors:
+            s.on_lag(topic, lag)
+
+    def on_model(self, name: str, version: str, backend: str, device: str) -> None:
+        for s in self.sensors:
+            s.on_model(name, version, backend, device)
+
+    def on_registry_retry(self, attempt: int, delay_s: float) -> None:
+        for s in self.sensors:
+            s.on_registry_retry(attempt, delay_s)
+
+    def on_decoder_fallback(self, schema_id: int) -> None:
+        for s in self.sensors:
+            s.on_decoder_fallback(schema_id)
+
+    def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
+        for s in self.sensors:
+            s.on_alert(type_, severity, feature, firing)
+
+    def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
+        for s in self.sensors:
+            s.on_gauge(name, value, labels)
+
+
+class CountingSensor(Sensor):
+    """In-memory totals: feeds MetricsSnapshot records and the demo's live view."""
+
+    def __init__(self, latency_window: int = 4096) -> None:
+        self.events_in = 0
+        self.events_out = 0
+        self.batches = 0
+        self.rejected: Counter[str] = Counter()
+        self.lag: dict[int, int] = {}
+        self._lat = np.zeros(latency_window)
+        self._lat_n = 0
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self.events_in += stats.size
+        self.events_out += stats.predictions
+        self.batches += 1
+        self.rejected.update(stats.rejects)
+        lat = stats.latencies_ms[-len(self._lat) :]
+        if len(lat):
+            idx = (self._lat_n + np.arange(len(lat))) % len(self._lat)
+            self._lat[idx] = lat
+            self._lat_n += len(lat)
+
+    def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        self.lag.update(lag)
+
+    def latency_quantiles(self) -> tuple[float, float]:
+        """(p50, p99) of recent end-to-end latencies in ms; zeros before any prediction."""
+        n = min(self._lat_n, len(self._lat))
+        if n == 0:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(self._lat[:n], [50, 99])
+        return float(p50), float(p99)

@@ -1,0 +1,92 @@
+"""The window policy, driven by a fake clock: no sleeping."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamproc.batching import MicroBatcher, WindowPolicy
+from streamproc.types import ReleaseReason
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_size_release_cuts_exact_batches_in_order():
+    b = MicroBatcher(WindowPolicy(max_size=4, max_wait_ms=10), clock=FakeClock())
+    out = b.add(list(range(10)))
+    assert [r.items for r in out] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert all(r.reason is ReleaseReason.SIZE for r in out)
+    assert len(b) == 2
+
+
+def test_time_release_after_max_wait_and_not_before():
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=100, max_wait_ms=5), clock=clock)
+    b.add(["a"])
+    clock.now = 4.999
+    assert b.release_due() == []
+    assert 0 < b.timeout_s() <= 0.005
+    clock.now = 5.0
+    (r,) = b.release_due()
+    assert (r.items, r.reason, r.wait_ms) == (["a"], ReleaseReason.TIME, 5.0)
+    assert b.timeout_s(idle_s=0.25) == 0.25  # nothing pending: the idle wait
+
+
+def test_event_age_deadline_beats_max_wait():
+    clock = FakeClock()
+    clock.now = 1_000.0
+    b = MicroBatcher(WindowPolicy(max_size=100, max_wait_ms=50, max_event_age_ms=20), clock=clock)
+    b.add(["old"], oldest_event_ms=990.0)  # already 10 ms old when it arrives
+    assert b.policy.deadline_ms() == 1_010.0
+    clock.now = 1_010.0
+    (r,) = b.release_due()
+    assert r.reason is ReleaseReason.DEADLINE
+
+
+def test_rebalance_and_shutdown_release_everything_in_max_size_pieces():
+    b = MicroBatcher(WindowPolicy(max_size=3, max_wait_ms=5), clock=FakeClock())
+    b.add([1, 2])
+    b.add([3])  # completes a SIZE batch
+    b.add([4, 5])
+    out = b.release_all(ReleaseReason.SHUTDOWN)
+    assert [(r.items, r.reason) for r in out] == [([4, 5], ReleaseReason.SHUTDOWN)]
+    assert len(b) == 0 and b.policy.deadline_ms() is None
+
+
+def test_wait_is_measured_from_the_oldest_remaining_item_after_a_size_cut():
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=2, max_wait_ms=5), clock=clock)
+    b.add(["a"])
+    clock.now = 3.0
+    b.add(["b", "c"])  # a+b released; c arrived at 3, due at 8
+    clock.now = 7.9
+    assert b.release_due() == []
+    clock.now = 8.0
+    (r,) = b.release_due()
+    assert r.items == ["c"] and r.wait_ms == 5.0
+
+
+@given(st.lists(st.integers(min_value=0, max_value=20), max_size=30), st.integers(1, 16))
+def test_no_item_lost_or_reordered(chunks, max_size):
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=max_size, max_wait_ms=1), clock=clock)
+    out: list[int] = []
+    n = 0
+    for k in chunks:
+        clock.now += 0.6
+        for r in b.add(list(range(n, n + k))):
+            assert len(r.items) == max_size
+            out.extend(r.items)
+        n += k
+        for r in b.release_due():
+            assert 0 < len(r.items) <= max_size
+            out.extend(r.items)
+    for r in b.release_all(ReleaseReason.SHUTDOWN):
+        out.extend(r.items)
+    assert out == list(range(n))
