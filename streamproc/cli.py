@@ -70,7 +70,9 @@ def _set_or_none(value: str, default: str) -> str | None:
 
 @local_app.command("up")
 def local_up(
-    kafka_port: Annotated[int | None, typer.Option(help="Broker port (default: a free one)")] = None,
+    kafka_port: Annotated[
+        int | None, typer.Option(help="Broker port (default: a free one)")
+    ] = None,
     registry_port: Annotated[int | None, typer.Option(help="Registry port")] = None,
     fresh: Annotated[bool, typer.Option(help="Wipe the broker's data first")] = False,
 ) -> None:

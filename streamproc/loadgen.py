@@ -59,7 +59,9 @@ class ProduceReport:
         }
 
 
-def corrupt(kind: str, good: bytes, record: dict[str, Any], encode: Callable[[dict[str, Any]], bytes]) -> bytes:  # noqa: E501
+def corrupt(
+    kind: str, good: bytes, record: dict[str, Any], encode: Callable[[dict[str, Any]], bytes]
+) -> bytes:
     """One malformed payload of ``kind``, made from a good one."""
     if kind == "bad_magic":
         return b"\x01" + good[1:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -74,7 +75,5 @@ class Admin:
         if not names:
             return
         for _name, fut in self._client.delete_topics(names, operation_timeout=timeout_s).items():
-            try:
+            with contextlib.suppress(KafkaException):  # already gone
                 fut.result(timeout=timeout_s)
-            except KafkaException:
-                pass  # already gone

@@ -178,7 +178,9 @@ class RecordConsumer:
         })  # fmt: skip
         self.consumer.subscribe([topic])
 
-    def poll_batch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[tuple[Message, dict[str, Any]]]:  # noqa: E501
+    def poll_batch(
+        self, max_records: int = 500, timeout_s: float = 1.0
+    ) -> list[tuple[Message, dict[str, Any]]]:
         out = []
         for m in self.consumer.consume(max_records, timeout=timeout_s):
             if m.error() is not None:

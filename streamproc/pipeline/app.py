@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 def register_output_schemas(registry: Registry, cfg: PipelineConfig) -> SchemaIds:
     t = cfg.topics
     return SchemaIds(
-        prediction=registry.register(schemas.subject_for(t.predictions),
-                                     schemas.schema_text("Prediction")),  # fmt: skip
-        dead_letter=registry.register(schemas.subject_for(t.dlq),
-                                      schemas.schema_text("DeadLetter")),  # fmt: skip
+        prediction=registry.register(
+            schemas.subject_for(t.predictions), schemas.schema_text("Prediction")
+        ),
+        dead_letter=registry.register(
+            schemas.subject_for(t.dlq), schemas.schema_text("DeadLetter")
+        ),
         alert=registry.register(schemas.subject_for(t.alerts), schemas.schema_text("Alert")),
-        metrics=registry.register(schemas.subject_for(t.metrics),
-                                  schemas.schema_text("MetricsSnapshot")),  # fmt: skip
+        metrics=registry.register(
+            schemas.subject_for(t.metrics), schemas.schema_text("MetricsSnapshot")
+        ),
     )
 
 

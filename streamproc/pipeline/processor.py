@@ -19,7 +19,7 @@ import numpy.typing as npt
 from streamproc.codecs.encoder import PredictionEncoder, encode_record
 from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
-from streamproc.types import DecodedBatch, OutRecord, Outputs, RawBatch, ReasonCode
+from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode
 
 from .scoring import Scorer
 
@@ -93,7 +93,7 @@ class BatchHandler:
         self.monitor: Monitor = monitor or NullMonitor()
         self.snapshot_interval_ms = snapshot_interval_s * 1000.0
         self.clock_ms = clock_ms
-        self._last_snapshot = clock_ms()
+        self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
 
     def _encoder(self, version: str) -> PredictionEncoder:

@@ -29,9 +29,7 @@ class Scored:
 
 
 class Scorer(Protocol):
-    def score(
-        self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
-    ) -> Scored: ...
+    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored: ...
 
     @property
     def primary(self) -> ModelSpec: ...

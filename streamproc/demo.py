@@ -1,0 +1,161 @@
+"""`make demo`: the whole product on this machine, end to end, in a few minutes.
+
+Starts (or reuses) the local Kafka broker and schema registry, applies the schemas, runs the
+fraud pipeline, produces a stream with malformed events and a distribution shift, shows
+live progress, and ends with a summary that accounts for every event produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streamproc.config import load_config
+from streamproc.kafka.admin import Admin
+from streamproc.kafka.clients import EventProducer, RecordConsumer
+from streamproc.kafka.registry import Registry
+from streamproc.loadgen import ProduceReport, produce_synthetic
+from streamproc.local import LocalStack, from_environment
+from streamproc.pipeline.app import apply_schemas, build_processor
+
+ROOT = Path(__file__).resolve().parents[1]
+console = Console()
+
+
+def _progress(report: ProduceReport, proc: Any, started: float) -> Table:
+    c = proc.counters
+    elapsed = max(time.monotonic() - started, 1e-6)
+    p50, p99 = c.latency_quantiles()
+    t = Table(title="streamproc demo: live", show_header=True)
+    for col in ("produced", "consumed", "predictions", "dead letters", "events/s",
+                "p50 ms", "p99 ms", "lag"):  # fmt: skip
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(report.produced), str(c.events_in), str(c.events_out),
+        str(sum(c.rejected.values())), f"{c.events_in / elapsed:,.0f}",
+        f"{p50:.1f}", f"{p99:.1f}", str(sum(c.lag.values())),
+    )  # fmt: skip
+    return t
+
+
+def _count(bootstrap: str, registry: str, topic: str, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with RecordConsumer(bootstrap, registry, topic) as consumer:
+        while len(out) < n:
+            batch = consumer.poll_batch(2000, timeout_s=5.0)
+            if not batch:
+                break
+            out.extend(rec for _, rec in batch)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--rate", type=float, default=3_000.0)
+    ap.add_argument("--malformed", type=float, default=0.02)
+    ap.add_argument("--config", default=str(ROOT / "deploy" / "pipelines" / "fraud.yaml"))
+    ap.add_argument("--keep", action="store_true", help="leave the local stack running")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    stack = LocalStack()
+    info = from_environment()
+    started_stack = False
+    if info is None:
+        running = stack.status()
+        what = "starting the local Kafka broker and schema registry" if running is None else (
+            "reusing the running local stack"
+        )
+        console.print(f"[bold]1.[/] {what}")
+        t0 = time.monotonic()
+        info = stack.up()
+        started_stack = running is None
+        console.print(f"   ready in {time.monotonic() - t0:.1f}s: {info.public()}")
+    cfg = load_config(args.config)
+    cfg = cfg.with_overrides(
+        kafka=cfg.kafka.model_copy(update={"bootstrap": info.bootstrap}),
+        registry=cfg.registry.model_copy(update={"url": info.schema_registry}),
+        metrics=cfg.metrics.model_copy(update={"port": 0}),
+    )
+    t = cfg.topics
+    admin = Admin(cfg.kafka.bootstrap)
+    # A clean slate, so the summary accounts for this run alone.
+    admin.delete_topics([t.input, t.predictions, t.dlq, t.alerts, t.metrics, t.shadow])
+    time.sleep(1.0)  # topic deletion completes asynchronously in the broker
+    console.print("[bold]2.[/] applying schemas")
+    apply_schemas(Registry(cfg.registry.url), cfg)
+    console.print("[bold]3.[/] starting the fraud processor")
+    proc = build_processor(cfg)
+    console.print(f"   metrics on http://127.0.0.1:{proc.metrics_port}/metrics")
+    runner = threading.Thread(target=proc.run, daemon=True)
+    runner.start()
+
+    console.print(f"[bold]4.[/] producing {args.events:,} events at {args.rate:,.0f}/s "
+                  f"({args.malformed:.0%} malformed)")  # fmt: skip
+    producer = EventProducer(cfg.kafka.bootstrap, cfg.registry.url, t.input)
+    report = ProduceReport()
+    started = time.monotonic()
+    with Live(_progress(report, proc, started), console=console, refresh_per_second=4) as live:
+
+        def show(r: ProduceReport) -> None:
+            live.update(_progress(r, proc, started))
+
+        report = produce_synthetic(producer, args.events, rate=args.rate,
+                                   malformed=args.malformed, seed=42, on_progress=show)  # fmt: skip
+        deadline = time.monotonic() + 60
+        c = proc.counters
+        while c.events_in < report.produced and time.monotonic() < deadline:
+            live.update(_progress(report, proc, started))
+            time.sleep(0.25)  # refreshing the live view
+        live.update(_progress(report, proc, started))
+    proc.stop()
+    runner.join(60)
+
+    console.print("[bold]5.[/] reading back the output topics (read_committed)")
+    preds = _count(cfg.kafka.bootstrap, cfg.registry.url, t.predictions, report.good)
+    dead = _count(cfg.kafka.bootstrap, cfg.registry.url, t.dlq, sum(report.malformed.values()))
+    reasons = Counter(d["reason"] for d in dead)
+    expected = report.expected_rejects()
+    summary = Table(title="summary: every event accounted for")
+    summary.add_column("")
+    summary.add_column("count", justify="right")
+    summary.add_row("events produced", f"{report.produced:,}")
+    summary.add_row("  well-formed", f"{report.good:,}")
+    for kind, n in sorted(report.malformed.items()):
+        summary.add_row(f"  malformed: {kind}", str(n))
+    summary.add_row("predictions on " + t.predictions, f"{len(preds):,}")
+    summary.add_row("dead letters on " + t.dlq, f"{len(dead):,}")
+    for reason, n in sorted(reasons.items()):
+        summary.add_row(f"  {reason}", str(n))
+    frauds = sum(1 for p in preds if p["label"] == "fraud")
+    summary.add_row("flagged as fraud", f"{frauds:,}")
+    p50, p99 = proc.counters.latency_quantiles()
+    summary.add_row("end-to-end latency p50 / p99", f"{p50:.1f} / {p99:.1f} ms")
+    console.print(summary)
+    ok = len(preds) == report.good and reasons == expected
+    ok = ok and len(preds) + len(dead) == report.produced
+    if ok:
+        console.print(f"[bold green]OK[/]: {report.produced:,} produced = {len(preds):,} "
+                      f"predictions + {len(dead):,} dead letters")  # fmt: skip
+    else:
+        console.print(f"[bold red]MISMATCH[/]: expected {report.good} predictions and "
+                      f"{dict(expected)} dead letters")  # fmt: skip
+    if started_stack and not args.keep:
+        stack.down()
+        console.print("stopped the local stack (pass --keep to leave it running)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
