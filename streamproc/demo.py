@@ -8,6 +8,7 @@ live progress, and ends with a summary that accounts for every event produced.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import threading
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"[bold red]MISMATCH[/]: expected {report.good} predictions and "
                       f"{dict(expected)} dead letters")  # fmt: skip
+    del producer, proc  # close the clients before their broker goes away
+    gc.collect()
     if started_stack and not args.keep:
         stack.down()
         console.print("stopped the local stack (pass --keep to leave it running)")

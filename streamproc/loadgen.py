@@ -106,7 +106,9 @@ def produce_synthetic(
         m = min(chunk, n - done)
         records, _ = synth.generate(m, seed=seed, shift=shift, offset=offset + done)
         bad = rng.random(m) < malformed
+        now_ms = int(time.time() * 1000)  # event time = when the event is sent
         for rec, is_bad in zip(records, bad, strict=True):
+            rec["event_time"] = now_ms
             value = producer.encode(rec)
             if is_bad:
                 kind = kinds[k % len(kinds)]
