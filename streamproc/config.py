@@ -2,7 +2,8 @@
 
 Addresses and secrets may be overridden from the environment:
 ``STREAMPROC_KAFKA_BOOTSTRAP``, ``STREAMPROC_SCHEMA_REGISTRY_URL``,
-``STREAMPROC_KAFKA_SASL_PASSWORD``, ``STREAMPROC_SCHEMA_REGISTRY_PASSWORD``.
+``STREAMPROC_KAFKA_SASL_PASSWORD``, ``STREAMPROC_SCHEMA_REGISTRY_PASSWORD``,
+``STREAMPROC_METRICS_HOST``.
 
 >>> cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "topics": {"input": "t"}})
 >>> cfg.topics.predictions, cfg.batching.max_batch_size, cfg.delivery.guarantee
@@ -119,6 +120,7 @@ def _env_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) 
         ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
         ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
         ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
+        ("STREAMPROC_METRICS_HOST", "metrics", "host"),
     )
     for var, section, key in pairs:
         if env.get(var):
