@@ -1,0 +1,58 @@
+"""The one interface every inference backend implements.
+
+A backend turns a float32 feature matrix ``(n, F)`` into a float32 output matrix ``(n, K)``,
+row ``i`` of the output belonging to row ``i`` of the input, for any ``n >= 1`` (``n == 0``
+returns an empty ``(0, K)`` matrix). Backends that need fixed shapes pad and split
+internally (:mod:`streamproc.backends.buckets`); callers never see it.
+
+>>> class Double:
+...     name, device = "double", "cpu"
+...     def infer(self, batch): return 2 * check_batch(batch, 2)
+...     def close(self): pass
+>>> backend: Backend = Double()
+>>> backend.infer(np.ones((1, 2))).tolist()
+[[2.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from streamproc.errors import ModelError
+
+Matrix = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model on one device."""
+
+    name: str  # a streamproc.models.spec.BackendName: "onnxruntime", "torch", ...
+    device: str  # "cpu", "cuda:0", ...
+
+    def infer(self, batch: Matrix) -> Matrix:
+        """Score ``batch`` ``(n, F)``; returns ``(n, K)`` float32 in input order."""
+        ...
+
+    def close(self) -> None:
+        """Release device memory, sessions and streams; the backend is unusable after."""
+        ...
+
+
+def check_batch(batch: npt.ArrayLike, n_features: int) -> Matrix:
+    """``batch`` as a C-contiguous float32 ``(n, n_features)`` matrix, or :class:`ModelError`.
+
+    >>> check_batch([[1, 2]], 2).dtype.name
+    'float32'
+    >>> check_batch(np.zeros((3, 4)), 2)
+    Traceback (most recent call last):
+    ...
+    streamproc.errors.ModelError: expected a batch of shape (n, 2), got (3, 4)
+    """
+    arr: Any = np.asarray(batch)
+    if arr.ndim != 2 or arr.shape[1] != n_features:
+        raise ModelError(f"expected a batch of shape (n, {n_features}), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamproc.codecs.encoder import (
+    PredictionEncoder,
+    decode_prediction,
+    decode_record,
+    encode_record,
+    zigzag_varint,
+)
+from streamproc.codecs.wire import unframe
+
+
+def _batch(n: int, k: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    scores = rng.random((n, k), dtype=np.float32)
+    ids = [f"ev-{i}-é" for i in range(n)]
+    keys = [None if i % 3 == 0 else f"acct-{i}" for i in range(n)]
+    labels = ["fraud" if i % 2 else "legit" for i in range(n)]
+    times = np.arange(n, dtype=np.int64) * 1000 + 1_700_000_000_000
+    return ids, keys, scores, labels, times
+
+
+def test_prediction_fields():
+    ids, keys, scores, labels, times = _batch(5, 2)
+    enc = PredictionEncoder(11)
+    out = enc.encode(ids, keys, "fraud", "1.2.0", scores, 1, labels, times, 1_700_000_009_000)
+    assert len(out) == 5
+    for i, p in enumerate(out):
+        sid, _ = unframe(p)
+        assert sid == 11
+        rec = decode_prediction(p)
+        assert rec["event_id"] == ids[i] and rec["key"] == keys[i]
+        assert rec["model_name"] == "fraud" and rec["model_version"] == "1.2.0"
+        assert rec["score"] == float(scores[i, 1])
+        assert rec["scores"] == [float(x) for x in scores[i]]
+        assert rec["label"] == labels[i]
+        assert rec["event_time"] == times[i] and rec["processed_time"] == 1_700_000_009_000
+        assert rec["latency_ms"] == float(1_700_000_009_000 - times[i])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 6),
+    k=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+    t=st.integers(-(2**62), 2**62),
+    key=st.one_of(st.none(), st.text(max_size=5), st.binary(max_size=5)),
+)
+def test_fast_equals_fastavro(n, k, seed, t, key):
+    ids, _, scores, labels, _ = _batch(n, k, seed)
+    keys = [key] * n
+    times = np.full(n, t, dtype=np.int64)
+    enc = PredictionEncoder(3)
+    args = (ids, keys, "m", "0.1.0", scores, 0, labels, times, 5)
+    assert enc.encode(*args) == enc.encode_reference(*args)
+
+
+def test_length_mismatch_raises():
+    ids, keys, scores, labels, times = _batch(3, 2)
+    with pytest.raises(ValueError):
+        PredictionEncoder(1).encode(ids[:2], keys, "m", "1.0.0", scores, 1, labels, times, 0)
+
+
+def test_encode_record_dead_letter_roundtrip():
+    rec = {
+        "reason": "BAD_MAGIC",
+        "reason_code": 1,
+        "detail": "x",
+        "source_topic": "t",
+        "partition": 2,
+        "offset": 9,
+        "schema_id": None,
+        "key": b"k",
+        "value": b"\x01",
+        "headers": [{"key": "h", "value": None}],
+        "processor": "p",
+        "time": 123,
+    }
+    p = encode_record("DeadLetter", 4, rec)
+    assert unframe(p)[0] == 4
+    assert decode_record("DeadLetter", p) == rec
+
+
+def test_encode_record_metrics_snapshot():
+    rec = {
+        "processor": "p",
+        "pipeline": "q",
+        "model_name": "m",
+        "model_version": "1.0.0",
+        "time": 5,
+        "events_in": 10,
+        "events_out": 9,
+        "events_rejected": {"BAD_MAGIC": 1},
+        "batches": 1,
+        "mean_batch_size": 10.0,
+        "p50_latency_ms": 1.0,
+        "p99_latency_ms": 2.0,
+        "consumer_lag": 0,
+        "cpu_seconds": 0.5,
+        "rss_bytes": 100,
+    }
+    assert decode_record("MetricsSnapshot", encode_record("MetricsSnapshot", 1, rec)) == rec
+
+
+@pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 2**31, -(2**63), 2**63 - 1])
+def test_zigzag_matches_fastavro(n):
+    import io
+
+    import fastavro
+
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, "long", n)
+    assert zigzag_varint(n) == buf.getvalue()
