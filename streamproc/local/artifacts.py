@@ -38,7 +38,11 @@ def _run_mvn(args: list[str], what: str) -> None:
     settings = os.environ.get("STREAMPROC_MAVEN_SETTINGS")  # a mirror or proxy, if needed
     extra = ["-s", settings] if settings else []
     proc = subprocess.run(
-        [_mvn(), "-B", "-q", *extra, *args], capture_output=True, text=True, timeout=900, check=False
+        [_mvn(), "-B", "-q", *extra, *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
