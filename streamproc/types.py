@@ -68,7 +68,8 @@ class DecodedBatch:
 
     @property
     def ok(self) -> npt.NDArray[np.bool_]:
-        return self.errors == 0
+        ok: npt.NDArray[np.bool_] = self.errors == 0
+        return ok
 
 
 @dataclass(slots=True)

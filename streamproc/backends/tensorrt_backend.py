@@ -274,7 +274,6 @@ class TensorRTBackend:
             cuda.init()
             device = cuda.Device(device_index)
             self.gpu_name = str(device.name())
-            self._cu_ctx = device.retain_primary_context()
         except cuda.Error as exc:
             raise ModelError(f"CUDA device {device_index} is not usable: {exc}") from exc
         self._trt_logger = _logger(trt)
@@ -303,16 +302,27 @@ class TensorRTBackend:
         )
         self.engine_path = self.cache_dir / f"{self.key}.engine"
         self.built = False  # True when this load built the engine instead of reading it
-        self._cu_ctx.push()
+        self._slots: list[_Slot] = []
+        try:
+            self._cu_ctx = device.retain_primary_context()
+        except cuda.Error as exc:
+            raise ModelError(f"cannot use CUDA device {device_index}: {exc}") from exc
+        self._cu_ctx.push()  # TensorRT and pycuda share the device's primary context
         try:
             self._engine = self._load_or_build(onnx_path, calib, workspace_bytes)
-            self._slots = [self._make_slot(i) for i in range(SLOTS)]
+            for i in range(SLOTS):
+                self._slots.append(self._make_slot(i))
             self.n_outputs = int(self._slots[0].host_out.shape[1])
             for size in self.buckets:  # warm-up: every shape once on every slot
-                for _ in range(SLOTS):
-                    self._infer_locked(np.zeros((size, n_features), np.float32))
-        finally:
+                zeros = [np.zeros((size, n_features), np.float32)] * SLOTS
+                for _ in pipelined_batches(zeros, self.buckets, self._submit, self._collect):
+                    pass
+        except BaseException:
+            self._release()
             cuda.Context.pop()
+            self._cu_ctx.detach()
+            raise
+        cuda.Context.pop()
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, **options: Any) -> TensorRTBackend:
@@ -329,7 +339,7 @@ class TensorRTBackend:
 
     def _load_or_build(self, onnx_path: Path, calib: list[Matrix], workspace: int) -> Any:
         trt = self._trt
-        runtime = self._runtime = trt.Runtime(self._trt_logger)
+        runtime = self._trt_runtime = trt.Runtime(self._trt_logger)
         if self.engine_path.is_file():
             engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
             if engine is not None and engine.num_optimization_profiles >= SLOTS:
@@ -439,10 +449,6 @@ class TensorRTBackend:
         slot.stream.synchronize()
         return np.array(slot.host_out[: slot.rows], dtype=np.float32)
 
-    def _infer_locked(self, x: Matrix) -> Matrix:
-        (out,) = pipelined_batches([x], self.buckets, self._submit, self._collect, SLOTS)
-        return out
-
     def infer(self, batch: Matrix) -> Matrix:
         x = check_batch(batch, self.n_features)
         if len(x) == 0:
@@ -464,7 +470,18 @@ class TensorRTBackend:
             except self._cuda.Error as exc:
                 raise ModelError(f"CUDA error during TensorRT inference: {exc}") from exc
             finally:
+                for slot in self._slots:  # nothing left in flight, even after an error
+                    slot.stream.synchronize()
                 self._cuda.Context.pop()
+
+    def _release(self) -> None:
+        for slot in self._slots:
+            slot.stream.synchronize()
+            slot.dev_in.free()
+            slot.dev_out.free()
+        self._slots = []
+        self._engine = None
+        self._trt_runtime = None
 
     def close(self) -> None:
         with self._lock:
@@ -473,13 +490,7 @@ class TensorRTBackend:
             self._closed = True
             self._cu_ctx.push()
             try:
-                for slot in self._slots:
-                    slot.stream.synchronize()
-                    slot.dev_in.free()
-                    slot.dev_out.free()
-                self._slots = []
-                self._engine = None
-                self._runtime = None
+                self._release()
             finally:
                 self._cuda.Context.pop()
                 self._cu_ctx.detach()

@@ -48,6 +48,8 @@ from fastavro import _read_py
 from fastavro import schemaless_reader as _fast_reader
 from fastavro.read import SchemaResolutionError
 
+from streamproc.codecs import compiled as native
+from streamproc.codecs import kernel
 from streamproc.codecs import tree as avro_tree
 from streamproc.codecs.features import (
     FeaturePlan,
@@ -56,6 +58,7 @@ from streamproc.codecs.features import (
     plan_features,
     resolve_path,
 )
+from streamproc.codecs.program import Unsupported, build_program
 from streamproc.codecs.resolve import incompatibility, project_reader
 from streamproc.codecs.source import SchemaSource
 from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
@@ -113,7 +116,6 @@ class BatchDecoder:
     """
 
     NEGATIVE_TTL_S = 30.0
-    compiled_available = False  # whether this build has the compiled path
 
     def __init__(
         self,
@@ -150,6 +152,8 @@ class BatchDecoder:
                 leaf = found
             self._time_micros = any(b.logical in _MICROS for b in non_null_branches(leaf))
         self._entries: dict[int, WriterEntry] = {}
+        # Compile (or load from numba's cache) the kernels now, not on the first batch.
+        self.compile_seconds = native.warm_up() if compiled else 0.0
 
     def _special(self, dotted: str, kinds: set[str]) -> tuple[str, ...] | None:
         found = resolve_path(self.reader, dotted)
@@ -205,52 +209,98 @@ class BatchDecoder:
         return entry
 
     def _prepare_compiled(self, entry: WriterEntry) -> None:
-        """Hook for the compiled path (sets ``entry.extra``); the reference path needs none."""
+        """Plan the compiled program for a writer schema, or count a fastavro fallback."""
+        assert entry.tree is not None
+        try:
+            entry.extra["program"] = build_program(
+                entry.tree, self.reader, self.plans, self.id_path, self.time_path
+            )
+        except Unsupported as exc:
+            self.fallbacks += 1
+            log.info("writer schema %d decoded by fastavro: %s", entry.schema_id, exc)
 
     # -- decoding ------------------------------------------------------------------------
 
     def decode(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         """One row per payload, in input order (see the module docs for the checks)."""
+        if self.compiled:
+            return self._decode_compiled(payloads)
         n = len(payloads)
         ids, errors = read_headers(payloads, self.max_message_bytes)
-        out = _Out(
-            features=np.zeros((n, self.n_features), dtype=np.float32),
-            event_ids=[""] * n,
-            times=np.zeros(n, dtype=np.int64),
-            errors=errors,
-            details=[""] * n,
-        )
+        out = _Out.empty(n, self.n_features, errors)
         for i in np.flatnonzero(errors).tolist():
             out.details[i] = header_detail(
                 ReasonCode(int(errors[i])), payloads[i], self.max_message_bytes
             )
-        ok_idx = np.flatnonzero(errors == 0)
-        if ok_idx.size:
-            groups: dict[int, list[int]] = {}
-            for i, sid in zip(ok_idx.tolist(), ids[ok_idx].tolist(), strict=True):
-                groups.setdefault(sid, []).append(i)
-            entries = {sid: self.writer(sid) for sid in groups}  # an outage raises here
-            for sid, rows in groups.items():
-                entry = entries[sid]
-                if entry.verdict != ReasonCode.OK:
-                    for i in rows:
-                        errors[i] = entry.verdict
-                        out.details[i] = entry.detail
-                    continue
-                self._decode_group(entry, payloads, rows, out)
-        return DecodedBatch(
-            features=out.features,
-            event_ids=out.event_ids,
-            event_time_ms=out.times,
-            errors=out.errors,
-            details=out.details,
-            schema_ids=ids,
-        )
+        for entry, rows in self._groups(ids, errors, out):
+            self._decode_reference(entry, payloads, rows.tolist(), out)
+        return out.batch(ids)
 
-    def _decode_group(
-        self, entry: WriterEntry, payloads: Sequence[bytes | None], rows: list[int], out: _Out
-    ) -> None:
-        self._decode_reference(entry, payloads, rows, out)
+    def _groups(
+        self, ids: npt.NDArray[np.int32], errors: npt.NDArray[np.uint8], out: _Out
+    ) -> list[tuple[WriterEntry, npt.NDArray[np.int64]]]:
+        """Framed events grouped by writer schema; events of unusable schemas get its verdict.
+
+        Every id is looked up before anything is decoded, so a registry outage raises before
+        any work is done."""
+        ok = np.flatnonzero(errors == 0)
+        if ok.size == 0:
+            return []
+        sids = ids[ok]
+        first = int(sids[0])
+        if (sids == first).all():
+            pairs = [(first, ok)]
+        else:
+            pairs = [(int(sid), ok[sids == sid]) for sid in np.unique(sids).tolist()]
+        entries = [(self.writer(sid), rows) for sid, rows in pairs]  # an outage raises here
+        usable = []
+        for entry, rows in entries:
+            if entry.verdict != ReasonCode.OK:
+                errors[rows] = entry.verdict
+                for i in rows.tolist():
+                    out.details[i] = entry.detail
+            else:
+                usable.append((entry, rows.astype(np.int64)))
+        return usable
+
+    def _decode_compiled(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
+        n = len(payloads)
+        packed = native.pack(payloads)
+        ids = np.full(n, -1, dtype=np.int32)
+        errors = np.zeros(n, dtype=np.uint8)
+        kernel.read_headers(
+            packed.buf, packed.starts, packed.ends, packed.present, self.max_message_bytes,
+            ids, errors,
+        )  # fmt: skip
+        out = _Out.empty(n, self.n_features, errors)
+        bad = np.flatnonzero(errors)
+        for i in bad.tolist():
+            out.details[i] = header_detail(
+                ReasonCode(int(errors[i])), payloads[i], self.max_message_bytes
+            )
+        kout: native.Outputs | None = None
+        for entry, rows in self._groups(ids, errors, out):
+            prog = entry.extra.get("program")
+            if prog is None:
+                self._decode_reference(entry, payloads, rows.tolist(), out)
+                continue
+            if kout is None:
+                kout = native.Outputs.empty(n)
+            native.run(prog, packed, rows, out.features, errors, out.times, kout)
+            if self._time_micros:
+                out.times[rows] //= 1000
+            failed = rows[errors[rows] != 0]
+            for i in failed.tolist():
+                out.details[i] = native.detail(
+                    int(errors[i]), prog, self.plans, packed, i, kout
+                )
+            pooled = rows[(kout.id_off[rows] < 0) & (kout.id_len[rows] > 0)]
+            for i in pooled.tolist():
+                o, ln = -1 - int(kout.id_off[i]), int(kout.id_len[i])
+                out.event_ids[i] = prog.pool[o : o + ln].tobytes().decode("utf-8", "replace")
+        if kout is not None:
+            native.event_ids(packed, kout, out.event_ids)
+        return out.batch(ids)
 
     def _decode_reference(
         self, entry: WriterEntry, payloads: Sequence[bytes | None], rows: list[int], out: _Out
@@ -302,6 +352,26 @@ class _Out:
     times: npt.NDArray[np.int64]
     errors: npt.NDArray[np.uint8]
     details: list[str]
+
+    @classmethod
+    def empty(cls, n: int, n_features: int, errors: npt.NDArray[np.uint8]) -> _Out:
+        return cls(
+            features=np.zeros((n, n_features), dtype=np.float32),
+            event_ids=[""] * n,
+            times=np.zeros(n, dtype=np.int64),
+            errors=errors,
+            details=[""] * n,
+        )
+
+    def batch(self, ids: npt.NDArray[np.int32]) -> DecodedBatch:
+        return DecodedBatch(
+            features=self.features,
+            event_ids=self.event_ids,
+            event_time_ms=self.times,
+            errors=self.errors,
+            details=self.details,
+            schema_ids=ids,
+        )
 
 
 def _get(record: Any, path: tuple[str, ...]) -> Any:

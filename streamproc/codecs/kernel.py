@@ -18,7 +18,9 @@ from streamproc.codecs.program import (
     D_ELEM,
     D_ID,
     D_NUM,
+    D_NUM_TIME,
     D_SYM,
+    D_SYM_ID,
     D_TIME,
     F_ARRAY,
     F_NUMBER,
@@ -268,10 +270,12 @@ def decode(  # type: ignore[no-untyped-def]
                         break
                     v = 1.0 if buf[pos] != 0 else 0.0
                     pos += 1
-                if dk == D_NUM:
+                if dk == D_NUM or dk == D_NUM_TIME:
                     s = ops[pc, 2]
                     fval[s] = v
                     state[s] = 1
+                    if dk == D_NUM_TIME:
+                        out_time[e] = iv
                 elif dk == D_ELEM:
                     top = sp - 1
                     arr = st_pc[top]
@@ -298,10 +302,10 @@ def decode(  # type: ignore[no-untyped-def]
                     code = CORRUPT
                     sub = C_UTF8
                     break
-                if dk == D_ID:
+                if dk == D_ID or dk == D_SYM_ID:
                     out_id_off[e] = pos
                     out_id_len[e] = n
-                elif dk == D_SYM:
+                if dk == D_SYM or dk == D_SYM_ID:
                     s = ops[pc, 2]
                     ival[s] = pos
                     ilen[s] = n
@@ -509,4 +513,4 @@ def decode(  # type: ignore[no-untyped-def]
                     out_f[e, col] = np.float64(sidx)
         if code != OK:
             out_err[e] = code
-            err_aux[e] = fi
+            err_aux[e] = -1 - fi  # feature errors: negative

@@ -65,6 +65,8 @@ D_ID = 2  # the event id
 D_TIME = 3  # the event time
 D_SYM = 4  # a symbol slot: reader enum index in ival, or string (offset, length)
 D_ELEM = 5  # an element of the array being read (slot base + index, below the length)
+D_NUM_TIME = 6  # a number slot that is also the event time
+D_SYM_ID = 7  # a symbol slot that is also the event id
 
 # -- feature table (row: kind, slot, column, width, null policy, onehot, has_min, has_max,
 #    allow_nan, count slot, map offset, map size, sym kind) ------------------------------------
@@ -126,9 +128,16 @@ class _Builder:
             else:
                 self.leaf[p.path] = _Dst(D_NUM, self._slots(1))
         for path, kind in ((id_path, D_ID), (time_path, D_TIME)):
-            if path is not None and path not in self.leaf:
+            if path is None:
+                continue
+            shared = self.leaf.get(path)
+            if shared is None:
                 self._add_path(path)
                 self.leaf[path] = _Dst(kind)
+            elif kind == D_TIME and shared.kind == D_NUM and shared.count_slot < 0:
+                shared.kind = D_NUM_TIME
+            elif kind == D_ID and shared.kind == D_SYM:
+                shared.kind = D_SYM_ID
 
     def _add_path(self, path: tuple[str, ...]) -> None:
         for i in range(1, len(path)):
@@ -209,7 +218,7 @@ class _Builder:
                 s = r.enum_default
             self.tables.append(r.symbols.index(s) if s in r.symbols else -2)
         dk, slot = (dst.kind, dst.slot) if dst is not None else (D_NONE, -1)
-        if dk == D_SYM:
+        if dk in (D_SYM, D_SYM_ID):
             self.reader_enums[path] = r
         at = self.emit(OP_ENUM, len(w.symbols), table, dk, slot)
         self.notes[at] = (w, r)
@@ -258,6 +267,11 @@ class _Builder:
         node = r.branches[0] if r.kind == "union" else r
         dst = self.leaf.get(path)
         if dst is not None:
+            if dst.kind == D_NUM_TIME:
+                self.emit(OP_SETTIME, int(value))
+            if dst.kind == D_SYM_ID:
+                raw = value.encode() if isinstance(value, str) else bytes(value)
+                self.emit(OP_SETID, self._pool(raw), len(raw))
             if dst.kind == D_ID:
                 raw = value.encode() if isinstance(value, str) else bytes(value)
                 self.emit(OP_SETID, self._pool(raw), len(raw))
@@ -267,7 +281,7 @@ class _Builder:
                 for i, x in enumerate(value[: dst.length]):
                     self.emit(OP_SETF, dst.slot + i, self._const(float(x)))
                 self.emit(OP_SETI, dst.count_slot, len(value))
-            elif dst.kind == D_SYM:
+            elif dst.kind in (D_SYM, D_SYM_ID):
                 if node.kind == "enum":
                     self.reader_enums[path] = node
                     self.emit(OP_SETI, dst.slot, node.symbols.index(value))

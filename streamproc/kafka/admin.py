@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 
+from confluent_kafka import KafkaError as CkKafkaError
 from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka import admin as ck_admin
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
 
 from streamproc.errors import KafkaError
 
 
 def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
     """True when the cluster at ``bootstrap`` answers a metadata request."""
-    client = ck_admin.AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
         md = client.list_topics(timeout=timeout_s)
     except KafkaException:
@@ -24,8 +29,10 @@ def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
 class Admin:
     """Thin wrapper over AdminClient that raises :class:`KafkaError`."""
 
-    def __init__(self, bootstrap: str, extra: Mapping[str, object] | None = None) -> None:
-        self._client = ck_admin.AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+    def __init__(
+        self, bootstrap: str, extra: Mapping[str, str | int | float] | None = None
+    ) -> None:
+        self._client = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
 
     def ensure_topics(
         self,
@@ -37,7 +44,7 @@ class Admin:
         """Create each topic that does not exist yet; existing ones are left as they are."""
         existing = set(self._client.list_topics(timeout=timeout_s).topics)
         new = [
-            ck_admin.NewTopic(n, num_partitions=partitions, replication_factor=1,
+            NewTopic(n, num_partitions=partitions, replication_factor=1,
                               config=dict(config or {}))
             for n in dict.fromkeys(names) if n not in existing
         ]  # fmt: skip
@@ -47,7 +54,7 @@ class Admin:
             try:
                 fut.result(timeout=timeout_s)
             except KafkaException as exc:
-                if exc.args[0].code() == ck_admin.KafkaError.TOPIC_ALREADY_EXISTS:
+                if exc.args[0].code() == CkKafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
 
@@ -61,7 +68,7 @@ class Admin:
     def latest_offsets(self, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
         """End offset of each partition of ``topic`` (``list_offsets`` with LATEST)."""
         req = {
-            TopicPartition(topic, p): ck_admin.OffsetSpec.latest()
+            TopicPartition(topic, p): OffsetSpec.latest()
             for p in range(self.partitions(topic, timeout_s))
         }
         try:

@@ -45,7 +45,10 @@ class FramedDecoder:
             if raw is None:
                 raise CodecError("UNKNOWN_SCHEMA", f"schema id {sid} is not in the registry")
             parsed = self._schemas[sid] = fastavro.parse_schema(raw)
-        return sid, dict(fastavro.schemaless_reader(io.BytesIO(payload[5:]), parsed, None))
+        rec = fastavro.schemaless_reader(io.BytesIO(payload[5:]), parsed, None)
+        if not isinstance(rec, dict):
+            raise CodecError("CORRUPT", f"schema id {sid} is not a record schema")
+        return sid, rec
 
 
 class EventProducer:
@@ -96,7 +99,7 @@ class EventProducer:
         """Produce bytes as they are (e.g. to test what consumers do with bad input)."""
         while True:
             try:
-                self.producer.produce(self.topic, value, key, headers=headers)
+                self.producer.produce(self.topic, value, key, headers=headers)  # type: ignore[arg-type]
                 return
             except BufferError:
                 self.producer.poll(0.05)  # queue full: wait for deliveries to drain
@@ -149,9 +152,15 @@ class Prediction:
             model_version=rec["model_version"], score=rec["score"], scores=list(rec["scores"]),
             label=rec["label"], event_time=ms(rec["event_time"]),
             processed_time=ms(rec["processed_time"]), latency_ms=rec["latency_ms"],
-            partition=msg.partition(), offset=msg.offset(),
-            headers={k: v for k, v in (msg.headers() or [])},
+            partition=msg.partition() or 0, offset=msg.offset() or 0,
+            headers=_headers(msg),
         )  # fmt: skip
+
+
+def _headers(msg: Message) -> dict[str, bytes]:
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
 
 
 class RecordConsumer:

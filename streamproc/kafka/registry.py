@@ -36,7 +36,7 @@ class Registry:
             ) from exc
         if s.schema_type not in (None, "AVRO"):
             return None
-        parsed: dict[str, Any] = json.loads(s.schema_str)
+        parsed: dict[str, Any] = json.loads(s.schema_str or "null")
         return parsed
 
     def register(self, subject: str, schema_text: str) -> int:

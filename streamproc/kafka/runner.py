@@ -57,7 +57,7 @@ def to_raw_batch(topic: str, msgs: list[Message], released: Released[Message]) -
         partitions=partitions,
         offsets=offsets,
         timestamps_ms=stamps,
-        headers=[m.headers() for m in msgs],
+        headers=[m.headers() for m in msgs],  # type: ignore[misc]  # list form: no dict config
         batch_id=uuid.uuid4().hex[:16],
         release=released.reason,
         wait_ms=released.wait_ms,
@@ -253,9 +253,15 @@ class KafkaRunner:
             while True:
                 try:
                     if r.partition is None:
-                        produce(r.topic, r.value, r.key, headers=r.headers)
+                        produce(r.topic, r.value, r.key, headers=r.headers)  # type: ignore[arg-type]
                     else:
-                        produce(r.topic, r.value, r.key, partition=r.partition, headers=r.headers)
+                        produce(
+                            r.topic,
+                            r.value,
+                            r.key,
+                            partition=r.partition,
+                            headers=r.headers,  # type: ignore[arg-type]
+                        )
                     break
                 except BufferError:
                     # Backpressure: the producer queue is full. Stop fetching and let
