@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     started_stack = False
     if info is None:
         running = stack.status()
-        what = "starting the local Kafka broker and schema registry" if running is None else (
-            "reusing the running local stack"
+        what = (
+            "starting the local Kafka broker and schema registry"
+            if running is None
+            else ("reusing the running local stack")
         )
         console.print(f"[bold]1.[/] {what}")
         t0 = time.monotonic()
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"[bold red]MISMATCH[/]: expected {report.good} predictions and "
                       f"{dict(expected)} dead letters")  # fmt: skip
-    del producer, proc  # close the clients before their broker goes away
+    del producer  # close the client before its broker goes away
     gc.collect()
     if started_stack and not args.keep:
         stack.down()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc import schemas
@@ -18,6 +19,7 @@ from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
+from .monitoring import build_monitor
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer, SingleScorer
 
@@ -87,9 +89,14 @@ class Processor:
     counters: CountingSensor
     prometheus: PrometheusSensor
     metrics_port: int | None
+    closers: list[Callable[[], None]] = field(default_factory=list)  # run on exit of run()
 
     def run(self) -> None:
-        self.runner.run()
+        try:
+            self.runner.run()
+        finally:
+            for close in self.closers:
+                close()
 
     def stop(self) -> None:
         self.runner.request_stop()
@@ -107,9 +114,20 @@ def build_processor(
 
     instance = cfg.instance_id or socket.gethostname()
     ensure_topics(cfg)
+    t = cfg.topics
     registry = Registry(registry_config(cfg.registry))
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
+    if monitor is None:
+        monitor = build_monitor(spec, cfg.drift)
+    closers: list[Callable[[], None]] = []
+    if scorer is None:  # the control topic's deployment of this model, if it has one
+        from .rollout import build_rollout_scorer
+
+        rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model)
+        if rollout is not None:
+            closers.append(rollout.close)
+        scorer = rollout
     if scorer is None:
         backend = load_backend(spec)
         scorer = SingleScorer(spec, backend)
@@ -127,7 +145,6 @@ def build_processor(
     decoder = BatchDecoder(
         spec, reader_schema(spec), registry, max_message_bytes=cfg.delivery.max_message_bytes
     )
-    t = cfg.topics
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,
@@ -163,4 +180,4 @@ def build_processor(
         ),
         sensor=sensor,
     )
-    return Processor(cfg, runner, handler, counters, prom, port)
+    return Processor(cfg, runner, handler, counters, prom, port, closers)

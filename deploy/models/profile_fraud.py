@@ -1,0 +1,28 @@
+"""Write reference_profile.json for each demo model version, from synthetic training data.
+
+Deterministic (seed 0, 50,000 events); run after train_fraud.py:
+    python deploy/models/profile_fraud.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamproc import synth
+from streamproc.models.spec import load_model_spec
+from streamproc.pipeline.monitoring import PROFILE_FILE, build_profile
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    cols = synth.generate_columns(50_000, seed=0)
+    for version_dir in sorted((HERE / "fraud").iterdir()):
+        spec = load_model_spec(version_dir)
+        profile = build_profile(spec, synth.feature_matrix(cols, spec))
+        path = profile.save(version_dir / PROFILE_FILE)
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""``ReferenceProfile``: what "normal" looks like for one model version.
+
+Built from training data (a matrix plus column names) or from the first N live events, and
+stored next to the model as ``reference_profile.json``. Per column it keeps robust
+location and scale, quantiles on a normal-score grid (for the normal-score transform, PSI
+bins and KS), the lag-1 autocorrelation of the normal scores, the missing rate and, for
+columns with few distinct values, the category frequencies.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(10.0, 2.0, size=(5_000, 2)).astype(np.float32)
+>>> prof = ReferenceProfile.from_matrix(x, ["a", "b"], model_version="1.0.0")
+>>> col = prof.column("a")
+>>> round(col.median, 1), round(col.scale, 1), col.missing_rate
+(10.0, 2.0, 0.0)
+>>> z = prof.normal_scores(np.array([[10.0, 12.0]], dtype=np.float32))
+>>> [round(float(v), 1) for v in z[0]]
+[0.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamproc.drift._kernels import normal_scores_kernel
+from streamproc.drift._stats import lag1_autocorrelation, norm_cdf, norm_isf
+from streamproc.errors import ConfigError
+
+FORMAT_VERSION = 1
+FILENAME = "reference_profile.json"
+GRID_STEP = 0.05  # spacing of the normal-score grid
+MAX_GRID = 4.5  # widest grid: Phi(-4.5) ~ 3.4e-6
+TAIL_SPAN = 1.0  # values beyond the outer quantiles map into at most this much extra score
+MAX_CATEGORIES = 32  # columns with at most this many distinct values keep frequencies
+MAX_PHI = 0.95
+
+
+def grid_for(n: int) -> npt.NDArray[np.float64]:
+    """The normal-score grid for a reference of ``n`` values (outer knots hold >= 5 values)."""
+    umax = min(MAX_GRID, norm_isf(5.0 / max(n, 20)))
+    half = max(2, round(umax / GRID_STEP))
+    return np.linspace(-half * GRID_STEP, half * GRID_STEP, 2 * half + 1)
+
+
+@dataclass
+class ColumnProfile:
+    """Reference statistics of one column (a feature or the model score)."""
+
+    name: str
+    n: int  # finite values seen
+    missing_rate: float  # NaN / missing share in the reference
+    mean: float
+    std: float
+    median: float
+    scale: float  # robust scale: 1.4826 * MAD, falling back to std
+    min: float
+    max: float
+    knots: list[float]  # quantiles at Phi(grid)
+    z_mean: float = 0.0  # mean / std of the normal scores of the reference itself
+    z_std: float = 1.0
+    phi: float = 0.0  # lag-1 autocorrelation of the standardised normal scores
+    categories: dict[str, float] | None = None  # value -> frequency, few distinct values
+
+    @property
+    def discrete(self) -> bool:
+        return self.categories is not None
+
+
+@dataclass
+class ReferenceProfile:
+    """Per-column reference statistics, saved as JSON next to the model."""
+
+    columns: list[ColumnProfile]
+    grid: list[float]
+    n_rows: int
+    model_version: str | None = None
+    source: str = "training"  # "training" or "stream" (first N events)
+    scores: ColumnProfile | None = None  # model score (prediction drift)
+    error_rate: float | None = None  # reference error rate (accuracy drift)
+    reject_rates: dict[str, float] = field(default_factory=dict)  # data-quality baseline
+    version: int = FORMAT_VERSION
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_matrix(
+        cls,
+        x: npt.ArrayLike,
+        columns: Sequence[str],
+        *,
+        model_version: str | None = None,
+        scores: npt.ArrayLike | None = None,
+        error_rate: float | None = None,
+        source: str = "training",
+    ) -> ReferenceProfile:
+        """Fit a profile to rows of ``x`` (shape ``(n, len(columns))``), in stream order."""
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim == 1:
+            a = a[:, None]
+        if a.ndim != 2 or a.shape[1] != len(columns):
+            raise ConfigError(f"reference matrix has shape {a.shape}, expected (n, {len(columns)})")
+        if a.shape[0] < 20:
+            raise ConfigError(f"reference needs at least 20 rows, got {a.shape[0]}")
+        grid = grid_for(a.shape[0])
+        cols = [_fit_column(name, a[:, j], grid) for j, name in enumerate(columns)]
+        score_prof = None
+        if scores is not None:
+            s = np.asarray(scores, dtype=np.float64).reshape(-1)
+            score_prof = _fit_column("score", s, grid_for(s.size))
+        return cls(
+            columns=cols,
+            grid=[float(v) for v in grid],
+            n_rows=int(a.shape[0]),
+            model_version=model_version,
+            source=source,
+            scores=score_prof,
+            error_rate=error_rate,
+        )
+
+    # -- access ------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnProfile:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def normal_scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Standardised normal scores of rows of ``x`` (NaN stays NaN); no prewhitening."""
+        a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, len(self.columns)))
+        t = TransformTables.from_columns(self.columns, np.asarray(self.grid))
+        out = np.empty_like(a)
+        prev = np.zeros(len(self.columns))
+        has = np.zeros(len(self.columns), dtype=np.bool_)
+        normal_scores_kernel(
+            a,
+            t.knots,
+            t.grid,
+            t.lo_scale,
+            t.hi_scale,
+            t.z_mean,
+            t.z_std,
+            np.zeros(len(self.columns)),
+            prev,
+            has,
+            TAIL_SPAN,
+            out,
+        )
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ReferenceProfile:
+        try:
+            if raw.get("version") != FORMAT_VERSION:
+                raise ConfigError(f"unsupported reference profile version {raw.get('version')!r}")
+            cols = [ColumnProfile(**c) for c in raw["columns"]]
+            scores = ColumnProfile(**raw["scores"]) if raw.get("scores") else None
+            rest = {k: v for k, v in raw.items() if k not in ("columns", "scores")}
+            return cls(columns=cols, scores=scores, **rest)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"invalid reference profile: {exc}") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON to ``path`` (a directory gets ``reference_profile.json`` inside it)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / FILENAME
+        p.write_text(json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")))
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceProfile:
+        p = Path(path)
+        if p.is_dir():
+            p = p / FILENAME
+        try:
+            raw = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read reference profile {p}: {exc}") from exc
+        return cls.from_dict(raw)
+
+
+@dataclass
+class TransformTables:
+    """Column profiles packed into arrays for the normal-score kernel."""
+
+    knots: npt.NDArray[np.float64]  # (d, K)
+    grid: npt.NDArray[np.float64]  # (K,)
+    lo_scale: npt.NDArray[np.float64]  # (d,) x-units per score unit in the lower tail
+    hi_scale: npt.NDArray[np.float64]
+    z_mean: npt.NDArray[np.float64]
+    z_std: npt.NDArray[np.float64]
+    phi: npt.NDArray[np.float64]
+
+    @classmethod
+    def from_columns(
+        cls, cols: Sequence[ColumnProfile], grid: npt.NDArray[np.float64]
+    ) -> TransformTables:
+        knots = np.array([c.knots for c in cols], dtype=np.float64).reshape(len(cols), grid.size)
+        span = max(1, round(0.5 / GRID_STEP))  # tail slope over the outer half score unit
+        du = grid[span] - grid[0]
+        lo = (knots[:, span] - knots[:, 0]) / du
+        hi = (knots[:, -1] - knots[:, -1 - span]) / du
+        return cls(
+            knots=np.ascontiguousarray(knots),
+            grid=np.ascontiguousarray(grid, dtype=np.float64),
+            lo_scale=lo,
+            hi_scale=hi,
+            z_mean=np.array([c.z_mean for c in cols]),
+            z_std=np.array([c.z_std for c in cols]),
+            phi=np.array([c.phi for c in cols]),
+        )
+
+
+def _fit_column(
+    name: str, col: npt.NDArray[np.float64], grid: npt.NDArray[np.float64]
+) -> ColumnProfile:
+    finite = np.isfinite(col)
+    v = col[finite]
+    n = int(v.size)
+    missing = 1.0 - n / max(col.size, 1)
+    if n < 2:
+        raise ConfigError(f"reference column {name!r} has fewer than 2 finite values")
+    median = float(np.median(v))
+    mad = float(np.median(np.abs(v - median))) * 1.4826
+    std = float(v.std())
+    knots = np.quantile(v, norm_cdf(grid))
+    uniq, counts = np.unique(v, return_counts=True)
+    cats = None
+    if uniq.size <= MAX_CATEGORIES:
+        cats = {_fmt(u): float(c) / n for u, c in zip(uniq, counts, strict=True)}
+    prof = ColumnProfile(
+        name=name,
+        n=n,
+        missing_rate=float(missing),
+        mean=float(v.mean()),
+        std=std,
+        median=median,
+        scale=mad if mad > 0 else std,
+        min=float(v.min()),
+        max=float(v.max()),
+        knots=[float(k) for k in knots],
+        categories=cats,
+    )
+    # Standardise the normal scores on the reference itself (exactly N(0,1) for continuous
+    # data; corrects the mid-rank scores of discrete columns), then measure lag-1 autocorr.
+    t = TransformTables.from_columns([prof], grid)
+    z = np.empty((col.size, 1))
+    normal_scores_kernel(
+        np.ascontiguousarray(col[:, None]),
+        t.knots,
+        t.grid,
+        t.lo_scale,
+        t.hi_scale,
+        np.zeros(1),
+        np.ones(1),
+        np.zeros(1),
+        np.zeros(1),
+        np.zeros(1, dtype=np.bool_),
+        TAIL_SPAN,
+        z,
+    )
+    zf = z[np.isfinite(z[:, 0]), 0]
+    sd = float(zf.std())
+    prof.z_mean = float(zf.mean())
+    prof.z_std = sd if sd > 1e-9 else 1.0
+    phi = lag1_autocorrelation(z[:, 0])  # NaNs break pairs, which is fine for a profile
+    prof.phi = float(np.clip(phi, -MAX_PHI, MAX_PHI)) if math.isfinite(phi) else 0.0
+    return prof
+
+
+def _fmt(u: float) -> str:
+    return str(int(u)) if float(u).is_integer() else repr(float(u))

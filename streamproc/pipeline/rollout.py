@@ -1,0 +1,225 @@
+"""A scorer that serves a model's deployment: stable, candidate, shadow, switched live.
+
+:class:`RolloutScorer` holds one loaded backend per version the deployment state needs
+and routes each row by its key (:func:`streamproc.rollout.router.assign`). A new state
+(from the control topic, applied on the watcher thread) is prepared off the hot path —
+new versions are loaded *before* the switch — and then installed by replacing one
+immutable :class:`Snapshot`, so a batch is scored entirely by one state. A version that
+fails to load never takes traffic: if it is the candidate, stable serves everything;
+if it is the stable version, the state is not applied at all. Either way the reason is
+logged.
+
+Rows without a key are served by the stable version (the router hashes keys; the scorer
+does not see event ids).
+
+>>> import numpy as np
+>>> from streamproc.models.spec import FeatureSpec, ModelSpec
+>>> from streamproc.rollout.state import Deploy, Strategy, StrategyParams, apply
+>>> class Const:
+...     name = "const"
+...     def __init__(self, v: float) -> None: self.v = v
+...     def infer(self, x): return np.full((len(x), 1), self.v, np.float32)
+>>> def spec(v): return ModelSpec(name="m", version=v, inputs=(FeatureSpec(field="x"),))
+>>> loads = {"1.0.0": 0.0, "2.0.0": 1.0}
+>>> s = apply(None, Deploy("m", "1.0.0", at_ms=0))
+>>> scorer = RolloutScorer(s, lambda v: (spec(v), Const(loads[v])))
+>>> s = apply(s, Deploy("m", "2.0.0", Strategy.SHADOW, at_ms=1))
+>>> scorer.apply(s)
+True
+>>> out = scorer.score(np.zeros((3, 1), np.float32), [b"a", b"b", None])
+>>> out.scores.ravel().tolist(), [sp.version for sp, _, _ in out.shadow]
+([0.0, 0.0, 0.0], ['2.0.0'])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from streamproc.errors import StreamprocError
+from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.rollout.router import assign
+from streamproc.rollout.state import DeploymentState, Status
+
+from .scoring import BackendLike, Scored
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str], tuple[ModelSpec, BackendLike]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one batch is scored with: the state to route by and the loaded versions."""
+
+    state: DeploymentState  # as applied (a candidate that failed to load is dropped)
+    specs: Mapping[str, ModelSpec]
+    backends: Mapping[str, BackendLike]
+    requested: DeploymentState  # the state as published
+
+
+def repository_loader(repo: Path, name: str) -> Loader:
+    """Load ``<repo>/<name>/<version>/`` on the backend its spec prefers."""
+
+    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+        from streamproc.backends.select import load_backend
+
+        spec = load_model_spec(repo / name / version)
+        return spec, load_backend(spec)
+
+    return load
+
+
+class RolloutScorer:
+    """A :class:`~streamproc.pipeline.scoring.Scorer` that follows a deployment state."""
+
+    def __init__(
+        self,
+        state: DeploymentState,
+        loader: Loader,
+        *,
+        on_applied: Callable[[DeploymentState], None] | None = None,
+    ) -> None:
+        if state.stable is None:
+            raise StreamprocError(f"{state.model} has no stable version to serve")
+        self._loader = loader
+        self._on_applied = on_applied
+        self._lock = threading.Lock()  # serialises appliers, never the hot path
+        snap = self._prepare(state, None)
+        if snap is None:
+            raise StreamprocError(f"{state.model}: stable {state.stable} failed to load")
+        self._snap = snap
+        self.closers: list[Callable[[], None]] = []
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    @property
+    def primary(self) -> ModelSpec:
+        snap = self._snap
+        return snap.specs[snap.state.stable or ""]
+
+    @property
+    def backend_name(self) -> str:
+        snap = self._snap
+        return snap.backends[snap.state.stable or ""].name
+
+    def _prepare(self, state: DeploymentState, old: Snapshot | None) -> Snapshot | None:
+        specs: dict[str, ModelSpec] = {}
+        backends: dict[str, BackendLike] = {}
+        failed: set[str] = set()
+        for version in state.loaded_versions:
+            if old is not None and version in old.backends:
+                specs[version], backends[version] = old.specs[version], old.backends[version]
+                continue
+            try:
+                specs[version], backends[version] = self._loader(version)
+            except Exception as exc:  # any load failure keeps the version off traffic
+                log.error("%s %s failed to load, it takes no traffic: %s",
+                          state.model, version, exc)  # fmt: skip
+                failed.add(version)
+        if state.stable in failed:
+            return None
+        routed = state
+        if state.candidate is not None and state.candidate in failed and state.in_progress:
+            routed = replace(state, status=Status.ROLLED_BACK,
+                             reason=f"{state.candidate} failed to load")  # fmt: skip
+        return Snapshot(routed, specs, backends, state)
+
+    def apply(self, state: DeploymentState) -> bool:
+        """Install ``state`` if it is newer; True when it was installed."""
+        with self._lock:
+            old = self._snap
+            if state.model != old.state.model or state.revision <= old.requested.revision:
+                return False
+            snap = self._prepare(state, old)
+            if snap is None:
+                log.error("%s revision %d not applied: stable %s failed to load",
+                          state.model, state.revision, state.stable)  # fmt: skip
+                return False
+            self._snap = snap  # the switch: one reference assignment
+        log.info("applied %s", state.summary())
+        if self._on_applied is not None:
+            self._on_applied(state)
+        return True
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
+        snap = self._snap  # one read: the whole batch uses one state
+        state = snap.state
+        n = len(features)
+        # Keyless rows go to stable: route them by an empty key with variant forced to 0.
+        a = assign([k if k is not None else b"" for k in keys], state)
+        variant = a.variant.copy()
+        if n:
+            variant[[i for i, k in enumerate(keys) if k is None]] = 0
+        stable = state.stable or ""
+        versions = [snap.specs[stable]]
+        cand = state.candidate if state.in_progress else None
+        if cand is not None:
+            versions.append(snap.specs[cand])
+        infer_s: dict[str, float] = {}
+        scores: npt.NDArray[np.float32] | None = None
+        for vi, spec in enumerate(versions):
+            rows = np.flatnonzero(variant == vi)
+            if not len(rows):
+                continue
+            t = time.perf_counter()
+            out = np.asarray(snap.backends[spec.version].infer(features[rows]), np.float32)
+            infer_s[spec.version] = time.perf_counter() - t
+            if scores is None:
+                scores = np.zeros((n, out.shape[1]), np.float32)
+            scores[rows] = out
+        scored = Scored(
+            scores=scores if scores is not None else np.zeros((0, 0), np.float32),
+            version_index=variant,
+            versions=versions,
+            infer_s=infer_s,
+        )
+        if a.shadow and cand is not None and n:
+            t = time.perf_counter()
+            out = np.asarray(snap.backends[cand].infer(features), np.float32)
+            infer_s[f"{cand} (shadow)"] = time.perf_counter() - t
+            scored.shadow.append((snap.specs[cand], np.arange(n, dtype=np.intp), out))
+        return scored
+
+
+def build_rollout_scorer(
+    bootstrap: str,
+    topic: str,
+    model_dir: str | Path,
+    *,
+    on_applied: Callable[[DeploymentState], None] | None = None,
+    loader: Loader | None = None,
+) -> RolloutScorer | None:
+    """A scorer following the control topic, or None when it holds no deployment of the
+    model. The repository is the parent of the model directory's parent
+    (``<repo>/<name>/<version>/``). Call :meth:`RolloutScorer.close` to stop following."""
+    from streamproc.kafka.control import ControlWatcher, KafkaControlStore
+
+    spec = load_model_spec(model_dir)
+    state = KafkaControlStore(bootstrap, topic).latest(spec.name)
+    if state is None or state.stable is None:
+        return None
+    repo = Path(model_dir).parent.parent
+    scorer = RolloutScorer(state, loader or repository_loader(repo, spec.name),
+                           on_applied=on_applied)  # fmt: skip
+
+    def on_state(s: DeploymentState) -> None:
+        if s.model == spec.name:
+            scorer.apply(s)
+
+    watcher = ControlWatcher(bootstrap, topic, on_state).start()
+    scorer.closers.append(watcher.stop)
+    return scorer

@@ -1,0 +1,1 @@
+"""Rollouts inside the stream: deployment state, key routing, guardrails, the controller."""

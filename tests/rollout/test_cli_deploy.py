@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from streamproc.cli_deploy import DeployDeps, app
+from streamproc.errors import DeploymentError, ModelError
+from streamproc.rollout.ab import VariantData
+from streamproc.rollout.state import Status
+from streamproc.rollout.store import InMemoryControlStore
+
+T0 = 1_700_000_000_000
+
+
+class Clock:
+    def __init__(self):
+        self.ms = T0
+
+    def __call__(self):
+        self.ms += 1000
+        return self.ms
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A model repository holding fraud 1.0.0, 1.1.0 and 2.0.0 (descriptions only)."""
+    for v in ("1.0.0", "1.1.0", "2.0.0"):
+        d = tmp_path / "models" / "fraud" / v
+        d.mkdir(parents=True)
+        spec = {"name": "fraud", "version": v, "inputs": [{"field": "amount"}]}
+        (d / "model.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "models"
+
+
+@pytest.fixture
+def cli(repo):
+    store = InMemoryControlStore()
+    deps = DeployDeps(store=store, clock_ms=Clock())
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        result = runner.invoke(app, [*args], obj=deps, env={"STREAMPROC_MODEL_REPO": str(repo)})
+        if ok:
+            assert result.exit_code == 0, (result.output, result.exception)
+        return result
+
+    invoke.store = store
+    invoke.deps = deps
+    return invoke
+
+
+def test_canary_deploy_promote_and_history(cli):
+    assert "fraud: stable 1.0.0, revision 1" in cli("deploy", "fraud", "1.0.0").output
+    out = cli(
+        "deploy",
+        "fraud",
+        "1.1.0",
+        "--strategy",
+        "canary",
+        "--percent",
+        "10",
+        "--reason",
+        "retrained",
+    ).output
+    assert "candidate 1.1.0 [canary, canary 10%], active" in out and "retrained" in out
+    state = json.loads(cli("status", "fraud", "--json").output)[0]
+    assert (state["candidate_percent"], state["status"], state["revision"]) == (10.0, "active", 2)
+    assert state["updated"] == "2023-11-14T22:13:22+00:00"  # the injected clock
+    text = cli("status", "fraud").output
+    assert "candidate share  10%" in text and "loaded           1.0.0, 1.1.0" in text
+    cli("promote", "fraud")
+    hist = json.loads(cli("history", "fraud", "--json").output)
+    assert [(h["revision"], h["command"], h["status"], h["stable"]) for h in hist] == [
+        (1, "deploy", "promoted", "1.0.0"),
+        (2, "deploy", "active", "1.0.0"),
+        (3, "promote", "promoted", "1.1.0"),
+    ]
+    table = cli("history", "fraud").output.splitlines()
+    assert table[0].split()[:3] == ["REV", "TIME", "(UTC)"] and len(table) == 4
+    assert "retrained" in table[2]
+
+
+def test_rollout_with_steps_and_approval(cli):
+    cli("deploy", "fraud", "1.0.0")
+    cli(
+        "deploy",
+        "fraud",
+        "2.0.0",
+        "--strategy",
+        "rollout",
+        "--steps",
+        "5,25,100",
+        "--step-min-seconds",
+        "60",
+        "--step-min-events",
+        "200",
+        "--approval",
+    )
+    s = cli.store.latest("fraud")
+    assert s.params.steps == (5, 25, 100) and s.params.step_min_events == 200 and s.params.approval
+    cli("step", "fraud")
+    cli("step", "fraud")
+    out = cli("promote", "fraud").output
+    assert "awaiting_approval" in out and "approve with:" in out and "approve fraud" in out
+    cli("approve", "fraud", "--reason", "looked good")
+    s = cli.store.latest("fraud")
+    assert (s.status, s.stable, s.reason, s.actor) == (
+        Status.PROMOTED,
+        "2.0.0",
+        "looked good",
+        "operator",
+    )
+    out = cli("rollback", "fraud").output
+    assert "fraud: stable 1.0.0 (2.0.0 rolled back)" in out
+
+
+def test_invalid_commands_are_refused_and_change_nothing(cli):
+    result = cli("promote", "fraud", ok=False)
+    assert isinstance(result.exception, DeploymentError)
+    cli("deploy", "fraud", "1.0.0")
+    cli("deploy", "fraud", "1.1.0", "--strategy", "shadow")
+    for args, match in [
+        (("deploy", "fraud", "2.0.0"), "already rolling out"),
+        (("approve", "fraud"), "nothing awaits approval"),
+        (("step", "fraud"), "has no steps"),
+    ]:
+        result = cli(*args, ok=False)
+        assert isinstance(result.exception, DeploymentError) and match in str(result.exception)
+    assert cli.store.latest("fraud").revision == 2
+    bad = cli("deploy", "fraud", "1.2.0", ok=False)
+    assert isinstance(bad.exception, ModelError) and "not in the model repository" in str(
+        bad.exception
+    )
+    assert cli("deploy", "fraud", "9.9.9", "--strategy", "bogus", ok=False).exit_code == 2
+    steps = cli("deploy", "other", "1.0.0", "--no-check-repo", "--steps", "5,x", ok=False)
+    assert steps.exit_code == 2 and "comma-separated" in steps.output
+
+
+def test_status_of_all_models(cli):
+    assert cli("status").output.strip() == "no deployments"
+    cli("deploy", "fraud", "1.0.0")
+    cli("deploy", "scorer", "0.1.0", "--no-check-repo")
+    lines = cli("status").output.splitlines()
+    assert lines == ["fraud: stable 1.0.0, revision 1", "scorer: stable 0.1.0, revision 1"]
+    assert isinstance(cli("status", "nope", ok=False).exception, DeploymentError)
+
+
+def test_store_factory_gets_bootstrap_and_topic(repo):
+    seen = []
+    store = InMemoryControlStore()
+
+    def factory(bootstrap, topic):
+        seen.append((bootstrap, topic))
+        return store
+
+    result = CliRunner().invoke(
+        app,
+        ["deploy", "fraud", "1.0.0", "--bootstrap", "k:9092", "--topic", "ctl"],
+        obj=DeployDeps(store_factory=factory),
+        env={"STREAMPROC_MODEL_REPO": str(repo)},
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == [("k:9092", "ctl")] and store.latest("fraud").stable == "1.0.0"
+
+
+class FakeSource:
+    def __init__(self):
+        rng = np.random.default_rng(3)
+        self.data = []
+        for name, p in (("control", 0.02), ("treatment", 0.05)):
+            pos = rng.random(5000) < p
+            self.data.append(
+                VariantData(name, "?", np.where(pos, 0.9, 0.1), pos, np.ones(5000), None)
+            )
+
+    def variants(self, state):
+        return tuple(self.data)
+
+
+def test_ab_report_with_an_injected_source(cli):
+    cli("deploy", "fraud", "1.0.0")
+    cli(
+        "deploy",
+        "fraud",
+        "1.1.0",
+        "--strategy",
+        "ab",
+        "--percent",
+        "50",
+        "--variants",
+        "control,treatment",
+    )
+    cli.deps.ab_source = FakeSource()
+    report = json.loads(cli("ab-report", "fraud", "--json").output)
+    assert [v["name"] for v in report["variants"]] == ["control", "treatment"]
+    assert report["verdict"].startswith("treatment flags more events as positive than control")
+    text = cli("ab-report", "fraud").output
+    assert "positive_rate: two-proportion z" in text
+
+
+def test_ab_report_from_exported_records(cli, repo, tmp_path):
+    cli("deploy", "fraud", "1.0.0")
+    cli("deploy", "fraud", "1.1.0", "--strategy", "ab")
+    preds, labels = tmp_path / "p.jsonl", tmp_path / "l.jsonl"
+    rng = np.random.default_rng(5)
+    lines, truth = [], []
+    for i in range(4000):
+        version = "1.0.0" if i % 2 else "1.1.0"
+        label = "fraud" if rng.random() < 0.1 else "legit"
+        lines.append(
+            {
+                "event_id": f"e{i}",
+                "model_version": version,
+                "score": 0.5,
+                "label": label,
+                "latency_ms": 1.0,
+            }
+        )
+        truth.append({"event_id": f"e{i}", "label": label})  # both always right
+    preds.write_text("\n".join(json.dumps(x) for x in lines))
+    labels.write_text("\n".join(json.dumps(x) for x in truth))
+    report = json.loads(
+        cli(
+            "ab-report", "fraud", "--predictions", str(preds), "--labels", str(labels), "--json"
+        ).output
+    )
+    a, b = report["variants"]
+    assert (a["name"], a["count"], a["labelled"], a["accuracy"]) == ("A", 2000, 2000, 1.0)
+    assert (b["name"], b["count"], b["accuracy"]) == ("B", 2000, 1.0)
+    # the positive label is the score label of the stable spec in the repo: "fraud"
+    assert 0.05 < a["positive_rate"] < 0.15
+    missing = cli("ab-report", "fraud", ok=False)
+    assert missing.exit_code == 2 and "--predictions" in missing.output
