@@ -2,14 +2,17 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Extras to install for the tests. CI adds `torch` (about 3 GB of CUDA wheels from PyPI)
+# so the torch backend is tested on CPU against ONNX Runtime: `make test EXTRAS=dev,torch`.
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test lint typecheck unit bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

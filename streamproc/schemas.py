@@ -9,7 +9,7 @@ from typing import Any
 
 import fastavro
 
-NAMES = ("Transaction", "Prediction", "DeadLetter", "Alert", "MetricsSnapshot")
+NAMES = ("Transaction", "Prediction", "DeadLetter", "Alert", "MetricsSnapshot", "Label")
 
 
 @functools.cache

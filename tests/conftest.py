@@ -7,6 +7,7 @@ The broker and registry are started once per pytest session: from
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]
     try:
         yield info
     finally:
+        gc.collect()  # destroy leftover clients first, so they don't log a vanished broker
         stack.down()
 
 

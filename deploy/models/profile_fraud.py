@@ -19,7 +19,7 @@ def main() -> None:
     cols = synth.generate_columns(50_000, seed=0)
     for version_dir in sorted((HERE / "fraud").iterdir()):
         spec = load_model_spec(version_dir)
-        profile = build_profile(spec, synth.feature_matrix(cols, spec))
+        profile = build_profile(spec, synth.feature_matrix(cols, spec), cols[synth.LABEL])
         path = profile.save(version_dir / PROFILE_FILE)
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 

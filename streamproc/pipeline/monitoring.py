@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.drift import DriftConfig, DriftMonitor, QualityMonitor, ReferenceProfile
+from streamproc.drift import (
+    AccuracyMonitor,
+    AlertEvent,
+    DriftConfig,
+    DriftMonitor,
+    QualityMonitor,
+    ReferenceProfile,
+)
 from streamproc.models.spec import ModelSpec
 from streamproc.types import DecodedBatch
 
@@ -22,15 +29,29 @@ def load_profile(spec: ModelSpec) -> ReferenceProfile | None:
     return ReferenceProfile.load(path) if path.exists() else None
 
 
+class LabelSource(Protocol):
+    def drain(self) -> tuple[list[str], list[str]]: ...
+
+
 class StreamMonitor:
     """Implements :class:`streamproc.pipeline.processor.Monitor` for one model version.
 
     Without a stored profile, the first ``reference_events`` events become the reference.
     """
 
-    def __init__(self, spec: ModelSpec, config: DriftConfig, profile: ReferenceProfile | None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: DriftConfig,
+        profile: ReferenceProfile | None,
+        feedback: LabelSource | None = None,
+    ):
         self.spec = spec
         self.quality = QualityMonitor(profile, config)
+        self.feedback = feedback
+        self.accuracy = AccuracyMonitor(
+            config, reference_error_rate=profile.error_rate if profile is not None else None
+        )
         names = spec.columns
         self.continuous = np.arange(len(names))
         self.discrete = np.arange(0)
@@ -64,18 +85,43 @@ class StreamMonitor:
                     scores[:, self.spec.outputs.score_index], ok_offsets
                 )
         alerts += self.quality.update(len(decoded), rejects, None, decoded.schema_ids, offsets)
+        if self.feedback is not None:
+            alerts += self._accuracy(decoded, ok_rows, scores)
         return [a.as_dict() for a in alerts]
 
+    def _accuracy(
+        self,
+        decoded: DecodedBatch,
+        ok_rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float32],
+    ) -> list[AlertEvent]:
+        """Remember this batch's predicted labels; join the labels that came meanwhile."""
+        assert self.feedback is not None
+        o = self.spec.outputs
+        if len(ok_rows) and scores.size:
+            predicted = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
+            self.accuracy.record_predictions([decoded.event_ids[i] for i in ok_rows],
+                                             predicted.tolist())  # fmt: skip
+        ids, labels = self.feedback.drain()
+        return self.accuracy.record_labels(ids, labels) if ids else []
 
-def build_monitor(spec: ModelSpec, drift: dict[str, Any]) -> StreamMonitor | None:
+
+def build_monitor(
+    spec: ModelSpec, drift: dict[str, Any], feedback: LabelSource | None = None
+) -> StreamMonitor | None:
     config = DriftConfig.model_validate(drift)
     if not config.enabled:
         return None
-    return StreamMonitor(spec, config, load_profile(spec))
+    return StreamMonitor(spec, config, load_profile(spec), feedback)
 
 
-def build_profile(spec: ModelSpec, features: npt.NDArray[np.float32]) -> ReferenceProfile:
-    """A reference profile from training-like data: feature columns and the model's scores."""
+def build_profile(
+    spec: ModelSpec,
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.integer] | None = None,
+) -> ReferenceProfile:
+    """A reference profile from training data: feature columns, the model's scores and, with
+    labels (index into ``spec.outputs.labels``), its reference error rate."""
     from streamproc.backends.select import load_backend
 
     backend = load_backend(spec, prefer=["onnxruntime"])
@@ -83,7 +129,10 @@ def build_profile(spec: ModelSpec, features: npt.NDArray[np.float32]) -> Referen
         scores = backend.infer(np.ascontiguousarray(features, dtype=np.float32))
     finally:
         backend.close()
+    score = scores[:, spec.outputs.score_index]
+    error_rate = None
+    if labels is not None:
+        error_rate = float(np.mean((score >= spec.outputs.threshold) != (labels == 1)))
     return ReferenceProfile.from_matrix(
-        features, spec.columns, model_version=spec.version,
-        scores=scores[:, spec.outputs.score_index],
-    )  # fmt: skip
+        features, spec.columns, model_version=spec.version, scores=score, error_rate=error_rate
+    )

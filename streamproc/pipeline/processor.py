@@ -21,6 +21,7 @@ from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode
 
+from .alerting import AlertRouter, AlertRules
 from .scoring import Scorer
 
 
@@ -80,6 +81,7 @@ class BatchHandler:
         counters: CountingSensor | None = None,
         monitor: Monitor | None = None,
         snapshot_interval_s: float = 10.0,
+        router: AlertRouter | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.decoder = decoder
@@ -92,6 +94,7 @@ class BatchHandler:
         self.counters = counters or CountingSensor()
         self.monitor: Monitor = monitor or NullMonitor()
         self.snapshot_interval_ms = snapshot_interval_s * 1000.0
+        self.router = router or AlertRouter(AlertRules())
         self.clock_ms = clock_ms
         self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
@@ -262,6 +265,8 @@ class BatchHandler:
         return rejects
 
     def _alert(self, a: dict[str, Any], now_ms: int, out: Outputs) -> None:
+        if not self.router.routes({"severity": a.get("severity", "WARNING")}):
+            return
         spec = self.scorer.primary
         rec = {
             "alert_id": a.get("alert_id") or uuid.uuid4().hex,
@@ -283,6 +288,7 @@ class BatchHandler:
         value = encode_record("Alert", self.ids.alert, rec)
         key = f"{rec['model_name']}/{rec['type']}/{rec['feature'] or ''}".encode()
         out.records.append(OutRecord(self.topics.alerts, key, value))
+        self.router.notify(rec)
         self.sensor.on_alert(rec["type"], rec["severity"], rec["feature"], rec["state"] == "FIRING")
 
     def _snapshot(self, now_ms: int) -> OutRecord:
