@@ -348,3 +348,41 @@ def diff(
         _emit(result.as_dict())
         return
     typer.echo(_render_diff(result))
+
+
+# ---------------------------------------------------------------------------- profile
+
+
+@app.command("profile")
+def profile(
+    name: Annotated[str, typer.Argument(help="Model name")],
+    version: Annotated[str, typer.Argument(help="Version")],
+    data: Annotated[
+        Path | None,
+        typer.Argument(help=".npy or .csv of training features (default: synthetic data)"),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help=".npy of 0/1 labels, for the reference error rate")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="Rows of synthetic data")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data")] = 0,
+    repo: RepoOpt = DEFAULT_ROOT,
+) -> None:
+    """Build the version's drift reference profile (reference_profile.json) from data."""
+    from streamproc import synth
+    from streamproc.pipeline.monitoring import PROFILE_FILE, build_profile
+
+    repository = ModelRepository(repo)
+    spec = repository.spec(name, version)
+    y = None
+    if data is None:
+        cols = synth.generate_columns(rows, seed=seed)
+        x = synth.feature_matrix(cols, spec)
+        y = cols[synth.LABEL]
+    else:
+        x = _read_sample(data, spec)
+        if labels is not None:
+            y = np.load(labels, allow_pickle=False)
+    prof = build_profile(spec, x, y)
+    path = prof.save(repository.path(name, version) / PROFILE_FILE)
+    _emit({"profile": str(path), "rows": int(len(x)), "error_rate": prof.error_rate})
