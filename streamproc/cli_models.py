@@ -385,4 +385,4 @@ def profile(
             y = np.load(labels, allow_pickle=False)
     prof = build_profile(spec, x, y)
     path = prof.save(repository.path(name, version) / PROFILE_FILE)
-    _emit({"profile": str(path), "rows": int(len(x)), "error_rate": prof.error_rate})
+    _emit({"profile": str(path), "rows": len(x), "error_rate": prof.error_rate})
