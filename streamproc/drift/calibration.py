@@ -51,7 +51,7 @@ def _solve_increasing(f: Callable[[float], float], target: float, lo: float, hi:
             lo = mid
         else:
             hi = mid
-        if hi - lo < 1e-6 * max(1.0, hi):
+        if hi - lo < 1e-4 * max(1.0, hi):
             break
     return 0.5 * (lo + hi)
 

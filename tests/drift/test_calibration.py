@@ -71,4 +71,4 @@ def test_norm_ppf_inverts_cdf(p: float) -> None:
 @settings(max_examples=30, deadline=None)
 @given(st.floats(0.05, 1.0), st.floats(1e3, 1e9))
 def test_mean_threshold_solves_siegmund(k: float, arl: float) -> None:
-    assert mean_arl(k, mean_threshold(k, arl)) == pytest.approx(arl, rel=1e-4)
+    assert mean_arl(k, mean_threshold(k, arl)) == pytest.approx(arl, rel=2e-3)
