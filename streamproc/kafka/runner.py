@@ -38,6 +38,9 @@ class RunnerSettings:
     topic: str
     exactly_once: bool = False
     flush_timeout_s: float = 30.0
+    # at-least-once: how many produced batches may await acknowledgement before the runner
+    # blocks on a flush and commits them all (1: flush and commit after every batch).
+    max_unacked_batches: int = 8
     registry_retry_initial_s: float = 0.1
     registry_retry_max_s: float = 5.0
     lag_interval_s: float = 1.0
@@ -106,6 +109,9 @@ class KafkaRunner:
         self._assignment: list[TopicPartition] = []
         self._last_lag = 0.0
         self.batches_committed = 0
+        # at-least-once: next offsets of produced batches not yet committed (partition ->)
+        self._uncommitted: dict[int, int] = {}
+        self._unacked_batches = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -127,6 +133,7 @@ class KafkaRunner:
                 self._step()
             for rel in self.batcher.release_all(ReleaseReason.SHUTDOWN):
                 self._process(rel)
+            self._flush_and_commit()
         finally:
             self.producer.flush(s.flush_timeout_s)  # anything not yet acknowledged
             self.consumer.close()  # leaves the group at once: partitions move without waiting
@@ -149,6 +156,8 @@ class KafkaRunner:
                 self._process(rel)
         for rel in self.batcher.release_due():
             self._process(rel)
+        if not msgs and self._unacked_batches:
+            self._flush_and_commit()  # idle: nothing to overlap with, make it durable now
         now = time.monotonic()
         if now - self._last_lag >= self.settings.lag_interval_s:
             self._last_lag = now
@@ -214,28 +223,49 @@ class KafkaRunner:
                 self._abort_and_rewind(raw, exc)
                 return
         else:
-            # 1. produce predictions, dead letters, alerts and snapshots
+            # 1. produce predictions, dead letters, alerts and snapshots (queued; the
+            #    broker acknowledges them while the next batch is being scored)
             self._produce_all(out)
-            # 2. flush: wait for every acknowledgement of this batch, at most
-            #    flush_timeout_s; anything unacknowledged means no commit.
-            remaining = self.producer.flush(s.flush_timeout_s)
-            if remaining or self._delivery_errors:
-                errors, self._delivery_errors = self._delivery_errors, []
-                raise DeliveryError(
-                    f"{remaining} records unacknowledged after {s.flush_timeout_s}s; "
-                    f"errors: {errors[:3]}",
-                    topic=s.topic,
+            for tp in offsets:
+                self._uncommitted[tp.partition] = max(
+                    tp.offset, self._uncommitted.get(tp.partition, tp.offset)
                 )
-            # 3. commit the next offsets synchronously: once this returns, a crash
-            #    never replays the batch.
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                # Lost the partitions in a rebalance: the new owner replays from the
-                # last commit (at-least-once allows the duplicate; nothing is lost).
-                log.warning("offset commit failed after produce, batch will replay: %s", exc)
-                return
+            self._unacked_batches += 1
+            self.producer.poll(0)  # serve delivery reports without waiting
+            if self._unacked_batches >= s.max_unacked_batches:
+                self._flush_and_commit()
+            return
         self.batches_committed += 1
+
+    def _flush_and_commit(self) -> None:
+        """at-least-once, steps 2 and 3: wait for every acknowledgement, then commit."""
+        s = self.settings
+        if s.exactly_once or not self._unacked_batches:
+            return
+        # 2. flush: wait for every acknowledgement of the produced batches, at most
+        #    flush_timeout_s; anything unacknowledged or failed means no commit (the
+        #    process stops and a restart replays from the last commit).
+        remaining = self.producer.flush(s.flush_timeout_s)
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryError(
+                f"{remaining} records unacknowledged after {s.flush_timeout_s}s; "
+                f"errors: {errors[:3]}",
+                topic=s.topic,
+            )
+        offsets = [TopicPartition(s.topic, p, o) for p, o in self._uncommitted.items()]
+        self._uncommitted.clear()
+        batches, self._unacked_batches = self._unacked_batches, 0
+        # 3. commit the next offsets synchronously: once this returns, a crash never
+        #    replays these batches.
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Lost the partitions in a rebalance: the new owner replays from the last
+            # commit (at-least-once allows the duplicate; nothing is lost).
+            log.warning("offset commit failed after produce, batches will replay: %s", exc)
+            return
+        self.batches_committed += batches
 
     def _abort_and_rewind(self, raw: RawBatch, exc: KafkaException) -> None:
         err = exc.args[0]
@@ -287,6 +317,7 @@ class KafkaRunner:
         # the next owner starts exactly after it.
         for rel in self.batcher.release_all(ReleaseReason.REBALANCE):
             self._process(rel)
+        self._flush_and_commit()
         self._assignment = []
         log.info("revoked %s", [p.partition for p in parts])
 
@@ -294,6 +325,8 @@ class KafkaRunner:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
+        self._uncommitted.clear()  # produced, never committed: replayed (at-least-once)
+        self._unacked_batches = 0
         self._assignment = []
         log.warning("partitions lost %s", [p.partition for p in parts])
 

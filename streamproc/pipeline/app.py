@@ -13,12 +13,14 @@ from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
+from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
+from .alerting import AlertRouter
 from .monitoring import build_monitor
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer, SingleScorer
@@ -50,7 +52,7 @@ def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
     ids = register_output_schemas(registry, cfg)
     shadow = registry.register(schemas.subject_for(cfg.topics.shadow),
                                schemas.schema_text("Prediction"))  # fmt: skip
-    return {
+    out = {
         subject: sid,
         schemas.subject_for(cfg.topics.predictions): ids.prediction,
         schemas.subject_for(cfg.topics.shadow): shadow,
@@ -58,6 +60,10 @@ def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
         schemas.subject_for(cfg.topics.alerts): ids.alert,
         schemas.subject_for(cfg.topics.metrics): ids.metrics,
     }
+    if cfg.topics.feedback:
+        feedback = schemas.subject_for(cfg.topics.feedback)
+        out[feedback] = registry.register(feedback, schemas.schema_text("Label"))
+    return out
 
 
 def ensure_topics(cfg: PipelineConfig) -> None:
@@ -118,9 +124,13 @@ def build_processor(
     registry = Registry(registry_config(cfg.registry))
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
-    if monitor is None:
-        monitor = build_monitor(spec, cfg.drift)
     closers: list[Callable[[], None]] = []
+    if monitor is None:
+        feedback = None
+        if cfg.topics.feedback:
+            feedback = FeedbackReader(cfg.kafka.bootstrap, registry, cfg.topics.feedback).start()
+            closers.append(feedback.stop)
+        monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # the control topic's deployment of this model, if it has one
         from .rollout import build_rollout_scorer
 
@@ -156,6 +166,7 @@ def build_processor(
         counters=counters,  # fed by the runner once each batch is committed
         monitor=monitor,
         snapshot_interval_s=cfg.metrics.snapshot_interval_s,
+        router=AlertRouter.from_config(cfg.alerts),
     )
     eos = cfg.delivery.guarantee == "exactly-once"
     # A stable id per replica: a restarted replica fences its predecessor and aborts the

@@ -14,7 +14,7 @@ does not see event ids).
 
 >>> import numpy as np
 >>> from streamproc.models.spec import FeatureSpec, ModelSpec
->>> from streamproc.rollout.state import Deploy, Strategy, StrategyParams, apply
+>>> from streamproc.rollout.state import Deploy, Rollback, Strategy, apply
 >>> class Const:
 ...     name = "const"
 ...     def __init__(self, v: float) -> None: self.v = v
@@ -29,6 +29,12 @@ True
 >>> out = scorer.score(np.zeros((3, 1), np.float32), [b"a", b"b", None])
 >>> out.scores.ravel().tolist(), [sp.version for sp, _, _ in out.shadow]
 ([0.0, 0.0, 0.0], ['2.0.0'])
+
+A candidate that cannot be loaded takes no traffic (and the reason is logged):
+
+>>> s = apply(apply(s, Rollback("m", at_ms=2)), Deploy("m", "3.0.0", at_ms=3))
+>>> scorer.apply(s), scorer.snapshot.state.in_progress, sorted(scorer.snapshot.backends)
+(True, False, ['1.0.0'])
 """
 
 from __future__ import annotations

@@ -1,0 +1,289 @@
+"""The deployment control topic on Kafka: a :class:`ControlStore` and a background watcher.
+
+The control topic is compacted and keyed by model name; each value is one
+:func:`~streamproc.rollout.state.encode`-d snapshot. Readers take every record from the
+beginning to the end offsets (the high watermarks at the time of the read) and keep, per
+model, the snapshot with the highest revision (:func:`~streamproc.rollout.state.converge`),
+so every replica agrees whatever compaction has removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+
+from streamproc.errors import DeploymentError, KafkaError
+from streamproc.rollout.state import DeploymentState, converge, decode, encode, key, newer
+from streamproc.rollout.store import ControlStore
+
+if TYPE_CHECKING:
+    from streamproc.config import PipelineConfig
+    from streamproc.rollout.ab import ABSource, VariantData
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes | None]
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"control-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+    })  # fmt: skip
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read the metadata of {topic}: {exc}", topic=topic) from exc
+    tm = meta.topics.get(topic)
+    if tm is None or tm.error is not None:
+        return []  # no such topic yet: nothing was ever deployed
+    return sorted(tm.partitions)
+
+
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Record]:
+    """Every ``(key, value)`` of ``topic`` from the beginning to its end offsets now."""
+    c = _consumer(bootstrap)
+    try:
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
+        for p in _partitions(c, topic, timeout_s):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        out: list[Record] = []
+        if not ends:
+            return out
+        c.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            # consume() waits for a full batch or the timeout: poll in short slices.
+            msgs = c.consume(500, timeout=0.05)
+            if not msgs and time.monotonic() > deadline:
+                raise KafkaError(f"read of {topic} stalled before its end offsets {ends}",
+                                 topic=topic)  # fmt: skip
+            if msgs:
+                deadline = time.monotonic() + timeout_s
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                part, off = m.partition(), m.offset()
+                if part is None or off is None or part not in ends or off >= ends[part]:
+                    continue
+                p = part
+                out.append((m.key(), m.value()))
+                if off + 1 >= ends[p]:
+                    del ends[p]
+            # Compaction or transaction markers can leave the last offsets empty.
+            for tp in c.position([TopicPartition(topic, p) for p in list(ends)]):
+                if tp.offset >= 0 and tp.offset >= ends.get(tp.partition, -1):
+                    ends.pop(tp.partition, None)
+        return out
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read the control topic: {exc}", topic=topic) from exc
+    finally:
+        c.close()
+
+
+class KafkaControlStore:
+    """A :class:`ControlStore` over the compacted control topic."""
+
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._producer: Producer | None = None
+
+    def records(self) -> list[Record]:
+        """Every ``(key, value)`` on the topic, from the beginning to the current end."""
+        return read_to_end(self.bootstrap, self.topic, self.timeout_s)
+
+    def states(self) -> dict[str, DeploymentState]:
+        return converge(self.records())
+
+    def latest(self, name: str) -> DeploymentState | None:
+        return self.states().get(name)
+
+    def history(self, name: str) -> list[DeploymentState]:
+        by_revision: dict[int, DeploymentState] = {}
+        for k, v in self.records():
+            if v is None or k is None or k.decode(errors="replace") != name:
+                continue
+            try:
+                s = decode(v)
+            except DeploymentError as exc:
+                log.warning("skipping a control record of %s: %s", name, exc)
+                continue
+            best = newer(by_revision.get(s.revision), s)
+            assert best is not None
+            by_revision[s.revision] = best
+        return [by_revision[r] for r in sorted(by_revision)]
+
+    def publish(self, state: DeploymentState) -> None:
+        current = self.latest(state.model)
+        if current is not None and state.revision <= current.revision:
+            raise DeploymentError(
+                f"{state.model}: revision {state.revision} is stale "
+                f"(the control topic holds revision {current.revision})"
+            )
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all"})
+        errors: list[str] = []
+
+        def report(err: object, _msg: object) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        try:
+            self._producer.produce(self.topic, encode(state), key(state), on_delivery=report)
+            left = self._producer.flush(self.timeout_s)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot publish {state.model}: {exc}", topic=self.topic) from exc
+        if left or errors:
+            raise KafkaError(
+                f"publishing {state.model} revision {state.revision} failed: "
+                f"{errors or 'not acknowledged in time'}",
+                topic=self.topic,
+            )
+
+    def names(self) -> list[str]:
+        return sorted(self.states())
+
+
+def make_store(bootstrap: str, topic: str) -> ControlStore:
+    """The control store the CLI uses."""
+    return KafkaControlStore(bootstrap, topic)
+
+
+class ControlWatcher:
+    """Follow the control topic in a thread; call ``on_state`` with each newer snapshot.
+
+    Reads from the beginning (so it also sees what was published before it started) and
+    calls ``on_state`` only when a model's converged snapshot gets a higher revision.
+    ``on_state`` runs on the watcher thread; an exception in it is logged, not raised.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_state: Callable[[DeploymentState], None],
+        *,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.topic = topic
+        self._on_state = on_state
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._consumer = _consumer(bootstrap)
+        self._states: dict[str, DeploymentState] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{topic}")
+        self._started = False
+
+    def start(self) -> ControlWatcher:
+        self._started = True
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        c = self._consumer
+        try:
+            assigned = False
+            while not self._stop.is_set():
+                if not assigned:
+                    parts = _partitions(c, self.topic, self._poll_s * 5)
+                    if not parts:
+                        self._stop.wait(self._poll_s)
+                        continue
+                    c.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+                    assigned = True
+                for m in c.consume(100, timeout=self._poll_s):
+                    if m.error() is None:
+                        self._record(m.value())
+        except Exception:
+            log.exception("control watcher on %s failed", self.topic)
+        finally:
+            c.close()
+
+    def _record(self, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            state = decode(value)
+        except DeploymentError as exc:
+            log.warning("ignoring a control record on %s: %s", self.topic, exc)
+            return
+        old = self._states.get(state.model)
+        if old is not None and newer(old, state) is old:
+            return
+        self._states[state.model] = state
+        try:
+            self._on_state(state)
+        except Exception:
+            log.exception("applying %s revision %d failed", state.model, state.revision)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if not self._started:
+            self._started = True  # never ran: close here, once
+            self._consumer.close()
+        elif self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+
+class KafkaABSource:
+    """A/B data from the predictions topic: the model's predictions since the deployment."""
+
+    def __init__(self, cfg: PipelineConfig, positive_label: str, timeout_s: float = 10.0) -> None:
+        self.cfg = cfg
+        self.positive_label = positive_label
+        self.timeout_s = timeout_s
+
+    def variants(self, state: DeploymentState) -> tuple[VariantData, VariantData]:
+        from streamproc.kafka.clients import FramedDecoder
+        from streamproc.kafka.configuration import registry_config
+        from streamproc.kafka.registry import Registry
+        from streamproc.rollout.ab import variants_from_predictions
+
+        decoder = FramedDecoder(Registry(registry_config(self.cfg.registry)))
+        preds: list[dict[str, Any]] = []
+        for _, value in read_to_end(
+            self.cfg.kafka.bootstrap, self.cfg.topics.predictions, self.timeout_s
+        ):
+            if value is None:
+                continue
+            _, rec = decoder.decode(value)
+            if (
+                rec.get("model_name") == state.model
+                and int(rec.get("processed_time", 0)) >= state.deployed_ms
+            ):
+                preds.append(rec)
+        return variants_from_predictions(state, preds, positive_label=self.positive_label)
+
+
+def _ms(value: object) -> int:
+    """Epoch milliseconds of a timestamp-millis field (fastavro may give a datetime)."""
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def make_ab_source(cfg: PipelineConfig, name: str) -> ABSource:
+    """The A/B source ``deploy ab-report --config`` uses (labels: the model's positive one)."""
+    from streamproc.models.spec import load_model_spec
+
+    out = load_model_spec(cfg.model).outputs
+    if not out.labels:
+        raise DeploymentError(f"{name}: the model names no labels; give --predictions")
+    return KafkaABSource(cfg, out.labels[min(out.score_index, len(out.labels) - 1)])

@@ -1,0 +1,198 @@
+"""Rollouts on the real broker: canary split by key, shadow isolation, live rollback."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+
+import pytest
+
+from streamproc import synth
+from streamproc.errors import DeploymentError
+from streamproc.kafka.control import KafkaControlStore
+from streamproc.pipeline.rollout import build_rollout_scorer
+from streamproc.rollout.router import assign
+from streamproc.rollout.state import (
+    Deploy,
+    DeploymentState,
+    Rollback,
+    Status,
+    Strategy,
+    StrategyParams,
+)
+from streamproc.rollout.store import execute
+
+pytestmark = pytest.mark.kafka
+
+STABLE, CANDIDATE = "1.0.0", "1.1.0"
+
+
+def _deploy(cfg, strategy: Strategy, percent: float = 10.0) -> KafkaControlStore:
+    store = KafkaControlStore(cfg.kafka.bootstrap, cfg.topics.control)
+    execute(store, Deploy("fraud", STABLE, at_ms=1))
+    execute(store, Deploy("fraud", CANDIDATE, strategy, StrategyParams(percent=percent), at_ms=2))
+    return store
+
+
+def _produce(producer, n: int, seed: int, offset: int = 0, keys: int = 4000) -> list[dict]:
+    records, _ = synth.generate(n, seed=seed, offset=offset)
+    for i, r in enumerate(records):
+        r["account_id"] = f"acct-{(offset + i) % keys:06d}"
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    return records
+
+
+def test_kafka_control_store_round_trips_and_refuses_stale(pipeline_config_factory):
+    cfg = pipeline_config_factory(partitions=1)
+    store = _deploy(cfg, Strategy.CANARY)
+    state = store.latest("fraud")
+    assert state is not None and (state.stable, state.candidate, state.revision) == (
+        STABLE,
+        CANDIDATE,
+        2,
+    )
+    assert [s.revision for s in store.history("fraud")] == [1, 2]
+    assert store.names() == ["fraud"]
+    with pytest.raises(DeploymentError, match="stale"):
+        store.publish(store.history("fraud")[0])
+
+
+def test_canary_ten_percent_by_key(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=2, batching={"max_batch_size": 500})
+    state = _deploy(cfg, Strategy.CANARY, 10.0).latest("fraud")
+    producer = event_producer_factory(cfg.topics.input)
+    records = _produce(producer, 20_000, seed=21)
+    running = processor_factory(cfg)  # build_processor finds the deployment itself
+    preds = read_topic(cfg.topics.predictions, 20_000, idle_s=30)
+    running.stop()
+    assert sorted(p.value["event_id"] for p in preds) == sorted(r["event_id"] for r in records)
+    versions = Counter(p.value["model_version"] for p in preds)
+    assert set(versions) == {STABLE, CANDIDATE}
+    assert 0.08 <= versions[CANDIDATE] / len(preds) <= 0.12
+    by_key: dict[bytes, set[str]] = defaultdict(set)
+    for p in preds:
+        by_key[p.key].add(p.value["model_version"])
+    assert len(by_key) == 4000
+    assert all(len(v) == 1 for v in by_key.values())  # each key stays on one version
+    keys = sorted(by_key)
+    expected = assign(keys, state).variant
+    assert [by_key[k] == {CANDIDATE} for k in keys] == [bool(v) for v in expected]
+
+
+def test_shadow_predictions_only_on_the_shadow_topic(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=2)
+    _deploy(cfg, Strategy.SHADOW)
+    producer = event_producer_factory(cfg.topics.input)
+    records = _produce(producer, 1000, seed=22, keys=300)
+    running = processor_factory(cfg)
+    preds = read_topic(cfg.topics.predictions, 1000)
+    shadow = read_topic(cfg.topics.shadow, 1000)
+    running.stop()
+    ids = sorted(r["event_id"] for r in records)
+    assert sorted(p.value["event_id"] for p in preds) == ids
+    assert {p.value["model_version"] for p in preds} == {STABLE}  # users see stable only
+    assert sorted(p.value["event_id"] for p in shadow) == ids  # the candidate saw everything
+    assert {p.value["model_version"] for p in shadow} == {CANDIDATE}
+
+
+def test_rollback_switches_every_replica_without_loss_or_duplicates(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(guarantee="exactly-once", partitions=4)
+    store = _deploy(cfg, Strategy.CANARY, 50.0)
+    switched = {name: threading.Event() for name in ("a", "b")}
+    scorers = []
+
+    def on_applied(name: str):
+        def call(s: DeploymentState) -> None:
+            if s.status is Status.ROLLED_BACK:
+                switched[name].set()
+
+        return call
+
+    try:
+        running = []
+        for name in ("a", "b"):
+            scorer = build_rollout_scorer(
+                cfg.kafka.bootstrap, cfg.topics.control, cfg.model, on_applied=on_applied(name)
+            )
+            assert scorer is not None
+            scorers.append(scorer)
+            running.append(processor_factory(cfg.with_overrides(instance_id=name), scorer=scorer))
+        producer = event_producer_factory(cfg.topics.input)
+        first = _produce(producer, 2000, seed=23, keys=500)
+        execute(store, Rollback("fraud", at_ms=3))  # lands while the first half is processed
+        for name, event in switched.items():
+            assert event.wait(60), f"replica {name} never applied the rollback"
+        second = _produce(producer, 2000, seed=23, offset=2000, keys=500)
+        preds = read_topic(cfg.topics.predictions, 4001, idle_s=5)
+        for r in running:
+            r.stop()
+    finally:
+        for s in scorers:
+            s.close()
+    counts = Counter(p.value["event_id"] for p in preds)
+    assert set(counts) == {r["event_id"] for r in first + second}
+    assert set(counts.values()) == {1}  # nothing lost, nothing duplicated
+    after = {r["event_id"] for r in second}
+    assert {p.value["model_version"] for p in preds if p.value["event_id"] in after} == {STABLE}
+    assert all(r.processor.counters.events_in > 0 for r in running)  # both replicas served
+
+
+class _Const:
+    name = "const"
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def infer(self, batch):
+        import numpy as np
+
+        return np.full((len(batch), 2), self.value, np.float32)
+
+
+def _loader(broken: set[str]):
+    from streamproc.models.spec import load_model_spec
+    from tests.pipeline.conftest import MODEL
+
+    def load(version: str):
+        if version in broken:
+            raise RuntimeError(f"no such file for {version}")
+        return load_model_spec(MODEL), _Const(float(version.split(".")[1]))
+
+    return load
+
+
+def test_a_candidate_that_fails_to_load_takes_no_traffic_and_is_logged(caplog):
+    import numpy as np
+
+    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.rollout.state import apply
+
+    s = apply(None, Deploy("fraud", STABLE, at_ms=1))
+    seen: list[int] = []
+    scorer = RolloutScorer(s, _loader({CANDIDATE}), on_applied=lambda st: seen.append(st.revision))
+    s = apply(s, Deploy("fraud", CANDIDATE, Strategy.CANARY, StrategyParams(percent=50), at_ms=2))
+    assert scorer.apply(s) and seen == [2]
+    assert "no such file for 1.1.0" in caplog.text
+    out = scorer.score(np.zeros((100, 3), np.float32), [f"k{i}".encode() for i in range(100)])
+    assert [v.version for v in out.versions] == [STABLE] and not out.version_index.any()
+    assert not scorer.apply(s)  # the same revision is not applied twice
+
+
+def test_a_stable_version_that_fails_to_load_is_not_switched_to(caplog):
+    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.rollout.state import Promote, apply
+
+    s = apply(None, Deploy("fraud", STABLE, at_ms=1))
+    scorer = RolloutScorer(s, _loader({"1.2.0"}))
+    # The replica only sees the final state: 1.2.0 already promoted to stable.
+    s = apply(apply(s, Deploy("fraud", "1.2.0", at_ms=2)), Promote("fraud", at_ms=3))
+    assert not scorer.apply(s)
+    assert scorer.primary.version == STABLE and scorer.snapshot.state.revision == 1
+    assert "no such file for 1.2.0" in caplog.text
