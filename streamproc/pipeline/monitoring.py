@@ -57,8 +57,8 @@ class StreamMonitor:
         self.discrete = np.arange(0)
         if profile is not None:
             # CUSUMs on standardised values suit continuous columns. Columns with a few
-            # distinct values (0/1, one-hot, small counts) false-alarm under them; they are
-            # watched by the data-quality monitor instead (see the closing note).
+            # distinct values (0/1, one-hot, small counts) false-alarm under them and are
+            # left out (a frequency test for them is still to come).
             flags = np.array([c.discrete for c in profile.columns])
             self.continuous = np.flatnonzero(~flags)
             self.discrete = np.flatnonzero(flags)
