@@ -34,6 +34,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q --target benchmarks/out/quix-site quixstreams
 	$(BIN)/python benchmarks/throughput.py
 
 clean:

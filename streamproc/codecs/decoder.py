@@ -15,6 +15,20 @@ decides its :class:`~streamproc.types.ReasonCode`:
 A registry outage raises :class:`~streamproc.errors.RegistryUnavailableError` out of
 :meth:`BatchDecoder.decode`: those events are retried by the caller, never dead-lettered.
 
+Only the reader fields the model uses (features, id and time fields) take part in schema
+resolution (:func:`~streamproc.codecs.resolve.project_reader`): a producer may drop or
+change a field the model does not read.
+
+Two paths give the same results. The *reference* path reads each body with fastavro
+(writer and reader schema) and maps the record to columns in Python. The *compiled* path
+(default) plans a small instruction table per writer schema id
+(:mod:`~streamproc.codecs.program`) and runs the whole batch through one numba interpreter
+(:mod:`~streamproc.codecs.kernel`), compiled once per machine and cached; recursive writer
+schemas fall back to fastavro (counted in :attr:`BatchDecoder.fallbacks`). The compiled path
+follows fastavro's reading rules (varint overflow, negative enum/union indexes), so verdicts
+agree event by event; the reference reads through a strict stream where fastavro's lenient
+skipping could otherwise accept a cut payload (see ``resolve.needs_strict_stream``).
+
 >>> import io, fastavro
 >>> from streamproc.codecs.source import DictSchemaSource
 >>> from streamproc.codecs.wire import frame
@@ -59,7 +73,7 @@ from streamproc.codecs.features import (
     resolve_path,
 )
 from streamproc.codecs.program import Unsupported, build_program
-from streamproc.codecs.resolve import incompatibility, project_reader
+from streamproc.codecs.resolve import incompatibility, needs_strict_stream, project_reader
 from streamproc.codecs.source import SchemaSource
 from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
 from streamproc.errors import ModelError
@@ -81,8 +95,21 @@ class WriterEntry:
     tree: avro_tree.Node | None = None
     fast_schema: Any = None  # fastavro's parsed writer schema, logical types stripped
     pure_python: bool = False  # recursive schemas: fastavro's Python reader (bounded stack)
+    strict_io: bool = False  # read through _StrictIO (see needs_strict_stream)
     expires: float = float("inf")  # unknown ids are looked up again after a while
     extra: dict[str, Any] = field(default_factory=dict)  # compiled-path state
+
+
+class _StrictIO(io.BytesIO):
+    """A stream whose short or negative reads raise EOFError (see needs_strict_stream)."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size < 0:
+            raise EOFError(f"Expected {size} bytes")  # a negative length: CORRUPT
+        data = super().read(size)
+        if size is not None and size != len(data):
+            raise EOFError(f"Expected {size} bytes, read {len(data)}")
+        return data
 
 
 def classify_read_error(exc: BaseException) -> tuple[ReasonCode, str]:
@@ -115,7 +142,8 @@ class BatchDecoder:
     fastavro reference path. Both give identical results.
     """
 
-    NEGATIVE_TTL_S = 30.0
+    NEGATIVE_TTL_S = 30.0  # an unknown id is looked up again after this long
+    MAX_ENTRIES = 4096  # beyond this, expired unknown ids are dropped
 
     def __init__(
         self,
@@ -173,6 +201,9 @@ class BatchDecoder:
             return entry
         raw = self.source.schema(schema_id)
         if raw is None:
+            if len(self._entries) > self.MAX_ENTRIES:  # ids from garbage payloads
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v.expires > now}
             entry = WriterEntry(
                 schema_id,
                 ReasonCode.UNKNOWN_SCHEMA,
@@ -204,6 +235,7 @@ class BatchDecoder:
             fast_schema=fast,
             pure_python=avro_tree.is_recursive(writer_tree),
         )
+        entry.strict_io = entry.pure_python or needs_strict_stream(writer_tree, self.reader)
         if self.compiled:
             self._prepare_compiled(entry)
         return entry
@@ -265,7 +297,7 @@ class BatchDecoder:
 
     def _decode_compiled(self, payloads: Sequence[bytes | None]) -> DecodedBatch:
         n = len(payloads)
-        packed = native.pack(payloads)
+        packed = native.pack(payloads, self.max_message_bytes)
         ids = np.full(n, -1, dtype=np.int32)
         errors = np.zeros(n, dtype=np.uint8)
         kernel.read_headers(
@@ -279,27 +311,32 @@ class BatchDecoder:
                 ReasonCode(int(errors[i])), payloads[i], self.max_message_bytes
             )
         kout: native.Outputs | None = None
+        kernel_rows: list[npt.NDArray[np.int64]] = []
+        fallback = False
         for entry, rows in self._groups(ids, errors, out):
             prog = entry.extra.get("program")
             if prog is None:
                 self._decode_reference(entry, payloads, rows.tolist(), out)
+                fallback = True
                 continue
             if kout is None:
                 kout = native.Outputs.empty(n)
             native.run(prog, packed, rows, out.features, errors, out.times, kout)
+            kernel_rows.append(rows)
             if self._time_micros:
                 out.times[rows] //= 1000
-            failed = rows[errors[rows] != 0]
-            for i in failed.tolist():
-                out.details[i] = native.detail(
-                    int(errors[i]), prog, self.plans, packed, i, kout
-                )
-            pooled = rows[(kout.id_off[rows] < 0) & (kout.id_len[rows] > 0)]
-            for i in pooled.tolist():
+            for i in rows[errors[rows] != 0].tolist():
+                out.details[i] = native.detail(int(errors[i]), prog, self.plans, packed, i, kout)
+        if kout is not None:
+            whole = not fallback and sum(r.size for r in kernel_rows) == n
+            native.event_ids(
+                packed, kout, out.event_ids, None if whole else np.concatenate(kernel_rows)
+            )
+            pooled = np.flatnonzero((kout.id_off < 0) & (kout.id_len > 0))
+            for i in pooled.tolist():  # a default id from the reader schema
+                prog = self.writer(int(ids[i])).extra["program"]
                 o, ln = -1 - int(kout.id_off[i]), int(kout.id_len[i])
                 out.event_ids[i] = prog.pool[o : o + ln].tobytes().decode("utf-8", "replace")
-        if kout is not None:
-            native.event_ids(packed, kout, out.event_ids)
         return out.batch(ids)
 
     def _decode_reference(
@@ -312,7 +349,7 @@ class BatchDecoder:
         for i in rows:
             payload = payloads[i]
             assert payload is not None
-            bio = io.BytesIO(payload)
+            bio = _StrictIO(payload) if entry.strict_io else io.BytesIO(payload)
             bio.seek(HEADER_SIZE)
             try:
                 record: dict[str, Any] = read(bio, writer, reader)  # type: ignore[assignment]

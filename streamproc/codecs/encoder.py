@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc import schemas
+from streamproc.codecs import encode_kernel as enc_kernel
 from streamproc.codecs.tree import parse, strip_logical
-from streamproc.codecs.wire import frame, header, unframe
+from streamproc.codecs.wire import HEADER_SIZE, frame, header, unframe
 
 _DOUBLE = struct.Struct("<d")
 
@@ -59,12 +60,29 @@ def _key_bytes(key: str | bytes | None) -> bytes:
     return b"\x02" + avro_string(key)
 
 
+_warm = False
+
+
+def _warm_up() -> None:
+    """Compile (or load from numba's cache) the encoding kernel once per process, through
+    the real code path so the argument types match."""
+    global _warm  # noqa: PLW0603 - one process-wide flag
+    if not _warm:
+        _warm = True
+        PredictionEncoder(0).encode(
+            ["e"], ["k"], "m", "0.0.0", np.zeros((1, 1), np.float32), 0, ["l"],
+            np.zeros(1, np.int64), 0,
+        )  # fmt: skip
+
+
 class PredictionEncoder:
     """Encodes batches of predictions as framed ``Prediction`` records."""
 
     def __init__(self, schema_id: int) -> None:
         self.schema_id = schema_id
         self._header = header(schema_id)
+        self._header_arr = np.frombuffer(self._header, np.uint8)
+        _warm_up()
         self._labels: dict[str, bytes] = {}
         self._model: tuple[str, str, bytes] = ("", "", b"")
 
@@ -97,7 +115,11 @@ class PredictionEncoder:
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
     ) -> list[bytes]:
-        """One framed Prediction per event; ``latency_ms = processed_time - event_time``."""
+        """One framed Prediction per event; ``latency_ms = processed_time - event_time``.
+
+        Written by a numba kernel; strings holding a NUL character take the Python path
+        (:meth:`encode_python`), which gives the same bytes.
+        """
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if scores.ndim != 2:
             raise ValueError("scores must have shape (n, k)")
@@ -108,6 +130,51 @@ class PredictionEncoder:
             return []
         if k and not -k <= score_index < k:
             raise ValueError(f"score_index {score_index} out of range for {k} scores")
+        times = np.ascontiguousarray(event_time_ms, dtype=np.int64)
+        ids_b = "\0".join(event_ids).encode()
+        if any(type(x) is not str for x in keys):
+            keys = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in keys]
+        keys_b = "\0".join(["" if x is None else x for x in keys]).encode()  # type: ignore[misc]
+        labels_b = "\0".join(labels).encode()
+        ends = np.empty((3, n), np.int64)
+        bufs = [np.frombuffer(b, np.uint8) for b in (ids_b, keys_b, labels_b)]
+        if not all(enc_kernel.split_ends(b, n, ends[j]) for j, b in enumerate(bufs)):
+            return self.encode_python(
+                event_ids, keys, model_name, model_version, scores, score_index, labels,
+                event_time_ms, processed_time_ms,
+            )  # fmt: skip
+        present = np.fromiter((x is not None for x in keys), np.bool_, n)
+        model = self._model_bytes(model_name, model_version)
+        # header, 6 varints, union index, score, array end, latency: an exact upper bound
+        per_event = HEADER_SIZE + 10 * 6 + 1 + 8 + 1 + 8 + len(model) + 4 * k
+        out = np.empty(n * per_event + len(ids_b) + len(keys_b) + len(labels_b), np.uint8)
+        out_ends = np.empty(n, np.int64)
+        written = enc_kernel.encode_predictions(
+            self._header_arr, bufs[0], ends[0], bufs[1], ends[1], present,
+            np.frombuffer(model, np.uint8), scores, score_index, bufs[2], ends[2], times,
+            int(processed_time_ms), out, out_ends,
+        )  # fmt: skip
+        raw = out[:written].tobytes()
+        stops = out_ends.tolist()
+        return [raw[a:b] for a, b in zip([0, *stops[:-1]], stops, strict=True)]
+
+    def encode_python(
+        self,
+        event_ids: Sequence[str],
+        keys: Sequence[str | bytes | None],
+        model_name: str,
+        model_version: str,
+        scores: npt.NDArray[np.float32],
+        score_index: int,
+        labels: Sequence[str],
+        event_time_ms: npt.NDArray[np.int64],
+        processed_time_ms: int,
+    ) -> list[bytes]:
+        """The same bytes as :meth:`encode`, built with numpy and ``bytes.join``."""
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
+        n, k = scores.shape
+        if n == 0:
+            return []
         # Fixed-width middle: score (double) + scores array block (count, k floats, end).
         score = scores[:, score_index].astype("<f8") if k else np.zeros(n, "<f8")
         middle = np.empty((n, 8 + (len(zigzag_varint(k)) + 4 * k + 1 if k else 1)), np.uint8)

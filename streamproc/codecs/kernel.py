@@ -108,7 +108,9 @@ def next_block(buf, pos, end, skip):  # type: ignore[no-untyped-def]
             if count == INT64_MIN:
                 return np.int64(INT64_MAX), pos, OK
             return -count, pos, OK
-        if size < 0 or size > end - pos:
+        if size < 0:
+            return np.int64(0), pos, CORRUPT
+        if size > end - pos:
             return np.int64(0), pos, TRUNCATED
         pos += size
 
@@ -165,7 +167,7 @@ def read_headers(buf, starts, ends, present, max_bytes, ids, codes):  # type: ig
         n = ends[e] - starts[e]
         if present[e] == 0:
             codes[e] = NULL_VALUE
-        elif n > max_bytes:
+        elif present[e] == 2 or n > max_bytes:
             codes[e] = OVERSIZE
         elif n == 0:
             codes[e] = TRUNCATED
@@ -268,7 +270,7 @@ def decode(  # type: ignore[no-untyped-def]
                     if pos >= end:
                         code = TRUNCATED
                         break
-                    v = 1.0 if buf[pos] != 0 else 0.0
+                    v = np.float64(1.0 if buf[pos] != 0 else 0.0)
                     pos += 1
                 if dk == D_NUM or dk == D_NUM_TIME:
                     s = ops[pc, 2]
@@ -291,8 +293,7 @@ def decode(  # type: ignore[no-untyped-def]
                 if code != OK:
                     break
                 if n < 0:
-                    # fastavro: "Expected -n bytes" when reading, EOF when skipping
-                    code = CORRUPT if ops[pc, 3] != 0 or dk != 0 else TRUNCATED
+                    code = CORRUPT
                     sub = C_NEGATIVE_LENGTH
                     break
                 if n > end - pos:
@@ -514,3 +515,25 @@ def decode(  # type: ignore[no-untyped-def]
         if code != OK:
             out_err[e] = code
             err_aux[e] = -1 - fi  # feature errors: negative
+
+
+@njit(cache=True, nogil=True)
+def gather_ids(buf, id_off, id_len, out):  # type: ignore[no-untyped-def]
+    """Copy every event's id bytes into ``out``, NUL-separated (an empty id where there is
+    none); returns the length written, or -1 when an id itself holds a NUL byte."""
+    w = 0
+    for e in range(id_off.shape[0]):
+        if e > 0:
+            out[w] = 0
+            w += 1
+        n = id_len[e]
+        o = id_off[e]
+        if n <= 0 or o < 0:
+            continue
+        for k in range(n):
+            c = buf[o + k]
+            if c == 0:
+                return -1
+            out[w] = c
+            w += 1
+    return w

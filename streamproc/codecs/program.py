@@ -113,7 +113,6 @@ class _Builder:
         self.depth = 0
         self.max_depth = 1
         self.leaf: dict[tuple[str, ...], _Dst] = {}
-        self.reader_enums: dict[tuple[str, ...], Node] = {}
         self.prefixes: set[tuple[str, ...]] = set()
         for p in plans:
             self._add_path(p.path)
@@ -213,13 +212,10 @@ class _Builder:
             self.emit(OP_ENUM, len(w.symbols), -1)
             return
         table = len(self.tables)
-        for s in w.symbols:
-            if s not in r.symbols and r.enum_default:
-                s = r.enum_default
+        for sym in w.symbols:
+            s = r.enum_default if sym not in r.symbols and r.enum_default else sym
             self.tables.append(r.symbols.index(s) if s in r.symbols else -2)
         dk, slot = (dst.kind, dst.slot) if dst is not None else (D_NONE, -1)
-        if dk in (D_SYM, D_SYM_ID):
-            self.reader_enums[path] = r
         at = self.emit(OP_ENUM, len(w.symbols), table, dk, slot)
         self.notes[at] = (w, r)
 
@@ -283,7 +279,6 @@ class _Builder:
                 self.emit(OP_SETI, dst.count_slot, len(value))
             elif dst.kind in (D_SYM, D_SYM_ID):
                 if node.kind == "enum":
-                    self.reader_enums[path] = node
                     self.emit(OP_SETI, dst.slot, node.symbols.index(value))
                 else:
                     raw = value.encode()
@@ -305,7 +300,9 @@ class _Builder:
 
     # -- features -------------------------------------------------------------------------
 
-    def features(self, plans: list[FeaturePlan]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:  # fmt: skip
+    def features(
+        self, plans: list[FeaturePlan]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         rows, frows = [], []
         symtab: list[tuple[int, int]] = []
         for p in plans:
@@ -364,7 +361,7 @@ def build_program(
     feat, featf, symtab = b.features(plans)
     return Program(
         ops=np.array(b.ops, dtype=np.int64).reshape(len(b.ops), 6),
-        tables=np.array(b.tables + [0], dtype=np.int64),
+        tables=np.array([*b.tables, 0], dtype=np.int64),
         pool=np.frombuffer(bytes(b.pool) + b"\0", dtype=np.uint8).copy(),
         symtab=symtab,
         consts=np.array([*b.consts, 0.0], dtype=np.float64),

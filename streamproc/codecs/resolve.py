@@ -25,8 +25,9 @@ from typing import Any
 
 import fastavro
 
-from streamproc.codecs.tree import NAMED, Field, Node, build, is_recursive
+from streamproc.codecs.tree import NAMED, Field, Node, build, is_recursive, walk
 
+_LENIENT = frozenset(("boolean", "float", "double", "fixed", "string", "bytes", "array", "map"))
 _PROMOTIONS = {
     "int": ("long", "float", "double"),
     "long": ("float", "double"),
@@ -199,3 +200,84 @@ def _prune(schema: Any, kept: dict[str, set[str]]) -> None:
         _prune(schema["values"], kept)
     elif isinstance(t, (dict, list)):
         _prune(t, kept)
+
+
+def lenient_skips(writer: Node, reader: Node) -> bool:
+    """Whether reading ``writer`` as ``reader`` skips a value that fastavro skips leniently.
+
+    fastavro skips booleans, floats, doubles and fixed without checking that their bytes are
+    there, and skips strings, bytes and array/map blocks of a *negative* length by reading
+    to the end of the payload: a cut or corrupt payload can pass. The reference decoder
+    reads such schemas through a strict stream instead.
+    """
+    seen: set[tuple[int, int]] = set()
+
+    def fixed_in(n: Node) -> bool:
+        return any(x.kind in _LENIENT for x in walk(n))
+
+    def go(w: Node, r: Node | None) -> bool:
+        if r is None:
+            return fixed_in(w)
+        key = (id(w), id(r))
+        if key in seen:
+            return False
+        seen.add(key)
+        if w.kind == "union":
+            return any(go(b, union_target(b, r)) for b in w.branches if branch_readable(b, r))
+        if r.kind == "union":
+            target = union_target(w, r)
+            if target is None:
+                return False
+            r = target
+        if w.kind == "record":
+            for wf in w.fields:
+                rf = reader_field_for(wf, r)
+                if go(wf.type, None if rf is None else rf.type):
+                    return True
+        if w.kind in ("array", "map") and w.items is not None and r.items is not None:
+            return go(w.items, r.items)
+        return False
+
+    return go(writer, reader)
+
+
+def needs_strict_stream(writer: Node, reader: Node) -> bool:
+    """Whether fastavro's lenient skips (see :func:`lenient_skips`) could let a cut or
+    corrupt payload *pass* when reading ``writer`` as ``reader``.
+
+    A lenient skip only goes unnoticed when nothing fastavro checks strictly comes after it:
+    then the reference decoder must read through a strict (slower) stream. Elsewhere a
+    lenient skip only changes which malformed code (TRUNCATED or CORRUPT) is reported.
+    """
+    if writer.kind != "record" or reader.kind != "record":
+        return lenient_skips(writer, reader)
+    fields = writer.fields
+    readers = [reader_field_for(wf, reader) for wf in fields]
+    for i, (wf, rf) in enumerate(zip(fields, readers, strict=True)):
+        if not _field_lenient(wf.type, None if rf is None else rf.type):
+            continue
+        rest = zip(fields[i + 1 :], readers[i + 1 :], strict=True)
+        if all(not _strict_bytes(w.type, r is None) for w, r in rest):
+            return True
+    return False
+
+
+def _field_lenient(w: Node, r: Node | None) -> bool:
+    if r is None:
+        return any(x.kind in _LENIENT for x in walk(w))
+    return lenient_skips(_wrap(w), _wrap(r))
+
+
+def _wrap(n: Node) -> Node:
+    return Node(kind="record", name="_", fields=[Field(name="v", type=n)])
+
+
+def _strict_bytes(w: Node, skipped: bool) -> bool:
+    """Whether fastavro reads at least one byte of ``w`` with a length check."""
+    if w.kind == "null":
+        return False
+    if w.kind in ("boolean", "float", "double", "fixed"):
+        return not skipped and (w.kind != "fixed" or w.size > 0)
+    if w.kind == "record":
+        return any(_strict_bytes(f.type, skipped) for f in w.fields)
+    return True  # varints: ints, longs, enum and union indexes, lengths, block counts

@@ -141,8 +141,15 @@ class KafkaRunner:
     def _step(self) -> None:
         max_size = self.batcher.policy.max_size
         want = max(1, max_size - len(self.batcher))
-        # Wakes when `want` records are here or the pending batch's deadline comes.
-        msgs = self.consumer.consume(num_messages=want, timeout=self.batcher.timeout_s(0.5))
+        if len(self.batcher):
+            # Wakes when `want` records are here or the pending batch's deadline comes.
+            msgs = self.consumer.consume(num_messages=want, timeout=self.batcher.timeout_s())
+        else:
+            # Nothing pending: take what is already fetched; else wake on the first record
+            # (its arrival opens the window), not on a full batch.
+            msgs = self.consumer.consume(num_messages=want, timeout=0)
+            if not msgs:
+                msgs = self.consumer.consume(num_messages=1, timeout=0.5)
         good = [m for m in msgs if m.error() is None]
         if len(good) != len(msgs):
             for m in msgs:

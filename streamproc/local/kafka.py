@@ -55,6 +55,14 @@ log.flush.interval.messages=9223372036854775807
 """
 
 
+def _cluster_id() -> str:
+    """A random KRaft cluster id; one that starts with '-' would read as a CLI flag."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 @dataclass
 class KafkaBroker:
     """Files and ports of one local broker; ``start`` returns its pid."""
@@ -84,7 +92,7 @@ class KafkaBroker:
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
         base = [java, *HEAP, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = _cluster_id()
             fmt = subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "--standalone",
                  "-t", cluster_id, "-c", str(props)],

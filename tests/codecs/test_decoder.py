@@ -91,13 +91,19 @@ def test_body_codes(spec, txn_schema, source, compiled):
         (bad_utf8, R.CORRUPT),
         (frame(TXN_ID, b"\x01" + b[1:]), R.CORRUPT),  # negative string length
     ]
-    if compiled and dec.compiled_available:
-        # fastavro indexes Python lists with a negative enum/union index (-1 is the last
-        # symbol); the compiled decoder rejects it.
-        cases.append((good[:last] + b"\x01", R.CORRUPT))
     out = dec.decode([p for p, _ in cases])
     assert [R(int(c)).name for c in out.errors] == [c.name for _, c in cases]
     assert out.event_ids == [""] * len(cases)
+
+
+def test_negative_enum_index_wraps_like_fastavro(spec, txn_schema, source, compiled):
+    # fastavro indexes the symbol list with Python semantics (-1 is the last symbol); the
+    # compiled decoder does the same so both paths agree event by event.
+    dec = make(spec, txn_schema, source, compiled)
+    good = payload(TXN_ID, txn_schema, transaction(0))
+    out = dec.decode([good[:-1] + b"\x01", good[:-1] + b"\x09"])  # index -1, then -5
+    assert [R(int(c)).name for c in out.errors] == ["OK", "CORRUPT"]
+    assert out.features[0, -4:].tolist() == [0.0, 0.0, 0.0, 1.0]  # MOTO
 
 
 def test_unknown_schema_is_cached_negatively(spec, txn_schema, source, compiled):
@@ -443,3 +449,93 @@ def test_arbitrary_bytes_never_raise(spec, txn_schema, source, compiled):
     out = dec.decode(ps)
     assert len(out) == len(ps)
     assert set(out.errors.tolist()) <= {int(c) for c in R}
+
+
+LINKED = {
+    "type": "record",
+    "name": "Event",
+    "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "event_time", "type": "long"},
+        {"name": "amount", "type": "double"},
+        {"name": "chain", "type": ["null", {"type": "record", "name": "Link", "fields": [
+            {"name": "v", "type": "int"}, {"name": "next", "type": ["null", "Link"]}]}]},
+    ],
+}  # fmt: skip
+
+
+def test_recursive_writer_falls_back_to_fastavro():
+    spec = ModelSpec.model_validate(
+        {"name": "n", "version": "1.0.0", "inputs": [{"field": "amount", "min": 0}]}
+    )
+    src = DictSchemaSource({4: LINKED})
+    comp = BatchDecoder(spec, LINKED, src, compiled=True)
+    ref = BatchDecoder(spec, LINKED, src, compiled=False)
+    deep: Any = None
+    for i in range(50):
+        deep = {"v": i, "next": deep}
+    recs = [
+        {"event_id": "a", "event_time": 1, "amount": 2.0, "chain": deep},
+        {"event_id": "b", "event_time": 2, "amount": -1.0, "chain": None},
+    ]
+    ps = [payload(4, LINKED, r) for r in recs]
+    # nesting deeper than Python's stack: a per-event error, not a crash
+    ps.append(frame(4, body(LINKED, recs[1])[:-1] + b"\x02\x00" * 5000 + b"\x00"))
+    a, b = comp.decode(ps), ref.decode(ps)
+    assert comp.fallbacks == 1 and ref.fallbacks == 0
+    assert a.errors.tolist() == b.errors.tolist() == [R.OK, R.OUT_OF_RANGE, R.CORRUPT]
+    assert a.features[0].tolist() == [2.0]
+    assert a.event_ids[:2] == ["a", "b"]
+
+
+def test_reader_defaults_fill_id_time_and_features(compiled):
+    writer = {"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}]}
+    reader = {
+        "type": "record",
+        "name": "E",
+        "fields": [
+            {"name": "x", "type": "double"},
+            {"name": "event_id", "type": "string", "default": "no-id"},
+            {"name": "event_time", "type": "long", "default": 42},
+            {"name": "w", "type": "int", "default": 7},
+            {"name": "c", "type": {"type": "enum", "name": "C", "symbols": ["P", "Q"]},
+             "default": "Q"},
+            {"name": "v", "type": {"type": "array", "items": "float"}, "default": [1.0, 2.0]},
+            {"name": "s", "type": "string", "default": "b"},
+        ],
+    }  # fmt: skip
+    spec = ModelSpec.model_validate(
+        {
+            "name": "d",
+            "version": "1.0.0",
+            "inputs": [
+                {"field": "x"},
+                {"field": "w"},
+                {"field": "c", "encoding": "index", "symbols": ["P", "Q"]},
+                {"field": "v", "length": 2},
+                {"field": "s", "encoding": "onehot", "symbols": ["a", "b"]},
+                {"field": "event_time"},
+            ],
+        }
+    )
+    dec = BatchDecoder(spec, reader, DictSchemaSource({2: writer}), compiled=compiled)
+    out = dec.decode([payload(2, writer, {"x": 0.5})])
+    assert out.errors.tolist() == [0]
+    assert out.event_ids == ["no-id"] and out.event_time_ms.tolist() == [42]
+    assert out.features[0].tolist() == [0.5, 7.0, 1.0, 1.0, 2.0, 0.0, 1.0, 42.0]
+
+
+def test_kernels_compile_once(spec, txn_schema, source):
+    from streamproc.codecs import encode_kernel, kernel
+    from streamproc.codecs.encoder import PredictionEncoder
+
+    dec = BatchDecoder(spec, txn_schema, source)
+    good = payload(TXN_ID, txn_schema, transaction(1))
+    dec.decode([good, None, b"\x01" * 3, good + b"\x00", b"\x00" * (2 * 10**6)])
+    dec.decode([good])
+    enc = PredictionEncoder(1)
+    enc.encode(["a"], [None], "m", "1.0.0", np.ones((1, 2), np.float32), 1, ["x"],
+               np.zeros(1, np.int64), 5)  # fmt: skip
+    for fn in (kernel.decode, kernel.read_headers, kernel.gather_ids,
+               encode_kernel.encode_predictions, encode_kernel.split_ends):  # fmt: skip
+        assert len(fn.signatures) == 1, fn

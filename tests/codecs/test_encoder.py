@@ -116,3 +116,21 @@ def test_zigzag_matches_fastavro(n):
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", n)
     assert zigzag_varint(n) == buf.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.lists(st.text(max_size=6), min_size=1, max_size=5),
+    k=st.integers(0, 4),
+    label=st.text(max_size=4),
+    key_kind=st.sampled_from(["none", "str", "bytes", "nul"]),
+)
+def test_kernel_python_and_fastavro_agree(ids, k, label, key_kind):
+    n = len(ids)
+    scores = np.random.default_rng(n).random((n, k), dtype=np.float32)
+    key: str | bytes | None = {"none": None, "str": "κ", "bytes": b"\xffk", "nul": "a\0b"}[key_kind]
+    times = np.arange(n, dtype=np.int64) * -(2**40)
+    enc = PredictionEncoder(2**31 - 1)
+    args = (ids, [key] * n, "m", "1.0.0", scores, 0, [label] * n, times, 2**41)
+    fast = enc.encode(*args)
+    assert fast == enc.encode_python(*args) == enc.encode_reference(*args)
