@@ -902,7 +902,10 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
              for n in SYSTEMS if n in res and res[n].get("status") not in (None, "ok")]  # fmt: skip
     if notes:
         lines += ["## Problems during this run", "", *notes, ""]
-    path.write_text("\n".join(lines))
+    gpu = BENCH / "GPU.md"  # GPU measurements (or the plain statement that none exist yet)
+    if gpu.exists():
+        lines += ["", gpu.read_text().rstrip()]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
