@@ -137,6 +137,9 @@ class BatchHandler:
             scored.scores if scored is not None else np.zeros((0, 0), np.float32),
             raw.offsets, rejects,
         )  # fmt: skip
+        drain = getattr(self.scorer, "drain_alerts", None)  # a rollout scorer's rollbacks
+        if drain is not None:
+            alerts = [*alerts, *drain()]
         for a in alerts:
             self._alert(a, now_ms, out)
         t4 = time.perf_counter()
@@ -214,17 +217,29 @@ class BatchHandler:
             ("streamproc-version", spec.version.encode()),
             ("streamproc-batch", raw.batch_id.encode()),
         ]
-        sids = dec.schema_ids[rows]
-        parts = raw.partitions[rows]
-        offs = raw.offsets[rows]
-        records = out.records
-        for j, v in enumerate(values):
-            headers = [
-                *lineage,
-                ("streamproc-schema-id", str(sids[j]).encode()),
-                ("streamproc-source", f"{raw.topic}/{parts[j]}/{offs[j]}".encode()),
-            ]
-            records.append(OutRecord(topic, keys[j], v, headers))
+        # One header tuple per distinct schema id; the source string per event is the one
+        # formatting left in the loop (plain ints format faster than numpy scalars).
+        sid_header = {
+            int(sid): ("streamproc-schema-id", str(int(sid)).encode())
+            for sid in np.unique(dec.schema_ids[rows])
+        }
+        prefix = raw.topic + "/"
+        out.records.extend(
+            OutRecord(
+                topic,
+                key,
+                v,
+                [*lineage, sid_header[sid], ("streamproc-source", f"{prefix}{p}/{o}".encode())],
+            )
+            for key, v, sid, p, o in zip(
+                keys,
+                values,
+                dec.schema_ids[rows].tolist(),
+                raw.partitions[rows].tolist(),
+                raw.offsets[rows].tolist(),
+                strict=True,
+            )
+        )
 
     def _dead_letters(
         self,

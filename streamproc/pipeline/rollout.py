@@ -45,20 +45,29 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from streamproc.errors import StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.rollout.controller import RolloutController
+from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
 from streamproc.rollout.router import assign
 from streamproc.rollout.state import DeploymentState, Status
 
+from .guard import RolloutGuard
 from .scoring import BackendLike, Scored
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str], tuple[ModelSpec, BackendLike]]
+
+# Latency is timed per inference call inside a busy process: a call can wait a GIL switch
+# interval (5 ms) or a scheduler slice on top of its work, so the live guard's default
+# slack is wider than the package default; everything else keeps the package defaults.
+LIVE_THRESHOLDS = GuardrailThresholds(p99_slack_ms=25.0)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,8 @@ class RolloutScorer:
             raise StreamprocError(f"{state.model}: stable {state.stable} failed to load")
         self._snap = snap
         self.closers: list[Callable[[], None]] = []
+        # Set by build_rollout_scorer (or a test) to run the controller live.
+        self.guard: RolloutGuard | None = None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -153,6 +164,8 @@ class RolloutScorer:
                 return False
             self._snap = snap  # the switch: one reference assignment
         log.info("applied %s", state.summary())
+        if self.guard is not None:
+            self.guard.sync(state)
         if self._on_applied is not None:
             self._on_applied(state)
         return True
@@ -176,14 +189,26 @@ class RolloutScorer:
         if cand is not None:
             versions.append(snap.specs[cand])
         infer_s: dict[str, float] = {}
-        scores: npt.NDArray[np.float32] | None = None
-        for vi, spec in enumerate(versions):
+        outs: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]] = {}
+        # The candidate first: rows it fails on fall back to stable (and count as failures).
+        for vi in reversed(range(len(versions))):
+            spec = versions[vi]
             rows = np.flatnonzero(variant == vi)
             if not len(rows):
                 continue
-            t = time.perf_counter()
-            out = np.asarray(snap.backends[spec.version].infer(features[rows]), np.float32)
-            infer_s[spec.version] = time.perf_counter() - t
+            try:
+                out, infer_s[spec.version] = self._infer(snap, spec, features[rows])
+            except Exception as exc:
+                if vi == 0:
+                    raise  # stable failing dead-letters the batch (see BatchHandler)
+                log.warning("%s %s failed on %d rows, served by stable: %s",
+                            spec.name, spec.version, len(rows), exc)  # fmt: skip
+                self._observe(snap, spec.version, None, 0.0, failed=len(rows))
+                variant[rows] = 0
+                continue
+            outs[vi] = (rows, out)
+        scores: npt.NDArray[np.float32] | None = None
+        for rows, out in outs.values():
             if scores is None:
                 scores = np.zeros((n, out.shape[1]), np.float32)
             scores[rows] = out
@@ -194,11 +219,44 @@ class RolloutScorer:
             infer_s=infer_s,
         )
         if a.shadow and cand is not None and n:
-            t = time.perf_counter()
-            out = np.asarray(snap.backends[cand].infer(features), np.float32)
-            infer_s[f"{cand} (shadow)"] = time.perf_counter() - t
-            scored.shadow.append((snap.specs[cand], np.arange(n, dtype=np.intp), out))
+            try:
+                out, infer_s[f"{cand} (shadow)"] = self._infer(snap, snap.specs[cand], features)
+            except Exception as exc:  # the shadow never affects what users get
+                log.warning("%s shadow %s failed on %d rows: %s", state.model, cand, n, exc)
+                self._observe(snap, cand, None, 0.0, failed=n)
+            else:
+                scored.shadow.append((snap.specs[cand], np.arange(n, dtype=np.intp), out))
         return scored
+
+    def _infer(
+        self, snap: Snapshot, spec: ModelSpec, x: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        """Scores of ``x`` by ``spec``'s version and the seconds it took (fed to the guard)."""
+        t = time.perf_counter()
+        out = np.asarray(snap.backends[spec.version].infer(x), np.float32)
+        took = time.perf_counter() - t
+        if self.guard is not None and out.ndim == 2 and out.shape[1]:
+            col = min(spec.outputs.score_index, out.shape[1] - 1)
+            self._observe(snap, spec.version, out[:, col], took * 1000.0)
+        return out, took
+
+    def _observe(
+        self,
+        snap: Snapshot,
+        version: str,
+        scores: npt.NDArray[np.float32] | None,
+        latency_ms: float,
+        failed: int = 0,
+    ) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        s = scores if scores is not None else np.zeros(0, np.float32)
+        guard.observe(snap.requested.revision, version, s, latency_ms=latency_ms, failed=failed)
+
+    def drain_alerts(self) -> list[dict[str, Any]]:
+        """Alert records (dicts) of the guard's published rollbacks since the last call."""
+        return self.guard.drain_alerts() if self.guard is not None else []
 
 
 def build_rollout_scorer(
@@ -208,19 +266,35 @@ def build_rollout_scorer(
     *,
     on_applied: Callable[[DeploymentState], None] | None = None,
     loader: Loader | None = None,
+    guardrails: Guardrails | None = None,
+    decide_interval_s: float = 1.0,
+    controller: bool = True,
 ) -> RolloutScorer | None:
     """A scorer following the control topic, or None when it holds no deployment of the
     model. The repository is the parent of the model directory's parent
-    (``<repo>/<name>/<version>/``). Call :meth:`RolloutScorer.close` to stop following."""
+    (``<repo>/<name>/<version>/``). With ``controller`` (the default) a
+    :class:`~streamproc.pipeline.guard.RolloutGuard` judges the candidate with
+    ``guardrails`` (default :data:`LIVE_THRESHOLDS`) every ``decide_interval_s`` and
+    publishes steps, promotions and rollbacks to the control topic. Call
+    :meth:`RolloutScorer.close` to stop following."""
     from streamproc.kafka.control import ControlWatcher, KafkaControlStore
 
     spec = load_model_spec(model_dir)
-    state = KafkaControlStore(bootstrap, topic).latest(spec.name)
+    store = KafkaControlStore(bootstrap, topic)
+    state = store.latest(spec.name)
     if state is None or state.stable is None:
         return None
     repo = Path(model_dir).parent.parent
     scorer = RolloutScorer(state, loader or repository_loader(repo, spec.name),
                            on_applied=on_applied)  # fmt: skip
+    if controller:
+        scorer.guard = RolloutGuard(
+            lambda: scorer.snapshot.requested,
+            store,
+            RolloutController(spec.name, guardrails or Guardrails(LIVE_THRESHOLDS)),
+            interval_s=decide_interval_s,
+        )
+        scorer.guard.sync(state)
 
     def on_state(s: DeploymentState) -> None:
         if s.model == spec.name:
@@ -228,4 +302,6 @@ def build_rollout_scorer(
 
     watcher = ControlWatcher(bootstrap, topic, on_state).start()
     scorer.closers.append(watcher.stop)
+    if scorer.guard is not None:
+        scorer.closers.append(scorer.guard.start().stop)
     return scorer

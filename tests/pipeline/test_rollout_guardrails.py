@@ -1,0 +1,240 @@
+"""The rollout controller live in the stream: automatic rollback, steps, approval gate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from streamproc import synth
+from streamproc.backends.select import load_backend
+from streamproc.kafka.control import KafkaControlStore
+from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.pipeline.rollout import RolloutScorer, build_rollout_scorer
+from streamproc.pipeline.scoring import BackendLike
+from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
+from streamproc.rollout.state import (
+    Approve,
+    Deploy,
+    DeploymentState,
+    Status,
+    Strategy,
+    StrategyParams,
+)
+from streamproc.rollout.store import execute
+from tests.pipeline.conftest import MODEL
+
+pytestmark = pytest.mark.kafka
+
+STABLE, CANDIDATE = "1.0.0", "1.1.0"
+
+
+class _Slow:
+    """Wraps a backend, adding ``delay_s`` to every call (the injected latency)."""
+
+    name = "slow"
+
+    def __init__(self, inner: BackendLike, delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        time.sleep(self.delay_s)  # latency under test, not synchronisation
+        return self.inner.infer(batch)
+
+
+def _loader(
+    slow: set[str], delay_s: float = 0.05
+) -> Callable[[str], tuple[ModelSpec, BackendLike]]:
+    """Every version is the same model (same scores) under its own version number."""
+    base = load_model_spec(MODEL)
+
+    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+        backend: BackendLike = load_backend(base)
+        if version in slow:
+            backend = _Slow(backend, delay_s)
+        return base.model_copy(update={"version": version}), backend
+
+    return load
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _deploy(cfg, strategy: Strategy, params: StrategyParams) -> KafkaControlStore:
+    store = KafkaControlStore(cfg.kafka.bootstrap, cfg.topics.control)
+    execute(store, Deploy("fraud", STABLE, at_ms=_now_ms()))
+    execute(store, Deploy("fraud", CANDIDATE, strategy, params, at_ms=_now_ms()))
+    return store
+
+
+def _produce(producer, n: int, offset: int, keys: int = 400) -> list[dict]:
+    records, _ = synth.generate(n, seed=31, offset=offset)
+    for i, r in enumerate(records):
+        r["account_id"] = f"acct-{(offset + i) % keys:06d}"
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    return records
+
+
+def _feed_until(producer, event: threading.Event, sent: list[dict], rounds: int = 40) -> None:
+    """Produce 200 events at a time until ``event`` is set (at most ``rounds`` times)."""
+    for _ in range(rounds):
+        sent += _produce(producer, 200, offset=len(sent))
+        if event.wait(3):
+            return
+    raise AssertionError("the controller never got there")
+
+
+def test_a_slow_candidate_is_rolled_back_with_an_alert(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(guarantee="exactly-once", partitions=2)
+    # Promotion would need an hour: only a guardrail breach can end this canary.
+    params = StrategyParams(percent=50, step_min_seconds=3600, step_min_events=10)
+    store = _deploy(cfg, Strategy.CANARY, params)
+    rolled = threading.Event()
+
+    def on_applied(s: DeploymentState) -> None:
+        if s.status is Status.ROLLED_BACK:
+            rolled.set()
+
+    guardrails = Guardrails(GuardrailThresholds(min_events=50, min_latency_samples=50))
+    scorer = build_rollout_scorer(
+        cfg.kafka.bootstrap, cfg.topics.control, cfg.model, on_applied=on_applied,
+        loader=_loader({CANDIDATE}), guardrails=guardrails, decide_interval_s=0.2,
+    )  # fmt: skip
+    assert scorer is not None
+    try:
+        running = processor_factory(cfg, scorer=scorer)
+        producer = event_producer_factory(cfg.topics.input)
+        sent: list[dict] = []
+        _feed_until(producer, rolled, sent)
+        after = _produce(producer, 500, offset=len(sent))
+        sent += after
+        preds = read_topic(cfg.topics.predictions, len(sent) + 1, idle_s=5)
+        alerts = read_topic(cfg.topics.alerts, 1000, idle_s=3)
+        running.stop()
+    finally:
+        scorer.close()
+    final = store.latest("fraud")
+    assert final is not None
+    assert (final.status, final.candidate, final.stable) == (Status.ROLLED_BACK, CANDIDATE, STABLE)
+    assert final.actor == "controller" and final.revision == 3
+    assert "p99 latency" in final.reason
+    rollbacks = [a.value for a in alerts if a.value["type"] == "rollback"]
+    assert len(rollbacks) == 1
+    (alert,) = rollbacks
+    assert (alert["model_version"], alert["statistic"]) == (CANDIDATE, "p99_latency_ms")
+    assert alert["value"] > alert["threshold"] and alert["severity"] == "CRITICAL"
+    counts = Counter(p.value["event_id"] for p in preds)
+    assert set(counts) == {r["event_id"] for r in sent}
+    assert set(counts.values()) == {1}  # exactly once, rollback or not
+    late = {r["event_id"] for r in after}
+    assert {p.value["model_version"] for p in preds if p.value["event_id"] in late} == {STABLE}
+    assert any(p.value["model_version"] == CANDIDATE for p in preds)  # it did serve before
+
+
+def test_a_gated_gradual_rollout_steps_waits_for_approval_then_promotes(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=2)
+    params = StrategyParams(steps=(50, 100), step_min_seconds=0, step_min_events=50,
+                            approval=True)  # fmt: skip
+    store = _deploy(cfg, Strategy.ROLLOUT, params)
+    awaiting = threading.Event()
+    promoted = threading.Event()
+
+    def on_applied(s: DeploymentState) -> None:
+        if s.status is Status.AWAITING_APPROVAL:
+            awaiting.set()
+        if s.status is Status.PROMOTED and s.stable == CANDIDATE:
+            promoted.set()
+
+    # Same model under both versions: only a real regression could breach these.
+    guardrails = Guardrails(GuardrailThresholds(
+        min_events=50, min_latency_samples=50, p99_slack_ms=1000, min_drift_samples=50,
+        max_psi=1e6,
+    ))  # fmt: skip
+    scorer = build_rollout_scorer(
+        cfg.kafka.bootstrap, cfg.topics.control, cfg.model, on_applied=on_applied,
+        loader=_loader(set()), guardrails=guardrails, decide_interval_s=0.2,
+    )  # fmt: skip
+    assert scorer is not None and scorer.guard is not None
+    try:
+        running = processor_factory(cfg, scorer=scorer)
+        producer = event_producer_factory(cfg.topics.input)
+        sent: list[dict] = []
+        _feed_until(producer, awaiting, sent)
+        # More traffic while gated: every event served, and the controller does not move.
+        sent += _produce(producer, 500, offset=len(sent))
+        assert len(read_topic(cfg.topics.predictions, len(sent), idle_s=10)) >= len(sent)
+        waiting = store.latest("fraud")
+        assert waiting is not None and waiting.status is Status.AWAITING_APPROVAL
+        decision = scorer.guard.check(now_ms=_now_ms() + 3_600_000)
+        assert decision is not None and decision.command is None
+        assert decision.note == "waiting: approval"
+        assert store.latest("fraud") == waiting
+        execute(store, Approve("fraud", at_ms=_now_ms()))
+        _feed_until(producer, promoted, sent)
+        after = _produce(producer, 300, offset=len(sent))
+        sent += after
+        preds = read_topic(cfg.topics.predictions, 10**9, idle_s=5)
+        running.stop()
+    finally:
+        scorer.close()
+    history = store.history("fraud")
+    assert [(s.command, s.actor, s.status) for s in history[2:]] == [
+        ("step", "controller", Status.ACTIVE),
+        ("promote", "controller", Status.AWAITING_APPROVAL),
+        ("approve", "operator", Status.PROMOTED),
+    ]
+    assert (history[-1].stable, history[-1].previous) == (CANDIDATE, STABLE)
+    assert {p.value["event_id"] for p in preds} == {r["event_id"] for r in sent}
+    late = {r["event_id"] for r in after}
+    assert {p.value["model_version"] for p in preds if p.value["event_id"] in late} == {CANDIDATE}
+
+
+def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
+    from streamproc.pipeline.guard import RolloutGuard
+    from streamproc.rollout.controller import RolloutController
+    from streamproc.rollout.state import apply
+    from streamproc.rollout.store import InMemoryControlStore
+
+    class Broken:
+        name = "broken"
+
+        def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            raise RuntimeError("CUDA error")
+
+    base = load_model_spec(MODEL)
+
+    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+        backend: BackendLike = load_backend(base) if version == STABLE else Broken()
+        return base.model_copy(update={"version": version}), backend
+
+    store = InMemoryControlStore()
+    execute(store, Deploy("fraud", STABLE, at_ms=0))
+    state = execute(store, Deploy("fraud", CANDIDATE, Strategy.CANARY,
+                                  StrategyParams(percent=50), at_ms=0))  # fmt: skip
+    scorer = RolloutScorer(apply(None, Deploy("fraud", STABLE, at_ms=0)), load)
+    ctl = RolloutController("fraud", Guardrails(GuardrailThresholds(min_events=50)))
+    scorer.guard = RolloutGuard(lambda: scorer.snapshot.requested, store, ctl)
+    assert scorer.apply(state)
+    x = np.zeros((400, len(base.columns)), np.float32)
+    out = scorer.score(x, [f"k{i}".encode() for i in range(400)])
+    assert not out.version_index.any() and out.scores.shape[0] == 400  # all served by stable
+    failed = ctl.stats_of(CANDIDATE).failures_total
+    assert 100 < failed < 300  # about half the keys were the candidate's
+    decision = scorer.guard.check(now_ms=1)
+    assert decision is not None and decision.alert is not None
+    assert decision.alert.metric == "error_rate"
+    latest = store.latest("fraud")
+    assert latest is not None and latest.status is Status.ROLLED_BACK
+    assert [a["type"] for a in scorer.drain_alerts()] == ["rollback"]
