@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--rate", type=float, default=3_000.0)
     ap.add_argument("--malformed", type=float, default=0.02)
+    ap.add_argument("--shift", type=float, default=1.5, help="drift in the last third (sigmas)")
     ap.add_argument("--config", default=str(ROOT / "deploy" / "pipelines" / "fraud.yaml"))
     ap.add_argument("--keep", action="store_true", help="leave the local stack running")
     args = ap.parse_args(argv)
@@ -110,12 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     report = ProduceReport()
     started = time.monotonic()
     with Live(_progress(report, proc, started), console=console, refresh_per_second=4) as live:
+        done_before = 0  # events of the earlier phase, for the live count
 
         def show(r: ProduceReport) -> None:
-            live.update(_progress(r, proc, started))
+            live.update(_progress(ProduceReport(produced=done_before + r.produced), proc, started))
 
-        report = produce_synthetic(producer, args.events, rate=args.rate,
-                                   malformed=args.malformed, seed=42, on_progress=show)  # fmt: skip
+        # Two thirds as trained, then a shift in amount and distance (drift alerts follow).
+        calm = args.events * 2 // 3
+        first = produce_synthetic(producer, calm, rate=args.rate, malformed=args.malformed,
+                                  seed=42, on_progress=show)  # fmt: skip
+        done_before = first.produced
+        second = produce_synthetic(producer, args.events - calm, rate=args.rate,
+                                   malformed=args.malformed, seed=42, offset=calm,
+                                   shift=args.shift, on_progress=show)  # fmt: skip
+        report = ProduceReport(
+            produced=first.produced + second.produced,
+            good=first.good + second.good,
+            malformed=first.malformed + second.malformed,
+            seconds=first.seconds + second.seconds,
+        )
         deadline = time.monotonic() + 60
         c = proc.counters
         while c.events_in < report.produced and time.monotonic() < deadline:
@@ -129,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     preds = _count(cfg.kafka.bootstrap, cfg.registry.url, t.predictions, report.good)
     dead = _count(cfg.kafka.bootstrap, cfg.registry.url, t.dlq, sum(report.malformed.values()))
     reasons = Counter(d["reason"] for d in dead)
+    alerts = _count(cfg.kafka.bootstrap, cfg.registry.url, t.alerts, 10_000)
     expected = report.expected_rejects()
     summary = Table(title="summary: every event accounted for")
     summary.add_column("")
@@ -143,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         summary.add_row(f"  {reason}", str(n))
     frauds = sum(1 for p in preds if p["label"] == "fraud")
     summary.add_row("flagged as fraud", f"{frauds:,}")
+    firing = [a for a in alerts if a["state"] == "FIRING"]
+    summary.add_row(f"alerts on {t.alerts}", str(len(firing)))
+    for a in firing:
+        summary.add_row(f"  {a['type']} {a['feature'] or ''}".rstrip(), a["severity"])
     p50, p99 = proc.counters.latency_quantiles()
     summary.add_row("end-to-end latency p50 / p99", f"{p50:.1f} / {p99:.1f} ms")
     console.print(summary)
