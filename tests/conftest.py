@@ -8,6 +8,7 @@ The broker and registry are started once per pytest session: from
 from __future__ import annotations
 
 import gc
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]
         yield external
         return
     stack = LocalStack(home=Path(tmp_path_factory.mktemp("stack")))
+    # A `timeout` or CI cancel sends SIGTERM: make it unwind like Ctrl-C, so this fixture's
+    # teardown still stops the broker and the registry (nothing is left running).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     info = stack.up()
     try:
         yield info
