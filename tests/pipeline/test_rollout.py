@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -106,11 +107,13 @@ def test_rollback_switches_every_replica_without_loss_or_duplicates(
     cfg = pipeline_config_factory(guarantee="exactly-once", partitions=4)
     store = _deploy(cfg, Strategy.CANARY, 50.0)
     switched = {name: threading.Event() for name in ("a", "b")}
+    switched_at: dict[str, float] = {}
     scorers = []
 
     def on_applied(name: str):
         def call(s: DeploymentState) -> None:
             if s.status is Status.ROLLED_BACK:
+                switched_at[name] = time.monotonic()
                 switched[name].set()
 
         return call
@@ -126,9 +129,12 @@ def test_rollback_switches_every_replica_without_loss_or_duplicates(
             running.append(processor_factory(cfg.with_overrides(instance_id=name), scorer=scorer))
         producer = event_producer_factory(cfg.topics.input)
         first = _produce(producer, 2000, seed=23, keys=500)
+        published = time.monotonic()
         execute(store, Rollback("fraud", at_ms=3))  # lands while the first half is processed
         for name, event in switched.items():
             assert event.wait(60), f"replica {name} never applied the rollback"
+        # The requirement: every replica switches within 1 s of the rollback.
+        assert max(switched_at.values()) - published <= 1.0, switched_at
         second = _produce(producer, 2000, seed=23, offset=2000, keys=500)
         preds = read_topic(cfg.topics.predictions, 4001, idle_s=5)
         for r in running:
