@@ -1,13 +1,15 @@
 """Session-scoped real services and factories for topics, producers and consumers.
 
 The broker and registry are started once per pytest session: from
-``STREAMPROC_KAFKA_BOOTSTRAP`` / ``STREAMPROC_SCHEMA_REGISTRY_URL`` when set, otherwise by
+``STREAMPROC_KAFKA_BOOTSTRAP`` / ``STREAMPROC_SCHEMA_REGISTRY_URL`` when set; in Docker
+through testcontainers with ``STREAMPROC_TEST_DOCKER=1``; otherwise by
 :class:`streamproc.local.LocalStack` in a temporary directory (jars cached across sessions).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +28,14 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]
     external = from_environment()
     if external is not None:
         yield external
+        return
+    if os.environ.get("STREAMPROC_TEST_DOCKER") == "1":
+        from streamproc.local.containers import docker_available, docker_stack
+
+        if not docker_available():
+            raise RuntimeError("STREAMPROC_TEST_DOCKER=1 but no Docker engine answers")
+        with docker_stack() as info:
+            yield info
         return
     stack = LocalStack(home=Path(tmp_path_factory.mktemp("stack")))
     # A `timeout` or CI cancel sends SIGTERM: make it unwind like Ctrl-C, so this fixture's
