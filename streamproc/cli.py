@@ -138,6 +138,8 @@ def run(
     from streamproc.pipeline.app import build_processor
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore"):  # one line per registry request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = pipeline_config(config, bootstrap, registry)
     changes: dict[str, Any] = {}
     if instance:
