@@ -1,5 +1,6 @@
 """Windowed PSI and KS detectors: compare each tumbling window of ``window`` events with
-the reference, on the profile's normal scores.
+the reference, on the profile's normal scores; and :class:`CategoryDetector`, a G-test of
+category frequencies for discrete columns (booleans, one-hot columns, small counts).
 
 Bins are equiprobable under the reference (normal-score quantiles); for discrete columns
 the expected bin shares come from the reference category frequencies. Thresholds follow
@@ -146,7 +147,9 @@ class WindowDetector(ExposesOutputs):
         if self.kind == "psi":
             nb = self._expected.shape[1]
             o = (self._counts + 0.5) / (n + 0.5 * nb)
-            e = self._expected
+            # Same smoothing for the reference shares: bins a discrete column never reaches
+            # have expected share 0, which made PSI infinite.
+            e = (self._expected * n + 0.5) / (n + 0.5 * nb)
             stat = np.sum((o - e) * np.log(o / e), axis=1)
         else:
             stat = np.max(np.abs(np.cumsum(obs - self._expected, axis=1)), axis=1)
@@ -193,6 +196,177 @@ class WindowDetector(ExposesOutputs):
                         rows[j] = row
         triggers.sort(key=lambda tr: tr[1])
         self._out.transitions = self._hyst.process(self._t, n, triggers, pos, self.kind)
+        self._out.rows = rows
+        self._out.counts = np.bincount(
+            np.array([tr[0] for tr in triggers], dtype=np.int64), minlength=self.n_features
+        )
+        self._out.detected = rows >= 0
+        self._t += n
+
+
+MIN_EXPECTED = 20.0  # categories expected fewer times per window pool into the "other" bin
+
+
+class CategoryDetector(ExposesOutputs):
+    """G-test of category frequencies per discrete column on tumbling windows.
+
+    Bins are the reference categories (``ColumnProfile.categories``) expected at least
+    ``MIN_EXPECTED`` times per window, plus one "other" bin pooling the rarer categories
+    and any value the reference never held. The reference shares are Laplace-smoothed
+    (``(n_ref * f + 0.5) / (n_ref + 0.5 * B)``), so every bin has a positive expected share
+    and the statistic is finite even for a value never seen before. Each window of ``W``
+    events (NaN excluded) gives ``G = 2 * sum(O * ln(O / E))``, which under no drift is
+    ``chi2(k - 1)`` for the ``k`` bins the reference reaches; it is deflated by
+    ``(1 - phi) / (1 + phi)`` for positive lag-1 autocorrelation and by
+    ``n_ref / (n_ref + W)`` for the sampling error of the reference shares (the two-sample
+    form of the test). The threshold is
+    ``chi2_isf(W / arl, k - 1)`` (Wilson-Hilferty): a window alarms with
+    probability ``W / arl`` per column (Bonferroni over columns and windows), i.e. one false
+    alarm per ``arl`` events per column. Hysteresis as in the other detectors.
+
+    >>> import numpy as np
+    >>> from streamproc.drift.profile import ReferenceProfile
+    >>> rng = np.random.default_rng(5)
+    >>> prof = ReferenceProfile.from_matrix((rng.random((50_000, 1)) < 0.05) * 1.0, ["flag"])
+    >>> det = CategoryDetector.from_profile(prof, arl=1e8, window=2_000)
+    >>> det.update((rng.random((20_000, 1)) < 0.05) * 1.0)
+    >>> bool(det.in_drift[0])
+    False
+    >>> det.update((rng.random((4_000, 1)) < 0.15) * 1.0)
+    >>> [(str(t.state), t.statistic) for t in det.transitions]
+    [('FIRING', 'g_test')]
+    """
+
+    name = "g_test"
+
+    def __init__(
+        self,
+        columns: Sequence[ColumnProfile],
+        *,
+        arl: float,
+        window: int = 2000,
+        recovery: int = 2000,
+        univariate: bool = False,
+    ) -> None:
+        d = len(columns)
+        self.n_features = d
+        self.univariate = univariate
+        self.window = int(window)
+        self._values: list[npt.NDArray[np.float64]] = []  # sorted category values
+        self._bin_of: list[npt.NDArray[np.int64]] = []  # their bin (last bin: "other")
+        self._expected: list[npt.NDArray[np.float64]] = []
+        thr = np.empty(d)
+        alpha = min(0.5, self.window / arl)
+        for j, c in enumerate(columns):
+            if not c.categories:
+                raise ValueError(f"column {c.name!r} has no category frequencies")
+            vals = np.array([float(v) for v in c.categories])
+            freq = np.array(list(c.categories.values()), dtype=np.float64)
+            order = np.argsort(vals)
+            vals, freq = vals[order], freq[order]
+            keep = freq * self.window >= MIN_EXPECTED
+            nk = int(keep.sum())
+            bins = np.full(vals.size, nk, dtype=np.int64)
+            bins[keep] = np.arange(nk)
+            share = np.append(freq[keep], max(0.0, 1.0 - float(freq[keep].sum())))
+            nb = nk + 1
+            n_ref = max(c.n, 1)
+            self._values.append(vals)
+            self._bin_of.append(bins)
+            self._expected.append((share * n_ref + 0.5) / (n_ref + 0.5 * nb))
+            # An "other" bin the reference never reached stays empty under no drift and
+            # adds no degree of freedom.
+            dof = max(1, nk - 1 if share[-1] <= 1e-12 else nk)
+            thr[j] = chi2_isf(alpha, dof)
+        # Positive autocorrelation inflates the variance of window counts by
+        # (1 + phi) / (1 - phi); the reference's own sampling error adds W / n_ref.
+        self._deflate = np.array(
+            [
+                (1.0 - max(c.phi, 0.0)) / (1.0 + max(c.phi, 0.0)) * c.n / (c.n + self.window)
+                for c in columns
+            ]
+        )
+        self._counts = [np.zeros(e.size) for e in self._expected]
+        self._in_window = 0
+        self._window_first = 0
+        self._t = 0
+        self._hyst = Hysteresis(d, max(int(recovery), self.window + 1))
+        self._firing = self._hyst.firing
+        self._out = BatchOutputs(d, univariate)
+        self._out.thr = thr
+
+    @classmethod
+    def from_profile(
+        cls, profile: ReferenceProfile, *, columns: Sequence[str] | None = None, **kw: object
+    ) -> CategoryDetector:
+        cols = profile.columns if columns is None else [profile.column(c) for c in columns]
+        return cls(cols, **kw)  # type: ignore[arg-type]
+
+    def _bins(self, j: int, v: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Bin index per finite value of ``v``; values no category matches go to "other"."""
+        vals = self._values[j]
+        i = np.clip(np.searchsorted(vals, v), 1, max(vals.size - 1, 1))
+        lo = vals[np.minimum(i - 1, vals.size - 1)]
+        hi = vals[np.minimum(i, vals.size - 1)]
+        near = np.where(np.abs(v - lo) <= np.abs(hi - v), i - 1, i)
+        near = np.minimum(near, vals.size - 1)
+        hit = np.abs(v - vals[near]) <= 1e-6 * np.maximum(1.0, np.abs(vals[near]))
+        other = self._expected[j].size - 1
+        return np.where(hit, self._bin_of[j][near], other)
+
+    def _tick(self) -> npt.NDArray[np.float64]:
+        stat = np.zeros(self.n_features)
+        for j, cnt in enumerate(self._counts):
+            n = cnt.sum()
+            if n > 0:
+                e = self._expected[j] * n
+                pos = cnt > 0
+                g = 2.0 * float(np.sum(cnt[pos] * np.log(cnt[pos] / e[pos])))
+                stat[j] = max(g, 0.0) * self._deflate[j]
+            cnt[:] = 0.0
+        self._in_window = 0
+        return stat
+
+    def update(self, x: npt.ArrayLike, offsets: npt.ArrayLike | None = None) -> None:
+        a = as_batch(x, self.n_features, self.univariate)
+        n, d = a.shape
+        pos = offsets_for(offsets, self._t, n)
+        triggers: list[tuple[int, int, float, float, int, int]] = []
+        rows = np.full(d, -1, dtype=np.int64)
+        start = 0
+        while start < n:
+            if self._in_window == 0:
+                self._window_first = int(pos[start])
+            take = min(n - start, self.window - self._in_window)
+            seg = a[start : start + take]
+            for j in range(d):
+                col = seg[:, j]
+                col = col[np.isfinite(col)]
+                if col.size:
+                    nb = self._counts[j].size
+                    self._counts[j] += np.bincount(self._bins(j, col), minlength=nb)
+            self._in_window += take
+            start += take
+            if self._in_window == self.window:
+                stat = self._tick()
+                self._out.stat = stat
+                row = start - 1
+                for jj in np.flatnonzero(stat > self._out.thr):
+                    j = int(jj)
+                    triggers.append(
+                        (
+                            j,
+                            row,
+                            float(stat[j]),
+                            float(self._out.thr[j]),
+                            self.window,
+                            self._window_first,
+                        )
+                    )
+                    if rows[j] < 0:
+                        rows[j] = row
+        triggers.sort(key=lambda tr: tr[1])
+        self._out.transitions = self._hyst.process(self._t, n, triggers, pos, self.name)
         self._out.rows = rows
         self._out.counts = np.bincount(
             np.array([tr[0] for tr in triggers], dtype=np.int64), minlength=self.n_features

@@ -17,6 +17,10 @@ from streamproc.drift import (
     QualityMonitor,
     ReferenceProfile,
 )
+from streamproc.drift.alerts import AlertType
+from streamproc.drift.base import Detector
+from streamproc.drift.monitors import AlertMaker
+from streamproc.drift.window import CategoryDetector
 from streamproc.models.spec import ModelSpec
 from streamproc.types import DecodedBatch
 
@@ -55,15 +59,34 @@ class StreamMonitor:
         names = spec.columns
         self.continuous = np.arange(len(names))
         self.discrete = np.arange(0)
+        self.discrete_drift: Detector | None = None
+        self._discrete_alerts: AlertMaker | None = None
         if profile is not None:
-            # CUSUMs on standardised values suit continuous columns. Columns with a few
-            # distinct values (0/1, one-hot, small counts) false-alarm under them and are
-            # left out (a frequency test for them is still to come).
-            flags = np.array([c.discrete for c in profile.columns])
+            # CUSUMs on standardised values suit continuous columns; columns with a few
+            # distinct values (0/1, one-hot, small counts) false-alarm under them and get a
+            # G-test of their category frequencies instead. The false-alarm budget is split
+            # over the columns: each part gets its share, so both together keep the budget.
+            flags = np.array([c.discrete for c in profile.columns], dtype=np.bool_)
             self.continuous = np.flatnonzero(~flags)
             self.discrete = np.flatnonzero(flags)
+            d = len(names)
+            budget = config.false_alarms_per_million
+            cont_cfg = config.model_copy(
+                update={"false_alarms_per_million": budget * max(self.continuous.size, 1) / d}
+            )
             cont = replace(profile, columns=[profile.columns[i] for i in self.continuous])
-            self.drift = DriftMonitor(cont, config, columns=[names[i] for i in self.continuous])
+            self.drift = DriftMonitor(cont, cont_cfg, columns=[names[i] for i in self.continuous])
+            if self.discrete.size and config.detector != "null":
+                nd = int(self.discrete.size)
+                self.discrete_drift = CategoryDetector(
+                    [profile.columns[i] for i in self.discrete],
+                    arl=config.design_arl(nd, budget * nd / d),
+                    window=config.window_events,
+                    recovery=config.recovery_events,
+                )
+                self._discrete_alerts = AlertMaker(
+                    AlertType.INPUT_DRIFT, [names[i] for i in self.discrete], config
+                )
         else:
             self.drift = DriftMonitor(None, config, columns=names)
 
@@ -80,6 +103,9 @@ class StreamMonitor:
             ok_offsets = offsets[ok_rows]
             x = decoded.features[ok_rows]
             alerts += self.drift.update(x[:, self.continuous], ok_offsets)
+            if self.discrete_drift is not None and self._discrete_alerts is not None:
+                self.discrete_drift.update(x[:, self.discrete], ok_offsets)
+                alerts += self._discrete_alerts.make(self.discrete_drift.transitions)
             if scores.size:
                 alerts += self.drift.update_scores(
                     scores[:, self.spec.outputs.score_index], ok_offsets
