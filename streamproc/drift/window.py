@@ -42,7 +42,68 @@ from streamproc.drift.base import (
 from streamproc.drift.profile import TAIL_SPAN, ColumnProfile, ReferenceProfile, TransformTables
 
 
-class WindowDetector(ExposesOutputs):
+class _TumblingWindows(ExposesOutputs):
+    """The update loop shared by the window detectors: fill a window of ``window`` events
+    (``_accumulate``), test it when full (``_tick``), hand crossings to the hysteresis.
+
+    Subclasses set ``window``, ``n_features``, ``univariate``, ``name``, ``_out.thr``,
+    ``_hyst``, ``_t``, ``_in_window`` and ``_window_first``.
+    """
+
+    window: int
+    n_features: int
+    univariate: bool
+    name: str
+    _hyst: Hysteresis
+    _t: int
+    _in_window: int
+    _window_first: int
+
+    def _prepare(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return a
+
+    def _accumulate(self, seg: npt.NDArray[np.float64]) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> npt.NDArray[np.float64]:
+        raise NotImplementedError
+
+    def update(self, x: npt.ArrayLike, offsets: npt.ArrayLike | None = None) -> None:
+        a = as_batch(x, self.n_features, self.univariate)
+        n, d = a.shape
+        pos = offsets_for(offsets, self._t, n)
+        v = self._prepare(a)
+        triggers: list[tuple[int, int, float, float, int, int]] = []
+        rows = np.full(d, -1, dtype=np.int64)
+        start = 0
+        while start < n:
+            if self._in_window == 0:
+                self._window_first = int(pos[start])
+            take = min(n - start, self.window - self._in_window)
+            self._accumulate(v[start : start + take])
+            self._in_window += take
+            start += take
+            if self._in_window == self.window:
+                stat = self._tick()
+                self._out.stat = stat
+                row = start - 1
+                for jj in np.flatnonzero(stat > self._out.thr):
+                    j = int(jj)
+                    thr = float(self._out.thr[j])
+                    triggers.append((j, row, float(stat[j]), thr, self.window, self._window_first))
+                    if rows[j] < 0:
+                        rows[j] = row
+        triggers.sort(key=lambda tr: tr[1])
+        self._out.transitions = self._hyst.process(self._t, n, triggers, pos, self.name)
+        self._out.rows = rows
+        self._out.counts = np.bincount(
+            np.array([tr[0] for tr in triggers], dtype=np.int64), minlength=self.n_features
+        )
+        self._out.detected = rows >= 0
+        self._t += n
+
+
+class WindowDetector(_TumblingWindows):
     """PSI or KS per feature on tumbling windows (a tick every ``window`` events)."""
 
     def __init__(
@@ -157,57 +218,22 @@ class WindowDetector(ExposesOutputs):
         self._in_window = 0
         return np.asarray(stat, dtype=np.float64)
 
-    def update(self, x: npt.ArrayLike, offsets: npt.ArrayLike | None = None) -> None:
-        a = as_batch(x, self.n_features, self.univariate)
-        n, d = a.shape
-        pos = offsets_for(offsets, self._t, n)
-        z = self._scores(a)
-        triggers: list[tuple[int, int, float, float, int, int]] = []
-        rows = np.full(d, -1, dtype=np.int64)
-        start = 0
-        while start < n:
-            if self._in_window == 0:
-                self._window_first = int(pos[start])
-            take = min(n - start, self.window - self._in_window)
-            seg = z[start : start + take]
-            ok = np.isfinite(seg)
-            b = np.searchsorted(self._edges, np.where(ok, seg, 0.0))
-            nb = self._edges.size + 1
-            flat = (np.arange(d)[None, :] * nb + b)[ok]
-            self._counts += np.bincount(flat, minlength=d * nb).reshape(d, nb)
-            self._in_window += take
-            start += take
-            if self._in_window == self.window:
-                stat = self._tick()
-                self._out.stat = stat
-                row = start - 1
-                for j in np.flatnonzero(stat > self._thr):
-                    triggers.append(
-                        (
-                            int(j),
-                            row,
-                            float(stat[j]),
-                            float(self._out.thr[j]),
-                            self.window,
-                            self._window_first,
-                        )
-                    )
-                    if rows[j] < 0:
-                        rows[j] = row
-        triggers.sort(key=lambda tr: tr[1])
-        self._out.transitions = self._hyst.process(self._t, n, triggers, pos, self.kind)
-        self._out.rows = rows
-        self._out.counts = np.bincount(
-            np.array([tr[0] for tr in triggers], dtype=np.int64), minlength=self.n_features
-        )
-        self._out.detected = rows >= 0
-        self._t += n
+    def _prepare(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return self._scores(a)
+
+    def _accumulate(self, seg: npt.NDArray[np.float64]) -> None:
+        d = seg.shape[1]
+        ok = np.isfinite(seg)
+        b = np.searchsorted(self._edges, np.where(ok, seg, 0.0))
+        nb = self._edges.size + 1
+        flat = (np.arange(d)[None, :] * nb + b)[ok]
+        self._counts += np.bincount(flat, minlength=d * nb).reshape(d, nb)
 
 
 MIN_EXPECTED = 20.0  # categories expected fewer times per window pool into the "other" bin
 
 
-class CategoryDetector(ExposesOutputs):
+class CategoryDetector(_TumblingWindows):
     """G-test of category frequencies per discrete column on tumbling windows.
 
     Bins are the reference categories (``ColumnProfile.categories``) expected at least
@@ -327,49 +353,10 @@ class CategoryDetector(ExposesOutputs):
         self._in_window = 0
         return stat
 
-    def update(self, x: npt.ArrayLike, offsets: npt.ArrayLike | None = None) -> None:
-        a = as_batch(x, self.n_features, self.univariate)
-        n, d = a.shape
-        pos = offsets_for(offsets, self._t, n)
-        triggers: list[tuple[int, int, float, float, int, int]] = []
-        rows = np.full(d, -1, dtype=np.int64)
-        start = 0
-        while start < n:
-            if self._in_window == 0:
-                self._window_first = int(pos[start])
-            take = min(n - start, self.window - self._in_window)
-            seg = a[start : start + take]
-            for j in range(d):
-                col = seg[:, j]
-                col = col[np.isfinite(col)]
-                if col.size:
-                    nb = self._counts[j].size
-                    self._counts[j] += np.bincount(self._bins(j, col), minlength=nb)
-            self._in_window += take
-            start += take
-            if self._in_window == self.window:
-                stat = self._tick()
-                self._out.stat = stat
-                row = start - 1
-                for jj in np.flatnonzero(stat > self._out.thr):
-                    j = int(jj)
-                    triggers.append(
-                        (
-                            j,
-                            row,
-                            float(stat[j]),
-                            float(self._out.thr[j]),
-                            self.window,
-                            self._window_first,
-                        )
-                    )
-                    if rows[j] < 0:
-                        rows[j] = row
-        triggers.sort(key=lambda tr: tr[1])
-        self._out.transitions = self._hyst.process(self._t, n, triggers, pos, self.name)
-        self._out.rows = rows
-        self._out.counts = np.bincount(
-            np.array([tr[0] for tr in triggers], dtype=np.int64), minlength=self.n_features
-        )
-        self._out.detected = rows >= 0
-        self._t += n
+    def _accumulate(self, seg: npt.NDArray[np.float64]) -> None:
+        for j in range(seg.shape[1]):
+            col = seg[:, j]
+            col = col[np.isfinite(col)]
+            if col.size:
+                nb = self._counts[j].size
+                self._counts[j] += np.bincount(self._bins(j, col), minlength=nb)
