@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,10 +102,38 @@ class OutRecord:
 
 
 @dataclass(slots=True)
+class RecordBlock:
+    """Many records for one topic, column by column: the predictions' form, with no
+    object per record beyond its key, value and header list (all the producer needs)."""
+
+    topic: str
+    keys: list[bytes | None]
+    values: list[bytes]
+    headers: list[list[tuple[str, bytes]]]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def records(self) -> Iterator[OutRecord]:
+        for k, v, h in zip(self.keys, self.values, self.headers, strict=True):
+            yield OutRecord(self.topic, k, v, h)
+
+
+@dataclass(slots=True)
 class Outputs:
     """Everything one batch produces; the runner writes it, then commits the batch."""
 
     records: list[OutRecord] = field(default_factory=list)
+    blocks: list[RecordBlock] = field(default_factory=list)
     n_predictions: int = 0
     n_dead_letters: int = 0
     stats: object | None = None  # telemetry.BatchStats, reported once committed
+
+    def __len__(self) -> int:
+        return len(self.records) + sum(len(b) for b in self.blocks)
+
+    def all_records(self) -> Iterator[OutRecord]:
+        """Every record, blocks first (one object per record: for tests and tools)."""
+        for b in self.blocks:
+            yield from b.records()
+        yield from self.records

@@ -92,7 +92,7 @@ def measure(n: int, batch_size: int = 256, repeats: int = 3) -> dict[str, Any]:
     for _ in range(repeats):
         for b in batches:
             out = handler(b)
-            produced += sum(1 for r in out.records if r.topic == "bench.p")
+            produced += sum(len(b) for b in out.blocks if b.topic == "bench.p")
             events += len(b)
             for k, v in out.stats.stage_s.items():  # type: ignore[union-attr]
                 stages[k] = stages.get(k, 0.0) + v

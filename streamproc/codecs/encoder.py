@@ -75,6 +75,20 @@ def _warm_up() -> None:
         )  # fmt: skip
 
 
+def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:
+    """The keys as UTF-8, NUL-separated (None as ""); bytes keys that are not UTF-8 are
+    decoded with replacement characters, as ``bytes.decode(errors="replace")`` does."""
+    if all(type(x) is bytes for x in keys):
+        joined = b"\0".join(keys)  # type: ignore[arg-type]
+        try:
+            joined.decode("utf-8")  # one validation for the whole batch
+            return joined
+        except UnicodeDecodeError:
+            pass
+    text = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x or "" for x in keys]
+    return "\0".join(text).encode()
+
+
 class PredictionEncoder:
     """Encodes batches of predictions as framed ``Prediction`` records."""
 
@@ -132,9 +146,7 @@ class PredictionEncoder:
             raise ValueError(f"score_index {score_index} out of range for {k} scores")
         times = np.ascontiguousarray(event_time_ms, dtype=np.int64)
         ids_b = "\0".join(event_ids).encode()
-        if any(type(x) is not str for x in keys):
-            keys = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in keys]
-        keys_b = "\0".join(["" if x is None else x for x in keys]).encode()  # type: ignore[misc]
+        keys_b = _joined_keys(keys)
         labels_b = "\0".join(labels).encode()
         ends = np.empty((3, n), np.int64)
         bufs = [np.frombuffer(b, np.uint8) for b in (ids_b, keys_b, labels_b)]

@@ -28,6 +28,8 @@ def normal_scores_kernel(  # pragma: no cover - compiled
     grid: npt.NDArray[np.float64],
     lo_scale: npt.NDArray[np.float64],
     hi_scale: npt.NDArray[np.float64],
+    bucket_start: npt.NDArray[np.int64],
+    bucket_scale: npt.NDArray[np.float64],
     z_mean: npt.NDArray[np.float64],
     z_std: npt.NDArray[np.float64],
     phi: npt.NDArray[np.float64],
@@ -38,6 +40,9 @@ def normal_scores_kernel(  # pragma: no cover - compiled
 ) -> None:
     """``out[i, j]``: prewhitened standardised normal score of ``x[i, j]`` (NaN if missing).
 
+    ``bucket_start[j, c]`` is the first knot at or above ``q0 + c / bucket_scale[j]``, so
+    the knot search for a value runs over the few knots of its cell, not all of them.
+
     Inside the reference range the score is the piecewise-linear interpolation of the
     quantile knots (mid-score for values equal to tied knots); beyond it a saturating
     exponential adds at most ``tail_span``. ``prev``/``has_prev`` carry the last score of
@@ -45,6 +50,7 @@ def normal_scores_kernel(  # pragma: no cover - compiled
     """
     n, d = x.shape
     kn = grid.size
+    nb = bucket_start.shape[1] - 1
     for i in range(n):
         for j in range(d):
             v = float(x[i, j])
@@ -62,23 +68,35 @@ def normal_scores_kernel(  # pragma: no cover - compiled
                 ex = (v - qk) / s if s > 0 else np.inf
                 u = grid[kn - 1] + tail_span * (1.0 - math.exp(-ex / tail_span))
             else:
-                # lo: first knot >= v; hi: first knot > v
-                a = 0
-                b = kn
+                # lo: first knot >= v, searched between the knots that bound v's cell
+                # of the column's uniform index; hi: first knot > v
+                bi = min(int((v - q0) * bucket_scale[j]), nb - 1)
+                a = bucket_start[j, bi]
+                b = bucket_start[j, bi + 1]
                 while a < b:
                     m = (a + b) >> 1
                     if knots[j, m] < v:
                         a = m + 1
                     else:
                         b = m
+                if a >= kn or knots[j, a] < v or (a > 0 and knots[j, a - 1] >= v):
+                    a = 0  # a cell edge rounded the other way: search every knot
+                    b = kn
+                    while a < b:
+                        m = (a + b) >> 1
+                        if knots[j, m] < v:
+                            a = m + 1
+                        else:
+                            b = m
                 lo = a
-                b = kn
-                while a < b:
-                    m = (a + b) >> 1
-                    if knots[j, m] <= v:
-                        a = m + 1
-                    else:
-                        b = m
+                if knots[j, lo] == v:  # ties only: the knots equal to v end at hi
+                    b = kn
+                    while a < b:
+                        m = (a + b) >> 1
+                        if knots[j, m] <= v:
+                            a = m + 1
+                        else:
+                            b = m
                 hi = a
                 if hi > lo:  # v equals knots[lo:hi]
                     u = 0.5 * (grid[lo] + grid[hi - 1])
@@ -197,3 +215,40 @@ def cusum_kernel(  # pragma: no cover - compiled
                     s = 0.0
                 s_arm[a, j] = s
     return nt
+
+
+@njit(cache=True)
+def category_counts_kernel(  # pragma: no cover - compiled
+    seg: npt.NDArray[np.float64],
+    values: npt.NDArray[np.float64],
+    n_values: npt.NDArray[np.int64],
+    bin_of: npt.NDArray[np.int64],
+    other: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.float64],
+) -> None:
+    """Add each finite ``seg[i, j]`` to ``counts[j, bin]``: the bin of the nearest of the
+    column's sorted category ``values[j, :n_values[j]]`` when within a relative 1e-6, else
+    the column's "other" bin. NaN and infinities count nowhere."""
+    n, d = seg.shape
+    for i in range(n):
+        for j in range(d):
+            v = seg[i, j]
+            if not math.isfinite(v):
+                continue
+            m = n_values[j]
+            a = 0
+            b = m
+            while a < b:  # first value >= v
+                mid = (a + b) >> 1
+                if values[j, mid] < v:
+                    a = mid + 1
+                else:
+                    b = mid
+            k = a
+            if k >= m or (k > 0 and abs(v - values[j, k - 1]) <= abs(values[j, k] - v)):
+                k -= 1
+            c = values[j, k]
+            if abs(v - c) <= 1e-6 * max(1.0, abs(c)):
+                counts[j, bin_of[j, k]] += 1.0
+            else:
+                counts[j, other[j]] += 1.0

@@ -228,6 +228,8 @@ class CusumDetector(_CusumCore):
             t.grid,
             t.lo_scale,
             t.hi_scale,
+            t.bucket_start,
+            t.bucket_scale,
             t.z_mean,
             t.z_std,
             t.phi,

@@ -148,6 +148,8 @@ class ReferenceProfile:
             t.grid,
             t.lo_scale,
             t.hi_scale,
+            t.bucket_start,
+            t.bucket_scale,
             t.z_mean,
             t.z_std,
             np.zeros(len(self.columns)),
@@ -194,6 +196,9 @@ class ReferenceProfile:
         return cls.from_dict(raw)
 
 
+INDEX_CELLS = 256  # uniform cells per column indexing its knots (see normal_scores_kernel)
+
+
 @dataclass
 class TransformTables:
     """Column profiles packed into arrays for the normal-score kernel."""
@@ -202,6 +207,8 @@ class TransformTables:
     grid: npt.NDArray[np.float64]  # (K,)
     lo_scale: npt.NDArray[np.float64]  # (d,) x-units per score unit in the lower tail
     hi_scale: npt.NDArray[np.float64]
+    bucket_start: npt.NDArray[np.int64]  # (d, CELLS + 1) first knot >= each cell's edge
+    bucket_scale: npt.NDArray[np.float64]  # (d,) cells per x-unit
     z_mean: npt.NDArray[np.float64]
     z_std: npt.NDArray[np.float64]
     phi: npt.NDArray[np.float64]
@@ -215,11 +222,22 @@ class TransformTables:
         du = grid[span] - grid[0]
         lo = (knots[:, span] - knots[:, 0]) / du
         hi = (knots[:, -1] - knots[:, -1 - span]) / du
+        width = knots[:, -1] - knots[:, 0]
+        scale = np.where(width > 0, INDEX_CELLS / np.where(width > 0, width, 1.0), 0.0)
+        edges = knots[:, :1] + np.arange(INDEX_CELLS + 1)[None, :] * np.where(
+            width > 0, width / INDEX_CELLS, 0.0
+        )[:, None]
+        start = np.array(
+            [np.searchsorted(k, e, side="left") for k, e in zip(knots, edges, strict=True)],
+            dtype=np.int64,
+        ).reshape(len(cols), INDEX_CELLS + 1)
         return cls(
             knots=np.ascontiguousarray(knots),
             grid=np.ascontiguousarray(grid, dtype=np.float64),
             lo_scale=lo,
             hi_scale=hi,
+            bucket_start=np.ascontiguousarray(start),
+            bucket_scale=scale,
             z_mean=np.array([c.z_mean for c in cols]),
             z_std=np.array([c.z_std for c in cols]),
             phi=np.array([c.phi for c in cols]),
@@ -266,6 +284,8 @@ def _fit_column(
         t.grid,
         t.lo_scale,
         t.hi_scale,
+        t.bucket_start,
+        t.bucket_scale,
         np.zeros(1),
         np.ones(1),
         np.zeros(1),

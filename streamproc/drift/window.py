@@ -167,6 +167,8 @@ class WindowDetector(_TumblingWindows):
             t.grid,
             t.lo_scale,
             t.hi_scale,
+            t.bucket_start,
+            t.bucket_scale,
             t.z_mean,
             t.z_std,
             self._zero_phi,
@@ -190,6 +192,8 @@ class WindowDetector(_TumblingWindows):
             t.grid,
             t.lo_scale,
             t.hi_scale,
+            t.bucket_start,
+            t.bucket_scale,
             t.z_mean,
             t.z_std,
             np.zeros(self.n_features),
@@ -312,7 +316,18 @@ class CategoryDetector(_TumblingWindows):
                 for c in columns
             ]
         )
-        self._counts = [np.zeros(e.size) for e in self._expected]
+        # The binning kernel's padded tables; ``_counts[j]`` is a view of column j's row.
+        width = max(v.size for v in self._values)
+        nbins = max(e.size for e in self._expected)
+        self._k_values = np.full((d, width), np.inf)
+        self._k_bin_of = np.zeros((d, width), dtype=np.int64)
+        for j, (vals, bins) in enumerate(zip(self._values, self._bin_of, strict=True)):
+            self._k_values[j, : vals.size] = vals
+            self._k_bin_of[j, : bins.size] = bins
+        self._k_n_values = np.array([v.size for v in self._values], dtype=np.int64)
+        self._k_other = np.array([e.size - 1 for e in self._expected], dtype=np.int64)
+        self._k_counts = np.zeros((d, nbins))
+        self._counts = [self._k_counts[j, : e.size] for j, e in enumerate(self._expected)]
         self._in_window = 0
         self._window_first = 0
         self._t = 0
@@ -329,7 +344,9 @@ class CategoryDetector(_TumblingWindows):
         return cls(cols, **kw)  # type: ignore[arg-type]
 
     def _bins(self, j: int, v: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        """Bin index per finite value of ``v``; values no category matches go to "other"."""
+        """Bin index per finite value of ``v``; values no category matches go to "other".
+
+        The reference form of what ``_accumulate``'s kernel does for a whole segment."""
         vals = self._values[j]
         i = np.clip(np.searchsorted(vals, v), 1, max(vals.size - 1, 1))
         lo = vals[np.minimum(i - 1, vals.size - 1)]
@@ -354,9 +371,7 @@ class CategoryDetector(_TumblingWindows):
         return stat
 
     def _accumulate(self, seg: npt.NDArray[np.float64]) -> None:
-        for j in range(seg.shape[1]):
-            col = seg[:, j]
-            col = col[np.isfinite(col)]
-            if col.size:
-                nb = self._counts[j].size
-                self._counts[j] += np.bincount(self._bins(j, col), minlength=nb)
+        K.category_counts_kernel(
+            np.ascontiguousarray(seg, dtype=np.float64),
+            self._k_values, self._k_n_values, self._k_bin_of, self._k_other, self._k_counts,
+        )  # fmt: skip

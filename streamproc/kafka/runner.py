@@ -286,6 +286,16 @@ class KafkaRunner:
 
     def _produce_all(self, out: Outputs) -> None:
         produce = self.producer.produce
+        for b in out.blocks:
+            topic, keys, values, headers = b.topic, b.keys, b.values, b.headers
+            i, n = 0, len(values)
+            while i < n:
+                try:
+                    for i in range(i, n):  # noqa: B020 - resumes at the record that failed
+                        produce(topic, values[i], keys[i], headers=headers[i])  # type: ignore[arg-type]
+                    i = n
+                except BufferError:
+                    self._backpressure()
         for r in out.records:
             while True:
                 try:
@@ -301,13 +311,15 @@ class KafkaRunner:
                         )
                     break
                 except BufferError:
-                    # Backpressure: the producer queue is full. Stop fetching and let
-                    # deliveries drain before producing more.
-                    if self._assignment:
-                        self.consumer.pause(self._assignment)
-                    self.producer.poll(0.05)
-                    if self._assignment:
-                        self.consumer.resume(self._assignment)
+                    self._backpressure()
+
+    def _backpressure(self) -> None:
+        """The producer queue is full: stop fetching and let deliveries drain a little."""
+        if self._assignment:
+            self.consumer.pause(self._assignment)
+        self.producer.poll(0.05)
+        if self._assignment:
+            self.consumer.resume(self._assignment)
 
     def _on_delivery(self, err: CkError | None, msg: Message) -> None:
         if err is not None:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from streamproc.codecs.encoder import PredictionEncoder, encode_record
 from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
-from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode
+from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode, RecordBlock
 
 from .alerting import AlertRouter, AlertRules
 from .scoring import Scorer
@@ -200,10 +200,14 @@ class BatchHandler:
     ) -> None:
         o = spec.outputs
         labels_arr = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
-        keys = [raw.keys[i] for i in rows]
+        if len(rows) == len(raw):  # every event of the batch (rows are sorted, unique)
+            keys, ids = list(raw.keys), dec.event_ids
+        else:
+            idx = rows.tolist()
+            keys, ids = [raw.keys[i] for i in idx], [dec.event_ids[i] for i in idx]
         values = self._encoder(spec.version).encode(
-            [dec.event_ids[i] for i in rows],
-            [k.decode("utf-8", "replace") if k is not None else None for k in keys],
+            ids,
+            keys,
             spec.name,
             spec.version,
             scores,
@@ -212,34 +216,32 @@ class BatchHandler:
             dec.event_time_ms[rows],
             now_ms,
         )
-        lineage = [
-            ("streamproc-model", spec.name.encode()),
-            ("streamproc-version", spec.version.encode()),
-            ("streamproc-batch", raw.batch_id.encode()),
+        out.blocks.append(RecordBlock(topic, keys, values, self._lineage(raw, dec, rows, spec)))
+
+    @staticmethod
+    def _lineage(
+        raw: RawBatch, dec: DecodedBatch, rows: npt.NDArray[np.intp], spec: Any
+    ) -> list[list[tuple[str, bytes]]]:
+        """Each prediction's headers: model, version, batch and writer schema id (shared
+        tuples), and its source ``topic/partition/offset`` (the one per-event format)."""
+        model = ("streamproc-model", spec.name.encode())
+        version = ("streamproc-version", spec.version.encode())
+        batch = ("streamproc-batch", raw.batch_id.encode())
+        parts = raw.partitions[rows]
+        prefix = {int(p): f"{raw.topic}/{int(p)}/".encode() for p in np.unique(parts)}
+        sources = [
+            prefix[p] + b"%d" % o
+            for p, o in zip(parts.tolist(), raw.offsets[rows].tolist(), strict=True)
         ]
-        # One header tuple per distinct schema id; the source string per event is the one
-        # formatting left in the loop (plain ints format faster than numpy scalars).
-        sid_header = {
-            int(sid): ("streamproc-schema-id", str(int(sid)).encode())
-            for sid in np.unique(dec.schema_ids[rows])
-        }
-        prefix = raw.topic + "/"
-        out.records.extend(
-            OutRecord(
-                topic,
-                key,
-                v,
-                [*lineage, sid_header[sid], ("streamproc-source", f"{prefix}{p}/{o}".encode())],
-            )
-            for key, v, sid, p, o in zip(
-                keys,
-                values,
-                dec.schema_ids[rows].tolist(),
-                raw.partitions[rows].tolist(),
-                raw.offsets[rows].tolist(),
-                strict=True,
-            )
-        )
+        sids = dec.schema_ids[rows]
+        if len(sids) and (sids == sids[0]).all():
+            sid = ("streamproc-schema-id", b"%d" % int(sids[0]))
+            return [[model, version, batch, sid, ("streamproc-source", s)] for s in sources]
+        by_id = {int(i): ("streamproc-schema-id", b"%d" % int(i)) for i in np.unique(sids)}
+        return [
+            [model, version, batch, by_id[i], ("streamproc-source", s)]
+            for i, s in zip(sids.tolist(), sources, strict=True)
+        ]
 
     def _dead_letters(
         self,

@@ -126,3 +126,26 @@ def test_batch_split_does_not_change_the_result(
         parts.update(chunk)
         got += [(t.state, t.feature, t.last_offset) for t in parts.transitions]
     assert got == [(t.state, t.feature, t.last_offset) for t in whole.transitions]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 23.0, 0.5, 1.0000001, -1.0, 99.0]),
+            st.floats(allow_nan=True, allow_infinity=True, width=32),
+        ),
+        min_size=1,
+        max_size=64,
+    )
+)
+def test_compiled_binning_equals_the_numpy_reference(
+    profile: ReferenceProfile, values: list[float]
+) -> None:
+    det = _detector(profile)
+    seg = np.tile(np.array(values, dtype=np.float64)[:, None], (1, len(NAMES)))
+    det._accumulate(seg)
+    for j, counts in enumerate(det._counts):
+        col = seg[:, j][np.isfinite(seg[:, j])]
+        want = np.bincount(det._bins(j, col), minlength=counts.size) if col.size else 0
+        np.testing.assert_array_equal(counts, want)
