@@ -103,20 +103,21 @@ class OutRecord:
 
 @dataclass(slots=True)
 class RecordBlock:
-    """Many records for one topic, column by column: the predictions' form, with no
-    object per record beyond its key, value and header list (all the producer needs)."""
+    """Many records for one topic that share their headers, column by column: the
+    predictions' form, with no object per record beyond its key and value."""
 
     topic: str
     keys: list[bytes | None]
     values: list[bytes]
-    headers: list[list[tuple[str, bytes]]]
+    headers: list[tuple[str, bytes]] = field(default_factory=list)  # on every record
 
     def __len__(self) -> int:
         return len(self.values)
 
     def records(self) -> Iterator[OutRecord]:
-        for k, v, h in zip(self.keys, self.values, self.headers, strict=True):
-            yield OutRecord(self.topic, k, v, h)
+        """One :class:`OutRecord` per record (for tests and tools)."""
+        for k, v in zip(self.keys, self.values, strict=True):
+            yield OutRecord(self.topic, k, v, list(self.headers))
 
 
 @dataclass(slots=True)

@@ -224,9 +224,11 @@ class TransformTables:
         hi = (knots[:, -1] - knots[:, -1 - span]) / du
         width = knots[:, -1] - knots[:, 0]
         scale = np.where(width > 0, INDEX_CELLS / np.where(width > 0, width, 1.0), 0.0)
-        edges = knots[:, :1] + np.arange(INDEX_CELLS + 1)[None, :] * np.where(
-            width > 0, width / INDEX_CELLS, 0.0
-        )[:, None]
+        edges = (
+            knots[:, :1]
+            + np.arange(INDEX_CELLS + 1)[None, :]
+            * np.where(width > 0, width / INDEX_CELLS, 0.0)[:, None]
+        )
         start = np.array(
             [np.searchsorted(k, e, side="left") for k, e in zip(knots, edges, strict=True)],
             dtype=np.int64,

@@ -292,7 +292,7 @@ class KafkaRunner:
             while i < n:
                 try:
                     for i in range(i, n):  # noqa: B020 - resumes at the record that failed
-                        produce(topic, values[i], keys[i], headers=headers[i])  # type: ignore[arg-type]
+                        produce(topic, values[i], keys[i], headers=headers)  # type: ignore[arg-type]
                     i = n
                 except BufferError:
                     self._backpressure()

@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import copy
 import urllib.request
+import uuid
 from collections import Counter
 
 import pytest
+from confluent_kafka import Consumer
 
 from streamproc import schemas, synth
+from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
+from streamproc.kafka.clients import FramedDecoder
+from streamproc.kafka.registry import Registry
 from streamproc.loadgen import KINDS, produce_synthetic
 
 pytestmark = pytest.mark.kafka
 
 
-def _sources(records):
-    """(partition, offset) of the input each output came from."""
+def _sources(records, inputs):
+    """(partition, offset) of the input each output came from: a prediction's by its
+    event_id, a dead letter's from its own fields."""
     out = []
     for r in records:
-        if "streamproc-source" in r.headers:
-            _, p, o = r.headers["streamproc-source"].decode().rsplit("/", 2)
-            out.append((int(p), int(o)))
+        if "event_id" in r.value:
+            out.append(inputs[r.value["event_id"]])
         else:
             out.append((r.value["partition"], r.value["offset"]))
+    return out
+
+
+def _input_positions(bootstrap: str, registry_url: str, topic: str, n: int):
+    """event_id -> (partition, offset) for every decodable record of the input topic."""
+    decoder = FramedDecoder(Registry(registry_url))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"pos-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    c.subscribe([topic])
+    seen, out = 0, {}
+    try:
+        while seen < n:
+            msgs = c.consume(500, timeout=10)
+            if not msgs:
+                break
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                seen += 1
+                try:
+                    _, value = decoder.decode(m.value())
+                except (StreamprocError, EOFError, ValueError, IndexError, UnicodeDecodeError):
+                    continue  # a malformed input: its dead letter names partition and offset
+                out[value["event_id"]] = (m.partition(), m.offset())
+    finally:
+        c.close()
     return out
 
 
@@ -70,7 +101,9 @@ def test_each_malformed_class_is_one_dead_letter_and_the_invariant_holds(
         assert d.value["value"] is not None  # the original bytes, for replay
     # Invariant: per partition, the input offsets are exactly predictions + dead letters.
     ends = Admin(cfg.kafka.bootstrap).latest_offsets(cfg.topics.input)
-    accounted = Counter(_sources(preds)) + Counter(_sources(dead))
+    inputs = _input_positions(cfg.kafka.bootstrap, cfg.registry.url, cfg.topics.input,
+                              sum(ends.values()))  # fmt: skip
+    accounted = Counter(_sources(preds, inputs)) + Counter(_sources(dead, inputs))
     expected = Counter((p, o) for p, end in ends.items() for o in range(end))
     assert accounted == expected
 
