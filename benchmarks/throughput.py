@@ -680,11 +680,12 @@ WHAT = {
         "metrics snapshots), batches of <= 256 / 5 ms, at-least-once: {protocol}."
     ),
     "passthrough": (
-        "confluent-kafka loop: `consume(256, 5 ms)`, produce each raw value unchanged, "
-        "`flush()`, synchronous `commit()` of the next offsets; streamproc's client settings."
+        "confluent-kafka loop: `consume(256, 5 ms)`, produce each raw value unchanged; "
+        "`flush()` and a synchronous `commit()` of the next offsets with streamproc's "
+        "cadence ({protocol}); streamproc's client settings."
     ),
     "naive": (
-        "the same loop; per event: fastavro `schemaless_reader` (writer schema fetched from "
+        "the same loop and commit cadence; per event: fastavro `schemaless_reader` (writer schema fetched from "
         "the registry once per id), a Python feature row from model.yaml, one ONNX Runtime "
         "`session.run` on a 1-row matrix, a fastavro-encoded framed Prediction."
     ),
@@ -706,12 +707,11 @@ def _streamproc_protocol() -> str:
     """How this tree's KafkaRunner commits at-least-once (it has changed over time)."""
     from streamproc.kafka.runner import RunnerSettings
 
-    k = getattr(RunnerSettings(topic="t"), "max_unacked_batches", 1)
-    if k <= 1:
-        return "produce, flush, synchronous commit per batch"
+    ms = getattr(RunnerSettings(topic="t"), "commit_interval_s", 0.0) * 1000.0
     return (
-        f"produce each batch and go on; after {k} batches (`max_unacked_batches`), or when "
-        "idle, one flush (every ack) and one synchronous commit"
+        "produce each batch and go on; once the oldest unacknowledged batch is "
+        f"{ms:.0f} ms old (`delivery.commit_interval_ms`), or when idle, one flush (every "
+        "ack) and one synchronous commit"
     )
 
 

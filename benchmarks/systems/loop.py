@@ -1,10 +1,11 @@
 """A hand-written at-least-once loop on confluent-kafka, shared by (b) passthrough and (c) naive.
 
 Per batch: ``consume(batch_size, max_wait)``, then for each record ``transform`` it and
-``produce`` the result, then ``flush`` (every record acknowledged, else fail) and a
-synchronous ``commit`` of the next offsets: the protocol shape of streamproc's runner.
-The client settings are streamproc's own (``streamproc.kafka.configuration``), so the
-comparison is about the processing, not librdkafka tuning.
+``produce`` the result. Every ``commit_interval_s`` (streamproc's default), and when a
+consume comes back empty, ``flush`` (every record acknowledged, else fail) and one
+synchronous ``commit`` of the next offsets: streamproc's at-least-once protocol. The client
+settings are streamproc's own (``streamproc.kafka.configuration``), so the comparison is
+about the processing, not librdkafka tuning or commit cadence.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from streamproc.config import KafkaSettings
 from streamproc.kafka.configuration import consumer_config, producer_config
+from streamproc.kafka.runner import RunnerSettings
 from systems.shared import WorkerConfig, stop_on_signals, write_report
 
 Transform = Callable[[Message], bytes]
@@ -44,12 +46,28 @@ def run_loop(cfg: WorkerConfig, transform: Transform) -> None:
     timeout = cfg.max_wait_ms / 1000.0
     events = batches = 0
     started = time.monotonic()
+    interval = RunnerSettings(topic=cfg.input_topic).commit_interval_s
+    last: dict[int, int] = {}
+    oldest = 0.0  # monotonic time of the oldest batch not yet committed
+
+    def flush_and_commit() -> None:
+        if producer.flush(30.0) or errors:
+            raise RuntimeError(f"unacknowledged records: {errors[:3]}")
+        consumer.commit(
+            offsets=[TopicPartition(cfg.input_topic, p, o + 1) for p, o in last.items()],
+            asynchronous=False,
+        )
+        last.clear()
+
     try:
         while not stop.is_set():
             msgs = consumer.consume(num_messages=cfg.batch_size, timeout=timeout)
             if not msgs:
+                if last:
+                    flush_and_commit()
                 continue
-            last: dict[int, int] = {}
+            if not last:
+                oldest = time.monotonic()
             for m in msgs:
                 if m.error() is not None:
                     continue
@@ -61,15 +79,13 @@ def run_loop(cfg: WorkerConfig, transform: Transform) -> None:
                     except BufferError:
                         producer.poll(0.05)
                 last[m.partition()] = m.offset()
-            if producer.flush(30.0) or errors:
-                raise RuntimeError(f"unacknowledged records: {errors[:3]}")
-            if last:
-                consumer.commit(
-                    offsets=[TopicPartition(cfg.input_topic, p, o + 1) for p, o in last.items()],
-                    asynchronous=False,
-                )
+            producer.poll(0)
+            if last and time.monotonic() - oldest >= interval:
+                flush_and_commit()
             events += len(msgs)
             batches += 1
+        if last:
+            flush_and_commit()
     finally:
         producer.flush(30.0)
         consumer.close()

@@ -1,4 +1,4 @@
-"""(b) The ceiling: consume, produce the raw bytes unchanged, flush, commit per batch."""
+"""(b) The ceiling: consume, produce the raw bytes unchanged; flush and commit like streamproc."""
 
 from __future__ import annotations
 

@@ -179,6 +179,8 @@ def build_processor(
             topic=t.input,
             exactly_once=eos,
             flush_timeout_s=cfg.delivery.flush_timeout_s,
+            commit_interval_s=cfg.delivery.commit_interval_ms / 1000.0,
+            max_pending=cfg.delivery.max_pending,
             registry_retry_initial_s=cfg.registry.retry_initial_ms / 1000.0,
             registry_retry_max_s=cfg.registry.retry_max_ms / 1000.0,
             use_event_age=cfg.batching.max_event_age_ms is not None,
