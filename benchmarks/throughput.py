@@ -9,7 +9,7 @@ process, run one after the other with the same harness:
 * ``streamproc``: ``python -m streamproc run -c <generated yaml>``;
 * ``passthrough``: confluent-kafka consume(256) -> produce raw bytes -> flush -> commit;
 * ``naive``: the same loop with per-event fastavro decode, ONNX call and fastavro encode;
-* ``faust``: a faust-streaming agent with ``stream.take(256, within=0.005)``;
+* ``faust``: a faust-streaming agent with ``stream.take({batch}, within={wait} ms)``;
 * ``quix``: a Quix Streams StreamingDataFrame, per-event scoring.
 
 Per system: a fresh input topic is pre-filled with ``warmup + n`` events; the worker
@@ -66,8 +66,11 @@ from systems.shared import WorkerConfig, to_ms  # noqa: E402
 from systems.streamproc_run import pipeline_yaml  # noqa: E402
 
 from streamproc import schemas, synth  # noqa: E402
+from streamproc.config import BatchSettings  # noqa: E402
 from streamproc.kafka.admin import Admin  # noqa: E402
 from streamproc.kafka.registry import Registry  # noqa: E402
+
+BATCH = BatchSettings()  # the pipeline defaults: every system gets the same window
 from streamproc.local import LocalStack, from_environment  # noqa: E402
 
 SYSTEMS = ("streamproc", "passthrough", "naive", "faust", "quix")
@@ -470,7 +473,7 @@ def run_system(
     cfg = WorkerConfig(
         system=name, bootstrap=svc.bootstrap, registry_url=svc.registry_url,
         input_topic=in_t, output_topic=out_t, group_id=f"bench-{name}-{run}",
-        model_dir=str(MODEL), batch_size=256, max_wait_ms=5.0,
+        model_dir=str(MODEL), batch_size=BATCH.max_batch_size, max_wait_ms=BATCH.max_wait_ms,
         state_dir=str(work / f"state-{name}-{run}"),
         report_path=str(work / f"report-{name}-{run}.json"),
         stop_after=total if profiled else 0,
@@ -677,10 +680,10 @@ WHAT = {
         "`python -m streamproc run -c <generated yaml>`: `build_processor(cfg)` as shipped "
         "(KafkaRunner + MicroBatcher, BatchDecoder, ONNX Runtime via `load_backend`, "
         "PredictionEncoder, lineage headers on every record, the default drift monitor, "
-        "metrics snapshots), batches of <= 256 / 5 ms, at-least-once: {protocol}."
+        "metrics snapshots), batches of <= {batch} / {wait} ms, at-least-once: {protocol}."
     ),
     "passthrough": (
-        "confluent-kafka loop: `consume(256, 5 ms)`, produce each raw value unchanged; "
+        "confluent-kafka loop: `consume({batch}, {wait} ms)`, produce each raw value unchanged; "
         "`flush()` and a synchronous `commit()` of the next offsets with streamproc's "
         "cadence ({protocol}); streamproc's client settings."
     ),
@@ -690,7 +693,7 @@ WHAT = {
         "`session.run` on a 1-row matrix, a fastavro-encoded framed Prediction."
     ),
     "faust": (
-        "faust-streaming agent, `stream.take(256, within=0.005)`: fastavro decode per event, "
+        "faust-streaming agent, `stream.take({batch}, within={wait} ms)`: fastavro decode per event, "
         "one ONNX Runtime call per batch, fastavro encode and `await topic.send()` per event; "
         "Faust's own acking and periodic commits (aiokafka), producer linger 2 ms."
     ),
@@ -870,9 +873,12 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "## What each system did",
         "",
     ]
-    lines += [
-        f"* **{n}**: {WHAT[n].format(protocol=_streamproc_protocol())}" for n in SYSTEMS if n in res
-    ]
+    fill = {
+        "protocol": _streamproc_protocol(),
+        "batch": BATCH.max_batch_size,
+        "wait": f"{BATCH.max_wait_ms:g}",
+    }
+    lines += [f"* **{n}**: {WHAT[n].format(**fill)}" for n in SYSTEMS if n in res]
     lines += [
         "",
         "## Definitions",

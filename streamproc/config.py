@@ -68,7 +68,7 @@ class TopicSettings(_Strict):
 
 
 class BatchSettings(_Strict):
-    max_batch_size: int = Field(256, ge=1)
+    max_batch_size: int = Field(1024, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     # Release a batch when its oldest event (by event_time) is this old, whatever its size.
     max_event_age_ms: float | None = Field(None, gt=0)
