@@ -66,11 +66,13 @@ from systems.shared import WorkerConfig, to_ms  # noqa: E402
 from systems.streamproc_run import pipeline_yaml  # noqa: E402
 
 from streamproc import schemas, synth  # noqa: E402
+from streamproc.codecs.encoder import zigzag_varint  # noqa: E402
 from streamproc.config import BatchSettings  # noqa: E402
 from streamproc.kafka.admin import Admin  # noqa: E402
 from streamproc.kafka.registry import Registry  # noqa: E402
 
 BATCH = BatchSettings()  # the pipeline defaults: every system gets the same window
+LATENCY_SWEEP = (2_000.0, 10_000.0, 25_000.0, 50_000.0)  # streamproc's extra phases, events/s
 from streamproc.local import LocalStack, from_environment  # noqa: E402
 
 SYSTEMS = ("streamproc", "passthrough", "naive", "faust", "quix")
@@ -85,22 +87,18 @@ PARTITIONS = 4
 class Params:
     n: int  # events per system in the measured drain
     warmup: int  # events drained first, not measured
-    latency_rate: float  # events/s in the latency phase
+    latency_share: float  # the latency phase's rate, as a share of the system's drain rate
     latency_s: float  # duration of the latency phase
     drain_timeout_s: float
     core_events: int
     quick: bool
     budget_s: float | None = None  # stop starting systems when the whole run nears this
 
-    @property
-    def latency_events(self) -> int:
-        return int(self.latency_rate * self.latency_s)
 
-
-QUICK = Params(n=30_000, warmup=2_000, latency_rate=2_000, latency_s=3.0,
+QUICK = Params(n=30_000, warmup=2_000, latency_share=0.5, latency_s=3.0,
                drain_timeout_s=40.0, core_events=20_480, quick=True,
                budget_s=170.0)  # fmt: skip
-FULL = Params(n=200_000, warmup=5_000, latency_rate=2_000, latency_s=15.0,
+FULL = Params(n=200_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
               drain_timeout_s=300.0, core_events=102_400, quick=False)  # fmt: skip
 
 
@@ -244,24 +242,29 @@ class Workload:
         del self.producer
 
     def paced(self, topic: str, count: int, rate: float, seed: int = 5) -> tuple[int, float]:
-        """Produce ``count`` events at ``rate``/s, ``event_time`` = the wall clock at send."""
+        """Produce ``count`` events at ``rate``/s, ``event_time`` = the wall clock at send.
+
+        Events are encoded once (a pool of up to 20,000, reused in turn); at send time only
+        the varint of ``event_time`` is written between each event's two fixed parts, so
+        the harness keeps up with rates of 100k events/s.
+        """
         head = b"\x00" + self.schema_id(topic).to_bytes(4, "big")
-        records, _ = synth.generate(count, seed=seed)
-        parsed = schemas.parsed("Transaction")
-        p = Producer({"bootstrap.servers": self.svc.bootstrap, "linger.ms": 0, "acks": "all"})
+        parts = _time_split_events(min(count, 20_000), seed)
+        p = Producer({"bootstrap.servers": self.svc.bootstrap, "linger.ms": 0, "acks": "all",
+                      "queue.buffering.max.messages": 2_000_000})  # fmt: skip
+        produce, poll = p.produce, p.poll
         tick = 0.005
         per_tick = max(1, round(rate * tick))
+        pool = len(parts)
         start = time.monotonic()
         sent = 0
         while sent < count:
-            for r in records[sent : sent + per_tick]:
-                r["event_time"] = int(time.time() * 1000)
-                buf = io.BytesIO()
-                buf.write(head)
-                fastavro.schemaless_writer(buf, parsed, r)
-                p.produce(topic, buf.getvalue(), r["account_id"].encode())
-                sent += 1
-            p.poll(0)
+            stamp = zigzag_varint(int(time.time() * 1000))
+            for i in range(sent, min(sent + per_tick, count)):
+                before, after, key = parts[i % pool]
+                produce(topic, head + before + stamp + after, key)
+            sent = min(sent + per_tick, count)
+            poll(0)
             ahead = sent / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
@@ -271,6 +274,33 @@ class Workload:
         if left:
             raise RuntimeError(f"latency events to {topic} not acknowledged")
         return sent, elapsed
+
+
+def _time_split_events(count: int, seed: int) -> list[tuple[bytes, bytes, bytes]]:
+    """Transaction bodies split around their ``event_time`` varint: (before, after, key).
+
+    Every millisecond time of this era zigzag-encodes to the same number of bytes, so any
+    current time fits between the two parts; checked against fastavro below.
+    """
+    records, _ = synth.generate(count, seed=seed)
+    parsed = schemas.parsed("Transaction")
+    now = int(time.time() * 1000)
+    width = len(zigzag_varint(now))
+    assert width == len(zigzag_varint(now + 86_400_000))  # no width change within a day
+    out = []
+    for r in records:
+        bodies = []
+        for t in (now, now + 1):
+            r["event_time"] = t
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, parsed, r)
+            bodies.append(buf.getvalue())
+        at = next(i for i, (a, b) in enumerate(zip(*bodies, strict=True)) if a != b)
+        out.append((bodies[0][:at], bodies[0][at + width :], r["account_id"].encode()))
+    before, after, _ = out[0]
+    check = fastavro.schemaless_reader(io.BytesIO(before + zigzag_varint(now + 5) + after), parsed)
+    assert to_ms(check["event_time"]) == now + 5, "event_time split misplaced"
+    return out
 
 
 # -- watching a worker -----------------------------------------------------------------------
@@ -493,21 +523,35 @@ def run_system(
     sampler = Sampler(proc.pid, svc.broker_pids)
     sampler.start()
     status = "ok"
-    lat_start_ms = None
+    phases: list[dict[str, Any]] = []
     lat_sent = 0
     try:
         t_start = time.monotonic()
         status = wait_for(outputs, total, t_start + drain_timeout_s, proc)
         if status == "ok" and not profiled:
-            # A system slower than the fixed rate falls behind: allow it to catch up.
-            rate = total / max(time.monotonic() - t_start, 1e-3)
-            lat_start_ms = int(time.time() * 1000)
-            lat_sent, lat_elapsed = load.paced(in_t, p.latency_events, p.latency_rate)
-            result["latency_phase_rate"] = round(lat_sent / lat_elapsed, 1)
-            catch_up = 15.0 + lat_sent / rate
-            status = wait_for(outputs, total + lat_sent, time.monotonic() + catch_up, proc)
-            if status != "ok":
-                status = f"latency phase {status}"
+            # The latency phase runs at a share of this system's own drain rate; streamproc
+            # also at a few fixed rates below it, lowest first (latency against load).
+            drained = outputs.read(total)
+            rate = _drain_rate(p, sorted(ts for ts, _, _ in drained), total) or 1_000.0
+            del drained
+            main_rate = p.latency_share * rate
+            rates = [main_rate]
+            if name == "streamproc":
+                rates = sorted({*[r for r in LATENCY_SWEEP if r < 0.9 * main_rate], main_rate})
+            for i, r in enumerate(rates):
+                start_ms = int(time.time() * 1000)
+                sent, elapsed = load.paced(in_t, int(r * p.latency_s), r, seed=5 + i)
+                lat_sent += sent
+                phases.append({
+                    "main": r == main_rate, "target_rate": round(r, 1),
+                    "achieved_rate": round(sent / elapsed, 1), "sent": sent,
+                    "start_ms": start_ms, "end_ms": int(time.time() * 1000),
+                })  # fmt: skip
+                catch_up = 15.0 + lat_sent / rate
+                status = wait_for(outputs, total + lat_sent, time.monotonic() + catch_up, proc)
+                if status != "ok":
+                    status = f"latency phase at {r:,.0f}/s {status}"
+                    break
         elif profiled and status == "ok":
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)  # it stops itself after `total` events
@@ -526,7 +570,7 @@ def run_system(
         log(f"{name}: {status}; log tail:\n  " + "\n  ".join(tail))
     records = outputs.read(total + lat_sent)
     outputs.close()
-    result.update(_figures(p, records, total, lat_start_ms, lat_sent, sampler, t_spawn))
+    result.update(_figures(p, records, total, phases, lat_sent, sampler, t_spawn))
     result["peak_rss_mb"] = round(sampler.peak_rss() / 2**20, 1)
     result["ru_maxrss_mb"] = round(maxrss_kib / 1024, 1)  # includes the harness (vfork)
     report = Path(cfg.report_path)
@@ -538,11 +582,20 @@ def run_system(
     return result
 
 
+def _drain_rate(p: Params, drain: list[int], total: int) -> float | None:
+    """events/s between the warm-up's last output and the drain's last, by append time."""
+    if len(drain) <= p.warmup + 1:
+        return None
+    last = min(len(drain), total) - 1
+    secs = max((drain[last] - drain[p.warmup - 1]) / 1000.0, 1e-3)
+    return (last - (p.warmup - 1)) / secs
+
+
 def _figures(
     p: Params,
     records: list[tuple[int, int, bytes]],
     total: int,
-    lat_start_ms: int | None,
+    phases: list[dict[str, Any]],
     lat_sent: int,
     sampler: Sampler,
     t_spawn: float,
@@ -550,6 +603,7 @@ def _figures(
     out: dict[str, Any] = {"outputs": len(records)}
     if records and any(kind != TIMESTAMP_LOG_APPEND_TIME for _, kind, _ in records):
         out["warning"] = "output timestamps are not LogAppendTime"
+    lat_start_ms = phases[0]["start_ms"] if phases else None
     cut = lat_start_ms if lat_start_ms is not None else 2**62
     drain = sorted(ts for ts, _, _ in records if ts < cut)
     out["drain_outputs"] = len(drain)
@@ -574,18 +628,32 @@ def _figures(
             "events_per_s_incl_startup": round(min(len(drain), total) / (t_b - t_spawn), 1),
         })  # fmt: skip
     if lat_start_ms is not None:
-        lat, sent_ms = _latencies([(ts, v) for ts, _, v in records if ts >= lat_start_ms])
-        out["latency_events"] = len(lat)
+        lat_all, sent_all = _latencies([(ts, v) for ts, _, v in records if ts >= lat_start_ms])
+        out["latency_events"] = len(lat_all)
         out["latency_sent"] = lat_sent
-        if len(lat):
-            p50, p99 = np.percentile(lat, [50, 99])
-            out.update({"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
-                        "max_ms": round(float(lat.max()), 2)})  # fmt: skip
-            # p50 per second of the latency phase (by event_time): shows stalls and trends
-            second = (sent_ms - lat_start_ms) // 1000
-            out["p50_ms_by_second"] = [
-                round(float(np.median(lat[second == k])), 1) for k in np.unique(second).tolist()
-            ]
+        for ph in phases:
+            sel = (sent_all >= ph["start_ms"]) & (sent_all <= ph["end_ms"])
+            lat, sent_ms = lat_all[sel], sent_all[sel]
+            ph["events"] = int(sel.sum())
+            a, b = ph["start_ms"] / 1000.0, ph["end_ms"] / 1000.0
+            # whole-machine and worker CPU during the phase, in cores (of os.cpu_count())
+            ph["machine_cores"] = round((sampler.at(b, 3) - sampler.at(a, 3)) / (b - a), 2)
+            ph["worker_cores"] = round((sampler.at(b, 1) - sampler.at(a, 1)) / (b - a), 2)
+            if len(lat):
+                p50, p99 = np.percentile(lat, [50, 99])
+                ph.update({"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
+                           "max_ms": round(float(lat.max()), 2)})  # fmt: skip
+                # p50 per second of the phase (by event_time): shows stalls and trends
+                second = (sent_ms - ph["start_ms"]) // 1000
+                ph["p50_ms_by_second"] = [
+                    round(float(np.median(lat[second == k])), 1) for k in np.unique(second).tolist()
+                ]
+            if ph["main"]:
+                out["latency_phase_rate"] = ph["achieved_rate"]
+                for k in ("p50_ms", "p99_ms", "max_ms", "p50_ms_by_second"):
+                    if k in ph:
+                        out[k] = ph[k]
+        out["latency_phases"] = phases
     return out
 
 
@@ -688,14 +756,16 @@ WHAT = {
         "cadence ({protocol}); streamproc's client settings."
     ),
     "naive": (
-        "the same loop and commit cadence; per event: fastavro `schemaless_reader` (writer schema fetched from "
-        "the registry once per id), a Python feature row from model.yaml, one ONNX Runtime "
-        "`session.run` on a 1-row matrix, a fastavro-encoded framed Prediction."
+        "the same loop and commit cadence; per event: fastavro `schemaless_reader` (writer "
+        "schema fetched from the registry once per id), a Python feature row from "
+        "model.yaml, one ONNX Runtime `session.run` on a 1-row matrix, a fastavro-encoded "
+        "framed Prediction."
     ),
     "faust": (
-        "faust-streaming agent, `stream.take({batch}, within={wait} ms)`: fastavro decode per event, "
-        "one ONNX Runtime call per batch, fastavro encode and `await topic.send()` per event; "
-        "Faust's own acking and periodic commits (aiokafka), producer linger 2 ms."
+        "faust-streaming agent, `stream.take({batch}, within={wait} ms)`: fastavro decode "
+        "per event, one ONNX Runtime call per batch, fastavro encode and "
+        "`await topic.send()` per event; Faust's own acking and periodic commits "
+        "(aiokafka), producer linger 2 ms."
     ),
     "quix": (
         "Quix Streams `Application` + `StreamingDataFrame`: registry-aware `AvroDeserializer` "
@@ -762,16 +832,18 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "4 partitions, a fresh input topic per system pre-filled before the worker starts; "
         f"the first {prm['warmup']:,} outputs are warm-up and not measured.",
         "* Model deploy/models/fraud/1.0.0 (ONNX, CPU, one intra-op thread everywhere).",
-        f"* Latency phase: {prm['latency_events']:,} events at {prm['latency_rate']:,.0f} "
-        "events/s after the backlog is drained, `event_time` = wall clock at send.",
+        f"* Latency phase: {prm['latency_s']:g} s at {prm['latency_share']:.0%} of each "
+        "system's own drain rate (measured just before, from output append times; column "
+        "*latency-phase events/s*), after the backlog is drained; `event_time` = wall clock "
+        "at send, written into pre-encoded events.",
         "* Local single broker (Kafka 4.1, KRaft) + Apicurio registry on the same machine.",
         "",
         "## Results",
         "",
-        "| system | events/s | p50 ms | p99 ms | CPU s / M events | peak RSS MB | "
-        "x passthrough (events/s) | cores used | others' cores | startup s | "
+        "| system | events/s | p50 ms | p99 ms | latency-phase events/s | CPU s / M events | "
+        "peak RSS MB | x passthrough (events/s) | cores used | others' cores | startup s | "
         "events/s incl. start-up | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in SYSTEMS:
         r = res.get(name)
@@ -780,7 +852,8 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         ratio = rat.get(f"{name}/passthrough")
         lines.append(
             f"| {name} | {_f(r.get('events_per_s'), 0)} | {_f(r.get('p50_ms'))} | "
-            f"{_f(r.get('p99_ms'))} | {_f(r.get('cpu_s_per_million'))} | "
+            f"{_f(r.get('p99_ms'))} | {_f(r.get('latency_phase_rate'), 0)} | "
+            f"{_f(r.get('cpu_s_per_million'))} | "
             f"{_f(r.get('peak_rss_mb'))} | {_f(ratio, 2)} | {_f(r.get('cpu_cores_used'), 2)} | "
             f"{_f(r.get('others_cores'), 2)} | {_f(r.get('startup_s'))} | "
             f"{_f(r.get('events_per_s_incl_startup'), 0)} | {r.get('status') or r.get('error')} |"
@@ -865,10 +938,28 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "",
         "## Latency phase, p50 ms per second (by input event_time)",
         "",
-        "A flat series is a steady state; a step is a stall the system did not recover from "
-        "within the phase.",
+        "At each system's main latency-phase rate. A flat series is a steady state; a step "
+        "is a stall the system did not recover from within the phase.",
         "",
         *series,
+        "",
+        "## streamproc: latency against input rate",
+        "",
+        "Each phase produces at a fixed rate while the worker runs; *machine cores* is the "
+        "CPU of everything on the machine during the phase (load generator, broker, worker), "
+        "*worker cores* the worker's own.",
+        "",
+        "| input events/s (target) | achieved | p50 ms | p99 ms | max ms | machine cores | "
+        "worker cores | events |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {_f(ph['target_rate'], 0)}{' (half the drain rate)' if ph['main'] else ''} | "
+            f"{_f(ph.get('achieved_rate'), 0)} | {_f(ph.get('p50_ms'))} | "
+            f"{_f(ph.get('p99_ms'))} | {_f(ph.get('max_ms'))} | "
+            f"{_f(ph.get('machine_cores'), 2)} | {_f(ph.get('worker_cores'), 2)} | "
+            f"{_f(ph.get('events'), 0)} |"
+            for ph in res.get("streamproc", {}).get("latency_phases", [])
+        ],
         "",
         "## What each system did",
         "",
@@ -970,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     info["elapsed_s"] = round(time.monotonic() - started, 1)
     summary = summarize(results, core, profile)
     full = {
-        "params": {**p.__dict__, "latency_events": p.latency_events},
+        "params": {**p.__dict__},
         "machine": info,
         "summary": summary,
         "ratios": ratios(results),
