@@ -78,10 +78,10 @@ class DeliverySettings(_Strict):
     guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id: str | None = None  # exactly-once; defaults to "<group>-<instance>"
     max_message_bytes: int = Field(1_000_000, gt=0)  # larger inputs are dead-lettered
-    # at-least-once: produced batches await acknowledgement together for at most this long,
-    # then one flush and one offset commit cover them all (0: after every batch).
+    # at-least-once: input offsets move once every output of their batch is acknowledged,
+    # committed at most this often (0: after every batch).
     commit_interval_ms: float = Field(100.0, ge=0)
-    # ... and flush sooner once the producer holds this many unacknowledged records.
+    # Stop and serve acknowledgements while the producer holds more unacknowledged records.
     max_pending: int = Field(100_000, gt=0)
     flush_timeout_s: float = Field(30.0, gt=0)
 

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import MicroBatcher, Released, WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError, RegistryUnavailableError
+from streamproc.kafka.acks import AckTracker
 from streamproc.telemetry import Sensor
 from streamproc.types import Outputs, RawBatch, ReleaseReason
 
@@ -38,12 +39,10 @@ class RunnerSettings:
     topic: str
     exactly_once: bool = False
     flush_timeout_s: float = 30.0
-    # at-least-once: how long produced batches may await acknowledgement before the runner
-    # blocks on one flush and commits them all (0: flush and commit after every batch).
-    # A flush waits one linger plus one broker round trip (~4-9 ms measured), so one per
-    # interval instead of one per batch; a crash replays at most this much of the input.
+    # at-least-once: offsets of acknowledged batches are committed (asynchronously) at most
+    # this often; nothing waits for acknowledgements except on revoke and at shutdown.
     commit_interval_s: float = 0.1
-    # ... and at most this many produced records may await acknowledgement.
+    # ... and no more than this many produced records may await acknowledgement.
     max_pending: int = 100_000
     registry_retry_initial_s: float = 0.1
     registry_retry_max_s: float = 5.0
@@ -105,18 +104,19 @@ class KafkaRunner:
         self.sensor = sensor or Sensor()
         self._delivery_errors: list[str] = []
         self.consumer = Consumer(consumer_conf)
-        self.producer = Producer(
-            {**producer_conf, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
-        )
+        if settings.exactly_once:  # the transaction commit reports failures; errors only
+            reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        else:  # every record's report counts down its batch (AckTracker)
+            reports = {"delivery.report.only.error": False}
+        self.producer = Producer({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
         self.stop_event = threading.Event()
         self._assignment: list[TopicPartition] = []
         self._last_lag = 0.0
         self.batches_committed = 0
-        # at-least-once: next offsets of produced batches not yet committed (partition ->)
-        self._uncommitted: dict[int, int] = {}
-        self._unacked_batches = 0
-        self._unacked_since = 0.0  # time.monotonic() of the oldest unacknowledged batch
+        # at-least-once: produced batches awaiting acknowledgement, and the last commit
+        self._acks = AckTracker()
+        self._last_commit = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -168,8 +168,9 @@ class KafkaRunner:
                 self._process(rel)
         for rel in self.batcher.release_due():
             self._process(rel)
-        if not msgs and self._unacked_batches:
-            self._flush_and_commit()  # idle: nothing to overlap with, make it durable now
+        if not msgs and self._acks.pending_batches:
+            self.producer.poll(0)  # idle: serve delivery reports, commit when due
+            self._commit_acked()
         now = time.monotonic()
         if now - self._last_lag >= self.settings.lag_interval_s:
             self._last_lag = now
@@ -235,54 +236,71 @@ class KafkaRunner:
                 self._abort_and_rewind(raw, exc)
                 return
         else:
-            # 1. produce predictions, dead letters, alerts and snapshots (queued; the
-            #    broker acknowledges them while the next batch is being scored)
-            self._produce_all(out)
-            for tp in offsets:
-                self._uncommitted[tp.partition] = max(
-                    tp.offset, self._uncommitted.get(tp.partition, tp.offset)
-                )
-            if not self._unacked_batches:
-                self._unacked_since = time.monotonic()
-            self._unacked_batches += 1
-            self.producer.poll(0)  # serve delivery reports without waiting
-            if (
-                time.monotonic() - self._unacked_since >= s.commit_interval_s
-                or len(self.producer) > s.max_pending
-            ):
-                self._flush_and_commit()
+            # 1. produce predictions, dead letters, alerts and snapshots; each record's
+            #    delivery report counts down this batch (nothing waits here)
+            pending = self._acks.add({tp.partition: tp.offset for tp in offsets}, len(out))
+            self._produce_all(out, pending.ack)
+            # 2. serve the delivery reports that have arrived, without waiting
+            self.producer.poll(0)
+            # 3. commit the offsets of the batches acknowledged so far (_commit_acked)
+            self._commit_acked()
             return
         self.batches_committed += 1
 
-    def _flush_and_commit(self) -> None:
-        """at-least-once, steps 2 and 3: wait for every acknowledgement, then commit."""
+    def _commit_acked(self) -> None:
+        """at-least-once, step 3: commit, asynchronously, the input offsets of the longest
+        run of batches whose every record the broker acknowledged, at most once per
+        ``commit_interval_s`` (each commit is a write on the broker). A failed delivery
+        stops the runner before any later offset moves (a restart replays from the last
+        commit)."""
         s = self.settings
-        if s.exactly_once or not self._unacked_batches:
+        if self._acks.errors:
+            raise DeliveryError(f"records not acknowledged: {self._acks.errors[:3]}",
+                                topic=s.topic)  # fmt: skip
+        while len(self.producer) > s.max_pending:
+            self.producer.poll(0.01)  # backpressure: too many records await their acks
+        now = time.monotonic()
+        if now - self._last_commit < s.commit_interval_s:
             return
-        # 2. flush: wait for every acknowledgement of the produced batches, at most
-        #    flush_timeout_s; anything unacknowledged or failed means no commit (the
-        #    process stops and a restart replays from the last commit).
+        ready = self._acks.collect()
+        if ready:
+            self._last_commit = now
+            # Asynchronous: a commit lost in a crash only means a longer replay; the next
+            # commit carries these offsets again if they are still the latest.
+            self.consumer.commit(
+                offsets=[TopicPartition(s.topic, p, o) for p, o in ready.items()],
+                asynchronous=True,
+            )
+            self.batches_committed += 1
+
+    def _flush_and_commit(self) -> None:
+        """at-least-once, before giving partitions up or stopping: wait for every
+        acknowledgement (at most ``flush_timeout_s``), then commit synchronously."""
+        s = self.settings
+        if s.exactly_once or not self._acks.pending_batches:
+            return
         remaining = self.producer.flush(s.flush_timeout_s)
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
+        if remaining or self._acks.errors:
             raise DeliveryError(
                 f"{remaining} records unacknowledged after {s.flush_timeout_s}s; "
-                f"errors: {errors[:3]}",
+                f"errors: {self._acks.errors[:3]}",
                 topic=s.topic,
             )
-        offsets = [TopicPartition(s.topic, p, o) for p, o in self._uncommitted.items()]
-        self._uncommitted.clear()
-        batches, self._unacked_batches = self._unacked_batches, 0
-        # 3. commit the next offsets synchronously: once this returns, a crash never
-        #    replays these batches.
+        ready = self._acks.collect()
+        if not ready:
+            return
+        # Synchronous: once this returns, a crash never replays these batches.
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(
+                offsets=[TopicPartition(s.topic, p, o) for p, o in ready.items()],
+                asynchronous=False,
+            )
         except KafkaException as exc:
             # Lost the partitions in a rebalance: the new owner replays from the last
             # commit (at-least-once allows the duplicate; nothing is lost).
             log.warning("offset commit failed after produce, batches will replay: %s", exc)
             return
-        self.batches_committed += batches
+        self.batches_committed += 1
 
     def _abort_and_rewind(self, raw: RawBatch, exc: KafkaException) -> None:
         err = exc.args[0]
@@ -294,31 +312,25 @@ class KafkaRunner:
             if any(a.partition == tp.partition for a in self._assignment):
                 self.consumer.seek(tp)
 
-    def _produce_all(self, out: Outputs) -> None:
+    def _produce_all(self, out: Outputs, ack: Callable[[Any, Any], None] | None = None) -> None:
+        """Produce every record; ``ack`` (if given) receives each one's delivery report."""
         produce = self.producer.produce
+        kw: dict[str, Any] = {} if ack is None else {"on_delivery": ack}
         for b in out.blocks:
             topic, keys, values, headers = b.topic, b.keys, b.values, b.headers
             i, n = 0, len(values)
             while i < n:
                 try:
                     for i in range(i, n):  # noqa: B020 - resumes at the record that failed
-                        produce(topic, values[i], keys[i], headers=headers)  # type: ignore[arg-type]
+                        produce(topic, values[i], keys[i], headers=headers, **kw)  # type: ignore[arg-type]
                     i = n
                 except BufferError:
                     self._backpressure()
         for r in out.records:
+            extra = kw if r.partition is None else {**kw, "partition": r.partition}
             while True:
                 try:
-                    if r.partition is None:
-                        produce(r.topic, r.value, r.key, headers=r.headers)  # type: ignore[arg-type]
-                    else:
-                        produce(
-                            r.topic,
-                            r.value,
-                            r.key,
-                            partition=r.partition,
-                            headers=r.headers,  # type: ignore[arg-type]
-                        )
+                    produce(r.topic, r.value, r.key, headers=r.headers, **extra)  # type: ignore[arg-type]
                     break
                 except BufferError:
                     self._backpressure()
@@ -354,8 +366,7 @@ class KafkaRunner:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
-        self._uncommitted.clear()  # produced, never committed: replayed (at-least-once)
-        self._unacked_batches = 0
+        self._acks.clear()  # produced, never committed: replayed (at-least-once)
         self._assignment = []
         log.warning("partitions lost %s", [p.partition for p in parts])
 
