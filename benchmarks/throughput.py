@@ -80,6 +80,7 @@ PROFILED = "streamproc-profiled"
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
 QUIX_SITE = Path(os.environ.get("STREAMPROC_BENCH_QUIX_SITE", BENCH / "out" / "quix-site"))
 RESULTS = BENCH / "RESULTS.md"
+BEFORE = BENCH / "profile_before.json"  # the per-stage profile before the hot-path work
 PARTITIONS = 4
 
 
@@ -96,7 +97,7 @@ class Params:
 
 
 QUICK = Params(n=30_000, warmup=2_000, latency_share=0.5, latency_s=3.0,
-               drain_timeout_s=40.0, core_events=20_480, quick=True,
+               drain_timeout_s=40.0, core_events=51_200, quick=True,
                budget_s=170.0)  # fmt: skip
 FULL = Params(n=200_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
               drain_timeout_s=300.0, core_events=102_400, quick=False)  # fmt: skip
@@ -719,7 +720,29 @@ def summarize(results: dict[str, dict[str, Any]], core: dict[str, Any],
     summary["core_events_per_s"] = round(core.get("events_per_s", 0.0), 1) or None
     prof = profile.get("worker_report", {}).get("profile_us_per_event", {})
     summary["profile_us_per_event"] = prof or None
+    summary["targets"] = hot_path_targets(results, core)
     return summary
+
+
+def hot_path_targets(results: dict[str, dict[str, Any]], core: dict[str, Any]) -> dict[str, Any]:
+    """The compiled-hot-path targets: each measured figure, its bound and whether it is met
+    (None where a system did not run)."""
+    rat = ratios(results)
+    sp = results.get("streamproc", {})
+
+    def target(value: Any, bound: float, at_least: bool) -> dict[str, Any]:
+        met = None if value is None else (value >= bound if at_least else value <= bound)
+        return {"value": value, ("min" if at_least else "max"): bound, "met": met}
+
+    return {
+        "core_events_per_s": target(core.get("events_per_s"), 500_000, True),
+        "x_passthrough": target(rat.get("streamproc/passthrough"), 0.6, True),
+        "x_naive": target(rat.get("streamproc/naive"), 10.0, True),
+        "x_faust": target(rat.get("streamproc/faust"), 10.0, True),
+        "x_quix": target(rat.get("streamproc/quix"), 10.0, True),
+        "p99_ms_at_half_max_rate": target(sp.get("p99_ms"), 25.0, False),
+        "peak_rss_mb": target(sp.get("peak_rss_mb"), 500.0, False),
+    }
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -883,13 +906,32 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         f"**{'met' if all(a and a > 1 for a in ahead) else 'NOT met'}** "
         f"(Faust {_f(ahead[0], 2)}x, Quix {_f(ahead[1], 2)}x).",
         "",
+        "Targets of the compiled hot path (`python benchmarks/throughput.py --quick` prints "
+        "the same under `targets` in its JSON):",
+        "",
+        "| target | measured | bound | met |",
+        "|---|---:|---:|---|",
+        *[
+            f"| {k} | {_f(t['value'], 2)} | {'>= ' if 'min' in t else '<= '}"
+            f"{_f(t.get('min', t.get('max')), 2)} | "
+            f"{'-' if t['met'] is None else ('met' if t['met'] else '**NOT met**')} |"
+            for k, t in hot_path_targets(res, core).items()
+        ],
+        "",
         "## streamproc core, in process (no Kafka)",
         "",
-        f"Framed payload batches of {core.get('batch_size', 256)} in memory -> "
-        "`BatchHandler` (BatchDecoder + SingleScorer on ONNX Runtime + DictSchemaSource) -> "
-        f"framed Prediction bytes, pinned to one core: **{_f(core.get('events_per_s'), 0)} "
-        f"events/s** ({_f(core.get('cpu_s_per_million'))} CPU s per million events; "
-        f"{_f(core.get('events'), 0)} events timed). Against that, the Kafka run reaches "
+        f"Framed payload batches of {core.get('batch_size', 256)} (the pipeline's default "
+        "`max_batch_size`) in memory -> `BatchHandler` (BatchDecoder + SingleScorer on ONNX "
+        "Runtime + the default drift monitor: input, score and data-quality drift, + "
+        "DictSchemaSource) -> framed Prediction bytes, pinned to one core: "
+        f"**{_f(core.get('events_per_s'), 0)} events/s** "
+        f"({_f(core.get('cpu_s_per_million'))} CPU s per million events; "
+        f"{_f(core.get('events'), 0)} events timed; the median of "
+        f"{len(core.get('events_per_s_passes', []))} passes: "
+        f"{', '.join(_f(v, 0) for v in core.get('events_per_s_passes', []))}). "
+        "With batches of 256: "
+        f"{_f(core.get('batch_256', {}).get('events_per_s'), 0)} events/s. Against the "
+        "default, the Kafka run reaches "
         f"{_f(sp / core['events_per_s'] * 100 if sp and core.get('events_per_s') else None)}% "
         "of the core's rate.",
         "",
@@ -903,25 +945,34 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         ("batching", None, "KafkaRunner._step minus _process (consume, MicroBatcher, lag) "
                            "+ to_raw_batch"),
         ("inference", "infer", "BatchStats.stage_s['infer']"),
-        ("encode", "encode", "BatchStats.stage_s['encode'] (Predictions + headers)"),
-        ("produce", None, "KafkaRunner._commit (+ _flush_and_commit when called outside it): "
-                          "produce calls + flush (acks) + sync commit"),
+        ("encode", "encode", "BatchStats.stage_s['encode'] (Predictions + lineage)"),
+        ("produce", None, "KafkaRunner._commit (+ _commit_acked / _flush_and_commit called "
+                          "outside it): produce calls + delivery reports + offset commits"),
         ("  produce_calls", None, "KafkaRunner._produce_all (producer.produce per record)"),
-        ("  flush_commit", None, "flush wait for every ack + synchronous offset commit"),
-        ("monitor", "monitor", "BatchStats.stage_s['monitor'] (dead letters, drift; the "
-                               "core run has no drift monitor)"),
+        ("  flush_commit", None, "serving delivery reports (poll) + asynchronous offset "
+                                 "commits (a blocking flush only on revoke and shutdown)"),
+        ("monitor", "monitor", "BatchStats.stage_s['monitor'] (dead letters, input, score "
+                               "and data-quality drift)"),
         ("handler_other", None, "rest of BatchHandler.__call__"),
         ("telemetry", None, "sensors' on_batch (Prometheus, counters)"),
         ("total_wall", None, "wall time per event in the profiled window"),
     ]  # fmt: skip
+    before = json.loads(BEFORE.read_text()) if BEFORE.exists() else {}
+    bk, bc = before.get("kafka", {}), before.get("core", {})
     lines += [
-        "| stage | Kafka run (in-process, timed) | core run (no Kafka) | measured as |",
-        "|---|---:|---:|---|",
+        "| stage | Kafka run: before | Kafka run: now | core: before | core: now | measured as |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for key, core_key, how in rows:
         kv = prof.get(key.strip())
         cv = stages.get(core_key) if core_key else None
-        lines.append(f"| {key} | {_f(kv, 2)} | {_f(cv, 2)} | {how} |")
+        bcv = bc.get(core_key) if core_key else None
+        lines.append(
+            f"| {key} | {_f(bk.get(key.strip()), 2)} | {_f(kv, 2)} | {_f(bcv, 2)} | "
+            f"{_f(cv, 2)} | {how} |"
+        )
+    if before:
+        lines += ["", f"*Before*: {before['source']}"]
     pr = prof_run.get("worker_report", {})
     series = [
         f"* {n}: {', '.join(_f(v, 0) for v in res[n]['p50_ms_by_second'])}"

@@ -12,10 +12,10 @@ writes the per-stage profile (microseconds per event) to ``report_path``:
   metrics snapshots);
 * ``batching``: ``KafkaRunner._step`` minus ``_process`` (``consumer.consume``, the
   MicroBatcher, lag reports) plus ``to_raw_batch`` (the columnar RawBatch);
-* ``produce``: ``KafkaRunner._commit`` plus any ``_flush_and_commit`` called outside it
-  (runners that let several batches await acknowledgement flush when idle) =
-  ``producer.produce`` per record (``produce_calls``) + waiting for acks and the
-  synchronous offset commit (``flush_commit``);
+* ``produce``: ``KafkaRunner._commit`` plus any ``_commit_acked`` / ``_flush_and_commit``
+  called outside it (idle steps, revoke, shutdown) = ``producer.produce`` per record
+  (``produce_calls``) + serving delivery reports and committing offsets (``flush_commit``;
+  a blocking flush only on revoke and shutdown);
 * ``telemetry``: the sensors' ``on_batch`` (Prometheus, counters, this profiler).
 
 The first batch is not counted (consumer group join, first fetch, warm caches).
@@ -188,16 +188,19 @@ def run_profiled(cfg: WorkerConfig) -> None:
             in_commit[0] = False
 
     runner._commit = commit  # type: ignore[method-assign]
-    flush_and_commit = getattr(runner, "_flush_and_commit", None)
-    if flush_and_commit is not None:  # batches may await acks across steps
-        timed_flush = prof.timed("flush_outside_commit", flush_and_commit)
+    # Commits called outside _commit (idle steps, revoke, shutdown) count under produce.
+    for attr in ("_flush_and_commit", "_commit_acked"):
+        method = getattr(runner, attr, None)
+        if method is None:
+            continue
+        timed_method = prof.timed("flush_outside_commit", method)
 
-        def flush(*args: Any, **kwargs: Any) -> Any:
+        def outside(*args: Any, _m: Any = method, _t: Any = timed_method, **kwargs: Any) -> Any:
             if in_commit[0]:  # already inside the _commit timer
-                return flush_and_commit(*args, **kwargs)
-            return timed_flush(*args, **kwargs)
+                return _m(*args, **kwargs)
+            return _t(*args, **kwargs)
 
-        runner._flush_and_commit = flush  # type: ignore[attr-defined]
+        setattr(runner, attr, outside)
     runner._produce_all = prof.timed("produce_all", runner._produce_all)  # type: ignore[method-assign]
     runner.sensor.on_batch = prof.timed("on_batch", runner.sensor.on_batch)  # type: ignore[method-assign]
     runner_mod.to_raw_batch = prof.timed("to_raw_batch", runner_mod.to_raw_batch)  # type: ignore[assignment]
