@@ -7,7 +7,7 @@ Addresses and secrets may be overridden from the environment:
 
 >>> cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "topics": {"input": "t"}})
 >>> cfg.topics.predictions, cfg.batching.max_batch_size, cfg.delivery.guarantee
-('t.predictions', 256, 'at-least-once')
+('t.predictions', 1024, 'at-least-once')
 """
 
 from __future__ import annotations
