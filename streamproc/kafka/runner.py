@@ -257,7 +257,7 @@ class KafkaRunner:
         if self._acks.errors:
             raise DeliveryError(f"records not acknowledged: {self._acks.errors[:3]}",
                                 topic=s.topic)  # fmt: skip
-        while len(self.producer) > s.max_pending:
+        while len(self.producer) > s.max_pending and not self.stop_event.is_set():
             self.producer.poll(0.01)  # backpressure: too many records await their acks
         now = time.monotonic()
         if now - self._last_commit < s.commit_interval_s:

@@ -1,0 +1,83 @@
+"""BatchHandler without Kafka: predictions come out as blocks with shared lineage headers."""
+
+from __future__ import annotations
+
+import io
+
+import fastavro
+import numpy as np
+
+from streamproc import schemas, synth
+from streamproc.backends.onnx import DEMO_MODEL
+from streamproc.backends.select import load_backend
+from streamproc.codecs.decoder import BatchDecoder
+from streamproc.codecs.source import DictSchemaSource
+from streamproc.codecs.wire import frame
+from streamproc.models.spec import load_model_spec
+from streamproc.pipeline.app import reader_schema
+from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
+from streamproc.pipeline.scoring import SingleScorer
+from streamproc.types import RawBatch
+
+TOPICS = OutputTopics("in.p", "in.dlq", "in.alerts", "in.metrics", "in.shadow")
+
+
+def _handler() -> BatchHandler:
+    spec = load_model_spec(DEMO_MODEL)
+    text = schemas.schema_text("Transaction")
+    return BatchHandler(
+        decoder=BatchDecoder(spec, reader_schema(spec), DictSchemaSource({7: text, 8: text})),
+        scorer=SingleScorer(spec, load_backend(spec, prefer=["onnxruntime"])),
+        topics=TOPICS,
+        schema_ids=SchemaIds(prediction=2, dead_letter=3, alert=4, metrics=5),
+        processor_id="t",
+        pipeline="t",
+        snapshot_interval_s=3600.0,
+    )
+
+
+def _batch(n: int) -> tuple[RawBatch, list[dict]]:
+    records, _ = synth.generate(n, seed=21)
+    parsed = schemas.parsed("Transaction")
+    values: list[bytes | None] = []
+    for i, r in enumerate(records):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, r)
+        values.append(frame(7 if i % 3 else 8, buf.getvalue()))  # two writer schema ids
+    values[5] = b"\x01garbage"  # one malformed event
+    raw = RawBatch(
+        topic="in",
+        values=values,
+        keys=[r["account_id"].encode() for r in records],
+        partitions=np.zeros(n, dtype=np.int32),
+        offsets=np.arange(100, 100 + n, dtype=np.int64),
+        timestamps_ms=np.zeros(n, dtype=np.int64),
+        headers=[None] * n,
+        batch_id="b-1",
+    )
+    return raw, records
+
+
+def test_predictions_are_blocks_per_schema_id_with_lineage_and_nothing_lost() -> None:
+    raw, records = _batch(40)
+    out = _handler()(raw)
+    assert out.n_predictions == 39 and out.n_dead_letters == 1
+    assert {b.topic for b in out.blocks} == {"in.p"}
+    by_sid = {dict(b.headers)["streamproc-schema-id"]: b for b in out.blocks}
+    assert set(by_sid) == {b"7", b"8"}
+    assert [len(by_sid[b"8"]), len(by_sid[b"7"])] == [14, 25]  # i % 3 == 0 -> id 8
+    parsed = schemas.parsed("Prediction")
+    by_id = {r["event_id"]: r for r in records}
+    seen = []
+    for rec in out.all_records():
+        if rec.topic != "in.p":
+            continue
+        h = dict(rec.headers or [])
+        assert h["streamproc-model"] == b"fraud" and h["streamproc-version"] == b"1.0.0"
+        assert h["streamproc-batch"] == b"b-1"
+        value = fastavro.schemaless_reader(io.BytesIO(rec.value[5:]), parsed)
+        assert rec.key == by_id[value["event_id"]]["account_id"].encode()
+        seen.append(value["event_id"])
+    assert sorted(seen) == sorted(r["event_id"] for i, r in enumerate(records) if i != 5)
+    dead = [r for r in out.all_records() if r.topic == "in.dlq"]
+    assert len(dead) == 1 and dict(dead[0].headers or [])["streamproc-reason"] == b"BAD_MAGIC"
