@@ -21,6 +21,21 @@ RESOLVED = 0
 T_FEATURE, T_ROW, T_STATE, T_ARM, T_WINDOW, T_FIRST, T_LAST = range(7)
 
 
+@njit(cache=True, inline="always")
+def _first_at_least(  # pragma: no cover - compiled
+    table: npt.NDArray[np.float64], j: int, v: float, a: int, b: int
+) -> int:
+    """The first index in ``[a, b)`` of the sorted row ``table[j]`` holding a value >= v
+    (``b`` if none does)."""
+    while a < b:
+        m = (a + b) >> 1
+        if table[j, m] < v:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
 @njit(cache=True)
 def normal_scores_kernel(  # pragma: no cover - compiled
     x: npt.NDArray[np.floating],
@@ -71,23 +86,9 @@ def normal_scores_kernel(  # pragma: no cover - compiled
                 # lo: first knot >= v, searched between the knots that bound v's cell
                 # of the column's uniform index; hi: first knot > v
                 bi = min(int((v - q0) * bucket_scale[j]), nb - 1)
-                a = bucket_start[j, bi]
-                b = bucket_start[j, bi + 1]
-                while a < b:
-                    m = (a + b) >> 1
-                    if knots[j, m] < v:
-                        a = m + 1
-                    else:
-                        b = m
+                a = _first_at_least(knots, j, v, bucket_start[j, bi], bucket_start[j, bi + 1])
                 if a >= kn or knots[j, a] < v or (a > 0 and knots[j, a - 1] >= v):
-                    a = 0  # a cell edge rounded the other way: search every knot
-                    b = kn
-                    while a < b:
-                        m = (a + b) >> 1
-                        if knots[j, m] < v:
-                            a = m + 1
-                        else:
-                            b = m
+                    a = _first_at_least(knots, j, v, 0, kn)  # a cell edge rounded the other way
                 lo = a
                 if knots[j, lo] == v:  # ties only: the knots equal to v end at hi
                     b = kn
@@ -236,15 +237,7 @@ def category_counts_kernel(  # pragma: no cover - compiled
             if not math.isfinite(v):
                 continue
             m = n_values[j]
-            a = 0
-            b = m
-            while a < b:  # first value >= v
-                mid = (a + b) >> 1
-                if values[j, mid] < v:
-                    a = mid + 1
-                else:
-                    b = mid
-            k = a
+            k = _first_at_least(values, j, v, 0, m)
             if k >= m or (k > 0 and abs(v - values[j, k - 1]) <= abs(values[j, k] - v)):
                 k -= 1
             c = values[j, k]
