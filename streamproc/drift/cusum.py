@@ -49,7 +49,7 @@ from streamproc.drift.calibration import (
     variance_offset,
     variance_threshold,
 )
-from streamproc.drift.profile import TAIL_SPAN, ColumnProfile, ReferenceProfile, TransformTables
+from streamproc.drift.profile import ColumnProfile, ReferenceProfile, TransformTables
 
 ARM_NAMES = ("cusum_mean_up", "cusum_mean_down", "cusum_variance_up", "bernoulli_cusum")
 
@@ -220,25 +220,7 @@ class CusumDetector(_CusumCore):
     def scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Prewhitened normal scores of a batch (advances the prewhitening state)."""
         a = as_batch(x, self.n_features, self.univariate)
-        t = self._tables
-        e = np.empty_like(a)
-        K.normal_scores_kernel(
-            a,
-            t.knots,
-            t.grid,
-            t.lo_scale,
-            t.hi_scale,
-            t.bucket_start,
-            t.bucket_scale,
-            t.z_mean,
-            t.z_std,
-            t.phi,
-            self._prev,
-            self._has_prev,
-            TAIL_SPAN,
-            e,
-        )
-        return e
+        return self._tables.scores(a, prewhiten=(self._prev, self._has_prev))
 
     def update(self, x: npt.ArrayLike, offsets: npt.ArrayLike | None = None) -> None:
         self._run(self.scores(x), offsets)

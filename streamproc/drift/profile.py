@@ -138,27 +138,7 @@ class ReferenceProfile:
     def normal_scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Standardised normal scores of rows of ``x`` (NaN stays NaN); no prewhitening."""
         a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, len(self.columns)))
-        t = TransformTables.from_columns(self.columns, np.asarray(self.grid))
-        out = np.empty_like(a)
-        prev = np.zeros(len(self.columns))
-        has = np.zeros(len(self.columns), dtype=np.bool_)
-        normal_scores_kernel(
-            a,
-            t.knots,
-            t.grid,
-            t.lo_scale,
-            t.hi_scale,
-            t.bucket_start,
-            t.bucket_scale,
-            t.z_mean,
-            t.z_std,
-            np.zeros(len(self.columns)),
-            prev,
-            has,
-            TAIL_SPAN,
-            out,
-        )
-        return out
+        return TransformTables.from_columns(self.columns, np.asarray(self.grid)).scores(a)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -245,6 +225,30 @@ class TransformTables:
             phi=np.array([c.phi for c in cols]),
         )
 
+    def scores(
+        self,
+        x: npt.NDArray[np.floating],
+        *,
+        standardise: bool = True,
+        prewhiten: tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Normal scores of the rows of ``x`` (NaN stays NaN), standardised by the
+        reference's ``z_mean`` / ``z_std`` unless ``standardise`` is false. With
+        ``prewhiten = (prev, has_prev)`` they are AR(1)-prewhitened by ``phi``, that state
+        carried across calls (updated in place); without it, no prewhitening."""
+        d = self.knots.shape[0]
+        if prewhiten is None:
+            phi, prev, has = np.zeros(d), np.zeros(d), np.zeros(d, dtype=np.bool_)
+        else:
+            phi, (prev, has) = self.phi, prewhiten
+        mean, std = (self.z_mean, self.z_std) if standardise else (np.zeros(d), np.ones(d))
+        out = np.empty(x.shape, dtype=np.float64)
+        normal_scores_kernel(
+            x, self.knots, self.grid, self.lo_scale, self.hi_scale, self.bucket_start,
+            self.bucket_scale, mean, std, phi, prev, has, TAIL_SPAN, out,
+        )  # fmt: skip
+        return out
+
 
 def _fit_column(
     name: str, col: npt.NDArray[np.float64], grid: npt.NDArray[np.float64]
@@ -279,23 +283,7 @@ def _fit_column(
     # Standardise the normal scores on the reference itself (exactly N(0,1) for continuous
     # data; corrects the mid-rank scores of discrete columns), then measure lag-1 autocorr.
     t = TransformTables.from_columns([prof], grid)
-    z = np.empty((col.size, 1))
-    normal_scores_kernel(
-        np.ascontiguousarray(col[:, None]),
-        t.knots,
-        t.grid,
-        t.lo_scale,
-        t.hi_scale,
-        t.bucket_start,
-        t.bucket_scale,
-        np.zeros(1),
-        np.ones(1),
-        np.zeros(1),
-        np.zeros(1),
-        np.zeros(1, dtype=np.bool_),
-        TAIL_SPAN,
-        z,
-    )
+    z = t.scores(np.ascontiguousarray(col[:, None]), standardise=False)
     zf = z[np.isfinite(z[:, 0]), 0]
     sd = float(zf.std())
     prof.z_mean = float(zf.mean())

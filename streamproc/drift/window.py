@@ -39,7 +39,7 @@ from streamproc.drift.base import (
     as_batch,
     offsets_for,
 )
-from streamproc.drift.profile import TAIL_SPAN, ColumnProfile, ReferenceProfile, TransformTables
+from streamproc.drift.profile import ColumnProfile, ReferenceProfile, TransformTables
 
 
 class _TumblingWindows(ExposesOutputs):
@@ -147,9 +147,6 @@ class WindowDetector(_TumblingWindows):
         self._firing = self._hyst.firing
         self._out = BatchOutputs(d, univariate)
         self._out.thr = np.asarray(self._thr, dtype=np.float64) * np.ones(d)
-        self._zero_phi = np.zeros(d)
-        self._prev = np.zeros(d)
-        self._has = np.zeros(d, dtype=np.bool_)
 
     @classmethod
     def from_profile(
@@ -159,49 +156,14 @@ class WindowDetector(_TumblingWindows):
         return cls(cols, profile.grid, **kw)  # type: ignore[arg-type]
 
     def _scores(self, a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        t = self._tables
-        z = np.empty_like(a)
-        K.normal_scores_kernel(
-            a,
-            t.knots,
-            t.grid,
-            t.lo_scale,
-            t.hi_scale,
-            t.bucket_start,
-            t.bucket_scale,
-            t.z_mean,
-            t.z_std,
-            self._zero_phi,
-            self._prev,
-            self._has,
-            TAIL_SPAN,
-            z,
-        )
-        return z
+        return self._tables.scores(a)  # windows compare distributions: no prewhitening
 
     def _category_bins(self, j: int, cats: dict[str, float]) -> npt.NDArray[np.float64]:
         vals = np.array([float(v) for v in cats])
         freq = np.array(list(cats.values()))
         a = np.zeros((vals.size, self.n_features))
         a[:, j] = vals
-        t = self._tables
-        z = np.empty_like(a)
-        K.normal_scores_kernel(
-            a,
-            t.knots,
-            t.grid,
-            t.lo_scale,
-            t.hi_scale,
-            t.bucket_start,
-            t.bucket_scale,
-            t.z_mean,
-            t.z_std,
-            np.zeros(self.n_features),
-            np.zeros(self.n_features),
-            np.zeros(self.n_features, dtype=np.bool_),
-            TAIL_SPAN,
-            z,
-        )
+        z = self._tables.scores(a)
         b = np.searchsorted(self._edges, z[:, j])
         exp = np.bincount(b, weights=freq, minlength=self._edges.size + 1)
         return np.asarray(exp / exp.sum(), dtype=np.float64)
