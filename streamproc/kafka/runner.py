@@ -102,9 +102,8 @@ class KafkaRunner:
         self.settings = settings
         self.handler = handler
         self.sensor = sensor or Sensor()
-        self._delivery_errors: list[str] = []
         self.consumer = Consumer(consumer_conf)
-        if settings.exactly_once:  # the transaction commit reports failures; errors only
+        if settings.exactly_once:  # commit_transaction fails on any failed record; log them
             reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
         else:  # every record's report counts down its batch (AckTracker)
             reports = {"delivery.report.only.error": False}
@@ -344,8 +343,8 @@ class KafkaRunner:
             self.consumer.resume(self._assignment)
 
     def _on_delivery(self, err: CkError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+        if err is not None:  # exactly-once: the transaction's commit then fails (_commit)
+            log.warning("delivery failed %s[%s]: %s", msg.topic(), msg.partition(), err)
 
     # -- group membership ------------------------------------------------------------------
 
