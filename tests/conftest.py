@@ -18,9 +18,16 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from hypothesis import settings
 
 from streamproc.kafka.admin import Admin
 from streamproc.local import LocalStack, StackInfo, from_environment
+
+# Property tests draw the same examples on every run, so CI is reproducible. A random
+# search (HYPOTHESIS_PROFILE=explore) is for hunting, not for gating a merge.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
