@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,8 +82,9 @@ class RawBatch:
     keys: list[bytes | None]
     partitions: npt.NDArray[np.int32]
     offsets: npt.NDArray[np.int64]
-    timestamps_ms: npt.NDArray[np.int64]  # Kafka record timestamps
-    headers: list[list[tuple[str, bytes | None]] | None]
+    # Each record's headers (None: none). The Kafka adapter reads them lazily: only dead
+    # letters keep them.
+    headers: Sequence[list[tuple[str, bytes | None]] | None]
     batch_id: str = ""
     release: ReleaseReason = ReleaseReason.SIZE
     wait_ms: float = 0.0  # time the oldest record waited in the batcher

@@ -60,7 +60,6 @@ def raw_batches(n: int, batch_size: int, seed: int = 11) -> list[RawBatch]:
                 keys=keys[i : i + m],
                 partitions=np.full(m, i // batch_size % 4, dtype=np.int32),
                 offsets=np.arange(i, i + m, dtype=np.int64),
-                timestamps_ms=np.zeros(m, dtype=np.int64),
                 headers=[None] * m,
                 batch_id=f"b{i // batch_size}",
             )

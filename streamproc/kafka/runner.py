@@ -11,9 +11,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from operator import length_hint
+from typing import Any, overload
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -50,20 +53,39 @@ class RunnerSettings:
     use_event_age: bool = False  # compute the oldest record timestamp for DEADLINE releases
 
 
+class LazyHeaders(Sequence[Any]):
+    """Each record's headers, read from the client's message only when asked for (a dead
+    letter keeps them); the happy path never builds them."""
+
+    __slots__ = ("_msgs",)
+
+    def __init__(self, msgs: list[Message]) -> None:
+        self._msgs = msgs
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [m.headers() for m in self._msgs[i]]
+        return self._msgs[i].headers()
+
+
 def to_raw_batch(topic: str, msgs: list[Message], released: Released[Message]) -> RawBatch:
-    """Columnar view of consumed records (the per-event calls are the client's own)."""
+    """Columnar view of consumed records. ``map`` over the client's accessors keeps the
+    per-record loop in C (a generator or comprehension costs ~0.2 us/record more)."""
     n = len(msgs)
-    partitions = np.fromiter((m.partition() for m in msgs), dtype=np.int32, count=n)
-    offsets = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=n)
-    stamps = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=n)
     return RawBatch(
         topic=topic,
-        values=[m.value() for m in msgs],
-        keys=[m.key() for m in msgs],
-        partitions=partitions,
-        offsets=offsets,
-        timestamps_ms=stamps,
-        headers=[m.headers() for m in msgs],  # type: ignore[misc]  # list form: no dict config
+        values=list(map(Message.value, msgs)),
+        keys=list(map(Message.key, msgs)),
+        partitions=np.fromiter(map(Message.partition, msgs), dtype=np.int32, count=n),
+        offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+        headers=LazyHeaders(msgs),
         batch_id=uuid.uuid4().hex[:16],
         release=released.reason,
         wait_ms=released.wait_ms,
@@ -154,8 +176,10 @@ class KafkaRunner:
             msgs = self.consumer.consume(num_messages=want, timeout=0)
             if not msgs:
                 msgs = self.consumer.consume(num_messages=1, timeout=0.5)
-        good = [m for m in msgs if m.error() is None]
-        if len(good) != len(msgs):
+        good = msgs
+        errs = list(map(Message.error, msgs))
+        if errs.count(None) != len(msgs):
+            good = [m for m, e in zip(msgs, errs, strict=True) if e is None]
             for m in msgs:
                 err = m.error()
                 if err is not None and err.code() != CkError._PARTITION_EOF and err.fatal():
@@ -314,17 +338,23 @@ class KafkaRunner:
     def _produce_all(self, out: Outputs, ack: Callable[[Any, Any], None] | None = None) -> None:
         """Produce every record; ``ack`` (if given) receives each one's delivery report."""
         produce = self.producer.produce
-        kw: dict[str, Any] = {} if ack is None else {"on_delivery": ack}
         for b in out.blocks:
-            topic, keys, values, headers = b.topic, b.keys, b.values, b.headers
-            i, n = 0, len(values)
-            while i < n:
+            # The block's records go through ``map`` with positional arguments (topic, value,
+            # key, partition, callback, on_delivery, timestamp, headers): the per-record loop
+            # stays in C. ``callback`` is the older name of ``on_delivery``; the client takes
+            # the first of the two that is given, so the report goes in that slot.
+            values, keys = iter(b.values), iter(b.keys)
+            while True:
                 try:
-                    for i in range(i, n):  # noqa: B020 - resumes at the record that failed
-                        produce(topic, values[i], keys[i], headers=headers, **kw)  # type: ignore[arg-type]
-                    i = n
+                    deque(map(produce, repeat(b.topic), values, keys, repeat(-1), repeat(ack),
+                              repeat(None), repeat(0), repeat(b.headers)), maxlen=0)  # fmt: skip
+                    break
                 except BufferError:
+                    # The queue is full: the record just taken was not produced. Resume at it.
+                    i = len(b.values) - length_hint(values) - 1
+                    values, keys = iter(b.values[i:]), iter(b.keys[i:])
                     self._backpressure()
+        kw: dict[str, Any] = {} if ack is None else {"on_delivery": ack}
         for r in out.records:
             extra = kw if r.partition is None else {**kw, "partition": r.partition}
             while True:

@@ -257,7 +257,7 @@ class BatchHandler:
             rejects[reason] = rejects.get(reason, 0) + 1
             detail = infer_error if code == ReasonCode.INFERENCE_FAILED else dec.details[i]
             sid = int(dec.schema_ids[i])
-            hdrs = raw.headers[i] or []
+            hdrs = raw.headers[int(i)] or []
             rec = {
                 "reason": reason,
                 "reason_code": code,

@@ -51,7 +51,6 @@ def _batch(n: int) -> tuple[RawBatch, list[dict]]:
         keys=[r["account_id"].encode() for r in records],
         partitions=np.zeros(n, dtype=np.int32),
         offsets=np.arange(100, 100 + n, dtype=np.int64),
-        timestamps_ms=np.zeros(n, dtype=np.int64),
         headers=[None] * n,
         batch_id="b-1",
     )
