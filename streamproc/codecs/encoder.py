@@ -155,7 +155,10 @@ class PredictionEncoder:
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
                 event_time_ms, processed_time_ms,
             )  # fmt: skip
-        present = np.fromiter((x is not None for x in keys), np.bool_, n)
+        if None in keys:
+            present = np.fromiter((x is not None for x in keys), np.bool_, n)
+        else:
+            present = np.ones(n, np.bool_)
         model = self._model_bytes(model_name, model_version)
         # header, 6 varints, union index, score, array end, latency: an exact upper bound
         per_event = HEADER_SIZE + 10 * 6 + 1 + 8 + 1 + 8 + len(model) + 4 * k
@@ -168,7 +171,7 @@ class PredictionEncoder:
         )  # fmt: skip
         raw = out[:written].tobytes()
         stops = out_ends.tolist()
-        return [raw[a:b] for a, b in zip([0, *stops[:-1]], stops, strict=True)]
+        return list(map(raw.__getitem__, map(slice, [0, *stops[:-1]], stops)))
 
     def encode_python(
         self,

@@ -36,7 +36,7 @@ def _first_at_least(  # pragma: no cover - compiled
     return a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def normal_scores_kernel(  # pragma: no cover - compiled
     x: npt.NDArray[np.floating],
     knots: npt.NDArray[np.float64],
@@ -115,7 +115,7 @@ def normal_scores_kernel(  # pragma: no cover - compiled
             has_prev[j] = True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def cusum_kernel(  # pragma: no cover - compiled
     e: npt.NDArray[np.float64],
     kind: npt.NDArray[np.int64],
@@ -218,7 +218,7 @@ def cusum_kernel(  # pragma: no cover - compiled
     return nt
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def category_counts_kernel(  # pragma: no cover - compiled
     seg: npt.NDArray[np.float64],
     values: npt.NDArray[np.float64],

@@ -116,7 +116,11 @@ class BatchHandler:
         infer_error = ""
         if len(ok_rows):
             try:
-                scored = self.scorer.score(dec.features[ok_rows], [keys[i] for i in ok_rows])
+                if len(ok_rows) == len(keys):  # the common case: no copies
+                    scored = self.scorer.score(dec.features, keys)
+                else:
+                    ok_keys = [keys[i] for i in ok_rows.tolist()]
+                    scored = self.scorer.score(dec.features[ok_rows], ok_keys)
             except (StreamprocError, RuntimeError, ValueError) as exc:
                 # A model that fails on a batch dead-letters it with the reason: no loss,
                 # no crash loop; the operator replays the DLQ after fixing the model.
@@ -199,7 +203,9 @@ class BatchHandler:
         topic: str,
     ) -> None:
         o = spec.outputs
-        labels_arr = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
+        # Index an object array of the two labels: the list shares their two str objects.
+        positive = (scores[:, o.score_index] >= o.threshold).view(np.uint8)
+        labels = np.array(o.labels[:2], dtype=object)[positive].tolist()
         if len(rows) == len(raw):  # every event of the batch (rows are sorted, unique)
             keys, ids = list(raw.keys), dec.event_ids
         else:
@@ -212,7 +218,7 @@ class BatchHandler:
             spec.version,
             scores,
             o.score_index,
-            labels_arr.tolist(),
+            labels,
             dec.event_time_ms[rows],
             now_ms,
         )
