@@ -113,12 +113,17 @@ class CountingSensor(Sensor):
         self.events_in += stats.size
         self.events_out += stats.predictions
         self.batches += 1
-        self.rejected.update(stats.rejects)
-        lat = stats.latencies_ms[-len(self._lat) :]
-        if len(lat):
-            idx = (self._lat_n + np.arange(len(lat))) % len(self._lat)
-            self._lat[idx] = lat
-            self._lat_n += len(lat)
+        if stats.rejects:
+            self.rejected.update(stats.rejects)
+        size = len(self._lat)
+        lat = stats.latencies_ms[-size:]
+        k = len(lat)
+        if k:  # ring buffer: two slice copies, no index arrays
+            start = self._lat_n % size
+            first = min(k, size - start)
+            self._lat[start : start + first] = lat[:first]
+            self._lat[: k - first] = lat[first:]
+            self._lat_n += k
 
     def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
         self.lag.update(lag)
