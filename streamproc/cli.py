@@ -178,9 +178,9 @@ def produce(
     from streamproc.loadgen import produce_synthetic
 
     b, r = services(bootstrap, registry)
-    producer = EventProducer(b, r, topic)
-    report = produce_synthetic(producer, count, rate=rate, malformed=malformed, shift=shift,
-                               seed=seed)  # fmt: skip
+    with EventProducer(b, r, topic) as producer:
+        report = produce_synthetic(producer, count, rate=rate, malformed=malformed,
+                                   shift=shift, seed=seed)  # fmt: skip
     print(json.dumps(report.as_dict()))
 
 

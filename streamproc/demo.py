@@ -8,7 +8,6 @@ live progress, and ends with a summary that accounts for every event produced.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import threading
@@ -96,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     admin = Admin(cfg.kafka.bootstrap)
     # A clean slate, so the summary accounts for this run alone.
     admin.delete_topics([t.input, t.predictions, t.dlq, t.alerts, t.metrics, t.shadow])
+    del admin  # AdminClient has no close(): freeing it stops its reconnects to the broker
     time.sleep(1.0)  # topic deletion completes asynchronously in the broker
     console.print("[bold]2.[/] applying schemas")
     apply_schemas(Registry(cfg.registry.url), cfg)
@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"[bold red]MISMATCH[/]: expected {report.good} predictions and "
                       f"{dict(expected)} dead letters")  # fmt: skip
-    del producer  # close the client before its broker goes away
-    gc.collect()
+    producer.close()  # before its broker goes away
     if started_stack and not args.keep:
         stack.down()
         console.print("stopped the local stack (pass --keep to leave it running)")

@@ -119,11 +119,18 @@ class EventProducer:
                 f"{errors[:3]}", topic=self.topic,
             )  # fmt: skip
 
+    def close(self) -> None:
+        """Flush, then release the client (it stops reconnecting to the broker)."""
+        try:
+            self.flush()
+        finally:
+            self.producer.close()
+
     def __enter__(self) -> EventProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.flush()
+        self.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,7 @@ class KafkaRunner:
         finally:
             self.producer.flush(s.flush_timeout_s)  # anything not yet acknowledged
             self.consumer.close()  # leaves the group at once: partitions move without waiting
+            self.producer.close()  # no reconnecting to a broker that may be gone next
 
     def _step(self) -> None:
         max_size = self.batcher.policy.max_size
