@@ -138,6 +138,10 @@ class KafkaRunner:
         # at-least-once: produced batches awaiting acknowledgement, and the last commit
         self._acks = AckTracker()
         self._last_commit = 0.0
+        # A batch waiting for the registry (see _handle_with_retry), and whether a rebalance
+        # took its partitions meanwhile.
+        self._retrying = False
+        self._abandoned = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -205,15 +209,19 @@ class KafkaRunner:
     def _process(self, rel: Released[Message]) -> None:
         raw = to_raw_batch(self.settings.topic, rel.items, rel)
         out = self._handle_with_retry(raw)
+        if out is None:  # its partitions were revoked while it waited: the new owner replays it
+            return
         self._commit(raw, out)
         stats = getattr(out, "stats", None)
         if stats is not None:
             self.sensor.on_batch(stats)
 
-    def _handle_with_retry(self, raw: RawBatch) -> Outputs:
+    def _handle_with_retry(self, raw: RawBatch) -> Outputs | None:
         """Run the handler; while the registry is down, pause and retry with backoff.
 
         A registry outage never turns good events into dead letters: the batch waits.
+        If a rebalance revokes the partitions meanwhile, the batch is given up (None):
+        nothing of it or after it was produced or committed, so the new owner replays it.
         """
         attempt = 0
         paused: list[TopicPartition] = []
@@ -233,11 +241,21 @@ class KafkaRunner:
                     if not paused and self._assignment:
                         paused = list(self._assignment)
                         self.consumer.pause(paused)
-                    # The backoff wait: serves group callbacks, delivers nothing (paused).
+                    # The backoff wait: serves group callbacks (the group sees this member
+                    # alive), delivers nothing (paused). A revoke here abandons the batch.
+                    self._retrying, self._abandoned = True, False
                     self.consumer.poll(delay)
+                    self._retrying = False
+                    if self._abandoned:
+                        log.warning("partitions revoked while batch %s waited for the "
+                                    "registry: left to their new owner", raw.batch_id)  # fmt: skip
+                        return None
         finally:
-            if paused:
-                self.consumer.resume(paused)
+            self._retrying = False
+            held = {a.partition for a in self._assignment}
+            still = [tp for tp in paused if tp.partition in held]
+            if still:
+                self.consumer.resume(still)
 
     def _commit(self, raw: RawBatch, out: Outputs) -> None:
         """The commit protocol, in order. Offsets move only after the outputs are durable."""
@@ -386,8 +404,15 @@ class KafkaRunner:
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Finish what we hold for these partitions and commit it before they move, so
         # the next owner starts exactly after it.
-        for rel in self.batcher.release_all(ReleaseReason.REBALANCE):
-            self._process(rel)
+        if self._retrying:
+            # Revoked during a registry-retry wait: the waiting batch and what was read after
+            # it cannot be handled now. Drop them uncommitted (the next owner replays them)
+            # and commit only the batches produced before.
+            self._abandoned = True
+            self.batcher.release_all(ReleaseReason.REBALANCE)
+        else:
+            for rel in self.batcher.release_all(ReleaseReason.REBALANCE):
+                self._process(rel)
         self._flush_and_commit()
         self._assignment = []
         log.info("revoked %s", [p.partition for p in parts])
@@ -396,6 +421,7 @@ class KafkaRunner:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
+        self._abandoned = self._retrying  # a batch waiting for the registry is dropped too
         self._acks.clear()  # produced, never committed: replayed (at-least-once)
         self._assignment = []
         log.warning("partitions lost %s", [p.partition for p in parts])
