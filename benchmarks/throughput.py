@@ -566,12 +566,10 @@ def run_system(
                 if status != "ok":
                     status = f"latency phase at {r:,.0f}/s {status}"
                     break
-        elif status == "ok" and not profiled:
-            pass  # a repeated drain: no latency phase
         elif profiled and status == "ok":
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(30)  # it stops itself after `total` events
-        else:
+        elif status != "ok":  # (ok and not latency: a repeated drain, no latency phase)
             status = f"drain {status}"
     finally:
         sampler.hwm = max(sampler.hwm, _vm_hwm(proc.pid))  # the peak before shutdown

@@ -185,8 +185,7 @@ class KafkaRunner:
         errs = list(map(Message.error, msgs))
         if errs.count(None) != len(msgs):
             good = [m for m, e in zip(msgs, errs, strict=True) if e is None]
-            for m in msgs:
-                err = m.error()
+            for m, err in zip(msgs, errs, strict=True):
                 if err is not None and err.code() != CkError._PARTITION_EOF and err.fatal():
                     raise KafkaError(f"consumer error: {err}", topic=m.topic(),
                                      partition=m.partition())  # fmt: skip
