@@ -221,7 +221,9 @@ class NvmlSampler(threading.Thread):
         return float(np.mean(rest)) if rest else None
 
 
-def loop_for(fn: Callable[[Any], Any], items: list[Any], device: str, seconds: float) -> dict:
+def loop_for(
+    fn: Callable[[Any], Any], items: list[Any], device: str, seconds: float
+) -> dict[str, Any]:
     for item in items[:3]:
         fn(item)
     sync(device)
@@ -237,10 +239,12 @@ def loop_for(fn: Callable[[Any], Any], items: list[Any], device: str, seconds: f
     return {"batches_per_s": done / wall, "nvml_util_pct": sampler.stop(), "wall_s": wall}
 
 
-def pipeline_vs_alone(specs: dict[str, ModelSpec], device: str, seconds: float) -> list[dict]:
+def pipeline_vs_alone(
+    specs: dict[str, ModelSpec], device: str, seconds: float, sizes: tuple[int, ...]
+) -> list[dict[str, Any]]:
     rows = []
     for model, spec in specs.items():
-        for batch_size in (256, 1024):
+        for batch_size in sizes:
             big = spec.model_copy(update={"buckets": BIG_BUCKETS})
             backend = torch_backend(big, device)
             source = DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")})
@@ -257,7 +261,7 @@ def pipeline_vs_alone(specs: dict[str, ModelSpec], device: str, seconds: float) 
             alone = loop_for(backend.infer, matrices, device, seconds)
             stages: dict[str, float] = {}
 
-            def run(b: Any, _h: Any = handler, _st: dict = stages) -> None:
+            def run(b: Any, _h: Any = handler, _st: dict[str, float] = stages) -> None:
                 out = _h(b)
                 for k, v in out.stats.stage_s.items():
                     _st[k] = _st.get(k, 0.0) + v
@@ -295,12 +299,21 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seconds", type=float, default=2.0, help="per pipeline/alone loop")
     ap.add_argument("--parts", default="correctness,throughput,pipeline")
+    ap.add_argument(
+        "--widths",
+        default=str(WIDE_HIDDEN),
+        help="hidden widths of the wide models, comma-separated",
+    )
+    ap.add_argument("--batches", default="256,1024", help="pipeline batch sizes")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     demo = load_model_spec(DEMO_MODEL)
     tmp = Path(tempfile.mkdtemp(prefix="streamproc-gpu-"))
-    wide = demo.model_copy(update={"file": str(wide_model(tmp / "wide.onnx"))})
-    specs = {"demo 16-16-2": demo, f"wide 16-{WIDE_HIDDEN}-{WIDE_HIDDEN}-2": wide}
+    specs = {"demo 16-16-2": demo}
+    for w in map(int, args.widths.split(",")):
+        onnx_file = wide_model(tmp / f"wide{w}.onnx", hidden=w)
+        specs[f"wide 16-{w}-{w}-2"] = demo.model_copy(update={"file": str(onnx_file)})
+    sizes = tuple(map(int, args.batches.split(",")))
     report: dict[str, Any] = {"environment": environment(args.device)}
     log(json.dumps(report["environment"], default=str))
 
@@ -309,7 +322,8 @@ def main() -> None:
 
     steps = [("correctness", lambda: correctness(demo, args.device)),
              ("throughput", lambda: throughput(specs, args.device)),
-             ("pipeline", lambda: pipeline_vs_alone(specs, args.device, args.seconds))]  # fmt: skip
+             ("pipeline",
+              lambda: pipeline_vs_alone(specs, args.device, args.seconds, sizes))]  # fmt: skip
     for name, step in steps:
         if name not in parts:
             continue
