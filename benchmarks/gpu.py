@@ -239,23 +239,70 @@ def loop_for(
     return {"batches_per_s": done / wall, "nvml_util_pct": sampler.stop(), "wall_s": wall}
 
 
+def build_handler(spec: ModelSpec, device: str) -> tuple[BatchHandler, Any, BatchDecoder]:
+    """The pipeline's handler as ``systems/core.py`` builds it, on torch (CUDA graphs)."""
+    backend = torch_backend(spec, device)
+    source = DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")})
+    decoder = BatchDecoder(spec, reader_schema(spec), source)
+    handler = BatchHandler(
+        decoder=decoder, scorer=SingleScorer(spec, backend),
+        topics=OutputTopics("g.p", "g.dlq", "g.alerts", "g.metrics", "g.s"),
+        schema_ids=SchemaIds(prediction=2, dead_letter=3, alert=4, metrics=5),
+        processor_id="gpu", pipeline="gpu", monitor=build_monitor(spec, {}),
+        snapshot_interval_s=3600.0,
+    )  # fmt: skip
+    return handler, backend, decoder
+
+
+def _process(spec: ModelSpec, batch_size: int, device: str, seconds: float,
+             barrier: Any, results: Any) -> None:  # fmt: skip
+    """One of several pipeline processes sharing the GPU (``--procs``)."""
+    handler, backend, _ = build_handler(spec, device)
+    batches = raw_batches(batch_size * 16, batch_size)
+    for b in batches[:3]:
+        handler(b)
+    barrier.wait()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for b in batches:
+            handler(b)
+        done += len(batches)
+    results.put(done / (time.perf_counter() - start))
+    backend.close()
+
+
+def shared_gpu(spec: ModelSpec, batch_size: int, device: str, seconds: float, procs: int) -> dict:
+    """``procs`` pipeline processes on one GPU: their summed batches per second."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(procs + 1), ctx.Queue()
+    workers = [ctx.Process(target=_process, args=(spec, batch_size, device, seconds, barrier,
+                                                  results)) for _ in range(procs)]  # fmt: skip
+    for w in workers:
+        w.start()
+    barrier.wait(timeout=120)
+    sampler = NvmlSampler()
+    sampler.start()
+    rates = [results.get(timeout=seconds + 120) for _ in workers]
+    util = sampler.stop()
+    for w in workers:
+        w.join(timeout=60)
+    return {"procs": procs, "batches_per_s": sum(rates), "nvml_util_pct": util}
+
+
 def pipeline_vs_alone(
-    specs: dict[str, ModelSpec], device: str, seconds: float, sizes: tuple[int, ...]
+    specs: dict[str, ModelSpec],
+    device: str,
+    seconds: float,
+    sizes: tuple[int, ...],
+    procs: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     rows = []
     for model, spec in specs.items():
         for batch_size in sizes:
             big = spec.model_copy(update={"buckets": BIG_BUCKETS})
-            backend = torch_backend(big, device)
-            source = DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")})
-            decoder = BatchDecoder(big, reader_schema(big), source)
-            monitor = build_monitor(big, {})
-            handler = BatchHandler(
-                decoder=decoder, scorer=SingleScorer(big, backend),
-                topics=OutputTopics("g.p", "g.dlq", "g.alerts", "g.metrics", "g.s"),
-                schema_ids=SchemaIds(prediction=2, dead_letter=3, alert=4, metrics=5),
-                processor_id="gpu", pipeline="gpu", monitor=monitor, snapshot_interval_s=3600.0,
-            )  # fmt: skip
+            handler, backend, decoder = build_handler(big, device)
             batches = raw_batches(batch_size * 16, batch_size)
             matrices = [decoder.decode(b.values).features for b in batches]
             alone = loop_for(backend.infer, matrices, device, seconds)
@@ -267,15 +314,21 @@ def pipeline_vs_alone(
                     _st[k] = _st.get(k, 0.0) + v
 
             pipe = loop_for(run, batches, device, seconds)
+            backend.close()
             n_pipe = pipe["batches_per_s"] * pipe["wall_s"] * batch_size
             rows.append({
                 "model": model, "batch": batch_size, "alone": alone, "pipeline": pipe,
                 "busy_ratio": pipe["batches_per_s"] / alone["batches_per_s"],
                 "pipeline_events_per_s": pipe["batches_per_s"] * batch_size,
                 "pipeline_stage_us_per_event": {k: v / n_pipe * 1e6 for k, v in stages.items()},
+                "shared": [],
             })  # fmt: skip
-            backend.close()
             log(f"pipeline {model} batch {batch_size}: ratio {rows[-1]['busy_ratio']:.2f}")
+            for n in procs:
+                shared = shared_gpu(big, batch_size, device, seconds, n)
+                shared["busy_ratio"] = shared["batches_per_s"] / alone["batches_per_s"]
+                rows[-1]["shared"].append(shared)
+                log(f"  {n} processes: ratio {shared['busy_ratio']:.2f}")
     return rows
 
 
@@ -305,6 +358,7 @@ def main() -> None:
         help="hidden widths of the wide models, comma-separated",
     )
     ap.add_argument("--batches", default="256,1024", help="pipeline batch sizes")
+    ap.add_argument("--procs", default="", help="also N pipeline processes sharing the GPU")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     demo = load_model_spec(DEMO_MODEL)
@@ -314,6 +368,7 @@ def main() -> None:
         onnx_file = wide_model(tmp / f"wide{w}.onnx", hidden=w)
         specs[f"wide 16-{w}-{w}-2"] = demo.model_copy(update={"file": str(onnx_file)})
     sizes = tuple(map(int, args.batches.split(",")))
+    procs = tuple(int(n) for n in args.procs.split(",") if n)
     report: dict[str, Any] = {"environment": environment(args.device)}
     log(json.dumps(report["environment"], default=str))
 
@@ -322,8 +377,8 @@ def main() -> None:
 
     steps = [("correctness", lambda: correctness(demo, args.device)),
              ("throughput", lambda: throughput(specs, args.device)),
-             ("pipeline",
-              lambda: pipeline_vs_alone(specs, args.device, args.seconds, sizes))]  # fmt: skip
+             ("pipeline", lambda: pipeline_vs_alone(specs, args.device, args.seconds,
+                                                    sizes, procs))]  # fmt: skip
     for name, step in steps:
         if name not in parts:
             continue
