@@ -281,7 +281,7 @@ def shared_gpu(spec: ModelSpec, batch_size: int, device: str, seconds: float, pr
                                                   results)) for _ in range(procs)]  # fmt: skip
     for w in workers:
         w.start()
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=900)  # each process imports torch and compiles its decoder first
     sampler = NvmlSampler()
     sampler.start()
     rates = [results.get(timeout=seconds + 120) for _ in workers]
@@ -364,7 +364,7 @@ def main() -> None:
     demo = load_model_spec(DEMO_MODEL)
     tmp = Path(tempfile.mkdtemp(prefix="streamproc-gpu-"))
     specs = {"demo 16-16-2": demo}
-    for w in map(int, args.widths.split(",")):
+    for w in (int(w) for w in args.widths.split(",") if w):
         onnx_file = wide_model(tmp / f"wide{w}.onnx", hidden=w)
         specs[f"wide 16-{w}-{w}-2"] = demo.model_copy(update={"file": str(onnx_file)})
     sizes = tuple(map(int, args.batches.split(",")))

@@ -44,7 +44,7 @@ def test_add_list_show_diff_on_the_shipped_fraud_models(runner, tmp_path):
     )
     assert shown["spec"]["version"] == "1.0.0"
     assert shown["perf"]["backend"] == "onnxruntime"
-    assert [b["batch_size"] for b in shown["perf"]["batches"]] == [1, 8, 32, 64, 128, 256]
+    assert [b["batch_size"] for b in shown["perf"]["batches"]] == [1, 8, 32, 64, 128, 256, 1024]
     # the shared reader schema was copied in: the version is self-contained
     src_files = {p.name for p in (src / "1.0.0").iterdir()}
     assert set(shown["files"]) == src_files | {"Transaction.avsc", "perf.json"}
@@ -57,7 +57,7 @@ def test_add_list_show_diff_on_the_shipped_fraud_models(runner, tmp_path):
     # same inputs, constraints and outputs; files differ (the weights, at least)
     assert {c["section"] for c in diff["changes"]} == {"file"}
     assert ("model.onnx", "changed") in {(c["item"], c["kind"]) for c in diff["changes"]}
-    assert len(diff["perf"]) == 18 and diff["perf_missing"] == []
+    assert len(diff["perf"]) == 3 * 7 and diff["perf_missing"] == []
     diff_text = _ok(runner.invoke(app, ["diff", "fraud", "--repo", str(repo)]))
     assert "fraud 1.0.0 -> 1.1.0" in diff_text and "throughput_eps" in diff_text
 
