@@ -171,7 +171,7 @@ def throughput(specs: dict[str, ModelSpec], device: str) -> list[dict[str, Any]]
         configs: list[tuple[str, Callable[[], Any]]] = [
             ("onnxruntime (CPU)", lambda s=spec: OnnxRuntimeBackend.from_spec(s)),
             ("torch eager fp32", lambda s=big: torch_backend(s, device, cuda_graphs=False)),
-            ("torch graphs fp32, buckets to 256", lambda s=spec: torch_backend(s, device)),
+            ("torch graphs fp32, the spec's buckets", lambda s=spec: torch_backend(s, device)),
             ("torch graphs fp32, buckets to 4096", lambda s=big: torch_backend(s, device)),
             ("torch graphs fp16, buckets to 4096",
              lambda s=big: torch_backend(s, device, fp16=True)),
