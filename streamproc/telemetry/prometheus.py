@@ -19,13 +19,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from streamproc.telemetry.sensor import BatchStats, Sensor
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 _LAT_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _STAGE_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1)
@@ -86,27 +90,36 @@ class PrometheusSensor(Sensor):
         self.alerts = Counter("streamproc_alerts", "Alerts raised",
                               [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
         self.gauges: dict[str, Gauge] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r.register(_ProcessCollector(pipeline))
 
+    def _child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds
+        a key on every call, and a batch makes about ten of them."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child  # type: ignore[return-value]  # the key's metric made it
+
     def on_batch(self, stats: BatchStats) -> None:
-        p = self.pipeline
-        self.events_in.labels(p).inc(stats.size)
+        p, c = self.pipeline, self._child
+        c(self.events_in, p).inc(stats.size)
         if stats.by_version:
             for version, n in stats.by_version.items():
-                self.events_out.labels(p, stats.model, version).inc(n)
+                c(self.events_out, p, stats.model, version).inc(n)
         elif stats.predictions:
-            self.events_out.labels(p, stats.model, stats.version).inc(stats.predictions)
+            c(self.events_out, p, stats.model, stats.version).inc(stats.predictions)
         for reason, n in stats.rejects.items():
-            self.rejected.labels(p, reason).inc(n)
-        self.batches.labels(p, stats.release).inc()
-        self.batch_size.labels(p).observe(stats.size)
-        self.batch_wait.labels(p).observe(stats.wait_ms)
+            c(self.rejected, p, reason).inc(n)
+        c(self.batches, p, stats.release).inc()
+        c(self.batch_size, p).observe(stats.size)
+        c(self.batch_wait, p).observe(stats.wait_ms)
         for stage, secs in stats.stage_s.items():
-            self.stage.labels(p, stage, stats.model, stats.version, stats.backend).observe(secs)
+            c(self.stage, p, stage, stats.model, stats.version, stats.backend).observe(secs)
         if len(stats.latencies_ms):
             # One observe per bucket, not per event: histogram of the batch, then add.
-            self._observe_many(self.e2e.labels(p, stats.model, stats.version),
-                               stats.latencies_ms)  # fmt: skip
+            self._observe_many(c(self.e2e, p, stats.model, stats.version), stats.latencies_ms)
 
     @staticmethod
     def _observe_many(hist: Histogram, values: np.ndarray) -> None:
