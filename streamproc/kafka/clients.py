@@ -17,7 +17,7 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
-from streamproc import schemas
+from streamproc import lineage, schemas
 from streamproc.errors import CodecError, DeliveryError, KafkaError
 from streamproc.kafka.registry import Registry
 
@@ -148,6 +148,12 @@ class Prediction:
     partition: int = -1
     offset: int = -1
     headers: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """``model``, ``version``, ``batch`` and ``schema-id`` (the input's writer schema)
+        from the ``streamproc-lineage`` header; ``{}`` when the record has none."""
+        return lineage.decode(self.headers.get(lineage.HEADER))
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], msg: Message) -> Prediction:

@@ -34,7 +34,7 @@ def test_producer_then_sync_and_async_prediction_consumers(
     consumer.close()
     assert {p.event_id for p in got} == {r["event_id"] for r in records}
     assert all(p.model_version == "1.0.0" and p.label in ("legit", "fraud") for p in got)
-    assert all(p.headers["streamproc-model"] == b"fraud" for p in got)
+    assert all(p.lineage["model"] == "fraud" and p.lineage["version"] == "1.0.0" for p in got)
 
     async def read_async():
         seen = []

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer
 
-from streamproc import schemas, synth
+from streamproc import lineage, schemas, synth
 from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.clients import FramedDecoder
@@ -74,11 +74,13 @@ def test_happy_path_every_event_scored_once_with_lineage(
     by_id = {r["event_id"]: r for r in records}
     for p in preds:
         assert p.value["model_name"] == "fraud" and p.value["model_version"] == "1.0.0"
-        assert p.headers["streamproc-version"] == b"1.0.0"
+        lin = lineage.decode(p.headers[lineage.HEADER])
+        assert (lin["model"], lin["version"]) == ("fraud", "1.0.0")
+        assert len(lin["batch"]) == 16
         assert p.key == by_id[p.value["event_id"]]["account_id"].encode()  # keyed like input
         assert p.value["label"] in ("legit", "fraud")
         assert 0.0 <= p.value["score"] <= 1.0
-        assert int(p.headers["streamproc-schema-id"]) > 0
+        assert int(lin["schema-id"]) > 0
     assert read_topic(cfg.topics.dlq, 1, idle_s=2) == []
 
 

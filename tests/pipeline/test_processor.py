@@ -7,7 +7,7 @@ import io
 import fastavro
 import numpy as np
 
-from streamproc import schemas, synth
+from streamproc import lineage, schemas, synth
 from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.backends.select import load_backend
 from streamproc.codecs.decoder import BatchDecoder
@@ -62,18 +62,18 @@ def test_predictions_are_blocks_per_schema_id_with_lineage_and_nothing_lost() ->
     out = _handler()(raw)
     assert out.n_predictions == 39 and out.n_dead_letters == 1
     assert {b.topic for b in out.blocks} == {"in.p"}
-    by_sid = {dict(b.headers)["streamproc-schema-id"]: b for b in out.blocks}
-    assert set(by_sid) == {b"7", b"8"}
-    assert [len(by_sid[b"8"]), len(by_sid[b"7"])] == [14, 25]  # i % 3 == 0 -> id 8
+    assert all(len(b.headers) == 1 for b in out.blocks)  # one header: lineage
+    by_sid = {lineage.decode(dict(b.headers)[lineage.HEADER])["schema-id"]: b for b in out.blocks}
+    assert set(by_sid) == {"7", "8"}
+    assert [len(by_sid["8"]), len(by_sid["7"])] == [14, 25]  # i % 3 == 0 -> id 8
     parsed = schemas.parsed("Prediction")
     by_id = {r["event_id"]: r for r in records}
     seen = []
     for rec in out.all_records():
         if rec.topic != "in.p":
             continue
-        h = dict(rec.headers or [])
-        assert h["streamproc-model"] == b"fraud" and h["streamproc-version"] == b"1.0.0"
-        assert h["streamproc-batch"] == b"b-1"
+        h = lineage.decode(dict(rec.headers or [])[lineage.HEADER])
+        assert (h["model"], h["version"], h["batch"]) == ("fraud", "1.0.0", "b-1")
         value = fastavro.schemaless_reader(io.BytesIO(rec.value[5:]), parsed)
         assert rec.key == by_id[value["event_id"]]["account_id"].encode()
         seen.append(value["event_id"])
