@@ -2,8 +2,9 @@
 
 All four travel in one Kafka header, ``streamproc-lineage``, as a URL query string that
 any language parses. One header, not four: the client converts every header on every
-``produce`` call, and on the benchmark machine four headers cost the main thread about
-0.75 us per record more than one (benchmarks/README.md, "Lineage headers").
+``produce`` call, and on the benchmark machine four headers cost the producing thread
+0.75 to 1.6 us per record more than one (``benchmarks/produce_cost.py``; benchmarks/README.md,
+"What a produced record costs").
 
 >>> value = encode("fraud", "1.0.0", "3f9c2a1b", 7)
 >>> value
