@@ -110,7 +110,13 @@ class StreamMonitor:
                 alerts += self.drift.update_scores(
                     scores[:, self.spec.outputs.score_index], ok_offsets
                 )
-        alerts += self.quality.update(len(decoded), rejects, None, decoded.schema_ids, offsets)
+        # A writer schema counts as in use once an event decodes with it: the schema id of a
+        # dead letter (an unknown id, random bytes after a magic byte) raises no new_schema.
+        sids = decoded.schema_ids
+        if len(ok_rows) != len(decoded):
+            sids = np.full(len(decoded), -1, dtype=np.int64)
+            sids[ok_rows] = decoded.schema_ids[ok_rows]
+        alerts += self.quality.update(len(decoded), rejects, None, sids, offsets)
         if self.feedback is not None:
             alerts += self._accuracy(decoded, ok_rows, scores)
         return [a.as_dict() for a in alerts]

@@ -15,6 +15,7 @@ from streamproc.codecs.source import DictSchemaSource
 from streamproc.codecs.wire import frame
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.app import reader_schema
+from streamproc.pipeline.monitoring import build_monitor
 from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.scoring import SingleScorer
 from streamproc.types import RawBatch
@@ -80,3 +81,40 @@ def test_predictions_are_blocks_per_schema_id_with_lineage_and_nothing_lost() ->
     assert sorted(seen) == sorted(r["event_id"] for i, r in enumerate(records) if i != 5)
     dead = [r for r in out.all_records() if r.topic == "in.dlq"]
     assert len(dead) == 1 and dict(dead[0].headers or [])["streamproc-reason"] == b"BAD_MAGIC"
+
+
+def _framed(records: list[dict], schema_id: int) -> list[bytes | None]:
+    parsed = schemas.parsed("Transaction")
+    out: list[bytes | None] = []
+    for r in records:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, r)
+        out.append(frame(schema_id, buf.getvalue()))
+    return out
+
+
+def test_new_schema_alert_only_for_a_schema_events_decode_with() -> None:
+    spec = load_model_spec(DEMO_MODEL)
+    handler = _handler()
+    handler.monitor = build_monitor(spec, {})
+    records, _ = synth.generate(300, seed=4)
+    alert_schema = schemas.parsed("Alert")
+
+    def new_schema_alerts(values: list[bytes | None], start: int) -> list[dict]:
+        n = len(values)
+        raw = RawBatch(topic="in", values=values, keys=[b"k"] * n,
+                       partitions=np.zeros(n, dtype=np.int32),
+                       offsets=np.arange(start, start + n, dtype=np.int64),
+                       headers=[None] * n, batch_id=f"b{start}")  # fmt: skip
+        alerts = [fastavro.schemaless_reader(io.BytesIO(r.value[5:]), alert_schema)
+                  for r in handler(raw).all_records() if r.topic == "in.alerts"]  # fmt: skip
+        return [a for a in alerts if a["type"] == "new_schema"]
+
+    assert new_schema_alerts(_framed(records[:100], 7), 0) == []  # the baseline
+    garbage = _framed(records[100:150], 7)
+    garbage[3] = frame(424242, b"\x02\x04junk")  # an id the registry does not know
+    garbage[9] = frame(8, b"\xff")  # a known id, but the body does not decode
+    assert new_schema_alerts(garbage, 100) == []
+    fired = new_schema_alerts(_framed(records[150:200], 8), 150)
+    assert len(fired) == 1 and fired[0]["value"] == 8.0
+    assert new_schema_alerts(_framed(records[200:300], 8), 200) == []  # once per id
