@@ -64,13 +64,14 @@ def pack(payloads: Sequence[bytes | None], max_bytes: int) -> Packed:
     """Lay a batch end to end; None payloads and payloads over ``max_bytes`` are left out
     (``present`` says which), so an oversize message is never copied."""
     n = len(payloads)
-    if None in payloads:
+    vals: Sequence[bytes] = payloads  # type: ignore[assignment]
+    present = np.ones(n, np.uint8)
+    try:  # len(None) raises: no per-item None test in the common case
+        lens = np.fromiter(map(len, vals), np.int64, n)
+    except TypeError:
         present = np.fromiter((p is not None for p in payloads), np.uint8, n)
-        vals: Sequence[bytes] = [p if p is not None else b"" for p in payloads]
-    else:
-        present = np.ones(n, np.uint8)
-        vals = payloads  # type: ignore[assignment]
-    lens = np.fromiter(map(len, vals), np.int64, n)
+        vals = [p if p is not None else b"" for p in payloads]
+        lens = np.fromiter(map(len, vals), np.int64, n)
     big = lens > max_bytes
     if big.any():
         present[big] = TOO_BIG

@@ -78,13 +78,12 @@ def _warm_up() -> None:
 def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:
     """The keys as UTF-8, NUL-separated (None as ""); bytes keys that are not UTF-8 are
     decoded with replacement characters, as ``bytes.decode(errors="replace")`` does."""
-    if all(type(x) is bytes for x in keys):
+    try:  # join raises TypeError for a None or str key: no per-key type test
         joined = b"\0".join(keys)  # type: ignore[arg-type]
-        try:
-            joined.decode("utf-8")  # one validation for the whole batch
-            return joined
-        except UnicodeDecodeError:
-            pass
+        joined.decode("utf-8")  # one validation for the whole batch
+        return joined
+    except (TypeError, UnicodeDecodeError):
+        pass
     text = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x or "" for x in keys]
     return "\0".join(text).encode()
 

@@ -96,11 +96,15 @@ class QualityMonitor:
         if schema_ids is None or len(schema_ids) == 0:
             return []
         ids = np.asarray(schema_ids).reshape(-1)
+        known = self.known_schema_ids
+        if known is not None and int(ids[0]) in known and (ids == ids[0]).all():
+            return []  # the common batch: one writer schema, already known
         uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
-        keep = uniq >= 0
+        keep = uniq >= 0  # -1: no schema id (a dead letter)
         uniq, first, counts = uniq[keep], first[keep], counts[keep]
         if self.known_schema_ids is None:  # the first ids seen are the baseline
-            self.known_schema_ids = {int(u) for u in uniq}
+            if len(uniq):
+                self.known_schema_ids = {int(u) for u in uniq}
             return []
         out = []
         for u, f, c in sorted(zip(uniq, first, counts, strict=True), key=lambda r: r[1]):
