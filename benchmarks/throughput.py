@@ -104,7 +104,7 @@ QUICK = Params(n=30_000, warmup=2_000, latency_share=0.5, latency_s=3.0,
                drain_timeout_s=40.0, core_events=51_200, quick=True,
                budget_s=170.0)  # fmt: skip
 FULL = Params(n=500_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
-              drain_timeout_s=300.0, core_events=102_400, quick=False, rounds=3)  # fmt: skip
+              drain_timeout_s=300.0, core_events=102_400, quick=False, rounds=5)  # fmt: skip
 # Systems drained `rounds` times (Faust and Quix once: their drains take minutes and their
 # ratios are far from the bounds).
 ROUND_SYSTEMS = ("streamproc", "passthrough", "naive")

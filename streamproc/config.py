@@ -105,6 +105,9 @@ class PipelineConfig(_Strict):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     drift: dict[str, Any] = Field(default_factory=dict)  # read by streamproc.drift
     alerts: dict[str, Any] = Field(default_factory=dict)  # routing rules
+    # guardrails (overrides of the live thresholds) and decide_interval_s, read by
+    # streamproc.pipeline.rollout.live_guard_settings
+    rollout: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

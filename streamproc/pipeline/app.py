@@ -132,9 +132,11 @@ def build_processor(
             closers.append(feedback.stop)
         monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # the control topic's deployment of this model, if it has one
-        from .rollout import build_rollout_scorer
+        from .rollout import build_rollout_scorer, live_guard_settings
 
-        rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model)
+        guardrails, every = live_guard_settings(cfg.rollout)
+        rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model,
+                                       guardrails=guardrails, decide_interval_s=every)  # fmt: skip
         if rollout is not None:
             closers.append(rollout.close)
         scorer = rollout

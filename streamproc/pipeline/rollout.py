@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.errors import StreamprocError
+from streamproc.errors import ConfigError, StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
@@ -68,6 +68,39 @@ Loader = Callable[[str], tuple[ModelSpec, BackendLike]]
 # interval (5 ms) or a scheduler slice on top of its work, so the live guard's default
 # slack is wider than the package default; everything else keeps the package defaults.
 LIVE_THRESHOLDS = GuardrailThresholds(p99_slack_ms=25.0)
+ROLLOUT_KEYS = ("guardrails", "decide_interval_s")
+
+
+def live_guard_settings(section: Mapping[str, Any] | None) -> tuple[Guardrails, float]:
+    """The guardrails and the decision interval from a pipeline config's ``rollout:``
+    section: its ``guardrails`` override :data:`LIVE_THRESHOLDS` key by key, and
+    ``decide_interval_s`` (default 1 s) is how often the guard judges the candidate.
+
+    >>> guard, every = live_guard_settings({"guardrails": {"max_error_rate": 0.02}})
+    >>> guard.thresholds.max_error_rate, guard.thresholds.p99_slack_ms, every
+    (0.02, 25.0, 1.0)
+    >>> live_guard_settings({"guardrails": {"max_eror_rate": 0.02}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamproc.errors.ConfigError: invalid guardrail thresholds: ...max_eror_rate...
+    >>> live_guard_settings({"guardrail": {}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streamproc.errors.ConfigError: unknown key in rollout: guardrail (known: guardrails, ...)
+    """
+    raw = dict(section or {})
+    unknown = sorted(set(raw) - set(ROLLOUT_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key in rollout: {', '.join(unknown)} "
+                          f"(known: {', '.join(ROLLOUT_KEYS)})")  # fmt: skip
+    overrides = raw.get("guardrails") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("rollout.guardrails must be a mapping of threshold names to values")
+    thresholds = GuardrailThresholds.from_mapping({**LIVE_THRESHOLDS.model_dump(), **overrides})
+    interval = raw.get("decide_interval_s", 1.0)
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+        raise ConfigError(f"rollout.decide_interval_s must be a positive number, not {interval!r}")
+    return Guardrails(thresholds), float(interval)
 
 
 @dataclass(frozen=True)

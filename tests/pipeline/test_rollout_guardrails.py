@@ -238,3 +238,29 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     latest = store.latest("fraud")
     assert latest is not None and latest.status is Status.ROLLED_BACK
     assert [a["type"] for a in scorer.drain_alerts()] == ["rollback"]
+
+
+def test_the_pipeline_configs_rollout_section_sets_the_live_guardrails(
+    pipeline_config_factory, processor_factory, event_producer_factory
+):
+    # A p99 cap no version meets: with the default thresholds this canary (the same model
+    # as stable, promotion an hour away) would run on; only the config can roll it back.
+    guardrails = {"max_p99_ms": 0.01, "min_events": 20, "min_latency_samples": 20}
+    cfg = pipeline_config_factory(
+        partitions=1, rollout={"guardrails": guardrails, "decide_interval_s": 0.2}
+    )
+    params = StrategyParams(percent=50, step_min_seconds=3600, step_min_events=10)
+    store = _deploy(cfg, Strategy.CANARY, params)
+    running = processor_factory(cfg)  # build_processor finds the deployment, reads cfg.rollout
+    producer = event_producer_factory(cfg.topics.input)
+    sent: list[dict] = []
+    final = store.latest("fraud")
+    for _ in range(40):  # at most 8,000 events
+        sent += _produce(producer, 200, offset=len(sent))
+        final = store.latest("fraud")
+        if final is not None and final.status is Status.ROLLED_BACK:
+            break
+    running.stop()
+    assert final is not None and final.status is Status.ROLLED_BACK
+    assert final.actor == "controller" and "p99 latency" in final.reason
+    assert "exceeds 0.01 ms" in final.reason  # the configured cap, not a default
