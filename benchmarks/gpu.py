@@ -221,6 +221,17 @@ class NvmlSampler(threading.Thread):
         return float(np.mean(rest)) if rest else None
 
 
+def run_for(fn: Callable[[Any], Any], items: list[Any], seconds: float) -> tuple[int, float]:
+    """Call ``fn`` on ``items`` in turn, whole passes, until ``seconds`` have passed:
+    (calls, wall seconds)."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for item in items:
+            fn(item)
+        done += len(items)
+    return done, time.perf_counter() - start
+
+
 def loop_for(
     fn: Callable[[Any], Any], items: list[Any], device: str, seconds: float
 ) -> dict[str, Any]:
@@ -229,12 +240,9 @@ def loop_for(
     sync(device)
     sampler = NvmlSampler()
     sampler.start()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for item in items:
-            fn(item)
-        done += len(items)
-    sync(device)
+    start = time.perf_counter()
+    done, _ = run_for(fn, items, seconds)
+    sync(device)  # the GPU work the last calls queued counts too
     wall = time.perf_counter() - start
     return {"batches_per_s": done / wall, "nvml_util_pct": sampler.stop(), "wall_s": wall}
 
@@ -262,12 +270,8 @@ def _process(spec: ModelSpec, batch_size: int, device: str, seconds: float,
     for b in batches[:3]:
         handler(b)
     barrier.wait()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for b in batches:
-            handler(b)
-        done += len(batches)
-    results.put(done / (time.perf_counter() - start))
+    done, wall = run_for(handler, batches, seconds)
+    results.put(done / wall)
     backend.close()
 
 
