@@ -30,6 +30,15 @@ class AccuracyMonitor:
     []
     >>> am.matched, am.unmatched, am.late, am.evicted, am.errors
     (2, 2, 1, 1, 1)
+
+    During a rollout the version of each prediction comes along; joined labels are then
+    grouped by version in :attr:`outcomes` (True where the prediction was right):
+
+    >>> am.record_predictions(["d", "e"], [1, 0], versions=["1.0.0", "1.1.0"])
+    >>> am.record_labels(["d", "e"], [1, 1])
+    []
+    >>> am.outcomes
+    {'1.0.0': [True], '1.1.0': [False]}
     """
 
     def __init__(
@@ -39,7 +48,10 @@ class AccuracyMonitor:
         self.capacity = self.config.label_retention
         p0 = reference_error_rate or self.config.reference_error_rate
         self.reference_error_rate = p0
-        self._preds: OrderedDict[str, object] = OrderedDict()
+        self._preds: OrderedDict[str, tuple[object, str | None]] = OrderedDict()
+        # Per model version, whether each joined label matched its prediction (only for
+        # predictions recorded with a version); the owner takes and clears it.
+        self.outcomes: dict[str, list[bool]] = {}
         self._evicted_ids: OrderedDict[str, None] = OrderedDict()
         self.matched = 0
         self.unmatched = 0
@@ -58,13 +70,19 @@ class AccuracyMonitor:
         return len(self._preds)
 
     def record_predictions(
-        self, event_ids: Sequence[str], predicted_labels: Sequence[object]
+        self,
+        event_ids: Sequence[str],
+        predicted_labels: Sequence[object],
+        versions: Sequence[str | None] | None = None,
     ) -> None:
+        """Remember each event's predicted label (and, during a rollout, the model version
+        that predicted it: :attr:`outcomes` then groups the joined labels by version)."""
         preds = self._preds
-        for eid, label in zip(event_ids, predicted_labels, strict=True):
+        vers = versions if versions is not None else [None] * len(event_ids)
+        for eid, label, version in zip(event_ids, predicted_labels, vers, strict=True):
             if eid in preds:
                 preds.move_to_end(eid)
-            preds[eid] = label
+            preds[eid] = (label, version)
             if len(preds) > self.capacity:
                 old, _ = preds.popitem(last=False)
                 self.evicted += 1
@@ -80,17 +98,19 @@ class AccuracyMonitor:
     ) -> list[AlertEvent]:
         errs: list[float] = []
         offs: list[int] = []
-        miss = object()
         for i, (eid, label) in enumerate(zip(event_ids, true_labels, strict=True)):
-            pred = self._preds.pop(eid, miss)
-            if pred is miss:
+            pred = self._preds.pop(eid, None)
+            if pred is None:
                 self.unmatched += 1
                 if eid in self._evicted_ids:
                     self.late += 1
                     del self._evicted_ids[eid]
                 continue
             self.matched += 1
-            wrong = pred != label
+            predicted, version = pred
+            wrong = predicted != label
+            if version is not None:
+                self.outcomes.setdefault(version, []).append(not wrong)
             self.errors += int(wrong)
             errs.append(1.0 if wrong else 0.0)
             offs.append(int(offsets[i]) if offsets is not None else self.matched - 1)

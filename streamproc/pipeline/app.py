@@ -21,7 +21,7 @@ from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
-from .monitoring import build_monitor
+from .monitoring import StreamMonitor, build_monitor
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer, SingleScorer
 
@@ -143,6 +143,9 @@ def build_processor(
     if scorer is None:
         backend = load_backend(spec)
         scorer = SingleScorer(spec, backend)
+    guard = getattr(scorer, "guard", None)  # a rollout's guard judges accuracy on labels too
+    if guard is not None and isinstance(monitor, StreamMonitor):
+        monitor.on_feedback = guard.observe_feedback
     counters = CountingSensor()
     prom = PrometheusSensor(pipeline=cfg.name)
     sensors: list[Sensor] = [counters, prom]

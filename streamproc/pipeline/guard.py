@@ -93,6 +93,12 @@ class RolloutGuard:
                 return  # routed by a state the controller already left behind
             self.controller.observe(version, scores, latency_ms=latency_ms, failed=failed)
 
+    def observe_feedback(self, version: str, correct: npt.ArrayLike) -> None:
+        """Labels joined to ``version``'s predictions: True where it was right (the
+        accuracy guardrail's input)."""
+        with self._lock:
+            self.controller.observe_feedback(version, correct)
+
     def sync(self, state: DeploymentState) -> None:
         """Follow a newly applied state at once (call after the scorer switched to it)."""
         local = self._local(state, int(self.clock_ms()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +54,9 @@ class StreamMonitor:
         self.spec = spec
         self.quality = QualityMonitor(profile, config)
         self.feedback = feedback
+        # Where joined labels go per model version during a rollout: the pipeline sets it
+        # to the rollout guard's observe_feedback (the accuracy guardrail's input).
+        self.on_feedback: Callable[[str, npt.NDArray[np.bool_]], None] | None = None
         self.accuracy = AccuracyMonitor(
             config, reference_error_rate=profile.error_rate if profile is not None else None
         )
@@ -97,6 +101,7 @@ class StreamMonitor:
         scores: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
         rejects: dict[str, int],
+        versions: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         alerts = []
         if len(ok_rows):
@@ -118,7 +123,7 @@ class StreamMonitor:
             sids[ok_rows] = decoded.schema_ids[ok_rows]
         alerts += self.quality.update(len(decoded), rejects, None, sids, offsets)
         if self.feedback is not None:
-            alerts += self._accuracy(decoded, ok_rows, scores)
+            alerts += self._accuracy(decoded, ok_rows, scores, versions)
         return [a.as_dict() for a in alerts]
 
     def _accuracy(
@@ -126,16 +131,25 @@ class StreamMonitor:
         decoded: DecodedBatch,
         ok_rows: npt.NDArray[np.intp],
         scores: npt.NDArray[np.float32],
+        versions: Sequence[str] | None,
     ) -> list[AlertEvent]:
-        """Remember this batch's predicted labels; join the labels that came meanwhile."""
+        """Remember this batch's predicted labels (and, in a rollout, their versions); join
+        the labels that came meanwhile; hand each version's outcomes to ``on_feedback``."""
         assert self.feedback is not None
         o = self.spec.outputs
         if len(ok_rows) and scores.size:
             predicted = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
             self.accuracy.record_predictions([decoded.event_ids[i] for i in ok_rows],
-                                             predicted.tolist())  # fmt: skip
+                                             predicted.tolist(), versions)  # fmt: skip
         ids, labels = self.feedback.drain()
-        return self.accuracy.record_labels(ids, labels) if ids else []
+        if not ids:
+            return []
+        alerts = self.accuracy.record_labels(ids, labels)
+        outcomes, self.accuracy.outcomes = self.accuracy.outcomes, {}
+        if self.on_feedback is not None:
+            for version, correct in outcomes.items():
+                self.on_feedback(version, np.array(correct, dtype=np.bool_))
+        return alerts
 
 
 def build_monitor(

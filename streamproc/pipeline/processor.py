@@ -40,6 +40,7 @@ class Monitor(Protocol):
         scores: npt.NDArray[np.float32],
         offsets: npt.NDArray[np.int64],
         rejects: dict[str, int],
+        versions: Sequence[str] | None = None,  # per ok row, during a rollout only
     ) -> list[dict[str, Any]]: ...
 
 
@@ -137,10 +138,14 @@ class BatchHandler:
             self._predictions(raw, dec, ok_rows, scored, now_ms, out, by_version)
         t3 = time.perf_counter()
         rejects = self._dead_letters(raw, dec, errors, infer_error, now_ms, out)
+        versions = None
+        if scored is not None and len(scored.versions) > 1:  # a rollout: who predicted what
+            names = np.array([v.version for v in scored.versions], dtype=object)
+            versions = names[scored.version_index].tolist()
         alerts = self.monitor.observe(
             dec, ok_rows,
             scored.scores if scored is not None else np.zeros((0, 0), np.float32),
-            raw.offsets, rejects,
+            raw.offsets, rejects, versions=versions,
         )  # fmt: skip
         drain = getattr(self.scorer, "drain_alerts", None)  # a rollout scorer's rollbacks
         if drain is not None:

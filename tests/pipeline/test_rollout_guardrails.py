@@ -264,3 +264,39 @@ def test_the_pipeline_configs_rollout_section_sets_the_live_guardrails(
     assert final is not None and final.status is Status.ROLLED_BACK
     assert final.actor == "controller" and "p99 latency" in final.reason
     assert "exceeds 0.01 ms" in final.reason  # the configured cap, not a default
+
+
+def test_labels_on_the_feedback_topic_roll_back_a_candidate_that_gets_them_wrong(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    # The labels say stable was right on every event and the candidate wrong on every
+    # event: only the accuracy guardrail, fed from the feedback topic, can end this canary
+    # (promotion is an hour away; the drift guardrail is opened wide: the versions differ).
+    guardrails = {"min_labels": 50, "min_events": 20, "max_psi": 100.0, "max_ks": 1.0}
+    cfg = pipeline_config_factory(
+        partitions=1, rollout={"guardrails": guardrails, "decide_interval_s": 0.2}
+    )
+    params = StrategyParams(percent=50, step_min_seconds=3600, step_min_events=10)
+    store = _deploy(cfg, Strategy.CANARY, params)
+    running = processor_factory(cfg)  # build_processor wires the monitor to the guard
+    events = event_producer_factory(cfg.topics.input)
+    sent = _produce(events, 600, offset=0)
+    preds = read_topic(cfg.topics.predictions, len(sent))
+    assert {p.value["model_version"] for p in preds} == {STABLE, CANDIDATE}
+    labels = event_producer_factory(cfg.topics.feedback, schema="Label")
+    for p in preds:
+        truth = p.value["label"]
+        if p.value["model_version"] == CANDIDATE:
+            truth = "legit" if truth == "fraud" else "fraud"
+        labels.send({"event_id": p.value["event_id"], "label": truth, "time": _now_ms()})
+    labels.flush()
+    final = store.latest("fraud")
+    for _ in range(40):  # labels are joined as batches come: keep a trickle of events
+        sent += _produce(events, 20, offset=len(sent))
+        final = store.latest("fraud")
+        if final is not None and final.status is Status.ROLLED_BACK:
+            break
+    running.stop()
+    assert final is not None and final.status is Status.ROLLED_BACK
+    assert final.actor == "controller" and "candidate accuracy 0.00%" in final.reason
+    assert "(stable 100.00%)" in final.reason
