@@ -9,6 +9,7 @@ runs; tests pass a :class:`DeployDeps` as the click context object instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import time
@@ -107,6 +108,7 @@ def _state_dict(s: DeploymentState) -> dict[str, Any]:
             "step_min_events": s.params.step_min_events,
             "variants": list(s.params.variants),
             "approval": s.params.approval,
+            "guardrails": dict(s.params.guardrails),
         },
         "revision": s.revision,
         "updated": _iso(s.updated_ms),
@@ -135,6 +137,22 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         raise typer.BadParameter(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
+def _guardrails(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
+    """``["max_p99_ms=50", "drift_statistic=ks"]`` -> (("max_p99_ms", 50.0), ...): numbers
+    as numbers, ``none`` as None, anything else as text (the reducer validates the names)."""
+    out = []
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"--guardrail takes NAME=VALUE, got {pair!r}")
+        value: Any = None if text.strip().lower() == "none" else text.strip()
+        if value is not None:
+            with contextlib.suppress(ValueError):  # not a number: text ("ks")
+                value = float(value)
+        out.append((name.strip(), value))
+    return tuple(out)
+
+
 @app.command("deploy")
 def deploy(
     ctx: typer.Context,
@@ -153,6 +171,14 @@ def deploy(
     ] = 1000,
     variants: Annotated[str, typer.Option(help="ab: names of stable,candidate")] = "A,B",
     approval: Annotated[bool, typer.Option(help="Promotion waits for `approve`")] = False,
+    guardrail: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--guardrail",
+            help="NAME=VALUE: this rollout's guardrail threshold over the processors' own "
+            "(repeatable), e.g. max_p99_ms=50 or max_error_rate=0.02",
+        ),
+    ] = None,
     check_repo: Annotated[
         bool, typer.Option(help="Refuse versions the model repository does not hold")
     ] = True,
@@ -178,6 +204,7 @@ def deploy(
         step_min_events=step_min_events,
         variants=(names[0], names[1]),
         approval=approval,
+        guardrails=_guardrails(guardrail),
     )
     at = _deps(ctx).clock_ms()
     _run(ctx, bootstrap, topic, Deploy(name, version, strategy, params, at_ms=at, reason=reason))
@@ -268,6 +295,7 @@ def status(
         ["candidate share", f"{s.candidate_percent:g}%" + (" (+ shadow)" if s.shadow else "")],
         ["loaded", ", ".join(s.loaded_versions)],
         ["approval gate", "on" if s.params.approval and s.in_progress else "off"],
+        ["guardrails", ", ".join(f"{k}={v}" for k, v in s.params.guardrails) or "processors'"],
         ["updated", f"{_iso(s.updated_ms)} by {s.actor or '-'} ({s.command})"],
         ["reason", s.reason],
     ]

@@ -187,7 +187,8 @@ class RolloutController:
             return Decision(None, Verdict("ok"), "no rollout in progress")
         self.sync(state)
         stats = self.rollout_stats(state)
-        verdict = self.guardrails.evaluate(stats)
+        # the deployment's own thresholds (deploy --guardrail) over this controller's
+        verdict = self.guardrails.overridden(state.params.guardrails).evaluate(stats)
         common: dict[str, Any] = {"at_ms": now_ms, "actor": ACTOR, "if_revision": state.revision}
         if verdict.breach:
             alert = RolloutAlert(

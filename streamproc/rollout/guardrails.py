@@ -262,6 +262,22 @@ class Guardrails:
 
     def __init__(self, thresholds: GuardrailThresholds | None = None) -> None:
         self.thresholds = thresholds or GuardrailThresholds()
+        self._overridden: dict[tuple[tuple[str, Any], ...], Guardrails] = {}
+
+    def overridden(self, pairs: tuple[tuple[str, Any], ...]) -> Guardrails:
+        """These guardrails with some thresholds replaced (a deployment's own), built once
+        per distinct set of pairs.
+
+        >>> Guardrails().overridden((("max_error_rate", 0.2),)).thresholds.max_error_rate
+        0.2
+        """
+        if not pairs:
+            return self
+        found = self._overridden.get(pairs)
+        if found is None:
+            merged = {**self.thresholds.model_dump(), **dict(pairs)}
+            found = self._overridden[pairs] = Guardrails(GuardrailThresholds.from_mapping(merged))
+        return found
 
     def evaluate(self, stats: RolloutStats) -> Verdict:
         """The first breach found, else ``insufficient_data`` if a check lacks data, else ok."""

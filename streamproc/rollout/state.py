@@ -42,8 +42,9 @@ from collections.abc import Iterable
 from dataclasses import KW_ONLY, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from streamproc.errors import DeploymentError
+from streamproc.errors import ConfigError, DeploymentError
 from streamproc.models.semver import Version
+from streamproc.rollout.guardrails import GuardrailThresholds
 
 FORMAT = 1  # the "format" field of every control record
 
@@ -78,6 +79,9 @@ class StrategyParams:
     step_min_events: int = 1000
     variants: tuple[str, str] = ("A", "B")  # ab: names of stable and candidate
     approval: bool = False  # promotion waits for an explicit approve
+    # This rollout's guardrail thresholds over each processor's own: (name, value) pairs,
+    # names of streamproc.rollout.guardrails.GuardrailThresholds, e.g. (("max_p99_ms", 50),)
+    guardrails: tuple[tuple[str, Any], ...] = ()
 
     def check(self, strategy: Strategy) -> StrategyParams:
         """Self, normalised, or :class:`DeploymentError` naming the bad parameter."""
@@ -89,6 +93,13 @@ class StrategyParams:
             step_min_events=int(self.step_min_events),
             variants=(str(self.variants[0]), str(self.variants[1])),
         )
+        if params.guardrails:
+            pairs = dict(params.guardrails)
+            try:
+                GuardrailThresholds.from_mapping(pairs)
+            except ConfigError as exc:
+                raise DeploymentError(str(exc)) from exc
+            params = replace(params, guardrails=tuple(sorted(pairs.items())))
         if params.step_min_seconds < 0 or params.step_min_events < 0:
             raise DeploymentError("step minimum seconds and events must not be negative")
         if strategy in (Strategy.CANARY, Strategy.AB) and not 0 < params.percent < 100:
@@ -422,6 +433,7 @@ def decode(value: bytes | str) -> DeploymentState:
             step_min_events=int(raw_params["step_min_events"]),
             variants=(str(raw_params["variants"][0]), str(raw_params["variants"][1])),
             approval=bool(raw_params["approval"]),
+            guardrails=tuple((str(k), v) for k, v in raw_params.get("guardrails", ())),
         )
         strategy = Strategy(data.pop("strategy")) if data.get("strategy") else None
         data.pop("strategy", None)

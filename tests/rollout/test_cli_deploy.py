@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from streamproc.cli_deploy import DeployDeps, app
 from streamproc.errors import DeploymentError, ModelError
 from streamproc.rollout.ab import VariantData
-from streamproc.rollout.state import Status
+from streamproc.rollout.state import Status, decode, encode
 from streamproc.rollout.store import InMemoryControlStore
 
 T0 = 1_700_000_000_000
@@ -236,3 +236,21 @@ def test_ab_report_from_exported_records(cli, repo, tmp_path):
     assert 0.05 < a["positive_rate"] < 0.15
     missing = cli("ab-report", "fraud", ok=False)
     assert missing.exit_code == 2 and "--predictions" in missing.output
+
+
+def test_a_deployment_carries_its_own_guardrail_thresholds(cli):
+    cli("deploy", "fraud", "1.0.0")
+    cli("deploy", "fraud", "1.1.0", "--guardrail", "max_p99_ms=50",
+        "--guardrail", "drift_statistic=ks")  # fmt: skip
+    state = cli.store.latest("fraud")
+    assert state.params.guardrails == (("drift_statistic", "ks"), ("max_p99_ms", 50.0))
+    assert decode(encode(state)) == state  # they travel on the control topic
+    status = json.loads(cli("status", "fraud", "--json").output)[0]
+    assert status["params"]["guardrails"] == {"drift_statistic": "ks", "max_p99_ms": 50.0}
+    assert "max_p99_ms=50.0" in cli("status", "fraud").output
+    cli("rollback", "fraud")
+    for bad, match in [("max_p99=50", "max_p99"), ("max_error_rate=2", "max_error_rate")]:
+        result = cli("deploy", "fraud", "1.1.0", "--guardrail", bad, ok=False)
+        assert isinstance(result.exception, DeploymentError) and match in str(result.exception)
+    assert cli("deploy", "fraud", "1.1.0", "--guardrail", "oops", ok=False).exit_code == 2
+    assert cli.store.latest("fraud").revision == 3  # nothing refused was published

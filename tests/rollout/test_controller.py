@@ -249,3 +249,18 @@ def test_custom_guardrails_are_used():
     Traffic(ctl).batch(state, 1000)
     d = ctl.decide(state, clock.advance(1))
     assert isinstance(d.command, Rollback) and d.alert.threshold == 1.0
+
+
+def test_a_deployments_own_thresholds_override_the_controllers():
+    # The same traffic, candidate as fast as stable: only a deployment's p99 cap breaches.
+    clock = Clock()
+    for own, rolled_back in [((("max_p99_ms", 1.0),), True), ((), False)]:
+        state = _deploy(clock, Strategy.CANARY, percent=20, guardrails=own)
+        ctl = RolloutController(M)
+        traffic = Traffic(ctl, seed=3)
+        for _ in range(5):
+            traffic.batch(state, 1000)
+        d = ctl.decide(state, clock.advance(10))
+        assert isinstance(d.command, Rollback) is rolled_back
+        if rolled_back:
+            assert d.alert.metric == "p99_latency_ms" and d.alert.threshold == 1.0
