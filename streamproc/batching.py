@@ -137,16 +137,18 @@ class MicroBatcher(Generic[T]):
     def __init__(self, policy: WindowPolicy, clock: Callable[[], float]) -> None:
         self.policy = policy
         self.clock = clock  # milliseconds
-        self._items: deque[T] = deque()
-        self._arrivals: deque[float] = deque()
+        # The items as they came, one (arrival time, items) chunk per add: no per-item work.
+        self._chunks: deque[tuple[float, list[T]]] = deque()
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def add(self, items: list[T], oldest_event_ms: float | None = None) -> list[Released[T]]:
         now = self.clock()
-        self._items.extend(items)
-        self._arrivals.extend([now] * len(items))
+        if items:
+            self._chunks.append((now, items))
+            self._count += len(items)
         return [self._pop(n, r, now) for n, r in self.policy.add(len(items), now, oldest_event_ms)]
 
     def timeout_s(self, idle_s: float = 0.5) -> float:
@@ -174,8 +176,21 @@ class MicroBatcher(Generic[T]):
         return out
 
     def _pop(self, n: int, reason: ReleaseReason, now: float) -> Released[T]:
-        items = [self._items.popleft() for _ in range(n)]
-        first = self._arrivals[0] if self._arrivals else now
-        for _ in range(n):
-            self._arrivals.popleft()
+        """The ``n`` oldest items; ``waited_ms`` counts from the first one's arrival."""
+        chunks = self._chunks
+        first = chunks[0][0] if chunks else now
+        items: list[T] = []
+        while len(items) < n:
+            arrived, chunk = chunks[0]
+            need = n - len(items)
+            if len(chunk) <= need:
+                chunks.popleft()
+                if not items and len(chunk) == n:
+                    items = chunk  # the common case: one whole chunk is the batch
+                else:
+                    items.extend(chunk)
+            else:
+                items.extend(chunk[:need])
+                chunks[0] = (arrived, chunk[need:])
+        self._count -= n
         return Released(items, reason, now - first)

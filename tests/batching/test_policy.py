@@ -90,3 +90,43 @@ def test_no_item_lost_or_reordered(chunks, max_size):
     for r in b.release_all(ReleaseReason.SHUTDOWN):
         out.extend(r.items)
     assert out == list(range(n))
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 40)),
+        st.tuples(st.just("tick"), st.floats(0.0, 8.0)),
+        st.tuples(st.just("due"), st.just(0)),
+        st.tuples(st.just("all"), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@given(steps=steps, max_size=st.integers(1, 16))
+def test_items_come_out_once_in_order_in_batches_up_to_max_size(steps, max_size):
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=max_size, max_wait_ms=5), clock=clock)
+    fed: list[int] = []
+    out: list[int] = []
+    arrived: dict[int, float] = {}
+    for kind, arg in steps:
+        released = []
+        if kind == "add":
+            items = list(range(len(fed), len(fed) + int(arg)))
+            fed += items
+            arrived.update(dict.fromkeys(items, clock.now))
+            released = b.add(items)
+        elif kind == "tick":
+            clock.now += float(arg)
+        elif kind == "due":
+            released = b.release_due()
+        else:
+            released = b.release_all(ReleaseReason.SHUTDOWN)
+        for r in released:
+            assert 1 <= len(r.items) <= max_size
+            assert r.wait_ms == clock.now - arrived[r.items[0]]  # from its oldest item
+            out += r.items
+        assert len(b) == len(fed) - len(out)
+    out += [x for r in b.release_all(ReleaseReason.SHUTDOWN) for x in r.items]
+    assert out == fed and len(b) == 0
