@@ -83,6 +83,19 @@ def _produce(producer, n: int, offset: int, keys: int = 400) -> list[dict]:
     return records
 
 
+def _produce_until_rolled_back(
+    store: KafkaControlStore, producer, sent: list[dict], n: int, rounds: int = 40
+) -> DeploymentState:
+    """Produce ``n`` events at a time until the control topic shows the rollback (at most
+    ``rounds`` times); the rolled-back state."""
+    for _ in range(rounds):
+        sent += _produce(producer, n, offset=len(sent))
+        state = store.latest("fraud")
+        if state is not None and state.status is Status.ROLLED_BACK:
+            return state
+    raise AssertionError(f"no rollback after {len(sent)} events: {store.latest('fraud')}")
+
+
 def _feed_until(producer, event: threading.Event, sent: list[dict], rounds: int = 40) -> None:
     """Produce 200 events at a time until ``event`` is set (at most ``rounds`` times)."""
     for _ in range(rounds):
@@ -253,15 +266,8 @@ def test_the_pipeline_configs_rollout_section_sets_the_live_guardrails(
     store = _deploy(cfg, Strategy.CANARY, params)
     running = processor_factory(cfg)  # build_processor finds the deployment, reads cfg.rollout
     producer = event_producer_factory(cfg.topics.input)
-    sent: list[dict] = []
-    final = store.latest("fraud")
-    for _ in range(40):  # at most 8,000 events
-        sent += _produce(producer, 200, offset=len(sent))
-        final = store.latest("fraud")
-        if final is not None and final.status is Status.ROLLED_BACK:
-            break
+    final = _produce_until_rolled_back(store, producer, [], 200)  # at most 8,000 events
     running.stop()
-    assert final is not None and final.status is Status.ROLLED_BACK
     assert final.actor == "controller" and "p99 latency" in final.reason
     assert "exceeds 0.01 ms" in final.reason  # the configured cap, not a default
 
@@ -290,13 +296,8 @@ def test_labels_on_the_feedback_topic_roll_back_a_candidate_that_gets_them_wrong
             truth = "legit" if truth == "fraud" else "fraud"
         labels.send({"event_id": p.value["event_id"], "label": truth, "time": _now_ms()})
     labels.flush()
-    final = store.latest("fraud")
-    for _ in range(40):  # labels are joined as batches come: keep a trickle of events
-        sent += _produce(events, 20, offset=len(sent))
-        final = store.latest("fraud")
-        if final is not None and final.status is Status.ROLLED_BACK:
-            break
+    # labels are joined as batches come: keep a trickle of events flowing
+    final = _produce_until_rolled_back(store, events, sent, 20)
     running.stop()
-    assert final is not None and final.status is Status.ROLLED_BACK
     assert final.actor == "controller" and "candidate accuracy 0.00%" in final.reason
     assert "(stable 100.00%)" in final.reason
