@@ -45,6 +45,10 @@ class RegistrySettings(_Strict):
     # affected partitions are paused meanwhile, never dead-lettered.
     retry_initial_ms: int = Field(100, gt=0)
     retry_max_ms: int = Field(5_000, gt=0)
+    # Per HTTP request. The client's default is none: a registry that accepts the
+    # connection and never answers would hold the processor forever instead of counting
+    # as an outage.
+    request_timeout_s: float = Field(10.0, gt=0)
 
 
 class TopicSettings(_Strict):

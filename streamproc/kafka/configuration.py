@@ -74,7 +74,7 @@ def producer_config(k: KafkaSettings, transactional_id: str | None = None) -> di
 
 
 def registry_config(r: RegistrySettings) -> dict[str, Any]:
-    conf: dict[str, Any] = {"url": r.url}
+    conf: dict[str, Any] = {"url": r.url, "timeout": r.request_timeout_s}
     if r.username and r.password is not None:
         conf["basic.auth.user.info"] = f"{r.username}:{r.password.get_secret_value()}"
     return conf

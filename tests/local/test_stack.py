@@ -101,7 +101,7 @@ def test_watermarks_and_list_offsets_match_what_was_produced(
 
 
 def test_registry_register_fetch_and_backward_compatibility(schema_registry):
-    client = SchemaRegistryClient({"url": schema_registry})
+    client = SchemaRegistryClient({"url": schema_registry, "timeout": 10})  # a hung call retries
     subject = f"s-{uuid.uuid4().hex[:8]}-value"
     v1 = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"}]}
     sid = client.register_schema(subject, Schema(json.dumps(v1), "AVRO"))
@@ -128,7 +128,7 @@ def test_registry_register_fetch_and_backward_compatibility(schema_registry):
 
 
 def test_confluent_avro_serializer_round_trip(schema_registry):
-    client = SchemaRegistryClient({"url": schema_registry})
+    client = SchemaRegistryClient({"url": schema_registry, "timeout": 10})  # a hung call retries
     schema = {
         "type": "record",
         "name": "P",
