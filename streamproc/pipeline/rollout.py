@@ -96,11 +96,11 @@ def live_guard_settings(section: Mapping[str, Any] | None) -> tuple[Guardrails, 
     overrides = raw.get("guardrails") or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError("rollout.guardrails must be a mapping of threshold names to values")
-    thresholds = GuardrailThresholds.from_mapping({**LIVE_THRESHOLDS.model_dump(), **overrides})
+    guardrails = Guardrails(LIVE_THRESHOLDS).overridden(tuple(overrides.items()))
     interval = raw.get("decide_interval_s", 1.0)
     if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
         raise ConfigError(f"rollout.decide_interval_s must be a positive number, not {interval!r}")
-    return Guardrails(thresholds), float(interval)
+    return guardrails, float(interval)
 
 
 @dataclass(frozen=True)
