@@ -505,12 +505,17 @@ def run_system(
     work: Path,
     drain_timeout_s: float,
     latency: bool = True,
+    extra_rates: tuple[float, ...] = (),
 ) -> dict[str, Any]:
+    """Drain the prefilled input, then (``latency``) the latency phases: at ``latency_share``
+    of this system's drain rate, at ``extra_rates`` (another system's rate, for a like-for-like
+    comparison) and, for streamproc, at the fixed ``LATENCY_SWEEP`` rates below it."""
     run = uuid.uuid4().hex[:6]
     in_t, out_t = f"bench-{name}-{run}", f"bench-{name}-{run}.out"
     admin = Admin(svc.bootstrap)
-    admin.ensure_topics([in_t], partitions=PARTITIONS)
-    admin.ensure_topics([out_t], partitions=PARTITIONS,
+    # Both topics stamp records with the broker's append time: the input's splits each
+    # latency into the input side (harness producer + broker) and the processor side.
+    admin.ensure_topics([in_t, out_t], partitions=PARTITIONS,
                         config={"message.timestamp.type": "LogAppendTime"})  # fmt: skip
     total = load.prefill(in_t)
     profiled = name == PROFILED
@@ -549,9 +554,9 @@ def run_system(
             rate = _drain_rate(p, sorted(ts for ts, _, _ in drained), total) or 1_000.0
             del drained
             main_rate = p.latency_share * rate
-            rates = [main_rate]
+            rates = sorted({main_rate, *extra_rates})
             if name == "streamproc":
-                rates = sorted({*[r for r in LATENCY_SWEEP if r < 0.9 * main_rate], main_rate})
+                rates = sorted({*[r for r in LATENCY_SWEEP if r < 0.9 * main_rate], *rates})
             for i, r in enumerate(rates):
                 start_ms = int(time.time() * 1000)
                 sent, elapsed = load.paced(in_t, int(r * p.latency_s), r, seed=5 + i)
@@ -584,7 +589,12 @@ def run_system(
         log(f"{name}: {status}; log tail:\n  " + "\n  ".join(tail))
     records = outputs.read(total + lat_sent)
     outputs.close()
-    result.update(_figures(p, records, total, phases, lat_sent, sampler, t_spawn))
+    inputs: list[tuple[int, int, bytes]] = []
+    if phases:
+        reader = Outputs(svc.bootstrap, in_t)
+        inputs = [r for r in reader.read(total + lat_sent) if r[0] >= phases[0]["start_ms"]]
+        reader.close()
+    result.update(_figures(p, records, total, phases, lat_sent, sampler, t_spawn, inputs))
     result["peak_rss_mb"] = round(sampler.peak_rss() / 2**20, 1)
     result["ru_maxrss_mb"] = round(maxrss_kib / 1024, 1)  # includes the harness (vfork)
     report = Path(cfg.report_path)
@@ -644,6 +654,7 @@ def _figures(
     lat_sent: int,
     sampler: Sampler,
     t_spawn: float,
+    inputs: list[tuple[int, int, bytes]] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"outputs": len(records)}
     if records and any(kind != TIMESTAMP_LOG_APPEND_TIME for _, kind, _ in records):
@@ -673,13 +684,35 @@ def _figures(
             "events_per_s_incl_startup": round(min(len(drain), total) / (t_b - t_spawn), 1),
         })  # fmt: skip
     if lat_start_ms is not None:
-        lat_all, sent_all = _latencies([(ts, v) for ts, _, v in records if ts >= lat_start_ms])
+        lat_all, sent_all, key_all = _latencies(
+            [(ts, v) for ts, _, v in records if ts >= lat_start_ms]
+        )
+        # The input side of each event (its input record's append time minus event_time)
+        # and the processor side (output append time minus input append time), joined on
+        # (event_id, event_time).
+        in_lat, in_sent, in_key = _latencies([(ts, v) for ts, _, v in inputs or []])
+        order = np.argsort(in_key, kind="stable")
+        in_key, in_append = in_key[order], (in_lat + in_sent)[order]
         out["latency_events"] = len(lat_all)
         out["latency_sent"] = lat_sent
         for ph in phases:
             sel = (sent_all >= ph["start_ms"]) & (sent_all <= ph["end_ms"])
             lat, sent_ms = lat_all[sel], sent_all[sel]
             ph["events"] = int(sel.sum())
+            in_sel = (in_sent >= ph["start_ms"]) & (in_sent <= ph["end_ms"])
+            if in_sel.any():
+                ph["input_p50_ms"], ph["input_p99_ms"] = (
+                    round(float(v), 2) for v in np.percentile(in_lat[in_sel], [50, 99])
+                )
+            if len(in_key) and len(lat):
+                at = np.minimum(np.searchsorted(in_key, key_all[sel]), len(in_key) - 1)
+                hit = in_key[at] == key_all[sel]
+                proc = (lat + sent_ms)[hit] - in_append[at[hit]]
+                ph["joined"] = int(hit.sum())
+                if len(proc):
+                    ph["processor_p50_ms"], ph["processor_p99_ms"] = (
+                        round(float(v), 2) for v in np.percentile(proc, [50, 99])
+                    )
             a, b = ph["start_ms"] / 1000.0, ph["end_ms"] / 1000.0
             # whole-machine and worker CPU during the phase, in cores (of os.cpu_count())
             ph["machine_cores"] = round((sampler.at(b, 3) - sampler.at(a, 3)) / (b - a), 2)
@@ -707,10 +740,12 @@ _WRITERS: dict[int, Any] = {}
 _REGISTRY: list[Registry] = []
 
 
-def _latencies(records: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-    """Output append time minus the input event_time carried in the output record,
-    and those event times."""
-    out, sent = [], []
+def _latencies(records: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Append time minus the input event_time carried in the record, those event times,
+    and a key per record: the hash of (event_id, event_time), the same for an input
+    event and its Prediction (unique within a run: a reused pool event carries a later
+    event_time)."""
+    out, sent, keys = [], [], []
     for ts, value in records:
         if len(value) < 5 or value[0] != 0:
             continue
@@ -723,7 +758,9 @@ def _latencies(records: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray
         t = to_ms(rec["event_time"])  # type: ignore[index,call-overload]
         out.append(ts - t)
         sent.append(t)
-    return np.asarray(out, dtype=np.float64), np.asarray(sent, dtype=np.int64)
+        keys.append(hash((rec["event_id"], t)))  # type: ignore[index]
+    return (np.asarray(out, dtype=np.float64), np.asarray(sent, dtype=np.int64),
+            np.asarray(keys, dtype=np.int64))  # fmt: skip
 
 
 # -- core ------------------------------------------------------------------------------------
@@ -889,6 +926,43 @@ def _f(v: Any, nd: int = 1) -> str:
     if isinstance(v, float):
         return f"{v:,.{nd}f}"
     return str(v)
+
+
+def _split_latency(res: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown: streamproc's main latency phase beside the passthrough's phase at the
+    same rate, each split into its input and processor sides."""
+    sp = next((ph for ph in res.get("streamproc", {}).get("latency_phases", [])
+               if ph["main"]), None)  # fmt: skip
+    if sp is None:
+        return []
+    rows = [("streamproc", sp)]
+    rows += [
+        ("passthrough", ph)
+        for ph in res.get("passthrough", {}).get("latency_phases", [])
+        if abs(ph["target_rate"] - sp["target_rate"]) < 1.0
+    ]
+    return [
+        f"## Latency at streamproc's latency-phase rate ({_f(sp['target_rate'], 0)} events/s)",
+        "",
+        "The passthrough runs a phase at streamproc's rate too: what the load generator, "
+        "the broker and a consume-produce loop cost in latency at that rate on this machine. "
+        "Each end-to-end latency splits into the input side and the processor side "
+        "(Definitions).",
+        "",
+        "| system | achieved events/s | end-to-end p50 ms | end-to-end p99 ms | "
+        "input p50 ms | input p99 ms | processor p50 ms | processor p99 ms | "
+        "machine cores | joined events |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {n} | {_f(ph.get('achieved_rate'), 0)} | {_f(ph.get('p50_ms'))} | "
+            f"{_f(ph.get('p99_ms'))} | {_f(ph.get('input_p50_ms'))} | "
+            f"{_f(ph.get('input_p99_ms'))} | {_f(ph.get('processor_p50_ms'))} | "
+            f"{_f(ph.get('processor_p99_ms'))} | {_f(ph.get('machine_cores'), 2)} | "
+            f"{_f(ph.get('joined'), 0)} |"
+            for n, ph in rows
+        ],
+        "",
+    ]
 
 
 def write_results(path: Path, full: dict[str, Any]) -> None:
@@ -1083,20 +1157,26 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "",
         *series,
         "",
+        *_split_latency(res),
         "## streamproc: latency against input rate",
         "",
-        "Each phase produces at a fixed rate while the worker runs; *machine cores* is the "
-        "CPU of everything on the machine during the phase, *worker cores* the worker's own, "
-        "*broker + harness* that of the broker, the registry and this harness (which "
-        "produces the load), all in cores of the machine's 2.",
+        "Each phase produces at a fixed rate while the worker runs; *input p99* is the input "
+        "side alone and *processor p50 / p99* the processor side alone (see Definitions); "
+        "*machine cores* is the CPU of everything on the machine during the phase, *worker "
+        "cores* the worker's own, *broker + harness* that of the broker, the registry and "
+        "this harness (which produces the load), all in cores of the machine's "
+        f"{m.get('cores', 2)}.",
         "",
-        "| input events/s (target) | achieved | p50 ms | p99 ms | max ms | machine cores | "
-        "worker cores | broker + harness cores | events |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| input events/s (target) | achieved | p50 ms | p99 ms | max ms | input p99 ms | "
+        "processor p50 ms | processor p99 ms | machine cores | worker cores | "
+        "broker + harness cores | events |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {_f(ph['target_rate'], 0)}{' (half the drain rate)' if ph['main'] else ''} | "
             f"{_f(ph.get('achieved_rate'), 0)} | {_f(ph.get('p50_ms'))} | "
             f"{_f(ph.get('p99_ms'))} | {_f(ph.get('max_ms'))} | "
+            f"{_f(ph.get('input_p99_ms'))} | {_f(ph.get('processor_p50_ms'))} | "
+            f"{_f(ph.get('processor_p99_ms'))} | "
             f"{_f(ph.get('machine_cores'), 2)} | {_f(ph.get('worker_cores'), 2)} | "
             f"{_f(ph.get('broker_harness_cores'), 2)} | {_f(ph.get('events'), 0)} |"
             for ph in res.get("streamproc", {}).get("latency_phases", [])
@@ -1123,6 +1203,11 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "(LogAppendTime, broker clock) minus the input record's `event_time` (set from the "
         "harness's wall clock when it produced the event, carried into the Prediction; the "
         "passthrough output is the input record itself). Same host, same clock.",
+        "* **input side / processor side**: input topics also stamp LogAppendTime. *Input "
+        "side* = the input record's append time minus its `event_time` (the harness's "
+        "producer and the broker: the same work for every system); *processor side* = the "
+        "output's append time minus its input record's append time (fetch, batching, "
+        "processing, producing), joined per event on (event_id, event_time).",
         "* **CPU s / M events**: the worker process's user+system CPU (psutil, all threads, "
         "sampled every 20 ms, interpolated) between those two append times, per million.",
         "* **peak RSS**: the worker's `VmHWM` (/proc/<pid>/status, read every 200 ms and "
@@ -1196,7 +1281,12 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"{name}: skipped, the {p.budget_s:.0f} s budget is spent")
                         results[name] = {"status": "skipped (time budget)"}
                         continue
-                results[name] = run_system(name, p, svc, load, work, timeout)
+                # The passthrough also runs at streamproc's latency-phase rate: what the
+                # broker and the load generator alone cost in latency at that rate.
+                sp_rate = [ph["target_rate"] for ph in results.get("streamproc", {})
+                           .get("latency_phases", []) if ph["main"]]  # fmt: skip
+                extra = (float(sp_rate[0]),) if name == "passthrough" and sp_rate else ()
+                results[name] = run_system(name, p, svc, load, work, timeout, extra_rates=extra)
             repeat_drains(p, [n for n in names if n in ROUND_SYSTEMS], svc, load, work, results)
             load.close()
             profile = results.pop(PROFILED, {})
