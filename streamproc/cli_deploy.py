@@ -310,7 +310,8 @@ def history(
     bootstrap: BootstrapOpt = "127.0.0.1:9092",
     topic: TopicOpt = DEFAULT_TOPIC,
 ) -> None:
-    """Every recorded state of a model's deployment, oldest first."""
+    """Every recorded state of a model's deployment, oldest first (from the audit topic,
+    ``<control topic>.audit``, which compaction never shortens)."""
     states = _store(ctx, bootstrap, topic).history(name)
     if not states:
         raise DeploymentError(f"{name} has never been deployed")

@@ -5,6 +5,10 @@ The control topic is compacted and keyed by model name; each value is one
 beginning to the end offsets (the high watermarks at the time of the read) and keep, per
 model, the snapshot with the highest revision (:func:`~streamproc.rollout.state.converge`),
 so every replica agrees whatever compaction has removed.
+
+Every published snapshot also goes, as the same bytes under the same key, to the audit
+topic (:func:`~streamproc.rollout.store.audit_topic`: never compacted, kept forever): the
+deployment's audit trail, and what ``history`` reads, so it outlives compaction.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from streamproc.errors import DeploymentError, KafkaError
+from streamproc.kafka.admin import Admin
 from streamproc.rollout.state import DeploymentState, converge, decode, encode, key, newer
-from streamproc.rollout.store import ControlStore
+from streamproc.rollout.store import ControlStore, audit_topic
 
 if TYPE_CHECKING:
     from streamproc.config import PipelineConfig
@@ -96,14 +101,21 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Rec
         c.close()
 
 
-class KafkaControlStore:
-    """A :class:`ControlStore` over the compacted control topic."""
+AUDIT_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+
+class KafkaControlStore:
+    """A :class:`ControlStore` over the compacted control topic, with its audit topic."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, timeout_s: float = 10.0, audit: str | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.audit_topic = audit or audit_topic(topic)
         self.timeout_s = timeout_s
         self._producer: Producer | None = None
+        self._audit_ready = False
 
     def records(self) -> list[Record]:
         """Every ``(key, value)`` on the topic, from the beginning to the current end."""
@@ -116,8 +128,11 @@ class KafkaControlStore:
         return self.states().get(name)
 
     def history(self, name: str) -> list[DeploymentState]:
+        """Every revision of the model, from the audit topic and whatever the control
+        topic still holds (states published before the audit topic existed)."""
         by_revision: dict[int, DeploymentState] = {}
-        for k, v in self.records():
+        audit = read_to_end(self.bootstrap, self.audit_topic, self.timeout_s)
+        for k, v in [*audit, *self.records()]:
             if v is None or k is None or k.decode(errors="replace") != name:
                 continue
             try:
@@ -137,6 +152,11 @@ class KafkaControlStore:
                 f"{state.model}: revision {state.revision} is stale "
                 f"(the control topic holds revision {current.revision})"
             )
+        if not self._audit_ready:  # once per store: publishing is rare, creating is not free
+            Admin(self.bootstrap).ensure_topics(
+                [self.audit_topic], config=AUDIT_TOPIC_CONFIG, timeout_s=self.timeout_s
+            )
+            self._audit_ready = True
         if self._producer is None:
             self._producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all"})
         errors: list[str] = []
@@ -145,8 +165,12 @@ class KafkaControlStore:
             if err is not None:
                 errors.append(str(err))
 
+        value, k = encode(state), key(state)
         try:
-            self._producer.produce(self.topic, encode(state), key(state), on_delivery=report)
+            # The audit record first: a state that reaches the control topic is audited
+            # (both are acknowledged, or this raises and the command reports failure).
+            self._producer.produce(self.audit_topic, value, k, on_delivery=report)
+            self._producer.produce(self.topic, value, k, on_delivery=report)
             left = self._producer.flush(self.timeout_s)
         except KafkaException as exc:
             raise KafkaError(f"cannot publish {state.model}: {exc}", topic=self.topic) from exc

@@ -13,10 +13,12 @@ from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
+from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
 from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings
 from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.rollout.store import audit_topic
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
@@ -72,6 +74,7 @@ def ensure_topics(cfg: PipelineConfig) -> None:
     admin.ensure_topics([t.input, t.predictions, t.dlq, t.shadow], partitions=t.partitions)
     admin.ensure_topics([t.alerts, t.metrics], partitions=1)
     admin.ensure_topics([t.control], partitions=1, config={"cleanup.policy": "compact"})
+    admin.ensure_topics([audit_topic(t.control)], partitions=1, config=AUDIT_TOPIC_CONFIG)
     if t.feedback:
         admin.ensure_topics([t.feedback], partitions=t.partitions)
 

@@ -19,6 +19,21 @@ from typing import Protocol
 from streamproc.errors import DeploymentError
 from streamproc.rollout.state import DeploymentCommand, DeploymentState, apply, decode, encode
 
+AUDIT_SUFFIX = ".audit"
+
+
+def audit_topic(control_topic: str) -> str:
+    """The append-only audit topic beside a control topic: every published state, kept.
+
+    Compaction keeps only the newest snapshot per model on the control topic; the audit
+    topic (``cleanup.policy=delete``, ``retention.ms=-1``) keeps them all, so the history
+    of a deployment (who did what, when and why) survives compaction.
+
+    >>> audit_topic("streamproc.control")
+    'streamproc.control.audit'
+    """
+    return control_topic + AUDIT_SUFFIX
+
 
 class ControlStore(Protocol):
     """Read and append deployment states (one full snapshot per record, keyed by model)."""

@@ -7,10 +7,13 @@ import time
 from collections import Counter, defaultdict
 
 import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streamproc import synth
 from streamproc.errors import DeploymentError
-from streamproc.kafka.control import KafkaControlStore
+from streamproc.kafka.admin import Admin
+from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.pipeline.rollout import build_rollout_scorer
 from streamproc.rollout.router import assign
 from streamproc.rollout.state import (
@@ -20,8 +23,11 @@ from streamproc.rollout.state import (
     Status,
     Strategy,
     StrategyParams,
+    decode,
+    encode,
+    key,
 )
-from streamproc.rollout.store import execute
+from streamproc.rollout.store import audit_topic, execute
 
 pytestmark = pytest.mark.kafka
 
@@ -57,6 +63,36 @@ def test_kafka_control_store_round_trips_and_refuses_stale(pipeline_config_facto
     assert store.names() == ["fraud"]
     with pytest.raises(DeploymentError, match="stale"):
         store.publish(store.history("fraud")[0])
+
+
+def test_every_published_state_is_kept_on_the_audit_topic(pipeline_config_factory):
+    cfg = pipeline_config_factory(partitions=1)
+    store = _deploy(cfg, Strategy.CANARY)
+    execute(store, Rollback("fraud", at_ms=3, reason="too slow"))
+    assert store.audit_topic == audit_topic(cfg.topics.control) == cfg.topics.control + ".audit"
+    audit = [decode(v) for k, v in read_to_end(cfg.kafka.bootstrap, store.audit_topic)
+             if k == b"fraud" and v is not None]  # fmt: skip
+    assert [(s.revision, s.command, s.actor, s.candidate) for s in audit] == [
+        (1, "deploy", "operator", None),
+        (2, "deploy", "operator", CANDIDATE),
+        (3, "rollback", "operator", CANDIDATE),
+    ]
+    assert audit[-1].reason == "too slow" and audit[-1].status is Status.ROLLED_BACK
+    # Never compacted, kept forever: the audit trail outlives the control topic's compaction.
+    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap})
+    res = ConfigResource(ConfigResource.Type.TOPIC, store.audit_topic)
+    conf = admin.describe_configs([res])[res].result(timeout=10)
+    assert (conf["cleanup.policy"].value, conf["retention.ms"].value) == ("delete", "-1")
+    # What compaction leaves of a control topic: the newest snapshot per model. The history
+    # (the audit topic) still has every revision; the latest state is the same.
+    compacted = f"{cfg.topics.control}-compacted"
+    Admin(cfg.kafka.bootstrap).ensure_topics([compacted], config={"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": cfg.kafka.bootstrap})
+    p.produce(compacted, encode(audit[-1]), key(audit[-1]))
+    assert p.flush(10) == 0
+    view = KafkaControlStore(cfg.kafka.bootstrap, compacted, audit=store.audit_topic)
+    assert [s.revision for s in view.history("fraud")] == [1, 2, 3]
+    assert view.latest("fraud") == store.latest("fraud")
 
 
 def test_canary_ten_percent_by_key(

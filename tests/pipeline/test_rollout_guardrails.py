@@ -13,7 +13,7 @@ import pytest
 
 from streamproc import synth
 from streamproc.backends.select import load_backend
-from streamproc.kafka.control import KafkaControlStore
+from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.rollout import RolloutScorer, build_rollout_scorer
 from streamproc.pipeline.scoring import BackendLike
@@ -25,6 +25,7 @@ from streamproc.rollout.state import (
     Status,
     Strategy,
     StrategyParams,
+    decode,
 )
 from streamproc.rollout.store import execute
 from tests.pipeline.conftest import MODEL
@@ -141,6 +142,10 @@ def test_a_slow_candidate_is_rolled_back_with_an_alert(
     assert (final.status, final.candidate, final.stable) == (Status.ROLLED_BACK, CANDIDATE, STABLE)
     assert final.actor == "controller" and final.revision == 3
     assert "p99 latency" in final.reason
+    # The automatic rollback is on the audit trail like an operator's command.
+    audited = [decode(v) for k, v in read_to_end(cfg.kafka.bootstrap, store.audit_topic)
+               if k == b"fraud" and v is not None]  # fmt: skip
+    assert [(s.revision, s.actor, s.command) for s in audited][-1] == (3, "controller", "rollback")
     rollbacks = [a.value for a in alerts if a.value["type"] == "rollback"]
     assert len(rollbacks) == 1
     (alert,) = rollbacks
