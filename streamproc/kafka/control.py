@@ -6,13 +6,15 @@ beginning to the end offsets (the high watermarks at the time of the read) and k
 model, the snapshot with the highest revision (:func:`~streamproc.rollout.state.converge`),
 so every replica agrees whatever compaction has removed.
 
-Every published snapshot also goes, as the same bytes under the same key, to the audit
-topic (:func:`~streamproc.rollout.store.audit_topic`: never compacted, kept forever): the
-deployment's audit trail, and what ``history`` reads, so it outlives compaction.
+Every published snapshot also goes, as the same bytes under the same key and in the same
+transaction, to the audit topic (:func:`~streamproc.rollout.store.audit_topic`: never
+compacted, kept forever): the deployment's audit trail, and what ``history`` reads, so it
+outlives compaction. Readers read committed records only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -157,29 +159,39 @@ class KafkaControlStore:
                 [self.audit_topic], config=AUDIT_TOPIC_CONFIG, timeout_s=self.timeout_s
             )
             self._audit_ready = True
-        if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self.bootstrap, "acks": "all"})
-        errors: list[str] = []
-
-        def report(err: object, _msg: object) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        value, k = encode(state), key(state)
+        p = self._transactional_producer()
         try:
-            # The audit record first: a state that reaches the control topic is audited
-            # (both are acknowledged, or this raises and the command reports failure).
-            self._producer.produce(self.audit_topic, value, k, on_delivery=report)
-            self._producer.produce(self.topic, value, k, on_delivery=report)
-            left = self._producer.flush(self.timeout_s)
+            # One transaction: the audit record and the control record are committed
+            # together or not at all (readers of both topics read committed records only).
+            p.begin_transaction()
+            value, k = encode(state), key(state)
+            p.produce(self.audit_topic, value, k)
+            p.produce(self.topic, value, k)
+            p.commit_transaction(self.timeout_s)  # flushes; fails on any failed record
         except KafkaException as exc:
-            raise KafkaError(f"cannot publish {state.model}: {exc}", topic=self.topic) from exc
-        if left or errors:
+            self._producer = None  # a fenced or failed producer is not reused
+            with contextlib.suppress(KafkaException):
+                p.abort_transaction(self.timeout_s)
             raise KafkaError(
-                f"publishing {state.model} revision {state.revision} failed: "
-                f"{errors or 'not acknowledged in time'}",
+                f"publishing {state.model} revision {state.revision} failed (nothing was "
+                f"published): {exc}",
                 topic=self.topic,
-            )
+            ) from exc
+
+    def _transactional_producer(self) -> Producer:
+        if self._producer is None:
+            p = Producer({
+                "bootstrap.servers": self.bootstrap, "acks": "all",
+                # One id per store: publishers never fence each other (a publish is a whole
+                # transaction, and a stale one is refused by revision before it starts).
+                "transactional.id": f"streamproc-control-{uuid.uuid4().hex}",
+            })  # fmt: skip
+            try:
+                p.init_transactions(self.timeout_s)
+            except KafkaException as exc:
+                raise KafkaError(f"cannot publish: {exc}", topic=self.topic) from exc
+            self._producer = p
+        return self._producer
 
     def names(self) -> list[str]:
         return sorted(self.states())
