@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streamproc import synth
-from streamproc.errors import DeploymentError
+from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.pipeline.rollout import build_rollout_scorer
@@ -93,6 +93,18 @@ def test_every_published_state_is_kept_on_the_audit_topic(pipeline_config_factor
     view = KafkaControlStore(cfg.kafka.bootstrap, compacted, audit=store.audit_topic)
     assert [s.revision for s in view.history("fraud")] == [1, 2, 3]
     assert view.latest("fraud") == store.latest("fraud")
+
+
+def test_a_publish_that_fails_leaves_no_audit_record(pipeline_config_factory):
+    cfg = pipeline_config_factory(partitions=1)
+    # The control record cannot be written (the broker refuses the topic name); the audit
+    # record went out first in the same transaction, and the abort takes it back.
+    store = KafkaControlStore(
+        cfg.kafka.bootstrap, "not a topic!", timeout_s=5, audit=f"{cfg.topics.control}.audit"
+    )
+    with pytest.raises(KafkaError, match="nothing was published"):
+        execute(store, Deploy("fraud", STABLE, at_ms=1))
+    assert read_to_end(cfg.kafka.bootstrap, store.audit_topic) == []
 
 
 def test_canary_ten_percent_by_key(
