@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from streamproc.errors import LocalStackError, ServiceStartError
@@ -17,9 +17,26 @@ from streamproc.errors import LocalStackError, ServiceStartError
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> list[int]:
+    """``count`` different TCP ports that nothing listens on right now, none in ``exclude``.
+
+    Every socket stays bound until all are chosen: ports picked one at a time can repeat
+    (the kernel may hand a just-released port out again), and a broker given the same
+    port for two listeners refuses to start.
+    """
+    skip = set(exclude)
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+            if port not in skip:
+                ports.append(port)
+        return ports
 
 
 def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:

@@ -18,6 +18,7 @@ CCOMPAT_PATH = "/apis/ccompat/v7"
 class ApicurioRegistry:
     home: Path
     port: int
+    management_port: int = 0  # the health/metrics interface; 0: a free port at start
 
     @property
     def url(self) -> str:
@@ -40,7 +41,7 @@ class ApicurioRegistry:
             "-Dquarkus.log.console.color=false",
             # The health/metrics interface defaults to 0.0.0.0:9000 (one registry per
             # machine); it is fixed on at build time, so give it a free loopback port.
-            f"-Dquarkus.management.port={process.free_port()}",
+            f"-Dquarkus.management.port={self.management_port or process.free_port()}",
             "-Dquarkus.management.host=127.0.0.1",
             # Ids in the ccompat API are content ids, as a Confluent registry's are.
             "-Dapicurio.ccompat.use-canonical-hash=true",

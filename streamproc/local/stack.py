@@ -86,13 +86,18 @@ class LocalStack:
         if fresh:
             shutil.rmtree(self.home / "kafka", ignore_errors=True)
         self.home.mkdir(parents=True, exist_ok=True)
+        # Chosen together, so no two listeners get the same port.
+        given = [p for p in (kafka_port, registry_port) if p]
+        free = iter(process.free_ports(4, exclude=given))
         broker = KafkaBroker(
             home=self.home / "kafka",
-            port=kafka_port or process.free_port(),
-            controller_port=process.free_port(),
+            port=kafka_port or next(free),
+            controller_port=next(free),
         )
         registry = ApicurioRegistry(
-            home=self.home / "registry", port=registry_port or process.free_port()
+            home=self.home / "registry",
+            port=registry_port or next(free),
+            management_port=next(free),
         )
         t0 = time.monotonic()
         kafka_pid = broker.start()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 import uuid
 
 import pytest
@@ -22,10 +23,10 @@ from streamproc.errors import (
     LocalStackError,
     ServiceStartError,
 )
-from streamproc.local import artifacts
+from streamproc.local import artifacts, process
 from streamproc.local.java import find_java
 from streamproc.local.kafka import KafkaBroker
-from streamproc.local.process import free_port, pid_alive
+from streamproc.local.process import free_port, free_ports, pid_alive
 
 pytestmark = pytest.mark.kafka
 
@@ -153,6 +154,40 @@ def test_no_suitable_java_names_the_fix():
         find_java(99, purpose="a test")
 
 
+def test_free_ports_are_distinct_while_held():
+    ports = free_ports(16)
+    assert len(set(ports)) == 16
+    for p in ports:  # and free again once chosen
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+def test_free_ports_skip_the_excluded(monkeypatch):
+    offered = iter([5001, 5002, 5003])
+
+    class Scripted:  # a socket that the kernel gives the next scripted port
+        def __init__(self, *args: object) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> Scripted:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            pass
+
+        def bind(self, addr: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    fake = types.SimpleNamespace(
+        socket=Scripted, AF_INET=socket.AF_INET, SOCK_STREAM=socket.SOCK_STREAM
+    )
+    monkeypatch.setattr(process, "socket", fake)
+    assert free_ports(2, exclude=[5001]) == [5002, 5003]
+
+
 def test_taken_port_is_reported(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,7 +211,8 @@ def test_unreachable_maven_with_empty_cache(tmp_path, monkeypatch):
 
 
 def test_broker_dying_at_start_shows_its_log(tmp_path):
-    broker = KafkaBroker(home=tmp_path, port=free_port(), controller_port=free_port())
+    port, controller = free_ports(2)
+    broker = KafkaBroker(home=tmp_path, port=port, controller_port=controller)
     data = tmp_path / "data"
     data.mkdir()
     # Storage formatted for another node id: the broker refuses to start.
