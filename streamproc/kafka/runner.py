@@ -183,12 +183,17 @@ class KafkaRunner:
                 msgs = self.consumer.consume(num_messages=1, timeout=0.5)
         good = msgs
         errs = list(map(Message.error, msgs))
-        if errs.count(None) != len(msgs):
+        # any(), not errs.count(None): the client's KafkaError == None raises (SystemError).
+        if any(errs):
             good = [m for m, e in zip(msgs, errs, strict=True) if e is None]
             for m, err in zip(msgs, errs, strict=True):
-                if err is not None and err.code() != CkError._PARTITION_EOF and err.fatal():
+                if err is None or err.code() == CkError._PARTITION_EOF:
+                    continue
+                if err.fatal():
                     raise KafkaError(f"consumer error: {err}", topic=m.topic(),
                                      partition=m.partition())  # fmt: skip
+                # Transient (a topic not there yet, a broker going away): the client retries.
+                log.warning("consumer error on %s[%s]: %s", m.topic(), m.partition(), err)
         if good:
             oldest = min(m.timestamp()[1] for m in good) if self.settings.use_event_age else None
             for rel in self.batcher.add(good, oldest):

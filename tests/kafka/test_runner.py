@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -83,3 +84,41 @@ def test_raw_batch_columns_and_headers_read_lazily(
     assert by_value[b"v3"] == [("h", b"3")] and by_value[b"v4"] is None
     assert raw.headers[2:4] == [msgs[2].headers(), msgs[3].headers()]
     assert len(raw.headers) == 20
+
+
+class _SeenErrors:
+    """The runner's consumer, noting the error messages it hands out."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self.errors: list[Any] = []
+
+    def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
+        msgs = self._consumer.consume(*args, **kwargs)
+        self.errors += [m.error() for m in msgs if m.error() is not None]
+        return msgs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def test_a_transient_consumer_error_is_logged_not_raised(
+    kafka: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Subscribed to a topic that does not exist (the broker creates none on its own): the
+    # client hands out "unknown topic" error messages, which are not fatal.
+    missing = f"missing-{uuid.uuid4().hex[:10]}"
+    runner = _runner(kafka, missing)
+    seen = _SeenErrors(runner.consumer)
+    runner.consumer = seen  # type: ignore[assignment]
+    runner.consumer.subscribe([missing])
+    try:
+        for _ in range(40):  # each step waits at most 0.5 s for a record
+            runner._step()
+            if seen.errors:
+                break
+        assert seen.errors, "the client never reported the missing topic"
+        assert not any(e.fatal() for e in seen.errors)
+        assert "consumer error on" in caplog.text
+    finally:
+        seen._consumer.close()
