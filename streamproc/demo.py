@@ -96,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     # A clean slate, so the summary accounts for this run alone.
     admin.delete_topics([t.input, t.predictions, t.dlq, t.alerts, t.metrics, t.shadow])
     del admin  # AdminClient has no close(): freeing it stops its reconnects to the broker
-    time.sleep(1.0)  # topic deletion completes asynchronously in the broker
     console.print("[bold]2.[/] applying schemas")
     apply_schemas(Registry(cfg.registry.url), cfg)
     console.print("[bold]3.[/] starting the fraud processor")

