@@ -2,12 +2,13 @@
 """Throughput and latency of streamproc against four other ways to run the same workload.
 
 Reference workload: synthetic Transaction events (Confluent-framed Avro through the schema
-registry) on 4 partitions, the demo fraud model (ONNX) on the CPU, batches of <= 256 events
-or 5 ms, at-least-once, the real local broker and registry. Systems, each its own OS
-process, run one after the other with the same harness:
+registry) on 4 partitions, the demo fraud model (ONNX) on the CPU, batches of at most the
+pipeline's default ``max_batch_size`` events or 5 ms, at-least-once, the real local broker
+and registry. Systems, each its own OS process, run one after the other with the same
+harness:
 
 * ``streamproc``: ``python -m streamproc run -c <generated yaml>``;
-* ``passthrough``: confluent-kafka consume(256) -> produce raw bytes -> flush -> commit;
+* ``passthrough``: confluent-kafka consume(batch) -> produce raw bytes -> flush -> commit;
 * ``naive``: the same loop with per-event fastavro decode, ONNX call and fastavro encode;
 * ``faust``: a faust-streaming agent with ``stream.take({batch}, within={wait} ms)``;
 * ``quix``: a Quix Streams StreamingDataFrame, per-event scoring.
@@ -63,7 +64,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from systems.shared import WorkerConfig, to_ms  # noqa: E402
+from systems.shared import COMPARED_BATCH, WorkerConfig, to_ms  # noqa: E402
 from systems.streamproc_run import pipeline_yaml  # noqa: E402
 
 from streamproc import schemas, synth  # noqa: E402
@@ -506,6 +507,7 @@ def run_system(
     drain_timeout_s: float,
     latency: bool = True,
     extra_rates: tuple[float, ...] = (),
+    batch_size: int = BATCH.max_batch_size,
 ) -> dict[str, Any]:
     """Drain the prefilled input, then (``latency``) the latency phases: at ``latency_share``
     of this system's drain rate, at ``extra_rates`` (another system's rate, for a like-for-like
@@ -522,7 +524,7 @@ def run_system(
     cfg = WorkerConfig(
         system=name, bootstrap=svc.bootstrap, registry_url=svc.registry_url,
         input_topic=in_t, output_topic=out_t, group_id=f"bench-{name}-{run}",
-        model_dir=str(MODEL), batch_size=BATCH.max_batch_size, max_wait_ms=BATCH.max_wait_ms,
+        model_dir=str(MODEL), batch_size=batch_size, max_wait_ms=BATCH.max_wait_ms,
         state_dir=str(work / f"state-{name}-{run}"),
         report_path=str(work / f"report-{name}-{run}.json"),
         stop_after=total if profiled else 0,
@@ -792,11 +794,12 @@ def combine_cores(first: dict[str, Any], again: dict[str, Any]) -> dict[str, Any
     passes = first["events_per_s_passes"] + again["events_per_s_passes"]
     out = {**first, "events_per_s": float(np.median(passes)), "events_per_s_passes": passes,
            "runs_events_per_s": [first["events_per_s"], again["events_per_s"]]}  # fmt: skip
-    if "batch_256" in first and "batch_256" in again:
-        b1, b2 = first["batch_256"], again["batch_256"]
-        p256 = b1["events_per_s_passes"] + b2["events_per_s_passes"]
-        out["batch_256"] = {**b1, "events_per_s": float(np.median(p256)),
-                            "events_per_s_passes": p256}  # fmt: skip
+    key = f"batch_{COMPARED_BATCH}"
+    if key in first and key in again:
+        b1, b2 = first[key], again[key]
+        both = b1["events_per_s_passes"] + b2["events_per_s_passes"]
+        out[key] = {**b1, "events_per_s": float(np.median(both)),
+                    "events_per_s_passes": both}  # fmt: skip
     log(f"core: median of both runs' passes {out['events_per_s']:.0f} events/s")
     return out
 
@@ -1076,7 +1079,7 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "",
         "## streamproc core, in process (no Kafka)",
         "",
-        f"Framed payload batches of {core.get('batch_size', 256)} (the pipeline's default "
+        f"Framed payload batches of {core.get('batch_size')} (the pipeline's default "
         "`max_batch_size`) in memory -> `BatchHandler` (BatchDecoder + SingleScorer on ONNX "
         "Runtime + the default drift monitor: input, score and data-quality drift, + "
         "DictSchemaSource) -> framed Prediction bytes, pinned to one core: "
@@ -1092,8 +1095,9 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         + "the median of "
         f"{len(core.get('events_per_s_passes', []))} passes: "
         f"{', '.join(_f(v, 0) for v in core.get('events_per_s_passes', []))}). "
-        "With batches of 256: "
-        f"{_f(core.get('batch_256', {}).get('events_per_s'), 0)} events/s. Against the "
+        f"With batches of {COMPARED_BATCH}: "
+        f"{_f(core.get(f'batch_{COMPARED_BATCH}', {}).get('events_per_s'), 0)} events/s. "
+        "Against the "
         "default, the Kafka run reaches "
         f"{_f(sp / core['events_per_s'] * 100 if sp and core.get('events_per_s') else None)}% "
         "of the core's rate.",

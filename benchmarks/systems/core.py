@@ -5,7 +5,7 @@ SingleScorer on ``load_backend``, the Prediction encoder and the default drift m
 inside BatchHandler: input, score and data-quality drift on every batch), but the writer
 schema comes from a :class:`~streamproc.codecs.source.DictSchemaSource`. The process pins
 itself to one CPU; batches of the pipeline's default ``max_batch_size`` (and, for
-comparison, of 256); the first pass warms up and is not timed.
+comparison, of ``COMPARED_BATCH``); the first pass warms up and is not timed.
 
 ``python -m systems.core <n_events> <report.json>``
 """
@@ -36,6 +36,7 @@ from streamproc.pipeline.monitoring import build_monitor
 from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.scoring import SingleScorer
 from streamproc.types import RawBatch
+from systems.shared import COMPARED_BATCH
 
 WRITER_ID = 1
 
@@ -126,5 +127,5 @@ def measure(n: int, batch_size: int | None = None, repeats: int = 5) -> dict[str
 
 if __name__ == "__main__":
     result = measure(int(sys.argv[1]))
-    result["batch_256"] = measure(int(sys.argv[1]), batch_size=256)
+    result[f"batch_{COMPARED_BATCH}"] = measure(int(sys.argv[1]), batch_size=COMPARED_BATCH)
     Path(sys.argv[2]).write_text(json.dumps(result))

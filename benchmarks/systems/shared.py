@@ -27,6 +27,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "streamproc" / "avro_schemas"
 _HEADER = struct.Struct(">bI")
+# The core is also measured at this batch size: the default max_batch_size before
+# 2026-11-26 (it was raised to 4096 then; see benchmarks/README.md "Batch size").
+COMPARED_BATCH = 1024
 
 
 @dataclass(frozen=True)

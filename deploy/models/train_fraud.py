@@ -95,7 +95,7 @@ def spec_dict(recipe: Recipe, metrics: dict[str, float]) -> dict[str, Any]:
             "threshold": 0.5,
         },
         "backends": ["tensorrt", "torch-cuda", "onnxruntime"],
-        # up to the pipeline's default max_batch_size (1024): a batch above the largest
+        # up to 1024 (a pipeline batch holds up to max_batch_size, 4096): a batch above the largest
         # bucket runs as several synchronous GPU calls (measured on an H200: benchmarks/GPU.md)
         "buckets": [1, 8, 32, 64, 128, 256, 1024],
         "reader_schema": "../../../../schemas/Transaction.avsc",

@@ -70,7 +70,7 @@ class PrometheusSensor(Sensor):
         self.batches = Counter("streamproc_batches", "Batches committed",
                                [*lp, "release"], registry=r)  # fmt: skip
         self.batch_size = Histogram("streamproc_batch_size", "Events per batch", lp,
-                                    buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024),
+                                    buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
                                     registry=r)  # fmt: skip
         self.batch_wait = Histogram("streamproc_batch_wait_ms", "Time the oldest event waited",
                                     lp, buckets=_LAT_BUCKETS, registry=r)  # fmt: skip

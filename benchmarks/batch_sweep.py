@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Drain rate against ``max_batch_size``: the evidence behind the pipeline's default.
+
+Same harness as ``throughput.py`` (its services, workload and ``run_system``), drains only
+(no latency phase). Every ``system:batch_size`` variant drains the same backlog once per
+round; rounds rotate the order, and each variant's figure is the median of its rounds.
+
+``python benchmarks/batch_sweep.py --n 300000 --rounds 5 \\
+    streamproc:1024 passthrough:1024 streamproc:4096 passthrough:4096``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import throughput as bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants", nargs="+", help="system:max_batch_size, e.g. streamproc:4096")
+    ap.add_argument("--n", type=int, default=300_000, help="events per drain")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants]
+    p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
+    info = bench.machine()
+    rates: dict[str, list[float]] = {f"{s}:{b}": [] for s, b in variants}
+    with tempfile.TemporaryDirectory(prefix="streamproc-sweep-") as tmp:
+        work = Path(tmp)
+        with bench.services(work) as svc:
+            bench._REGISTRY.append(bench.Registry(svc.registry_url))
+            warm = bench.Params(**{**p.__dict__, "n": 4_000, "warmup": 1_000, "latency_s": 1.0})
+            warm_load = bench.Workload(svc, warm.warmup + warm.n, seed=4)
+            bench.run_system("passthrough", warm, svc, warm_load, work, 30.0)  # not reported
+            warm_load.close()
+            load = bench.Workload(svc, p.warmup + p.n)
+            for r in range(args.rounds):
+                k = r % len(variants)
+                for system, size in variants[k:] + variants[:k]:
+                    res = bench.run_system(system, p, svc, load, work, p.drain_timeout_s,
+                                           latency=False, batch_size=size)  # fmt: skip
+                    if res.get("status") == "ok" and res.get("events_per_s"):
+                        rates[f"{system}:{size}"].append(res["events_per_s"])
+            load.close()
+    out = {
+        "machine": {k: info[k] for k in ("cpu_model", "cores")},
+        "n": args.n,
+        "drains": {k: [round(x) for x in v] for k, v in rates.items()},
+        "median": {k: round(statistics.median(v)) for k, v in rates.items() if v},
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
