@@ -26,14 +26,18 @@ def _first_at_least(  # pragma: no cover - compiled
     table: npt.NDArray[np.float64], j: int, v: float, a: int, b: int
 ) -> int:
     """The first index in ``[a, b)`` of the sorted row ``table[j]`` holding a value >= v
-    (``b`` if none does)."""
-    while a < b:
-        m = (a + b) >> 1
-        if table[j, m] < v:
-            a = m + 1
-        else:
-            b = m
-    return a
+    (``b`` if none does). Branch-free halving: the loop runs ceil(log2(b - a)) times
+    whatever the data, and its select compiles to a conditional move, not a branch that
+    random values mispredict."""
+    n = b - a
+    if n <= 0:
+        return a
+    base = a
+    while n > 1:
+        half = n >> 1
+        base = base + half if table[j, base + half - 1] < v else base
+        n -= half
+    return base + 1 if table[j, base] < v else base
 
 
 @njit(cache=True, nogil=True)
@@ -62,30 +66,40 @@ def normal_scores_kernel(  # pragma: no cover - compiled
     quantile knots (mid-score for values equal to tied knots); beyond it a saturating
     exponential adds at most ``tail_span``. ``prev``/``has_prev`` carry the last score of
     each column across batches for the AR(1) prewhitening ``(z - phi z') / sqrt(1 - phi^2)``.
+
+    Column by column: the column's constants and its prewhitening state stay in registers
+    (row by row, every store to ``out`` made the compiler reload them).
     """
     n, d = x.shape
     kn = grid.size
     nb = bucket_start.shape[1] - 1
-    for i in range(n):
-        for j in range(d):
+    for j in range(d):
+        q0 = knots[j, 0]
+        qk = knots[j, kn - 1]
+        lo_s = lo_scale[j]
+        hi_s = hi_scale[j]
+        cells = bucket_scale[j]
+        mean = z_mean[j]
+        std = z_std[j]
+        p = phi[j]
+        root = math.sqrt(1.0 - p * p)
+        last = prev[j]
+        has = has_prev[j]
+        for i in range(n):
             v = float(x[i, j])
             if not math.isfinite(v):
                 out[i, j] = np.nan
                 continue
-            q0 = knots[j, 0]
-            qk = knots[j, kn - 1]
             if v < q0:
-                s = lo_scale[j]
-                ex = (q0 - v) / s if s > 0 else np.inf
+                ex = (q0 - v) / lo_s if lo_s > 0 else np.inf
                 u = grid[0] - tail_span * (1.0 - math.exp(-ex / tail_span))
             elif v > qk:
-                s = hi_scale[j]
-                ex = (v - qk) / s if s > 0 else np.inf
+                ex = (v - qk) / hi_s if hi_s > 0 else np.inf
                 u = grid[kn - 1] + tail_span * (1.0 - math.exp(-ex / tail_span))
             else:
                 # lo: first knot >= v, searched between the knots that bound v's cell
                 # of the column's uniform index; hi: first knot > v
-                bi = min(int((v - q0) * bucket_scale[j]), nb - 1)
+                bi = min(int((v - q0) * cells), nb - 1)
                 a = _first_at_least(knots, j, v, bucket_start[j, bi], bucket_start[j, bi + 1])
                 if a >= kn or knots[j, a] < v or (a > 0 and knots[j, a - 1] >= v):
                     a = _first_at_least(knots, j, v, 0, kn)  # a cell edge rounded the other way
@@ -105,14 +119,15 @@ def normal_scores_kernel(  # pragma: no cover - compiled
                     ql = knots[j, lo - 1]
                     qh = knots[j, lo]
                     u = grid[lo - 1] + (grid[lo] - grid[lo - 1]) * (v - ql) / (qh - ql)
-            z = (u - z_mean[j]) / z_std[j]
-            p = phi[j]
-            if p != 0.0 and has_prev[j]:
-                out[i, j] = (z - p * prev[j]) / math.sqrt(1.0 - p * p)
+            z = (u - mean) / std
+            if p != 0.0 and has:
+                out[i, j] = (z - p * last) / root
             else:
                 out[i, j] = z
-            prev[j] = z
-            has_prev[j] = True
+            last = z
+            has = True
+        prev[j] = last
+        has_prev[j] = has
 
 
 @njit(cache=True, nogil=True)
