@@ -7,6 +7,10 @@ round; rounds rotate the order, and each variant's figure is the median of its r
 
 ``python benchmarks/batch_sweep.py --n 300000 --rounds 5 \\
     streamproc:1024 passthrough:1024 streamproc:4096 passthrough:4096``
+
+With ``--rate R`` every drain is followed by a 10 s latency phase at R events/s (the same
+rate for every variant), and the figures of that phase are reported per drain: end-to-end
+and processor-side p50 / p99, and the worker's cores.
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("variants", nargs="+", help="system:max_batch_size, e.g. streamproc:4096")
     ap.add_argument("--n", type=int, default=300_000, help="events per drain")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rate", type=float, help="also a latency phase at this many events/s")
     args = ap.parse_args(argv)
     variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants]
     p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
+    if args.rate:
+        bench.LATENCY_SWEEP = ()  # only the phase at --rate (and a token one, below)
+        p = bench.Params(**{**p.__dict__, "latency_share": 0.02, "latency_s": 10.0})
+    phases: dict[str, list[dict[str, float]]] = {f"{s}:{b}": [] for s, b in variants}
     info = bench.machine()
     rates: dict[str, list[float]] = {f"{s}:{b}": [] for s, b in variants}
     with tempfile.TemporaryDirectory(prefix="streamproc-sweep-") as tmp:
@@ -43,10 +52,26 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 k = r % len(variants)
                 for system, size in variants[k:] + variants[:k]:
-                    res = bench.run_system(system, p, svc, load, work, p.drain_timeout_s,
-                                           latency=False, batch_size=size)  # fmt: skip
+                    # With --rate, the harness's own phase runs at 2% of the drain rate (a
+                    # few thousand events/s) before the phase at --rate; only that is kept.
+                    res = bench.run_system(
+                        system, p, svc, load, work, p.drain_timeout_s, latency=bool(args.rate),
+                        extra_rates=(args.rate,) if args.rate else (), batch_size=size,
+                    )  # fmt: skip
                     if res.get("status") == "ok" and res.get("events_per_s"):
                         rates[f"{system}:{size}"].append(res["events_per_s"])
+                    for ph in res.get("latency_phases", []):
+                        if args.rate and ph["target_rate"] == round(args.rate, 1):
+                            keep = (
+                                "achieved_rate",
+                                "p50_ms",
+                                "p99_ms",
+                                "processor_p50_ms",
+                                "processor_p99_ms",
+                                "input_p99_ms",
+                                "worker_cores",
+                            )
+                            phases[f"{system}:{size}"].append({k: ph.get(k) for k in keep})
             load.close()
     out = {
         "machine": {k: info[k] for k in ("cpu_model", "cores")},
@@ -54,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "drains": {k: [round(x) for x in v] for k, v in rates.items()},
         "median": {k: round(statistics.median(v)) for k, v in rates.items() if v},
     }
+    if args.rate:
+        out["latency_phases"] = phases
     print(json.dumps(out))
     return 0
 
