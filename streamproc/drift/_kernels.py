@@ -26,9 +26,8 @@ def _first_at_least(  # pragma: no cover - compiled
     table: npt.NDArray[np.float64], j: int, v: float, a: int, b: int
 ) -> int:
     """The first index in ``[a, b)`` of the sorted row ``table[j]`` holding a value >= v
-    (``b`` if none does). Branch-free halving: the loop runs ceil(log2(b - a)) times
-    whatever the data, and its select compiles to a conditional move, not a branch that
-    random values mispredict."""
+    (``b`` if none does). Halving: the loop runs ceil(log2(b - a)) times whatever the
+    data, so its own exit branch is predictable."""
     n = b - a
     if n <= 0:
         return a

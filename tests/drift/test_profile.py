@@ -111,7 +111,7 @@ def _reference_scores(t: TransformTables, x: np.ndarray, prev: np.ndarray,
 
 
 def test_normal_scores_equal_a_plain_reference() -> None:
-    """The compiled transform (indexed, branch-free knot search, column by column) gives
+    """The compiled transform (indexed knot search by halving, column by column) gives
     exactly the scores of the plain one: heavy tails, ties, NaN, values beyond the
     reference, and the prewhitening state carried across batches."""
     rng = np.random.default_rng(4)
