@@ -10,7 +10,11 @@ round; rounds rotate the order, and each variant's figure is the median of its r
 
 With ``--rate R`` every drain is followed by a 10 s latency phase at R events/s (the same
 rate for every variant), and the figures of that phase are reported per drain: end-to-end
-and processor-side p50 / p99, and the worker's cores.
+and processor-side p50 / p99, and the worker's cores. ``--linger MS`` (repeatable) runs every
+variant once per value of the latency phase producer's ``linger.ms``:
+
+``python benchmarks/batch_sweep.py --n 100000 --rounds 3 --rate 94000 --linger 0 \
+    --linger 5 streamproc:4096 passthrough:4096``
 """
 
 from __future__ import annotations
@@ -31,15 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=300_000, help="events per drain")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rate", type=float, help="also a latency phase at this many events/s")
+    ap.add_argument("--linger", type=float, action="append",
+                    help="the latency phase producer's linger.ms (repeatable; default: "
+                         "the harness's)")  # fmt: skip
     args = ap.parse_args(argv)
-    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants]
+    lingers: list[float | None] = list(args.linger or [None])
+    variants = [
+        (v.split(":")[0], int(v.split(":")[1]), linger) for v in args.variants for linger in lingers
+    ]
+
+    def name(system: str, size: int, linger: float | None) -> str:
+        return f"{system}:{size}" + ("" if linger is None else f":linger{linger:g}")
+
     p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
     if args.rate:
         bench.LATENCY_SWEEP = ()  # only the phase at --rate (and a token one, below)
         p = bench.Params(**{**p.__dict__, "latency_share": 0.02, "latency_s": 10.0})
-    phases: dict[str, list[dict[str, float]]] = {f"{s}:{b}": [] for s, b in variants}
+    phases: dict[str, list[dict[str, float]]] = {name(*v): [] for v in variants}
     info = bench.machine()
-    rates: dict[str, list[float]] = {f"{s}:{b}": [] for s, b in variants}
+    rates: dict[str, list[float]] = {name(*v): [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="streamproc-sweep-") as tmp:
         work = Path(tmp)
         with bench.services(work) as svc:
@@ -51,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             load = bench.Workload(svc, p.warmup + p.n)
             for r in range(args.rounds):
                 k = r % len(variants)
-                for system, size in variants[k:] + variants[:k]:
+                for system, size, linger in variants[k:] + variants[:k]:
+                    if linger is not None:
+                        bench.PACED_PRODUCER = {**bench.PACED_PRODUCER, "linger.ms": linger}
                     # With --rate, the harness's own phase runs at 2% of the drain rate (a
                     # few thousand events/s) before the phase at --rate; only that is kept.
                     res = bench.run_system(
@@ -59,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                         extra_rates=(args.rate,) if args.rate else (), batch_size=size,
                     )  # fmt: skip
                     if res.get("status") == "ok" and res.get("events_per_s"):
-                        rates[f"{system}:{size}"].append(res["events_per_s"])
+                        rates[name(system, size, linger)].append(res["events_per_s"])
                     for ph in res.get("latency_phases", []):
                         if args.rate and ph["target_rate"] == round(args.rate, 1):
                             keep = (
@@ -70,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "processor_p99_ms",
                                 "input_p99_ms",
                                 "worker_cores",
+                                "machine_cores",
                             )
-                            phases[f"{system}:{size}"].append({k: ph.get(k) for k in keep})
+                            row = {k: ph.get(k) for k in keep}
+                            phases[name(system, size, linger)].append(row)
             load.close()
     out = {
         "machine": {k: info[k] for k in ("cpu_model", "cores")},

@@ -208,6 +208,14 @@ def services(home: Path) -> Iterator[Services]:
 # -- the workload ----------------------------------------------------------------------------
 
 
+# The latency phases' producer: the client's defaults (librdkafka's, like the Java client's
+# since Kafka 4.0: linger 5 ms, acks=all), what a user's producer sends with. Until
+# 2026-11-26 it had linger.ms=0: every few records went out as a request of their own, which
+# cost the 2-core machine ~0.4 cores more at 94,000 events/s and put the input side's p99 at
+# 46-159 ms against 8-21 ms (benchmarks/README.md, "The load generator's linger").
+PACED_PRODUCER: dict[str, Any] = {"linger.ms": 5, "acks": "all"}
+
+
 class Workload:
     """The same ``warmup + n`` events for every system: Avro bodies encoded once."""
 
@@ -259,7 +267,7 @@ class Workload:
         """
         head = b"\x00" + self.schema_id(topic).to_bytes(4, "big")
         parts = _time_split_events(min(count, 20_000), seed)
-        p = Producer({"bootstrap.servers": self.svc.bootstrap, "linger.ms": 0, "acks": "all",
+        p = Producer({"bootstrap.servers": self.svc.bootstrap, **PACED_PRODUCER,
                       "queue.buffering.max.messages": 2_000_000})  # fmt: skip
         produce, poll = p.produce, p.poll
         tick = 0.005
