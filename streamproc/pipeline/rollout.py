@@ -212,9 +212,11 @@ class RolloutScorer:
         state = snap.state
         n = len(features)
         # Keyless rows go to stable: route them by an empty key with variant forced to 0.
-        a = assign([k if k is not None else b"" for k in keys], state)
-        variant = a.variant.copy()
-        if n:
+        # Only a rollout in progress routes by key, so only then are the keys looked at.
+        keyless = state.in_progress and None in keys
+        a = assign([b"" if k is None else k for k in keys] if keyless else keys, state)
+        variant = a.variant  # assign's own array: changed below only for this batch
+        if keyless:
             variant[[i for i, k in enumerate(keys) if k is None]] = 0
         stable = state.stable or ""
         versions = [snap.specs[stable]]
@@ -229,8 +231,9 @@ class RolloutScorer:
             rows = np.flatnonzero(variant == vi)
             if not len(rows):
                 continue
+            x = features if len(rows) == n else features[rows]  # one version: no copy
             try:
-                out, infer_s[spec.version] = self._infer(snap, spec, features[rows])
+                out, infer_s[spec.version] = self._infer(snap, spec, x)
             except Exception as exc:
                 if vi == 0:
                     raise  # stable failing dead-letters the batch (see BatchHandler)
@@ -242,6 +245,9 @@ class RolloutScorer:
             outs[vi] = (rows, out)
         scores: npt.NDArray[np.float32] | None = None
         for rows, out in outs.values():
+            if len(rows) == n:  # one version scored every row
+                scores = out
+                break
             if scores is None:
                 scores = np.zeros((n, out.shape[1]), np.float32)
             scores[rows] = out

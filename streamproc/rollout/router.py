@@ -1,8 +1,8 @@
 """Route events to the stable or candidate version by a stable hash of their key.
 
 Each key falls into one of :data:`BUCKETS` buckets by a 64-bit FNV-1a hash of
-``salt + key`` finished with the murmur3 ``fmix64`` mixer, computed column-wise in numpy
-over all keys of a batch. The hash is defined on bytes alone, so every process on every
+``salt + key`` finished with the murmur3 ``fmix64`` mixer, computed for all keys of a
+batch in one compiled pass. The hash is defined on bytes alone, so every process on every
 machine puts a key in the same bucket (Python's ``hash()`` is salted per process and is not
 used). The salt is ``"<model>:<candidate>"``: a key keeps its variant for the whole
 rollout, each rollout samples different keys, and since a key is on the candidate when
@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from streamproc.errors import DeploymentError
 from streamproc.rollout.state import DeploymentState
@@ -63,30 +65,44 @@ def bucket_of(key: bytes, salt: bytes = b"") -> int:
 
 
 def buckets(keys: Sequence[bytes], salt: bytes = b"") -> npt.NDArray[np.int64]:
-    """Bucket of every key, vectorised: one numpy pass per byte position."""
+    """Bucket of every key: one compiled pass over the batch's keys, laid end to end."""
     n = len(keys)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    lengths = np.fromiter((len(k) for k in keys), dtype=np.int64, count=n)
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=n)
     data = np.frombuffer(b"".join(keys), dtype=np.uint8)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    h = np.full(n, _fnv_scalar(salt), dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    for j in range(int(lengths.max())):
-        live = lengths > j
-        if live.all():
-            h = (h ^ data[starts + j]) * prime
-        else:
-            idx = starts[live] + j
-            h[live] = (h[live] ^ data[idx]) * prime
-    shift = np.uint64(33)
-    h ^= h >> shift
-    h *= np.uint64(_M1)
-    h ^= h >> shift
-    h *= np.uint64(_M2)
-    h ^= h >> shift
-    return (h % np.uint64(BUCKETS)).astype(np.int64)
+    out = np.empty(n, dtype=np.int64)
+    _buckets_kernel(data, lengths, np.uint64(_fnv_scalar(salt)), out)
+    return out
+
+
+_U_PRIME = np.uint64(_FNV_PRIME)
+_U_M1, _U_M2 = np.uint64(_M1), np.uint64(_M2)
+_U_33, _U_BUCKETS = np.uint64(33), np.uint64(BUCKETS)
+
+
+@njit(cache=True, nogil=True)
+def _buckets_kernel(  # pragma: no cover - compiled
+    data: npt.NDArray[np.uint8],
+    lengths: npt.NDArray[np.int64],
+    seed: np.uint64,
+    out: npt.NDArray[np.int64],
+) -> None:
+    """FNV-1a from ``seed`` over each key, then fmix64, modulo BUCKETS. Every operand is
+    uint64 (numba turns uint64 mixed with a signed integer into float64), so the
+    multiplications wrap exactly like the plain-Python reference's ``& _MASK``."""
+    at = 0
+    for i in range(lengths.size):
+        h = seed
+        for b in range(at, at + lengths[i]):
+            h = (h ^ np.uint64(data[b])) * _U_PRIME
+        at += lengths[i]
+        h ^= h >> _U_33
+        h *= _U_M1
+        h ^= h >> _U_33
+        h *= _U_M2
+        h ^= h >> _U_33
+        out[i] = np.int64(h % _U_BUCKETS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +140,12 @@ def assign(
         return Assignment(np.zeros(n, dtype=np.int8), state.shadow, versions)
     if threshold >= BUCKETS:
         return Assignment(np.ones(n, dtype=np.int8), state.shadow, versions)
-    filled = _with_event_ids(keys, event_ids)
-    variant = (buckets(filled, salt_for(state)) < threshold).astype(np.int8)
+    salt = salt_for(state)
+    try:  # a None key stops buckets() at len(None), before any hashing
+        b = buckets(cast("Sequence[bytes]", keys), salt)
+    except TypeError:
+        b = buckets(_with_event_ids(keys, event_ids), salt)
+    variant = (b < threshold).astype(np.int8)
     return Assignment(variant, state.shadow, versions)
 
 

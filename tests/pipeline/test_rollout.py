@@ -250,3 +250,41 @@ def test_a_stable_version_that_fails_to_load_is_not_switched_to(caplog):
     assert not scorer.apply(s)
     assert scorer.primary.version == STABLE and scorer.snapshot.state.revision == 1
     assert "no such file for 1.2.0" in caplog.text
+
+
+@pytest.mark.parametrize("percent", [1, 30, 99])
+def test_each_row_is_scored_by_the_version_its_key_routes_to(percent):
+    """Keyed rows follow the router; keyless rows stay on stable. Stable's _Const scores 0.0
+    and the candidate's 1.0, so every row's score says who scored it."""
+    import numpy as np
+
+    from streamproc.models.spec import load_model_spec
+    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.rollout.state import apply
+    from tests.pipeline.conftest import MODEL
+
+    def load(version: str):
+        spec = load_model_spec(MODEL).model_copy(update={"version": version})
+        return spec, _Const(float(version.split(".")[1]))
+
+    s = apply(None, Deploy("fraud", STABLE, at_ms=1))
+    scorer = RolloutScorer(s, load)
+    keys: list[bytes | None] = [f"acct-{i}".encode() for i in range(400)]
+    stable_only = scorer.score(np.zeros((400, 3), np.float32), keys)
+    assert not stable_only.version_index.any() and not stable_only.scores.any()
+
+    s = apply(s, Deploy("fraud", CANDIDATE, Strategy.CANARY, StrategyParams(percent=percent),
+                        at_ms=2))  # fmt: skip
+    assert scorer.apply(s)
+    for batch in (keys, [None if i % 7 == 0 else k for i, k in enumerate(keys)]):
+        out = scorer.score(np.zeros((400, 3), np.float32), batch)
+        routed = assign([b"" if k is None else k for k in batch], s).variant.copy()
+        routed[[i for i, k in enumerate(batch) if k is None]] = 0
+        assert out.version_index.tolist() == routed.tolist()
+        assert out.scores[:, 0].tolist() == routed.astype(np.float32).tolist()
+        assert [v.version for v in out.versions] == [STABLE, CANDIDATE]
+        assert 0 < routed.sum() < len(batch)  # both versions served this batch
+    # A batch of candidate keys only: the candidate scores every row.
+    mine = [k for k, v in zip(keys, assign(keys, s).variant, strict=True) if v]
+    out = scorer.score(np.zeros((len(mine), 3), np.float32), mine)
+    assert out.version_index.all() and (out.scores[:, 0] == 1.0).all()

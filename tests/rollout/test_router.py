@@ -152,7 +152,7 @@ def test_strategies_and_states_at_rest():
 
 
 @given(st.lists(st.binary(max_size=64), max_size=50), st.binary(max_size=16))
-def test_vectorised_hash_equals_the_reference(keys, salt):
+def test_compiled_hash_equals_the_reference(keys, salt):
     got = buckets(keys, salt)
     assert got.tolist() == [bucket_of(k, salt) for k in keys]
     assert ((got >= 0) & (got < BUCKETS)).all()
