@@ -54,7 +54,7 @@ from streamproc.errors import ConfigError, StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
-from streamproc.rollout.router import assign
+from streamproc.rollout.router import assign, buckets
 from streamproc.rollout.state import DeploymentState, Status
 
 from .guard import RolloutGuard
@@ -137,6 +137,9 @@ class RolloutScorer:
     ) -> None:
         if state.stable is None:
             raise StreamprocError(f"{state.model} has no stable version to serve")
+        # Compile (or load from numba's cache: ~0.3 s) the key hash now, not in the first
+        # batch of a rollout that starts mid-stream.
+        buckets([b""])
         self._loader = loader
         self._on_applied = on_applied
         self._lock = threading.Lock()  # serialises appliers, never the hot path
