@@ -138,9 +138,14 @@ class StreamMonitor:
         assert self.feedback is not None
         o = self.spec.outputs
         if len(ok_rows) and scores.size:
-            predicted = np.where(scores[:, o.score_index] >= o.threshold, o.labels[1], o.labels[0])
-            self.accuracy.record_predictions([decoded.event_ids[i] for i in ok_rows],
-                                             predicted.tolist(), versions)  # fmt: skip
+            positive = scores[:, o.score_index] >= o.threshold
+            predicted = [o.labels[0], o.labels[1]]
+            event_ids = decoded.event_ids
+            if len(ok_rows) != len(event_ids):  # some rows are dead letters
+                event_ids = list(map(event_ids.__getitem__, ok_rows.tolist()))
+            self.accuracy.record_predictions(
+                event_ids, list(map(predicted.__getitem__, positive.tolist())), versions
+            )
         ids, labels = self.feedback.drain()
         if not ids:
             return []
