@@ -42,7 +42,13 @@ class Admin:
         config: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
-        """Create each topic that does not exist yet; existing ones are left as they are."""
+        """Create each topic that does not exist yet; existing ones are left as they are.
+
+        Returns once the broker's metadata lists every created topic with a leader for each
+        partition: the creation is committed before the brokers' metadata catches up. A
+        topic made again just after its deletion was once reported unknown by the next
+        metadata request (a CI run of ``tests/kafka/test_admin.py``).
+        """
         existing = set(self._client.list_topics(timeout=timeout_s).topics)
         new = [
             NewTopic(n, num_partitions=partitions, replication_factor=1,
@@ -58,6 +64,23 @@ class Admin:
                 if exc.args[0].code() == CkKafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
+        self._await_listed([t.topic for t in new], timeout_s)
+
+    def _await_listed(self, names: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            md = self._client.list_topics(timeout=timeout_s)
+            waiting = [
+                n for n in names
+                if (t := md.topics.get(n)) is None or t.error is not None or not t.partitions
+                or any(p.leader < 0 for p in t.partitions.values())
+            ]  # fmt: skip
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topics not listed with leaders {timeout_s:g}s after "
+                                 f"creation: {sorted(waiting)}")  # fmt: skip
+            time.sleep(0.05)  # a bounded wait for the metadata, checked each time
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> int:
         md = self._client.list_topics(topic, timeout=timeout_s)
