@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from confluent_kafka import KafkaError as CkKafkaError
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, not in __all__
     AdminClient,
+    ClusterMetadata,
     NewTopic,
     OffsetSpec,
 )
@@ -64,22 +65,24 @@ class Admin:
                 if exc.args[0].code() == CkKafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
-        self._await_listed([t.topic for t in new], timeout_s)
 
-    def _await_listed(self, names: list[str], timeout_s: float) -> None:
+        def unready(md: ClusterMetadata) -> set[str]:
+            return {
+                t.topic for t in new
+                if (m := md.topics.get(t.topic)) is None or m.error is not None
+                or not m.partitions or any(p.leader < 0 for p in m.partitions.values())
+            }  # fmt: skip
+
+        self._await_metadata(unready, "not listed with leaders", timeout_s)
+
+    def _await_metadata(
+        self, left: Callable[[ClusterMetadata], set[str]], what: str, timeout_s: float
+    ) -> None:
+        """Ask for the cluster's metadata until ``left(metadata)`` names no topic."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            md = self._client.list_topics(timeout=timeout_s)
-            waiting = [
-                n for n in names
-                if (t := md.topics.get(n)) is None or t.error is not None or not t.partitions
-                or any(p.leader < 0 for p in t.partitions.values())
-            ]  # fmt: skip
-            if not waiting:
-                return
+        while waiting := left(self._client.list_topics(timeout=timeout_s)):
             if time.monotonic() > deadline:
-                raise KafkaError(f"topics not listed with leaders {timeout_s:g}s after "
-                                 f"creation: {sorted(waiting)}")  # fmt: skip
+                raise KafkaError(f"topics {what} {timeout_s:g}s later: {sorted(waiting)}")
             time.sleep(0.05)  # a bounded wait for the metadata, checked each time
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> int:
@@ -114,12 +117,4 @@ class Admin:
         for _name, fut in self._client.delete_topics(names, operation_timeout=timeout_s).items():
             with contextlib.suppress(KafkaException):  # already gone
                 fut.result(timeout=timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = set(names) & set(self._client.list_topics(timeout=timeout_s).topics)
-            if not left:
-                return
-            if time.monotonic() > deadline:
-                raise KafkaError(f"topics still listed {timeout_s:g}s after deletion: "
-                                 f"{sorted(left)}")  # fmt: skip
-            time.sleep(0.05)  # a bounded wait for the metadata, checked each time
+        self._await_metadata(lambda md: set(names) & set(md.topics), "still listed", timeout_s)
