@@ -46,9 +46,9 @@ class Admin:
         """Create each topic that does not exist yet; existing ones are left as they are.
 
         Returns once the broker's metadata lists every created topic with a leader for each
-        partition: the creation is committed before the brokers' metadata catches up. A
-        topic made again just after its deletion was once reported unknown by the next
-        metadata request (a CI run of ``tests/kafka/test_admin.py``).
+        partition: a topic made again just after its deletion was once reported unknown by
+        the metadata request that followed its successful creation (a CI run of
+        ``tests/kafka/test_admin.py``).
         """
         existing = set(self._client.list_topics(timeout=timeout_s).topics)
         new = [
