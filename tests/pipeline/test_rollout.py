@@ -217,7 +217,9 @@ def _loader(broken: set[str]):
     def load(version: str):
         if version in broken:
             raise RuntimeError(f"no such file for {version}")
-        return load_model_spec(MODEL), _Const(float(version.split(".")[1]))
+        # Each version's spec carries its own version, as repository_loader's do.
+        spec = load_model_spec(MODEL).model_copy(update={"version": version})
+        return spec, _Const(float(version.split(".")[1]))
 
     return load
 
@@ -258,17 +260,11 @@ def test_each_row_is_scored_by_the_version_its_key_routes_to(percent):
     and the candidate's 1.0, so every row's score says who scored it."""
     import numpy as np
 
-    from streamproc.models.spec import load_model_spec
     from streamproc.pipeline.rollout import RolloutScorer
     from streamproc.rollout.state import apply
-    from tests.pipeline.conftest import MODEL
-
-    def load(version: str):
-        spec = load_model_spec(MODEL).model_copy(update={"version": version})
-        return spec, _Const(float(version.split(".")[1]))
 
     s = apply(None, Deploy("fraud", STABLE, at_ms=1))
-    scorer = RolloutScorer(s, load)
+    scorer = RolloutScorer(s, _loader(set()))
     keys: list[bytes | None] = [f"acct-{i}".encode() for i in range(400)]
     stable_only = scorer.score(np.zeros((400, 3), np.float32), keys)
     assert not stable_only.version_index.any() and not stable_only.scores.any()
