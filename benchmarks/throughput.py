@@ -914,10 +914,9 @@ def _streamproc_protocol() -> str:
 
     ms = RunnerSettings(topic="t").commit_interval_s * 1000.0
     return (
-        "produce each batch and go on; every record's delivery report counts down its "
-        "batch, and the input offsets of fully acknowledged batches are committed "
-        f"asynchronously at most every {ms:.0f} ms (`delivery.commit_interval_ms`); no flush "
-        "in the loop"
+        "produce each batch and go on (delivery reports for failed records only); at most "
+        f"every {ms:.0f} ms (`delivery.commit_interval_ms`), `flush()` (every ack) and an "
+        "asynchronous commit of the offsets of the batches produced before it"
     )
 
 
@@ -1121,11 +1120,11 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
                            "+ to_raw_batch"),
         ("inference", "infer", "BatchStats.stage_s['infer']"),
         ("encode", "encode", "BatchStats.stage_s['encode'] (Predictions + lineage)"),
-        ("produce", None, "KafkaRunner._commit (+ _commit_acked / _flush_and_commit called "
-                          "outside it): produce calls + delivery reports + offset commits"),
+        ("produce", None, "KafkaRunner._commit (+ _flush_and_commit called outside it): "
+                          "produce calls + delivery reports + flushes + offset commits"),
         ("  produce_calls", None, "KafkaRunner._produce_all (producer.produce per record)"),
-        ("  flush_commit", None, "serving delivery reports (poll) + asynchronous offset "
-                                 "commits (a blocking flush only on revoke and shutdown)"),
+        ("  flush_commit", None, "serving failed records' reports (poll) + a flush and an "
+                                 "asynchronous offset commit every commit interval"),
         ("monitor", "monitor", "BatchStats.stage_s['monitor'] (dead letters, input, score "
                                "and data-quality drift)"),
         ("handler_other", None, "rest of BatchHandler.__call__"),

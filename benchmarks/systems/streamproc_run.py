@@ -12,10 +12,9 @@ writes the per-stage profile (microseconds per event) to ``report_path``:
   metrics snapshots);
 * ``batching``: ``KafkaRunner._step`` minus ``_process`` (``consumer.consume``, the
   MicroBatcher, lag reports) plus ``to_raw_batch`` (the columnar RawBatch);
-* ``produce``: ``KafkaRunner._commit`` plus any ``_commit_acked`` / ``_flush_and_commit``
-  called outside it (idle steps, revoke, shutdown) = ``producer.produce`` per record
-  (``produce_calls``) + serving delivery reports and committing offsets (``flush_commit``;
-  a blocking flush only on revoke and shutdown);
+* ``produce``: ``KafkaRunner._commit`` plus any ``_flush_and_commit`` called outside it
+  (idle steps, revoke, shutdown) = ``producer.produce`` per record (``produce_calls``) +
+  serving failed records' reports, flushing and committing offsets (``flush_commit``);
 * ``telemetry``: the sensors' ``on_batch`` (Prometheus, counters, this profiler).
 
 The first batch is not counted (consumer group join, first fetch, warm caches).
@@ -188,19 +187,17 @@ def run_profiled(cfg: WorkerConfig) -> None:
             in_commit[0] = False
 
     runner._commit = commit  # type: ignore[method-assign]
-    # Commits called outside _commit (idle steps, revoke, shutdown) count under produce.
-    for attr in ("_flush_and_commit", "_commit_acked"):
-        method = getattr(runner, attr, None)
-        if method is None:
-            continue
-        timed_method = prof.timed("flush_outside_commit", method)
+    # Flushes and commits called outside _commit (idle steps, revoke, shutdown) count under
+    # produce.
+    flush_and_commit = runner._flush_and_commit
+    timed_flush = prof.timed("flush_outside_commit", flush_and_commit)
 
-        def outside(*args: Any, _m: Any = method, _t: Any = timed_method, **kwargs: Any) -> Any:
-            if in_commit[0]:  # already inside the _commit timer
-                return _m(*args, **kwargs)
-            return _t(*args, **kwargs)
+    def outside(*args: Any, **kwargs: Any) -> Any:
+        if in_commit[0]:  # already inside the _commit timer
+            return flush_and_commit(*args, **kwargs)
+        return timed_flush(*args, **kwargs)
 
-        setattr(runner, attr, outside)
+    runner._flush_and_commit = outside  # type: ignore[method-assign]
     runner._produce_all = prof.timed("produce_all", runner._produce_all)  # type: ignore[method-assign]
     runner.sensor.on_batch = prof.timed("on_batch", runner.sensor.on_batch)  # type: ignore[method-assign]
     runner_mod.to_raw_batch = prof.timed("to_raw_batch", runner_mod.to_raw_batch)  # type: ignore[assignment]

@@ -24,7 +24,6 @@ from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import MicroBatcher, Released, WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError, RegistryUnavailableError
-from streamproc.kafka.acks import AckTracker
 from streamproc.telemetry import Sensor
 from streamproc.types import Outputs, RawBatch, ReleaseReason
 
@@ -42,9 +41,9 @@ class RunnerSettings:
     topic: str
     exactly_once: bool = False
     flush_timeout_s: float = 30.0
-    # at-least-once: offsets of acknowledged batches are committed (asynchronously) at most
-    # this often; nothing waits for acknowledgements except on revoke and at shutdown.
-    commit_interval_s: float = 0.1
+    # at-least-once: at most this often, flush the producer (every record produced so far
+    # acknowledged), then commit the input offsets of every batch produced before the flush.
+    commit_interval_s: float = 1.0
     # ... and no more than this many produced records may await acknowledgement.
     max_pending: int = 100_000
     registry_retry_initial_s: float = 0.1
@@ -125,19 +124,20 @@ class KafkaRunner:
         self.handler = handler
         self.sensor = sensor or Sensor()
         self.consumer = Consumer(consumer_conf)
-        if settings.exactly_once:  # commit_transaction fails on any failed record; log them
-            reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
-        else:  # every record's report counts down its batch (AckTracker)
-            reports = {"delivery.report.only.error": False}
+        # Delivery reports for failed records only: a successful record costs no Python call.
+        # Success is learnt from flush() (at-least-once) or commit_transaction (exactly-once).
+        reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
         self.producer = Producer({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
         self.stop_event = threading.Event()
         self._assignment: list[TopicPartition] = []
         self._last_lag = 0.0
         self.batches_committed = 0
-        # at-least-once: produced batches awaiting acknowledgement, and the last commit
-        self._acks = AckTracker()
-        self._last_commit = 0.0
+        # at-least-once: the next input offset per partition of the batches produced since the
+        # last commit, failed deliveries (the runner raises on any), and the last commit.
+        self._uncommitted: dict[int, int] = {}
+        self._delivery_errors: list[str] = []
+        self._last_commit = time.monotonic()
         # A batch waiting for the registry (see _handle_with_retry), and whether a rebalance
         # took its partitions meanwhile.
         self._retrying = False
@@ -200,9 +200,8 @@ class KafkaRunner:
                 self._process(rel)
         for rel in self.batcher.release_due():
             self._process(rel)
-        if not msgs and self._acks.pending_batches:
-            self.producer.poll(0)  # idle: serve delivery reports, commit when due
-            self._commit_acked()
+        if not msgs and self._uncommitted:
+            self._commit_if_due()  # idle: the last batches' offsets need no new batch
         now = time.monotonic()
         if now - self._last_lag >= self.settings.lag_interval_s:
             self._last_lag = now
@@ -282,71 +281,72 @@ class KafkaRunner:
                 self._abort_and_rewind(raw, exc)
                 return
         else:
-            # 1. produce predictions, dead letters, alerts and snapshots; each record's
-            #    delivery report counts down this batch (nothing waits here)
-            pending = self._acks.add({tp.partition: tp.offset for tp in offsets}, len(out))
-            self._produce_all(out, pending.ack)
-            # 2. serve the delivery reports that have arrived, without waiting
+            # 1. produce predictions, dead letters, alerts and snapshots; nothing waits here,
+            #    and only a failed record reports back (_on_delivery)
+            self._produce_all(out)
+            # 2. remember the batch's input offsets until a flush covers its records
+            for tp in offsets:
+                self._uncommitted[tp.partition] = tp.offset
+            # 3. serve the reports that have arrived (failures only), without waiting; a
+            #    failed record stops the runner before any later offset moves
             self.producer.poll(0)
-            # 3. commit the offsets of the batches acknowledged so far (_commit_acked)
-            self._commit_acked()
+            self._raise_on_failed_delivery()
+            # 4. backpressure: while too many records await acknowledgement, serve them
+            while len(self.producer) > s.max_pending and not self.stop_event.is_set():
+                self.producer.poll(0.01)
+            # 5. at most every commit_interval_s: flush, then commit (_flush_and_commit)
+            self._commit_if_due()
             return
         self.batches_committed += 1
 
-    def _commit_acked(self) -> None:
-        """at-least-once, step 3: commit, asynchronously, the input offsets of the longest
-        run of batches whose every record the broker acknowledged, at most once per
-        ``commit_interval_s`` (each commit is a write on the broker). A failed delivery
-        stops the runner before any later offset moves (a restart replays from the last
-        commit)."""
-        s = self.settings
-        if self._acks.errors:
-            raise DeliveryError(f"records not acknowledged: {self._acks.errors[:3]}",
-                                topic=s.topic)  # fmt: skip
-        while len(self.producer) > s.max_pending and not self.stop_event.is_set():
-            self.producer.poll(0.01)  # backpressure: too many records await their acks
-        now = time.monotonic()
-        if now - self._last_commit < s.commit_interval_s:
-            return
-        ready = self._acks.collect()
-        if ready:
-            self._last_commit = now
-            # Asynchronous: a commit lost in a crash only means a longer replay; the next
-            # commit carries these offsets again if they are still the latest.
-            self.consumer.commit(
-                offsets=[TopicPartition(s.topic, p, o) for p, o in ready.items()],
-                asynchronous=True,
-            )
-            self.batches_committed += 1
+    def _commit_if_due(self) -> None:
+        if time.monotonic() - self._last_commit >= self.settings.commit_interval_s:
+            self._flush_and_commit(periodic=True)
 
-    def _flush_and_commit(self) -> None:
-        """at-least-once, before giving partitions up or stopping: wait for every
-        acknowledgement (at most ``flush_timeout_s``), then commit synchronously."""
+    def _flush_and_commit(self, periodic: bool = False) -> None:
+        """at-least-once: flush, so that every record produced so far is acknowledged, then
+        commit the input offsets of every batch produced before the flush.
+
+        Periodic (every ``commit_interval_s``; the commit is asynchronous: one lost in a
+        crash only means a longer replay) and before giving partitions up or stopping
+        (synchronous: once it returns, a crash never replays these batches). Each flush
+        blocks the loop for about one produce round trip: librdkafka sends what lingers at
+        once. A failed delivery raises :class:`DeliveryError` and commits nothing.
+        """
         s = self.settings
-        if s.exactly_once or not self._acks.pending_batches:
+        if s.exactly_once or not self._uncommitted:
             return
+        # Bounded by flush_timeout_s; records not acknowledged by then are still retried by
+        # the client (up to its message.timeout.ms) and fail through _on_delivery if lost.
         remaining = self.producer.flush(s.flush_timeout_s)
-        if remaining or self._acks.errors:
+        self._last_commit = time.monotonic()
+        self._raise_on_failed_delivery()
+        if remaining:
+            if periodic:  # a slow broker: keep the offsets, try again at the next interval
+                log.warning("%d records unacknowledged after %ss; offsets not committed yet",
+                            remaining, s.flush_timeout_s)  # fmt: skip
+                return
             raise DeliveryError(
-                f"{remaining} records unacknowledged after {s.flush_timeout_s}s; "
-                f"errors: {self._acks.errors[:3]}",
-                topic=s.topic,
+                f"{remaining} records unacknowledged after {s.flush_timeout_s}s", topic=s.topic
             )
-        ready = self._acks.collect()
-        if not ready:
-            return
-        # Synchronous: once this returns, a crash never replays these batches.
+        offsets = [TopicPartition(s.topic, p, o) for p, o in self._uncommitted.items()]
+        self._uncommitted = {}
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(s.topic, p, o) for p, o in ready.items()],
-                asynchronous=False,
-            )
+            if periodic:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Lost the partitions in a rebalance: the new owner replays from the last
             # commit (at-least-once allows the duplicate; nothing is lost).
             log.warning("offset commit failed after produce, batches will replay: %s", exc)
             return
         self.batches_committed += 1
+
+    def _raise_on_failed_delivery(self) -> None:
+        if self._delivery_errors:
+            raise DeliveryError(f"records not acknowledged: {self._delivery_errors[:3]}",
+                                topic=self.settings.topic)  # fmt: skip
 
     def _abort_and_rewind(self, raw: RawBatch, exc: KafkaException) -> None:
         err = exc.args[0]
@@ -358,18 +358,17 @@ class KafkaRunner:
             if any(a.partition == tp.partition for a in self._assignment):
                 self.consumer.seek(tp)
 
-    def _produce_all(self, out: Outputs, ack: Callable[[Any, Any], None] | None = None) -> None:
-        """Produce every record; ``ack`` (if given) receives each one's delivery report."""
+    def _produce_all(self, out: Outputs) -> None:
+        """Produce every record (a failed one reports to :meth:`_on_delivery`)."""
         produce = self.producer.produce
         for b in out.blocks:
             # The block's records go through ``map`` with positional arguments (topic, value,
             # key, partition, callback, on_delivery, timestamp, headers): the per-record loop
-            # stays in C. ``callback`` is the older name of ``on_delivery``; the client takes
-            # the first of the two that is given, so the report goes in that slot.
+            # stays in C. No per-record callback: the producer's on_delivery serves failures.
             values, keys = iter(b.values), iter(b.keys)
             while True:
                 try:
-                    deque(map(produce, repeat(b.topic), values, keys, repeat(-1), repeat(ack),
+                    deque(map(produce, repeat(b.topic), values, keys, repeat(-1), repeat(None),
                               repeat(None), repeat(0), repeat(b.headers)), maxlen=0)  # fmt: skip
                     break
                 except BufferError:
@@ -377,9 +376,8 @@ class KafkaRunner:
                     i = len(b.values) - length_hint(values) - 1
                     values, keys = iter(b.values[i:]), iter(b.keys[i:])
                     self._backpressure()
-        kw: dict[str, Any] = {} if ack is None else {"on_delivery": ack}
         for r in out.records:
-            extra = kw if r.partition is None else {**kw, "partition": r.partition}
+            extra = {} if r.partition is None else {"partition": r.partition}
             while True:
                 try:
                     produce(r.topic, r.value, r.key, headers=r.headers, **extra)  # type: ignore[arg-type]
@@ -396,8 +394,14 @@ class KafkaRunner:
             self.consumer.resume(self._assignment)
 
     def _on_delivery(self, err: CkError | None, msg: Message) -> None:
-        if err is not None:  # exactly-once: the transaction's commit then fails (_commit)
-            log.warning("delivery failed %s[%s]: %s", msg.topic(), msg.partition(), err)
+        """The producer's report for a failed record (``delivery.report.only.error``).
+        at-least-once: the runner raises before the next commit; exactly-once: the
+        transaction's commit fails and the batch is aborted and replayed (_commit)."""
+        if err is not None:
+            where = f"{msg.topic()}[{msg.partition()}]" if msg is not None else "?"
+            log.warning("delivery failed %s: %s", where, err)
+            if not self.settings.exactly_once:
+                self._delivery_errors.append(f"{where}: {err}")
 
     # -- group membership ------------------------------------------------------------------
 
@@ -426,7 +430,7 @@ class KafkaRunner:
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
         self._abandoned = self._retrying  # a batch waiting for the registry is dropped too
-        self._acks.clear()  # produced, never committed: replayed (at-least-once)
+        self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
         self._assignment = []
         log.warning("partitions lost %s", [p.partition for p in parts])
 

@@ -6,12 +6,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamproc.batching import Released, WindowPolicy
+from streamproc.errors import DeliveryError
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
-from streamproc.types import Outputs, RawBatch, RecordBlock, ReleaseReason
+from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
 
 def _runner(kafka: str, topic: str, **producer_conf: Any) -> KafkaRunner:
@@ -38,7 +40,7 @@ def _read_all(consumer: Consumer, topic: str, n: int) -> list[Any]:
 
 
 @pytest.mark.parametrize("queue_limit", [100_000, 64])
-def test_a_block_is_produced_once_in_order_with_every_report(
+def test_a_block_is_produced_once_in_order(
     kafka: str,
     topic_factory: Callable[..., str],
     consumer_factory: Callable[..., Consumer],
@@ -52,15 +54,51 @@ def test_a_block_is_produced_once_in_order_with_every_report(
     headers = [("streamproc-model", b"m"), ("streamproc-batch", b"b1")]
     block = RecordBlock(topic, [b"k%d" % i for i in range(n)], [b"v%d" % i for i in range(n)])
     block.headers = headers
-    reports: list[Any] = []
-    runner._produce_all(Outputs(blocks=[block]), lambda err, msg: reports.append(err))
+    runner._produce_all(Outputs(blocks=[block]))
     assert runner.producer.flush(30) == 0
-    assert reports == [None] * n  # every record's delivery report reached the callback
+    assert runner._delivery_errors == []
     got = _read_all(consumer_factory(), topic, n)
     assert [m.value() for m in got] == block.values  # one partition: produce order
     assert [m.key() for m in got] == block.keys
     assert all(m.headers() == headers for m in got)
     runner.consumer.close()
+
+
+def _one_record_batch(topic: str, offset: int) -> RawBatch:
+    return RawBatch(topic=topic, values=[b"v"], keys=[b"k"], partitions=np.array([0], np.int32),
+                    offsets=np.array([offset], np.int64), headers=[None])  # fmt: skip
+
+
+def _committed(runner: KafkaRunner, topic: str) -> int:
+    return int(runner.consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset)
+
+
+@pytest.mark.parametrize("value_bytes", [100, 10_000])
+def test_offsets_are_committed_only_after_every_output_is_acknowledged(
+    kafka: str, topic_factory: Callable[..., str], value_bytes: int
+) -> None:
+    # The output topic takes records up to 2,000 bytes: the broker refuses the larger one
+    # (MESSAGE_TOO_LARGE, not retried). Its failure reaches the runner, which raises before
+    # committing the input offset that the record's batch would have moved.
+    src = topic_factory("src")
+    out = topic_factory("small", config={"max.message.bytes": "2000"})
+    runner = _runner(kafka, src)
+    try:
+        runner._commit(_one_record_batch(src, 41), Outputs(records=[OutRecord(out, b"k", b"x")]))
+        runner._flush_and_commit()  # (what a revoke or a stop does)
+        assert _committed(runner, src) == 42
+        big = Outputs(records=[OutRecord(out, b"k", b"x" * value_bytes)])
+        if value_bytes < 2000:
+            runner._commit(_one_record_batch(src, 42), big)
+            runner._flush_and_commit()
+            assert _committed(runner, src) == 43
+        else:
+            with pytest.raises(DeliveryError, match=f"{out}.*too large"):
+                runner._commit(_one_record_batch(src, 42), big)
+                runner._flush_and_commit()
+            assert _committed(runner, src) == 42
+    finally:
+        runner.consumer.close()
 
 
 def test_raw_batch_columns_and_headers_read_lazily(
