@@ -5,7 +5,8 @@ Against the real local broker, one confluent-kafka producer with streamproc's se
 in blocks of 1024 the way the runner does (``map`` over ``produce`` with positional
 arguments), with 0, 1 or 4 headers, and either
 
-* ``per-record``: a delivery callback on every record (the at-least-once runner's acks), or
+* ``per-record``: a delivery callback on every record (the at-least-once runner's acks until
+  2026-11-26), or
 * ``only-error``: ``delivery.report.only.error`` and a ``flush`` every 25 blocks.
 
 The figure is the producing thread's CPU time per record (``time.thread_time``: the

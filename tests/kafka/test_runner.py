@@ -16,14 +16,16 @@ from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
 
-def _runner(kafka: str, topic: str, **producer_conf: Any) -> KafkaRunner:
+def _runner(
+    kafka: str, topic: str, settings: RunnerSettings | None = None, **producer_conf: Any
+) -> KafkaRunner:
     def handler(raw: RawBatch) -> Outputs:
         raise AssertionError("not called here")
 
     return KafkaRunner(
         consumer_conf={"bootstrap.servers": kafka, "group.id": f"g-{topic}"},
         producer_conf={"bootstrap.servers": kafka, "linger.ms": 5, **producer_conf},
-        settings=RunnerSettings(topic=topic),
+        settings=settings or RunnerSettings(topic=topic),
         handler=handler,
         policy=WindowPolicy(max_size=100, max_wait_ms=5),
     )
@@ -97,6 +99,27 @@ def test_offsets_are_committed_only_after_every_output_is_acknowledged(
                 runner._commit(_one_record_batch(src, 42), big)
                 runner._flush_and_commit()
             assert _committed(runner, src) == 42
+    finally:
+        runner.consumer.close()
+
+
+def test_each_commit_interval_the_batches_produced_are_flushed_and_committed(
+    kafka: str, topic_factory: Callable[..., str]
+) -> None:
+    # Interval 0: every batch's _commit flushes and commits (asynchronously) at once.
+    src, out = topic_factory("src"), topic_factory("out")
+    runner = _runner(kafka, src, RunnerSettings(topic=src, commit_interval_s=0.0))
+    try:
+        runner._commit(_one_record_batch(src, 9), Outputs(records=[OutRecord(out, b"k", b"x")]))
+        assert len(runner.producer) == 0  # flushed: acknowledged before the commit
+        committed = -1
+        for _ in range(100):  # the asynchronous commit lands within a few polls
+            runner.consumer.poll(0.1)
+            committed = _committed(runner, src)
+            if committed == 10:
+                break
+        assert committed == 10
+        assert runner._uncommitted == {}
     finally:
         runner.consumer.close()
 
