@@ -915,8 +915,9 @@ def _streamproc_protocol() -> str:
     ms = RunnerSettings(topic="t").commit_interval_s * 1000.0
     return (
         "produce each batch and go on (delivery reports for failed records only); at most "
-        f"every {ms:.0f} ms (`delivery.commit_interval_ms`), `flush()` (every ack) and an "
-        "asynchronous commit of the offsets of the batches produced before it"
+        f"every {ms:.0f} ms (`delivery.commit_interval_ms`) an asynchronous commit of the "
+        "offsets of the batches produced so far, once the producer's queue is empty (every "
+        "ack), else after another interval with a `flush()`"
     )
 
 
@@ -1123,8 +1124,9 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         ("produce", None, "KafkaRunner._commit (+ _flush_and_commit called outside it): "
                           "produce calls + delivery reports + flushes + offset commits"),
         ("  produce_calls", None, "KafkaRunner._produce_all (producer.produce per record)"),
-        ("  flush_commit", None, "serving failed records' reports (poll) + a flush and an "
-                                 "asynchronous offset commit every commit interval"),
+        ("  flush_commit", None, "serving failed records' reports (poll) + an asynchronous "
+                                 "offset commit (and a flush if the queue stayed busy) every "
+                                 "commit interval"),
         ("monitor", "monitor", "BatchStats.stage_s['monitor'] (dead letters, input, score "
                                "and data-quality drift)"),
         ("handler_other", None, "rest of BatchHandler.__call__"),

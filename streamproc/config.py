@@ -87,11 +87,11 @@ class DeliverySettings(_Strict):
     guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     transactional_id: str | None = None  # exactly-once; defaults to "<group>-<instance>"
     max_message_bytes: int = Field(1_000_000, gt=0)  # larger inputs are dead-lettered
-    # at-least-once: at most this often (0: after every batch), flush the producer (every
-    # output so far acknowledged), then commit the input offsets of the batches before it.
-    # A crash replays at most about this much input. Each flush stalls the loop for about a
-    # produce round trip: on the benchmark machine a backlog drained 12% faster at 1000 ms
-    # than at 100 ms (benchmarks/README.md, "How the commit protocol learns of delivery").
+    # at-least-once: at most this often, commit the input offsets of the batches whose
+    # outputs are all acknowledged (when the producer's queue is empty; after another interval
+    # with a flush). A crash replays the input since the last commit. On the benchmark
+    # machine a backlog drained faster at 1000 ms than at 100 ms (benchmarks/README.md, "How
+    # the commit protocol learns of delivery").
     commit_interval_ms: float = Field(1000.0, ge=0)
     # Stop and serve acknowledgements while the producer holds more unacknowledged records.
     max_pending: int = Field(100_000, gt=0)

@@ -281,37 +281,48 @@ class KafkaRunner:
                 self._abort_and_rewind(raw, exc)
                 return
         else:
-            # 1. produce predictions, dead letters, alerts and snapshots; nothing waits here,
+            # 1. if a commit is due, commit the offsets of the batches produced before this
+            #    one once all their records are acknowledged (_commit_if_due)
+            self._commit_if_due()
+            # 2. produce predictions, dead letters, alerts and snapshots; nothing waits here,
             #    and only a failed record reports back (_on_delivery)
             self._produce_all(out)
-            # 2. remember the batch's input offsets until a flush covers its records
+            # 3. remember the batch's input offsets until a commit covers its records
             for tp in offsets:
                 self._uncommitted[tp.partition] = tp.offset
-            # 3. serve the reports that have arrived (failures only), without waiting; a
+            # 4. serve the reports that have arrived (failures only), without waiting; a
             #    failed record stops the runner before any later offset moves
             self.producer.poll(0)
             self._raise_on_failed_delivery()
-            # 4. backpressure: while too many records await acknowledgement, serve them
+            # 5. backpressure: while too many records await acknowledgement, serve them
             while len(self.producer) > s.max_pending and not self.stop_event.is_set():
                 self.producer.poll(0.01)
-            # 5. at most every commit_interval_s: flush, then commit (_flush_and_commit)
-            self._commit_if_due()
             return
         self.batches_committed += 1
 
     def _commit_if_due(self) -> None:
-        if time.monotonic() - self._last_commit >= self.settings.commit_interval_s:
+        """at-least-once, at most every ``commit_interval_s``: commit once the producer's
+        queue is empty, which means every record produced so far is acknowledged (checked
+        before a batch is produced, so no wait). A queue that stayed busy for another whole
+        interval is flushed instead: a wait of about one produce round trip."""
+        s = self.settings
+        waited = time.monotonic() - self._last_commit
+        if waited < s.commit_interval_s or not self._uncommitted:
+            return
+        self.producer.poll(0)  # serves failed records' reports: len() counts unserved ones
+        if len(self.producer) == 0 or waited >= 2 * s.commit_interval_s:
             self._flush_and_commit(periodic=True)
 
     def _flush_and_commit(self, periodic: bool = False) -> None:
         """at-least-once: flush, so that every record produced so far is acknowledged, then
         commit the input offsets of every batch produced before the flush.
 
-        Periodic (every ``commit_interval_s``; the commit is asynchronous: one lost in a
+        Periodic (from :meth:`_commit_if_due`; the commit is asynchronous: one lost in a
         crash only means a longer replay) and before giving partitions up or stopping
-        (synchronous: once it returns, a crash never replays these batches). Each flush
-        blocks the loop for about one produce round trip: librdkafka sends what lingers at
-        once. A failed delivery raises :class:`DeliveryError` and commits nothing.
+        (synchronous: once it returns, a crash never replays these batches). A flush with
+        records in flight blocks the loop for about one produce round trip: librdkafka
+        sends what lingers at once. A failed delivery raises :class:`DeliveryError` and
+        commits nothing.
         """
         s = self.settings
         if s.exactly_once or not self._uncommitted:

@@ -103,23 +103,51 @@ def test_offsets_are_committed_only_after_every_output_is_acknowledged(
         runner.consumer.close()
 
 
-def test_each_commit_interval_the_batches_produced_are_flushed_and_committed(
+def _wait_committed(runner: KafkaRunner, topic: str, offset: int) -> int:
+    committed = -1
+    for _ in range(100):  # an asynchronous commit lands within a few polls
+        runner.consumer.poll(0.1)
+        committed = _committed(runner, topic)
+        if committed == offset:
+            break
+    return committed
+
+
+def test_a_due_commit_waits_for_an_empty_queue_then_for_a_flush(
     kafka: str, topic_factory: Callable[..., str]
 ) -> None:
-    # Interval 0: every batch's _commit flushes and commits (asynchronously) at once.
     src, out = topic_factory("src"), topic_factory("out")
-    runner = _runner(kafka, src, RunnerSettings(topic=src, commit_interval_s=0.0))
+    runner = _runner(kafka, src, RunnerSettings(topic=src, commit_interval_s=1.0))
+
+    def batch(offset: int) -> None:
+        record = OutRecord(out, b"k", b"v%d" % offset)
+        runner._commit(_one_record_batch(src, offset), Outputs(records=[record]))
+
     try:
-        runner._commit(_one_record_batch(src, 9), Outputs(records=[OutRecord(out, b"k", b"x")]))
-        assert len(runner.producer) == 0  # flushed: acknowledged before the commit
-        committed = -1
-        for _ in range(100):  # the asynchronous commit lands within a few polls
-            runner.consumer.poll(0.1)
-            committed = _committed(runner, src)
-            if committed == 10:
+        batch(9)
+        assert runner._uncommitted == {0: 10}  # produced, not committed: none is due
+        assert runner.batches_committed == 0
+        for _ in range(100):
+            if len(runner.producer) == 0:
                 break
-        assert committed == 10
-        assert runner._uncommitted == {}
+            runner.producer.poll(0.1)
+        # 1. Due, and every record so far acknowledged (the queue is empty): the next batch
+        #    commits the earlier ones first, without a flush.
+        runner._last_commit -= 1.5
+        batch(10)
+        assert runner._uncommitted == {0: 11}
+        assert runner.batches_committed == 1
+        # 2. Due, but batch 10's record lingers in the queue (linger.ms 5): no commit yet.
+        runner._last_commit -= 1.5
+        batch(11)
+        assert runner._uncommitted == {0: 12}
+        assert runner.batches_committed == 1
+        # 3. Busy for another whole interval: flush, then commit everything produced before.
+        runner._last_commit -= 3.0
+        batch(12)
+        assert runner._uncommitted == {0: 13}
+        assert runner.batches_committed == 2
+        assert _wait_committed(runner, src, 12) == 12
     finally:
         runner.consumer.close()
 
