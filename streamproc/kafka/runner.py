@@ -41,8 +41,8 @@ class RunnerSettings:
     topic: str
     exactly_once: bool = False
     flush_timeout_s: float = 30.0
-    # at-least-once: at most this often, flush the producer (every record produced so far
-    # acknowledged), then commit the input offsets of every batch produced before the flush.
+    # at-least-once: at most this often, commit the input offsets of the batches produced so
+    # far once all their records are acknowledged (KafkaRunner._commit_if_due).
     commit_interval_s: float = 1.0
     # ... and no more than this many produced records may await acknowledgement.
     max_pending: int = 100_000
