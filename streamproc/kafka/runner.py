@@ -304,7 +304,8 @@ class KafkaRunner:
         """at-least-once, at most every ``commit_interval_s``: commit once the producer's
         queue is empty, which means every record produced so far is acknowledged (checked
         before a batch is produced, so no wait). A queue that stayed busy for another whole
-        interval is flushed instead: a wait of about one produce round trip."""
+        interval is flushed instead: the loop waits until every record in flight is
+        acknowledged."""
         s = self.settings
         waited = time.monotonic() - self._last_commit
         if waited < s.commit_interval_s or not self._uncommitted:
@@ -320,9 +321,9 @@ class KafkaRunner:
         Periodic (from :meth:`_commit_if_due`; the commit is asynchronous: one lost in a
         crash only means a longer replay) and before giving partitions up or stopping
         (synchronous: once it returns, a crash never replays these batches). A flush with
-        records in flight blocks the loop for about one produce round trip: librdkafka
-        sends what lingers at once. A failed delivery raises :class:`DeliveryError` and
-        commits nothing.
+        records in flight blocks the loop until they are acknowledged (librdkafka sends
+        what lingers at once). A failed delivery raises :class:`DeliveryError` and commits
+        nothing.
         """
         s = self.settings
         if s.exactly_once or not self._uncommitted:
