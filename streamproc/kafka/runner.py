@@ -125,7 +125,8 @@ class KafkaRunner:
         self.sensor = sensor or Sensor()
         self.consumer = Consumer(consumer_conf)
         # Delivery reports for failed records only: a successful record costs no Python call.
-        # Success is learnt from flush() (at-least-once) or commit_transaction (exactly-once).
+        # Success is learnt from an empty producer queue or a flush (at-least-once,
+        # _commit_if_due) or from commit_transaction (exactly-once).
         reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
         self.producer = Producer({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
