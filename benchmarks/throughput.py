@@ -13,7 +13,8 @@ harness:
 * ``faust``: a faust-streaming agent with ``stream.take({batch}, within={wait} ms)``;
 * ``quix``: a Quix Streams StreamingDataFrame, per-event scoring.
 
-Per system: a fresh input topic is pre-filled with ``warmup + n`` events; the worker
+Per system: a fresh input topic is pre-filled with ``warmup + n`` events (``n_long`` for
+the two systems of the x-passthrough ratio, :data:`LONG_SYSTEMS`); the worker
 starts and drains it (throughput phase), then events are produced at a fixed rate with
 ``event_time = now`` (latency phase), then the worker gets SIGTERM. Output topics use
 ``message.timestamp.type=LogAppendTime``, so every output record carries the broker's
@@ -99,16 +100,28 @@ class Params:
     # Drains per system in ROUND_SYSTEMS: the first with the latency phase, the rest drain
     # only, in rotated order; events/s is their median (this VM's speed drifts by run).
     rounds: int = 1
+    # Events per drain for LONG_SYSTEMS (None: n). At 500,000 the passthrough's drains took
+    # under a second and ran 474k-736k events/s; at 2,000,000 they ran 686k-798k (2.5-3 s),
+    # streamproc's about the same at both: short drains understated the ceiling.
+    n_long: int | None = None
+
+    def drain_n(self, name: str) -> int:
+        """Events per measured drain of system ``name``."""
+        return self.n_long if self.n_long and name in LONG_SYSTEMS else self.n
 
 
 QUICK = Params(n=30_000, warmup=2_000, latency_share=0.5, latency_s=3.0,
                drain_timeout_s=40.0, core_events=51_200, quick=True,
                budget_s=170.0)  # fmt: skip
 FULL = Params(n=500_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
-              drain_timeout_s=300.0, core_events=102_400, quick=False, rounds=5)  # fmt: skip
+              drain_timeout_s=300.0, core_events=102_400, quick=False, rounds=5,
+              n_long=2_000_000)  # fmt: skip
 # Systems drained `rounds` times (Faust and Quix once: their drains take minutes and their
 # ratios are far from the bounds).
 ROUND_SYSTEMS = ("streamproc", "passthrough", "naive")
+# The systems of the x-passthrough ratio drain Params.n_long events: long enough to measure a
+# steady rate (the others run at under 30,000 events/s: n takes them 18 s or more).
+LONG_SYSTEMS = ("streamproc", "passthrough")
 
 
 def log(msg: str) -> None:
@@ -239,10 +252,12 @@ class Workload:
             schemas.subject_for(topic), schemas.schema_text("Transaction")
         )
 
-    def prefill(self, topic: str) -> int:
+    def prefill(self, topic: str, count: int | None = None) -> int:
+        """Produce the first ``count`` events (all when None) to ``topic``."""
         head = b"\x00" + self.schema_id(topic).to_bytes(4, "big")
         produce, poll = self.producer.produce, self.producer.poll
-        for body, key in zip(self.bodies, self.keys, strict=True):
+        count = len(self.bodies) if count is None else min(count, len(self.bodies))
+        for body, key in zip(self.bodies[:count], self.keys[:count], strict=True):
             while True:
                 try:
                     produce(topic, head + body, key)
@@ -251,7 +266,7 @@ class Workload:
                     poll(0.05)
         if self.producer.flush(60):
             raise RuntimeError(f"prefill of {topic} not acknowledged")
-        return len(self.bodies)
+        return count
 
     def close(self) -> None:
         """Destroy the client before the broker stops (no reconnect noise)."""
@@ -527,7 +542,7 @@ def run_system(
     # latency into the input side (harness producer + broker) and the processor side.
     admin.ensure_topics([in_t, out_t], partitions=PARTITIONS,
                         config={"message.timestamp.type": "LogAppendTime"})  # fmt: skip
-    total = load.prefill(in_t)
+    total = load.prefill(in_t, p.warmup + p.drain_n(name))
     profiled = name == PROFILED
     cfg = WorkerConfig(
         system=name, bootstrap=svc.bootstrap, registry_url=svc.registry_url,
@@ -1008,7 +1023,14 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "## Workload",
         "",
         f"* {prm['warmup']:,} + {prm['n']:,} synthetic Transaction events per system "
-        "(streamproc.synth, Confluent-framed Avro registered in the schema registry), "
+        + (
+            f"({prm['warmup']:,} + {prm['n_long']:,} for {' and '.join(LONG_SYSTEMS)}, "
+            "whose ratio is a target: at 500,000 the passthrough's drains lasted under a "
+            "second) "
+            if prm.get("n_long")
+            else ""
+        )
+        + "(streamproc.synth, Confluent-framed Avro registered in the schema registry), "
         "4 partitions, a fresh input topic per system pre-filled before the worker starts; "
         f"the first {prm['warmup']:,} outputs are warm-up and not measured.",
         "* Model deploy/models/fraud/1.0.0 (ONNX, CPU, one intra-op thread everywhere).",
@@ -1248,7 +1270,7 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N; under 3 minutes")
-    ap.add_argument("--n", type=int, help="events per system in the measured drain")
+    ap.add_argument("--n", type=int, help="events per system in every measured drain")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled run")
     ap.add_argument(
@@ -1259,8 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write every figure as JSON here")
     args = ap.parse_args(argv)
     p = QUICK if args.quick else FULL
-    if args.n:
-        p = Params(**{**p.__dict__, "n": args.n})
+    if args.n:  # every system drains --n events
+        p = Params(**{**p.__dict__, "n": args.n, "n_long": None})
     names = [s for s in args.systems.split(",") if s]
     unknown = set(names) - set(SYSTEMS)
     if unknown:
@@ -1282,7 +1304,7 @@ def main(argv: list[str] | None = None) -> int:
             warm_result = run_system("passthrough", warm, svc, warm_load, work, 30.0)
             warm_load.close()
             log(f"warm-up run (not reported): {warm_result.get('status')}")
-            load = Workload(svc, p.warmup + p.n)
+            load = Workload(svc, p.warmup + max(p.n, p.n_long or 0))
             todo = [*names, *([] if args.no_profile else [PROFILED])]
             for name in todo:
                 timeout = p.drain_timeout_s
