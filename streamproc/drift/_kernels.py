@@ -241,15 +241,25 @@ def category_counts_kernel(  # pragma: no cover - compiled
     bin_of: npt.NDArray[np.int64],
     other: npt.NDArray[np.int64],
     counts: npt.NDArray[np.float64],
+    direct: npt.NDArray[np.int64],
+    direct_len: npt.NDArray[np.int64],
 ) -> None:
     """Add each finite ``seg[i, j]`` to ``counts[j, bin]``: the bin of the nearest of the
     column's sorted category ``values[j, :n_values[j]]`` when within a relative 1e-6, else
-    the column's "other" bin. NaN and infinities count nowhere."""
+    the column's "other" bin. NaN and infinities count nowhere.
+
+    A whole number ``v`` in ``[0, direct_len[j])`` takes its bin from ``direct[j, v]``
+    without a search (counts, flags, hours: every category of such a column is a whole
+    number below ``direct_len[j]``, and a whole number is within 1e-6 of no other whole
+    number); any other value is searched."""
     n, d = seg.shape
     for i in range(n):
         for j in range(d):
             v = seg[i, j]
             if not math.isfinite(v):
+                continue
+            if 0.0 <= v < direct_len[j] and math.floor(v) == v:
+                counts[j, direct[j, int(v)]] += 1.0
                 continue
             m = n_values[j]
             k = _first_at_least(values, j, v, 0, m)

@@ -149,3 +149,56 @@ def test_compiled_binning_equals_the_numpy_reference(
         col = seg[:, j][np.isfinite(seg[:, j])]
         want = np.bincount(det._bins(j, col), minlength=counts.size) if col.size else 0
         np.testing.assert_array_equal(counts, want)
+
+
+@pytest.fixture(scope="module")
+def mixed_profile() -> ReferenceProfile:
+    """One column per binning path: whole numbers from 0 (a direct table), then columns
+    searched: fractions, negative whole numbers, a whole number beyond the table's reach."""
+    rng = np.random.default_rng(4)
+    n = 20_000
+    x = np.column_stack(
+        [
+            rng.choice([0.0, 1.0, 3.0], size=n),
+            rng.choice([0.25, 0.5, 1.5], size=n),
+            rng.choice([-1.0, 0.0, 1.0], size=n),
+            rng.choice([0.0, 5000.0], size=n),
+        ]
+    ).astype(np.float32)
+    prof = ReferenceProfile.from_matrix(x, ["whole", "fraction", "negative", "beyond"])
+    assert all(c.discrete for c in prof.columns)
+    return prof
+
+
+def test_only_columns_of_small_whole_categories_get_a_direct_table(
+    mixed_profile: ReferenceProfile,
+) -> None:
+    det = CategoryDetector(mixed_profile.columns, arl=1e6)
+    assert det._k_direct_len.tolist() == [4, 0, 0, 0]
+    # 2 is no category of "whole": it goes to "other", like a search would send it
+    assert det._k_direct[0, 2] == det._expected[0].size - 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                [0.0, -0.0, 1.0, 2.0, 3.0, 4.0, 0.25, 0.5, 1.5, -1.0, 5000.0, 1.0000001]
+            ),
+            st.floats(allow_nan=True, allow_infinity=True, width=32),
+        ),
+        min_size=1,
+        max_size=64,
+    )
+)
+def test_direct_tables_bin_like_the_numpy_reference(
+    mixed_profile: ReferenceProfile, values: list[float]
+) -> None:
+    det = CategoryDetector(mixed_profile.columns, arl=1e6)
+    seg = np.tile(np.array(values, dtype=np.float64)[:, None], (1, 4))
+    det._accumulate(seg)
+    for j, counts in enumerate(det._counts):
+        col = seg[:, j][np.isfinite(seg[:, j])]
+        want = np.bincount(det._bins(j, col), minlength=counts.size) if col.size else 0
+        np.testing.assert_array_equal(counts, want)
