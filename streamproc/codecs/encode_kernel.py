@@ -103,3 +103,29 @@ def encode_predictions(  # type: ignore[no-untyped-def]
             w += 1
         out_ends[i] = w
     return w
+
+
+@njit(cache=True, nogil=True)
+def marshal_list(src, n, ends, out):  # type: ignore[no-untyped-def]
+    """Write the ``n`` records of ``src`` (record ``i`` ends at ``ends[i]``) to ``out`` as
+    the ``marshal`` serialisation of a list of ``bytes`` (version-independent since
+    Python 2: ``[``, a little-endian int32 count, then per item ``s``, an int32 length and
+    the bytes); returns the bytes written. ``out`` needs ``len(src) + 5 * (n + 1)``."""
+    out[0] = 0x5B  # "[": TYPE_LIST
+    w = _int32(out, 1, n)
+    start = 0
+    for i in range(n):
+        stop = ends[i]
+        out[w] = 0x73  # "s": TYPE_STRING, a bytes object
+        w = _int32(out, w + 1, stop - start)
+        out[w : w + stop - start] = src[start:stop]
+        w += stop - start
+        start = stop
+    return w
+
+
+@njit(cache=True, nogil=True)
+def _int32(out, w, value):  # type: ignore[no-untyped-def]
+    for k in range(4):
+        out[w + k] = np.uint8((value >> (8 * k)) & 0xFF)
+    return w + 4

@@ -16,6 +16,7 @@ schemas with fastavro (dead letters, alerts, metrics snapshots).
 from __future__ import annotations
 
 import io
+import marshal
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,47 @@ def _warm_up() -> None:
             ["e"], ["k"], "m", "0.0.0", np.zeros((1, 1), np.float32), 0, ["l"],
             np.zeros(1, np.int64), 0,
         )  # fmt: skip
+
+
+def split_records(buf: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> list[bytes]:
+    """The records laid end to end in ``buf`` (record ``i`` ends at ``ends[i]``) as a list
+    of ``bytes``.
+
+    ``marshal.loads`` builds the list in C from a buffer the kernel frames: 0.019 against
+    0.109 us per record for slicing one ``bytes`` per record (4096 records of 90 bytes,
+    one core of the benchmark VM). Should a Python version ever read that framing
+    differently (:data:`_MARSHAL_OK`, checked once), the records are sliced instead.
+
+    >>> split_records(np.frombuffer(b"abcde", np.uint8), np.array([2, 2, 5]))
+    [b'ab', b'', b'cde']
+    """
+    n = len(ends)
+    if not _marshal_ok():
+        raw = buf.tobytes()
+        stops = ends.tolist()
+        return list(map(raw.__getitem__, map(slice, [0, *stops[:-1]], stops)))
+    framed = np.empty(buf.size + 5 * (n + 1), np.uint8)
+    written = enc_kernel.marshal_list(buf, n, ends, framed)
+    records: list[bytes] = marshal.loads(framed[:written].data)
+    return records
+
+
+_MARSHAL_OK: list[bool] = []  # empty until checked
+
+
+def _marshal_ok() -> bool:
+    if not _MARSHAL_OK:
+        want = [b"", b"a\x00b", bytes(range(256)) * 300]
+        buf = np.frombuffer(b"".join(want), np.uint8)
+        ends = np.cumsum([len(x) for x in want]).astype(np.int64)
+        framed = np.empty(buf.size + 5 * (len(want) + 1), np.uint8)
+        try:
+            written = enc_kernel.marshal_list(buf, len(want), ends, framed)
+            ok = marshal.loads(framed[:written].data) == want
+        except (ValueError, EOFError, TypeError):
+            ok = False
+        _MARSHAL_OK.append(ok)
+    return _MARSHAL_OK[0]
 
 
 def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:
@@ -168,9 +210,7 @@ class PredictionEncoder:
             np.frombuffer(model, np.uint8), scores, score_index, bufs[2], ends[2], times,
             int(processed_time_ms), out, out_ends,
         )  # fmt: skip
-        raw = out[:written].tobytes()
-        stops = out_ends.tolist()
-        return list(map(raw.__getitem__, map(slice, [0, *stops[:-1]], stops)))
+        return split_records(out[:written], out_ends)
 
     def encode_python(
         self,

@@ -5,11 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamproc.codecs import encoder
 from streamproc.codecs.encoder import (
     PredictionEncoder,
     decode_prediction,
     decode_record,
     encode_record,
+    split_records,
     zigzag_varint,
 )
 from streamproc.codecs.wire import unframe
@@ -134,3 +136,37 @@ def test_kernel_python_and_fastavro_agree(ids, k, label, key_kind):
     args = (ids, [key] * n, "m", "1.0.0", scores, 0, [label] * n, times, 2**41)
     fast = enc.encode(*args)
     assert fast == enc.encode_python(*args) == enc.encode_reference(*args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=50))
+def test_split_records_gives_each_record_as_laid_end_to_end(records: list[bytes]) -> None:
+    buf = np.frombuffer(b"".join(records), np.uint8)
+    ends = np.cumsum([len(r) for r in records], dtype=np.int64)
+    got = split_records(buf, ends)
+    assert got == records
+    assert all(type(r) is bytes for r in got)
+
+
+def test_split_records_slices_when_marshal_reads_the_framing_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(encoder, "_MARSHAL_OK", [False])
+    monkeypatch.setattr(encoder.marshal, "loads", _no_marshal)
+    buf = np.frombuffer(b"abcdef", np.uint8)
+    assert split_records(buf, np.array([1, 1, 6], np.int64)) == [b"a", b"", b"bcdef"]
+
+
+def test_the_marshal_framing_is_checked_once_against_marshal_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(encoder, "_MARSHAL_OK", [])
+    monkeypatch.setattr(encoder.marshal, "loads", lambda data: ["something else"])
+    assert encoder._marshal_ok() is False
+    monkeypatch.setattr(encoder, "_MARSHAL_OK", [])
+    monkeypatch.undo()
+    assert encoder._marshal_ok() is True
+
+
+def _no_marshal(data: object) -> object:
+    raise AssertionError("marshal.loads called")
