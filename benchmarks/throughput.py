@@ -1181,7 +1181,12 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "",
         f"The profiled run is `build_processor(cfg)` in its own process with timers around "
         f"KafkaRunner's methods ({_f(pr.get('events'), 0)} events timed after the first batch, "
-        f"{_f(pr.get('events_per_s'), 0)} events/s by its own clock; "
+        + (
+            f"in {_f(pr['batches'], 0)} batches of {_f(pr['mean_batch'], 0)} on average, "
+            if pr.get("batches")
+            else ""
+        )
+        + f"{_f(pr.get('events_per_s'), 0)} events/s by its own clock; "
         f"{_f(prof_run.get('events_per_s'), 0)} events/s by the harness). It is not one of the "
         "compared systems.",
         "",

@@ -74,6 +74,7 @@ class _Profile:
         self.finished = False
         self.seen = 0  # events handled, the uncounted first batch included
         self.events = 0  # events in the counted window
+        self.batches = 0  # batches in the counted window
         self.t: defaultdict[str, float] = defaultdict(float)
         self.stage: defaultdict[str, float] = defaultdict(float)
         self.window = [0.0, 0.0]
@@ -97,6 +98,7 @@ class _Profile:
         self.seen += stats.size
         if self.active:
             self.events += stats.size
+            self.batches += 1
             for k, v in stats.stage_s.items():
                 self.stage[k] += v
 
@@ -139,6 +141,8 @@ class _Profile:
             "events": self.events,
             "wall_s": wall,
             "events_per_s": self.events / wall if wall else 0.0,
+            "batches": self.batches,
+            "mean_batch": round(self.events / max(self.batches, 1), 1),
             "profile_us_per_event": {k: round(v, 3) for k, v in profile.items()},
         }
 
