@@ -108,7 +108,7 @@ def encode_predictions(  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def marshal_list(src, n, ends, out):  # type: ignore[no-untyped-def]
     """Write the ``n`` records of ``src`` (record ``i`` ends at ``ends[i]``) to ``out`` as
-    the ``marshal`` serialisation of a list of ``bytes`` (version-independent since
+    the ``marshal`` serialisation of a list of ``bytes`` (unchanged since
     Python 2: ``[``, a little-endian int32 count, then per item ``s``, an int32 length and
     the bytes); returns the bytes written. ``out`` needs ``len(src) + 5 * (n + 1)``."""
     out[0] = 0x5B  # "[": TYPE_LIST
