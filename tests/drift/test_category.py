@@ -128,27 +128,33 @@ def test_batch_split_does_not_change_the_result(
     assert got == [(t.state, t.feature, t.last_offset) for t in whole.transitions]
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
+def _values(*specials: float) -> st.SearchStrategy[list[float]]:
+    """Batches of 1-64 values: the given ones (categories, near misses) or any float32."""
+    return st.lists(
         st.one_of(
-            st.sampled_from([0.0, 1.0, 2.0, 3.0, 5.0, 23.0, 0.5, 1.0000001, -1.0, 99.0]),
-            st.floats(allow_nan=True, allow_infinity=True, width=32),
+            st.sampled_from(specials), st.floats(allow_nan=True, allow_infinity=True, width=32)
         ),
         min_size=1,
         max_size=64,
     )
-)
-def test_compiled_binning_equals_the_numpy_reference(
-    profile: ReferenceProfile, values: list[float]
-) -> None:
-    det = _detector(profile)
-    seg = np.tile(np.array(values, dtype=np.float64)[:, None], (1, len(NAMES)))
+
+
+def _assert_bins_like_the_reference(det: CategoryDetector, values: list[float]) -> None:
+    """The kernel's counts for ``values`` in every column equal the numpy reference's."""
+    seg = np.tile(np.array(values, dtype=np.float64)[:, None], (1, det.n_features))
     det._accumulate(seg)
     for j, counts in enumerate(det._counts):
         col = seg[:, j][np.isfinite(seg[:, j])]
         want = np.bincount(det._bins(j, col), minlength=counts.size) if col.size else 0
         np.testing.assert_array_equal(counts, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_values(0.0, 1.0, 2.0, 3.0, 5.0, 23.0, 0.5, 1.0000001, -1.0, 99.0))
+def test_compiled_binning_equals_the_numpy_reference(
+    profile: ReferenceProfile, values: list[float]
+) -> None:
+    _assert_bins_like_the_reference(_detector(profile), values)
 
 
 @pytest.fixture(scope="module")
@@ -180,25 +186,8 @@ def test_only_columns_of_small_whole_categories_get_a_direct_table(
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.sampled_from(
-                [0.0, -0.0, 1.0, 2.0, 3.0, 4.0, 0.25, 0.5, 1.5, -1.0, 5000.0, 1.0000001]
-            ),
-            st.floats(allow_nan=True, allow_infinity=True, width=32),
-        ),
-        min_size=1,
-        max_size=64,
-    )
-)
+@given(_values(0.0, -0.0, 1.0, 2.0, 3.0, 4.0, 0.25, 0.5, 1.5, -1.0, 5000.0, 1.0000001))
 def test_direct_tables_bin_like_the_numpy_reference(
     mixed_profile: ReferenceProfile, values: list[float]
 ) -> None:
-    det = CategoryDetector(mixed_profile.columns, arl=1e6)
-    seg = np.tile(np.array(values, dtype=np.float64)[:, None], (1, 4))
-    det._accumulate(seg)
-    for j, counts in enumerate(det._counts):
-        col = seg[:, j][np.isfinite(seg[:, j])]
-        want = np.bincount(det._bins(j, col), minlength=counts.size) if col.size else 0
-        np.testing.assert_array_equal(counts, want)
+    _assert_bins_like_the_reference(CategoryDetector(mixed_profile.columns, arl=1e6), values)
