@@ -79,7 +79,7 @@ class BatchSettings(_Strict):
     # loop -2% to +11% (benchmarks/README.md, "Batch size").
     max_batch_size: int = Field(4096, ge=1)
     # 0 makes every consume's records a batch at once: at 150,000 events/s on the benchmark
-    # machine the median latency fell by 6-7 ms, the p99 did not move, and the worker took
+    # machine the median latency fell by 6-8 ms, the p99 did not move, and the worker took
     # ~0.15 of a core more (benchmarks/README.md, "The batch window and latency").
     max_wait_ms: float = Field(5.0, ge=0)
     # Release a batch when its oldest event (by event_time) is this old, whatever its size.
