@@ -15,6 +15,7 @@ schemas with fastavro (dead letters, alerts, metrics snapshots).
 
 from __future__ import annotations
 
+import functools
 import io
 import marshal
 import struct
@@ -83,7 +84,7 @@ def split_records(buf: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> li
     ``marshal.loads`` builds the list in C from a buffer the kernel frames: 0.019 against
     0.109 us per record for slicing one ``bytes`` per record (4096 records of 90 bytes,
     one core of the benchmark VM). Should a Python version ever read that framing
-    differently (:data:`_MARSHAL_OK`, checked once), the records are sliced instead.
+    differently (:func:`_marshal_ok`, checked once), the records are sliced instead.
 
     >>> split_records(np.frombuffer(b"abcde", np.uint8), np.array([2, 2, 5]))
     [b'ab', b'', b'cde']
@@ -99,22 +100,18 @@ def split_records(buf: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> li
     return records
 
 
-_MARSHAL_OK: list[bool] = []  # empty until checked
-
-
+@functools.cache
 def _marshal_ok() -> bool:
-    if not _MARSHAL_OK:
-        want = [b"", b"a\x00b", bytes(range(256)) * 300]
-        buf = np.frombuffer(b"".join(want), np.uint8)
-        ends = np.cumsum([len(x) for x in want]).astype(np.int64)
-        framed = np.empty(buf.size + 5 * (len(want) + 1), np.uint8)
-        try:
-            written = enc_kernel.marshal_list(buf, len(want), ends, framed)
-            ok = marshal.loads(framed[:written].data) == want
-        except (ValueError, EOFError, TypeError):
-            ok = False
-        _MARSHAL_OK.append(ok)
-    return _MARSHAL_OK[0]
+    """Whether this Python's ``marshal`` reads the kernel's framing back as written."""
+    want = [b"", b"a\x00b", bytes(range(256)) * 300]
+    buf = np.frombuffer(b"".join(want), np.uint8)
+    ends = np.cumsum([len(x) for x in want]).astype(np.int64)
+    framed = np.empty(buf.size + 5 * (len(want) + 1), np.uint8)
+    try:
+        written = enc_kernel.marshal_list(buf, len(want), ends, framed)
+        return bool(marshal.loads(framed[:written].data) == want)
+    except (ValueError, EOFError, TypeError):
+        return False
 
 
 def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:

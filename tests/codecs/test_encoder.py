@@ -151,7 +151,7 @@ def test_split_records_gives_each_record_as_laid_end_to_end(records: list[bytes]
 def test_split_records_slices_when_marshal_reads_the_framing_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(encoder, "_MARSHAL_OK", [False])
+    monkeypatch.setattr(encoder, "_marshal_ok", lambda: False)
     monkeypatch.setattr(encoder.marshal, "loads", _no_marshal)
     buf = np.frombuffer(b"abcdef", np.uint8)
     assert split_records(buf, np.array([1, 1, 6], np.int64)) == [b"a", b"", b"bcdef"]
@@ -160,12 +160,13 @@ def test_split_records_slices_when_marshal_reads_the_framing_otherwise(
 def test_the_marshal_framing_is_checked_once_against_marshal_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(encoder, "_MARSHAL_OK", [])
+    check = encoder._marshal_ok.__wrapped__  # the check itself, not its cached answer
     monkeypatch.setattr(encoder.marshal, "loads", lambda data: ["something else"])
-    assert encoder._marshal_ok() is False
-    monkeypatch.setattr(encoder, "_MARSHAL_OK", [])
+    assert check() is False
     monkeypatch.undo()
+    assert check() is True
     assert encoder._marshal_ok() is True
+    assert encoder._marshal_ok.cache_info().currsize == 1
 
 
 def _no_marshal(data: object) -> object:
