@@ -28,6 +28,7 @@ from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.backends.select import load_backend
 from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.source import DictSchemaSource
+from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import frame
 from streamproc.config import BatchSettings
 from streamproc.models.spec import load_model_spec
@@ -78,7 +79,10 @@ def measure(n: int, batch_size: int | None = None, repeats: int = 5) -> dict[str
         spec,
         reader_schema(spec),
         DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")}),
+        specialiser=Specialiser(),  # as `streamproc run` decodes (DecodingSettings)
     )
+    if not decoder.prepare(WRITER_ID):
+        raise RuntimeError("the Transaction schema's kernel did not compile")
     monitor = build_monitor(spec, {})  # the pipeline's default drift config
     if monitor is None:
         raise RuntimeError("drift is off by default: the core figure must include it")

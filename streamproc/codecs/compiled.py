@@ -4,7 +4,7 @@ batch marshalling, and words for the error codes the kernel leaves behind."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,8 +111,11 @@ def run(
     errors: npt.NDArray[np.uint8],
     times: npt.NDArray[np.int64],
     out: Outputs,
+    fn: Callable[..., None] = kernel.decode,
 ) -> None:
-    kernel.decode(
+    """Decode ``rows`` with the generic kernel, or with ``fn``: a program's specialised
+    kernel (:mod:`streamproc.codecs.specialise`), which takes the same arguments."""
+    fn(
         packed.buf, packed.starts, packed.ends, rows,
         prog.ops, prog.tables, prog.pool, prog.symtab, prog.consts, prog.feat, prog.featf,
         prog.n_slots, prog.max_depth,

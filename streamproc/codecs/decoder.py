@@ -52,7 +52,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,7 @@ from streamproc.codecs.features import (
 from streamproc.codecs.program import Unsupported, build_program
 from streamproc.codecs.resolve import incompatibility, needs_strict_stream, project_reader
 from streamproc.codecs.source import SchemaSource
+from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
 from streamproc.errors import ModelError
 from streamproc.models.spec import ModelSpec
@@ -152,12 +153,15 @@ class BatchDecoder:
         source: SchemaSource,
         max_message_bytes: int = 1_000_000,
         compiled: bool = True,
+        specialiser: Specialiser | None = None,
     ) -> None:
         self.spec = spec
         self.source = source
         self.max_message_bytes = max_message_bytes
         self.compiled = compiled
         self.fallbacks = 0  # writer schema ids decoded by fastavro although compiled=True
+        # Specialised kernels per writer schema (compiled path only); None: interpret.
+        self.specialiser = specialiser if compiled else None
         used = [f.field for f in spec.inputs] + [spec.id_field, spec.time_field]
         try:
             # Only the fields the model reads take part in resolution (see project_reader).
@@ -244,12 +248,35 @@ class BatchDecoder:
         """Plan the compiled program for a writer schema, or count a fastavro fallback."""
         assert entry.tree is not None
         try:
-            entry.extra["program"] = build_program(
-                entry.tree, self.reader, self.plans, self.id_path, self.time_path
-            )
+            prog = build_program(entry.tree, self.reader, self.plans, self.id_path, self.time_path)
         except Unsupported as exc:
             self.fallbacks += 1
             log.info("writer schema %d decoded by fastavro: %s", entry.schema_id, exc)
+            return
+        entry.extra["program"] = prog
+        if self.specialiser is not None:
+            entry.extra["kernel_key"] = self.specialiser.submit(prog)
+
+    def prepare(self, schema_id: int, timeout_s: float | None = None) -> bool:
+        """Look up a writer schema now and wait for its specialised kernel (at start-up, for
+        the schema a processor expects, so its first batch is not interpreted); whether
+        that kernel is ready."""
+        entry = self.writer(schema_id)
+        key = entry.extra.get("kernel_key")
+        if self.specialiser is None or key is None:
+            return False
+        return self.specialiser.wait(key, timeout_s) is not None
+
+    def _kernel(self, entry: WriterEntry) -> Callable[..., None]:
+        """The specialised kernel of a writer schema once compiled, else the interpreter."""
+        fn = entry.extra.get("kernel")
+        if fn is None:
+            assert self.specialiser is not None
+            fn = self.specialiser.ready(entry.extra.get("kernel_key"))
+            if fn is None:
+                return kernel.decode
+            entry.extra["kernel"] = fn
+        return fn  # type: ignore[no-any-return]
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -321,7 +348,8 @@ class BatchDecoder:
                 continue
             if kout is None:
                 kout = native.Outputs.empty(n)
-            native.run(prog, packed, rows, out.features, errors, out.times, kout)
+            fn = kernel.decode if self.specialiser is None else self._kernel(entry)
+            native.run(prog, packed, rows, out.features, errors, out.times, kout, fn)
             kernel_rows.append(rows)
             if self._time_micros:
                 out.times[rows] //= 1000

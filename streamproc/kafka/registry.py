@@ -39,6 +39,18 @@ class Registry:
         parsed: dict[str, Any] = json.loads(s.schema_str or "null")
         return parsed
 
+    def latest_id(self, subject: str) -> int | None:
+        """The id of the subject's latest version; None when the subject has none."""
+        try:
+            sid = self.client.get_latest_version(subject).schema_id
+        except CkRegistryError as exc:
+            if exc.error_code in _NOT_FOUND or exc.http_status_code == 404:
+                return None
+            raise SchemaRegistryError(f"latest version of {subject}: {exc}") from exc
+        except Exception as exc:
+            raise RegistryUnavailableError(f"schema registry unreachable: {exc}") from exc
+        return None if sid is None else int(sid)
+
     def register(self, subject: str, schema_text: str) -> int:
         try:
             return int(self.client.register_schema(subject, Schema(schema_text, "AVRO")))

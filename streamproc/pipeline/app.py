@@ -6,11 +6,12 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamproc import schemas
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
+from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
 from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
@@ -26,6 +27,9 @@ from .alerting import AlertRouter
 from .monitoring import StreamMonitor, build_monitor
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer, SingleScorer
+
+if TYPE_CHECKING:  # numba loads with the decoder: only commands that decode pay for it
+    from streamproc.codecs.decoder import BatchDecoder
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,33 @@ class Processor:
         self.runner.request_stop()
 
 
+def build_decoder(cfg: PipelineConfig, spec: ModelSpec, registry: Registry) -> BatchDecoder:
+    """The input decoder; a specialised one waits (``decoding.warm_timeout_s``) for the
+    kernel of the input subject's latest schema, so the first batches are not interpreted.
+    Writer schemas met later are compiled in the background."""
+    from streamproc.codecs.decoder import BatchDecoder
+    from streamproc.codecs.specialise import Specialiser
+
+    d = cfg.decoding
+    specialiser = None
+    if d.mode == "specialised":
+        specialiser = Specialiser(d.kernel_cache, max_ops=d.max_instructions, background=True)
+    decoder = BatchDecoder(
+        spec, reader_schema(spec), registry, max_message_bytes=cfg.delivery.max_message_bytes,
+        compiled=d.mode != "reference", specialiser=specialiser,
+    )  # fmt: skip
+    if specialiser is None:
+        return decoder
+    subject = schemas.subject_for(cfg.topics.input)
+    try:
+        latest = registry.latest_id(subject)
+        if latest is not None and decoder.prepare(latest, d.warm_timeout_s):
+            log.info("decoder kernel for %s (schema id %d) ready", subject, latest)
+    except StreamprocError as exc:  # the first batch meets the registry again, with retries
+        log.warning("could not prepare the decoder for %s: %s", subject, exc)
+    return decoder
+
+
 def build_processor(
     cfg: PipelineConfig,
     *,
@@ -119,7 +150,6 @@ def build_processor(
     extra_sensor: Sensor | None = None,
 ) -> Processor:
     from streamproc.backends.select import load_backend
-    from streamproc.codecs.decoder import BatchDecoder
 
     instance = cfg.instance_id or socket.gethostname()
     ensure_topics(cfg)
@@ -160,9 +190,7 @@ def build_processor(
     if cfg.metrics.port is not None:
         port = prom.serve(cfg.metrics.port, cfg.metrics.host)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
-    decoder = BatchDecoder(
-        spec, reader_schema(spec), registry, max_message_bytes=cfg.delivery.max_message_bytes
-    )
+    decoder = build_decoder(cfg, spec, registry)
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,

@@ -23,13 +23,13 @@ from tests.codecs.builders import (
     payload,
     transaction,
 )
-from tests.codecs.conftest import TXN_ID
+from tests.codecs.conftest import TXN_ID, Mode
 
 
 def make(
-    spec: ModelSpec, schema: dict[str, Any], source: DictSchemaSource, compiled: bool, **kw: Any
+    spec: ModelSpec, schema: dict[str, Any], source: DictSchemaSource, mode: Mode, **kw: Any
 ) -> BatchDecoder:
-    return BatchDecoder(spec, schema, source, compiled=compiled, **kw)
+    return BatchDecoder(spec, schema, source, **mode, **kw)
 
 
 def one(dec: BatchDecoder, p: bytes | None) -> tuple[R, str]:
@@ -37,8 +37,8 @@ def one(dec: BatchDecoder, p: bytes | None) -> tuple[R, str]:
     return R(int(out.errors[0])), out.details[0]
 
 
-def test_valid_batch_decodes_in_order(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_valid_batch_decodes_in_order(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     recs = [transaction(i) for i in range(40)]
     out = dec.decode([payload(TXN_ID, txn_schema, r) for r in recs])
     assert len(out) == 40
@@ -52,14 +52,14 @@ def test_valid_batch_decodes_in_order(spec, txn_schema, source, compiled):
     np.testing.assert_array_equal(out.features, want)
 
 
-def test_empty_batch(spec, txn_schema, source, compiled):
-    out = make(spec, txn_schema, source, compiled).decode([])
+def test_empty_batch(spec, txn_schema, source, mode):
+    out = make(spec, txn_schema, source, mode).decode([])
     assert len(out) == 0 and out.features.shape == (0, spec.n_features)
 
 
-def test_framing_codes_in_order(spec, txn_schema, source, compiled):
+def test_framing_codes_in_order(spec, txn_schema, source, mode):
     good = payload(TXN_ID, txn_schema, transaction(1))
-    dec = make(spec, txn_schema, source, compiled, max_message_bytes=len(good))
+    dec = make(spec, txn_schema, source, mode, max_message_bytes=len(good))
     cases: list[tuple[bytes | None, R]] = [
         (None, R.NULL_VALUE),
         (b"\x07" * (len(good) + 1), R.OVERSIZE),  # oversize is checked before the magic byte
@@ -77,8 +77,8 @@ def test_framing_codes_in_order(spec, txn_schema, source, compiled):
     assert out.event_ids == [""] * len(cases)
 
 
-def test_body_codes(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_body_codes(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     good = payload(TXN_ID, txn_schema, transaction(2))
     b = body(txn_schema, transaction(2))
     bad_utf8 = frame(TXN_ID, b"\x06\xff\xfe\xfd" + b[1 + len("ev-00000002") :])
@@ -96,18 +96,18 @@ def test_body_codes(spec, txn_schema, source, compiled):
     assert out.event_ids == [""] * len(cases)
 
 
-def test_negative_enum_index_wraps_like_fastavro(spec, txn_schema, source, compiled):
+def test_negative_enum_index_wraps_like_fastavro(spec, txn_schema, source, mode):
     # fastavro indexes the symbol list with Python semantics (-1 is the last symbol); the
     # compiled decoder does the same so both paths agree event by event.
-    dec = make(spec, txn_schema, source, compiled)
+    dec = make(spec, txn_schema, source, mode)
     good = payload(TXN_ID, txn_schema, transaction(0))
     out = dec.decode([good[:-1] + b"\x01", good[:-1] + b"\x09"])  # index -1, then -5
     assert [R(int(c)).name for c in out.errors] == ["OK", "CORRUPT"]
     assert out.features[0, -4:].tolist() == [0.0, 0.0, 0.0, 1.0]  # MOTO
 
 
-def test_unknown_schema_is_cached_negatively(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_unknown_schema_is_cached_negatively(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     p = payload(77, txn_schema, transaction(0))
     out = dec.decode([p, p])
     assert out.errors.tolist() == [R.UNKNOWN_SCHEMA] * 2
@@ -118,8 +118,8 @@ def test_unknown_schema_is_cached_negatively(spec, txn_schema, source, compiled)
     assert source.lookups == n
 
 
-def test_registry_outage_propagates_and_is_not_cached(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_registry_outage_propagates_and_is_not_cached(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     p = payload(TXN_ID, txn_schema, transaction(0))
     source.unavailable = True
     with pytest.raises(RegistryUnavailableError):
@@ -128,15 +128,15 @@ def test_registry_outage_propagates_and_is_not_cached(spec, txn_schema, source, 
     assert dec.decode([p]).errors.tolist() == [0]
 
 
-def test_registry_outage_not_hit_for_framing_errors(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_registry_outage_not_hit_for_framing_errors(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     source.unavailable = True
     out = dec.decode([None, b"\x01\x02"])
     assert out.errors.tolist() == [R.NULL_VALUE, R.BAD_MAGIC]
 
 
-def test_writer_schema_looked_up_once(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_writer_schema_looked_up_once(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     ps = [payload(TXN_ID, txn_schema, transaction(i)) for i in range(5)]
     dec.decode(ps)
     dec.decode(ps)
@@ -146,17 +146,17 @@ def test_writer_schema_looked_up_once(spec, txn_schema, source, compiled):
 # -- schema evolution ---------------------------------------------------------------------
 
 
-def _decode_with_writer(spec, txn_schema, writer, rec, compiled) -> tuple[R, str, Any]:
+def _decode_with_writer(spec, txn_schema, writer, rec, mode) -> tuple[R, str, Any]:
     src = DictSchemaSource({5: writer})
-    dec = BatchDecoder(spec, txn_schema, src, compiled=compiled)
+    dec = BatchDecoder(spec, txn_schema, src, **mode)
     out = dec.decode([payload(5, writer, rec)])
     return R(int(out.errors[0])), out.details[0], out
 
 
-def test_added_field_with_default_is_accepted(spec, txn_schema, compiled):
+def test_added_field_with_default_is_accepted(spec, txn_schema, mode):
     writer = evolve(txn_schema, loyalty={"name": "loyalty", "type": "string", "default": ""})
     rec = transaction(3, loyalty="gold")
-    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, compiled)
+    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, mode)
     assert code == R.OK
     np.testing.assert_array_equal(out.features[0], np.float32(expected_row(rec)))
 
@@ -165,70 +165,70 @@ def test_added_field_with_default_is_accepted(spec, txn_schema, compiled):
     "field,wtype",
     [("amount", "int"), ("amount", "long"), ("amount", "float"), ("distance_from_home_km", "long")],
 )
-def test_numeric_promotions_are_accepted(spec, txn_schema, compiled, field, wtype):
+def test_numeric_promotions_are_accepted(spec, txn_schema, mode, field, wtype):
     writer = evolve(txn_schema, **{field: {"name": field, "type": wtype}})
     value: Any = 7 if wtype in ("int", "long") else 7.5
     rec = transaction(4, **{field: value})
-    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, compiled)
+    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, mode)
     assert code == R.OK
     np.testing.assert_array_equal(out.features[0], np.float32(expected_row(rec)))
 
 
-def test_reader_promotes_int_field_to_long_reader(txn_schema, compiled):
+def test_reader_promotes_int_field_to_long_reader(txn_schema, mode):
     reader = evolve(txn_schema, txn_count_1h={"name": "txn_count_1h", "type": "long"})
     spec = fraud_spec()
-    code, _, out = _decode_with_writer(spec, reader, txn_schema, transaction(9), compiled)
+    code, _, out = _decode_with_writer(spec, reader, txn_schema, transaction(9), mode)
     assert code == R.OK
     assert out.features[0, 4] == transaction(9)["txn_count_1h"]
 
 
-def test_removed_unused_field_is_accepted(spec, txn_schema, compiled):
+def test_removed_unused_field_is_accepted(spec, txn_schema, mode):
     writer = evolve(txn_schema, account_id=None)
     rec = transaction(5)
     del rec["account_id"]
-    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, compiled)
+    code, _, out = _decode_with_writer(spec, txn_schema, writer, rec, mode)
     assert code == R.OK
     assert out.event_ids == ["ev-00000005"]
 
 
-def test_removed_used_field_is_incompatible(spec, txn_schema, compiled):
+def test_removed_used_field_is_incompatible(spec, txn_schema, mode):
     writer = evolve(txn_schema, amount=None)
     rec = transaction(5)
     del rec["amount"]
-    code, detail, out = _decode_with_writer(spec, txn_schema, writer, rec, compiled)
+    code, detail, out = _decode_with_writer(spec, txn_schema, writer, rec, mode)
     assert code == R.INCOMPATIBLE_SCHEMA
     assert "amount" in detail and "default" in detail
     assert out.schema_ids.tolist() == [5]
 
 
-def test_changed_type_is_incompatible(spec, txn_schema, compiled):
+def test_changed_type_is_incompatible(spec, txn_schema, mode):
     writer = evolve(txn_schema, amount={"name": "amount", "type": "string"})
     code, detail, _ = _decode_with_writer(
-        spec, txn_schema, writer, transaction(1, amount="12"), compiled
+        spec, txn_schema, writer, transaction(1, amount="12"), mode
     )
     assert code == R.INCOMPATIBLE_SCHEMA
     assert "amount" in detail and "string" in detail
 
 
-def test_renamed_record_is_incompatible(spec, txn_schema, compiled):
+def test_renamed_record_is_incompatible(spec, txn_schema, mode):
     writer = dict(txn_schema, name="Payment")
-    code, detail, _ = _decode_with_writer(spec, txn_schema, writer, transaction(1), compiled)
+    code, detail, _ = _decode_with_writer(spec, txn_schema, writer, transaction(1), mode)
     assert code == R.INCOMPATIBLE_SCHEMA
     assert "Payment" in detail
 
 
-def test_invalid_writer_schema_is_incompatible(spec, txn_schema, compiled):
+def test_invalid_writer_schema_is_incompatible(spec, txn_schema, mode):
     src = DictSchemaSource({5: {"type": "record", "name": "T", "fields": [{"name": "x"}]}})
-    dec = BatchDecoder(spec, txn_schema, src, compiled=compiled)
+    dec = BatchDecoder(spec, txn_schema, src, **mode)
     assert one(dec, frame(5, b"\x00"))[0] == R.INCOMPATIBLE_SCHEMA
 
 
-def test_nullable_writer_union_null_branch_per_event(spec, txn_schema, compiled):
+def test_nullable_writer_union_null_branch_per_event(spec, txn_schema, mode):
     # The writer made amount nullable; the reader's amount is not: a null amount cannot be
     # read (per event), a present one can.
     writer = evolve(txn_schema, amount={"name": "amount", "type": ["null", "double"]})
     src = DictSchemaSource({5: writer})
-    dec = BatchDecoder(spec, txn_schema, src, compiled=compiled)
+    dec = BatchDecoder(spec, txn_schema, src, **mode)
     out = dec.decode(
         [
             payload(5, writer, transaction(1, amount=None)),
@@ -239,11 +239,11 @@ def test_nullable_writer_union_null_branch_per_event(spec, txn_schema, compiled)
     assert out.features[1, 0] == 3.0
 
 
-def test_new_enum_symbol_is_unknown_enum_per_event(spec, txn_schema, compiled):
+def test_new_enum_symbol_is_unknown_enum_per_event(spec, txn_schema, mode):
     channel = {"type": "enum", "name": "Channel", "symbols": ["POS", "ECOM", "ATM", "MOTO", "P2P"]}
     writer = evolve(txn_schema, channel={"name": "channel", "type": channel})
     src = DictSchemaSource({5: writer})
-    dec = BatchDecoder(spec, txn_schema, src, compiled=compiled)
+    dec = BatchDecoder(spec, txn_schema, src, **mode)
     out = dec.decode(
         [
             payload(5, writer, transaction(1, channel="P2P")),
@@ -258,7 +258,7 @@ def test_new_enum_symbol_is_unknown_enum_per_event(spec, txn_schema, compiled):
 # -- feature checks -----------------------------------------------------------------------
 
 
-def test_feature_codes(txn_schema, source, compiled):
+def test_feature_codes(txn_schema, source, mode):
     spec = fraud_spec(
         inputs=[
             {"field": "amount", "min": 0, "max": 1e6},
@@ -267,7 +267,7 @@ def test_feature_codes(txn_schema, source, compiled):
             {"field": "channel", "encoding": "onehot", "symbols": ["POS", "ECOM"]},
         ]
     )
-    dec = make(spec, txn_schema, source, compiled)
+    dec = make(spec, txn_schema, source, mode)
     recs = [
         (transaction(1, device_trust_score=0.5), R.OK),
         (transaction(1, device_trust_score=None), R.MISSING_FEATURE),
@@ -288,9 +288,9 @@ def test_feature_codes(txn_schema, source, compiled):
     assert "device_trust_score" in out.details[1]
 
 
-def test_float32_overflow_is_out_of_range(txn_schema, source, compiled):
+def test_float32_overflow_is_out_of_range(txn_schema, source, mode):
     spec = fraud_spec(inputs=[{"field": "amount"}])
-    dec = make(spec, txn_schema, source, compiled)
+    dec = make(spec, txn_schema, source, mode)
     out = dec.decode(
         [
             payload(TXN_ID, txn_schema, transaction(1, amount=1e39)),
@@ -300,27 +300,27 @@ def test_float32_overflow_is_out_of_range(txn_schema, source, compiled):
     assert out.errors.tolist() == [R.OUT_OF_RANGE, R.OK]
 
 
-def test_null_policies(txn_schema, source, compiled):
+def test_null_policies(txn_schema, source, mode):
     spec = fraud_spec(
         inputs=[
             {"field": "device_trust_score", "null": "nan"},
             {"field": "device_trust_score", "null": "impute", "impute": -2},
         ]
     )
-    dec = make(spec, txn_schema, source, compiled)
+    dec = make(spec, txn_schema, source, mode)
     out = dec.decode([payload(TXN_ID, txn_schema, transaction(0, device_trust_score=None))])
     assert out.errors.tolist() == [0]
     assert math.isnan(out.features[0, 0]) and out.features[0, 1] == -2.0
 
 
-def test_index_encoding_and_boolean(txn_schema, source, compiled):
+def test_index_encoding_and_boolean(txn_schema, source, mode):
     spec = fraud_spec(
         inputs=[
             {"field": "channel", "encoding": "index", "symbols": ["MOTO", "ATM", "ECOM", "POS"]},
             {"field": "is_international"},
         ]
     )
-    dec = make(spec, txn_schema, source, compiled)
+    dec = make(spec, txn_schema, source, mode)
     out = dec.decode([payload(TXN_ID, txn_schema, transaction(i)) for i in range(5)])
     assert out.features[:, 0].tolist() == [3.0, 2.0, 1.0, 0.0, 3.0]
     assert out.features[:, 1].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
@@ -356,7 +356,7 @@ NESTED = {
 }
 
 
-def test_nested_records_arrays_strings(compiled):
+def test_nested_records_arrays_strings(mode):
     spec = ModelSpec.model_validate(
         {
             "name": "n",
@@ -369,7 +369,7 @@ def test_nested_records_arrays_strings(compiled):
         }
     )
     src = DictSchemaSource({3: NESTED})
-    dec = BatchDecoder(spec, NESTED, src, compiled=compiled)
+    dec = BatchDecoder(spec, NESTED, src, **mode)
 
     def rec(**kw: Any) -> dict[str, Any]:
         base = {
@@ -410,10 +410,10 @@ def test_spec_not_matching_reader_raises(txn_schema, source):
             BatchDecoder(fraud_spec(inputs=bad), txn_schema, source)
 
 
-def test_mixed_schema_ids_in_one_batch(spec, txn_schema, compiled):
+def test_mixed_schema_ids_in_one_batch(spec, txn_schema, mode):
     writer = evolve(txn_schema, amount={"name": "amount", "type": "int"})
     src = DictSchemaSource({1: txn_schema, 2: writer})
-    dec = BatchDecoder(spec, txn_schema, src, compiled=compiled)
+    dec = BatchDecoder(spec, txn_schema, src, **mode)
     ps = [
         payload(1, txn_schema, transaction(0)),
         payload(2, writer, transaction(1, amount=3)),
@@ -427,15 +427,15 @@ def test_mixed_schema_ids_in_one_batch(spec, txn_schema, compiled):
     assert out.event_ids[:3] == ["ev-00000000", "ev-00000001", "ev-00000002"]
 
 
-def test_timestamp_field_is_raw_long(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_timestamp_field_is_raw_long(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     t = 1_234_567_890_123_456
     out = dec.decode([payload(TXN_ID, txn_schema, transaction(0, event_time=t))])
     assert out.event_time_ms.tolist() == [t]
 
 
-def test_arbitrary_bytes_never_raise(spec, txn_schema, source, compiled):
-    dec = make(spec, txn_schema, source, compiled)
+def test_arbitrary_bytes_never_raise(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
     rng = np.random.default_rng(1)
     good = payload(TXN_ID, txn_schema, transaction(7))
     ps: list[bytes | None] = []
@@ -488,7 +488,7 @@ def test_recursive_writer_falls_back_to_fastavro():
     assert a.event_ids[:2] == ["a", "b"]
 
 
-def test_reader_defaults_fill_id_time_and_features(compiled):
+def test_reader_defaults_fill_id_time_and_features(mode):
     writer = {"type": "record", "name": "E", "fields": [{"name": "x", "type": "double"}]}
     reader = {
         "type": "record",
@@ -518,7 +518,7 @@ def test_reader_defaults_fill_id_time_and_features(compiled):
             ],
         }
     )
-    dec = BatchDecoder(spec, reader, DictSchemaSource({2: writer}), compiled=compiled)
+    dec = BatchDecoder(spec, reader, DictSchemaSource({2: writer}), **mode)
     out = dec.decode([payload(2, writer, {"x": 0.5})])
     assert out.errors.tolist() == [0]
     assert out.event_ids == ["no-id"] and out.event_time_ms.tolist() == [42]

@@ -1,0 +1,610 @@
+"""Specialise a decoding :class:`~streamproc.codecs.program.Program` into its own numba kernel.
+
+The generic kernel (:func:`streamproc.codecs.kernel.decode`) interprets a program one
+instruction at a time: every field costs a dispatch through a chain of opcode tests. This
+module writes the program out as straight-line Python (one block per instruction, unions as
+``if``/``elif``, arrays as loops, every table entry and feature bound a constant) and
+compiles it with numba. The specialised kernel has the generic kernel's signature and
+gives the same results event by event: it is the interpreter unrolled, not a second
+reading of Avro. Each instruction's error path records the same program counter, so the
+words a dead letter carries (:func:`streamproc.codecs.compiled.detail`) are the same too.
+
+Compiling costs LLVM time (about a second for a 16-field record on the benchmark VM), so
+:class:`Specialiser` caches kernels twice: in memory per program, and on disk as a module
+named by the hash of its source, which numba's own cache (``cache=True``) then serves to
+later processes in milliseconds. Programs of more than :data:`MAX_OPS` instructions are
+left to the interpreter, which bounds compile time.
+
+>>> from streamproc.codecs.tree import build
+>>> from streamproc.codecs.program import build_program
+>>> w = build({"type": "record", "name": "T", "fields": [{"name": "x", "type": "double"}]})
+>>> print(kernel_source(build_program(w, w, [], None, None)).split("\\n")[0])
+# streamproc specialised decoder: 2 instructions
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from streamproc.codecs import program as P
+from streamproc.codecs.kernel import F32_OVERFLOW
+from streamproc.codecs.program import Program
+
+log = logging.getLogger(__name__)
+
+MAX_OPS = 400  # larger programs stay interpreted: compile time grows with the code
+
+Kernel = Callable[..., None]
+
+# The largest float32, as a float64: |v| must stay below F32_OVERFLOW (kernel._check).
+F32_MAX = float(np.nextafter(np.float64(F32_OVERFLOW), 0.0))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, line: str) -> None:
+        self.lines.append("    " * self.depth + line)
+
+
+class _Gen:
+    """Writes a program's instructions as nested Python blocks (see :func:`kernel_source`)."""
+
+    def __init__(self, prog: Program, w: _Writer) -> None:
+        self.prog = prog
+        self.ops = prog.ops.tolist()
+        self.tables = prog.tables.tolist()
+        self.w = w
+        self.arrays: list[tuple[int, int, int]] = []  # (depth id, base slot, length)
+
+    def fail(self, code: str, pc: int, sub: str | None = None) -> None:
+        w = self.w
+        w(f"code = {code}")
+        w(f"epc = {pc}")
+        if sub is not None:
+            w(f"sub = {sub}")
+        w("break")
+
+    def region(self, pc: int) -> tuple[int, int]:
+        """Emit instructions from ``pc`` until a JUMP, ARR_NEXT or END; returns (stop pc, op)."""
+        w = self.w
+        ops = self.ops
+        while True:
+            op, a, b, c, d, e = ops[pc]
+            if op in (P.OP_END, P.OP_JUMP, P.OP_ARR_NEXT):
+                return pc, op
+            if op in (P.OP_LONG, P.OP_BOOL, P.OP_FLOAT, P.OP_DOUBLE):
+                self.number(pc, op, a, b)
+                pc += 1
+            elif op == P.OP_STR:
+                w("n, pos, code = read_varint(buf, pos, end)")
+                w("if code != OK:")
+                w.depth += 1
+                self.fail("code", pc)
+                w.depth -= 1
+                w("if n < 0:")
+                w.depth += 1
+                self.fail("CORRUPT", pc, "C_NEGATIVE_LENGTH")
+                w.depth -= 1
+                w("if n > end - pos:")
+                w.depth += 1
+                self.fail("TRUNCATED", pc)
+                w.depth -= 1
+                if c != 0:
+                    w("if not utf8_valid(buf, pos, pos + n):")
+                    w.depth += 1
+                    self.fail("CORRUPT", pc, "C_UTF8")
+                    w.depth -= 1
+                if a in (P.D_ID, P.D_SYM_ID):
+                    w("out_id_off[e] = pos")
+                    w("out_id_len[e] = n")
+                if a in (P.D_SYM, P.D_SYM_ID):
+                    w(f"ival[{b}] = pos")
+                    w(f"ilen[{b}] = n")
+                    w(f"state[{b}] = 1")
+                w("pos += n")
+                pc += 1
+            elif op == P.OP_UNION:
+                pc = self.union(pc, a, b)
+            elif op == P.OP_ENUM:
+                self.enum(pc, a, b, c, d)
+                pc += 1
+            elif op == P.OP_ARR:
+                pc = self.array(pc, a, b, c, d, e)
+            elif op == P.OP_FIXED:
+                w(f"if end - pos < {a}:")
+                w.depth += 1
+                self.fail("TRUNCATED", pc)
+                w.depth -= 1
+                w(f"pos += {a}")
+                pc += 1
+            elif op == P.OP_SETF:
+                w(f"fval[{a}] = consts[{b}]")
+                w(f"state[{a}] = 1")
+                pc += 1
+            elif op == P.OP_SETI:
+                w(f"ival[{a}] = {b}")
+                w(f"state[{a}] = 1")
+                pc += 1
+            elif op == P.OP_SETS:
+                w(f"ival[{a}] = {-1 - b}")
+                w(f"ilen[{a}] = {c}")
+                w(f"state[{a}] = 1")
+                pc += 1
+            elif op == P.OP_SETID:
+                w(f"out_id_off[e] = {-1 - a}")
+                w(f"out_id_len[e] = {b}")
+                pc += 1
+            elif op == P.OP_SETTIME:
+                w(f"out_time[e] = {a}")
+                pc += 1
+            else:  # pragma: no cover - programs only hold the ops above
+                raise P.Unsupported(f"opcode {op}")
+
+    def number(self, pc: int, op: int, dk: int, slot: int) -> None:
+        w = self.w
+        if op == P.OP_LONG:
+            w("iv, pos, code = read_varint(buf, pos, end)")
+            w("if code != OK:")
+            w.depth += 1
+            self.fail("code", pc)
+            w.depth -= 1
+            w("v = np.float64(iv)")
+        elif op in (P.OP_DOUBLE, P.OP_FLOAT):
+            size = 8 if op == P.OP_DOUBLE else 4
+            w(f"if end - pos < {size}:")
+            w.depth += 1
+            self.fail("TRUNCATED", pc)
+            w.depth -= 1
+            # One little-endian word in a register, stored whole: a load of the same width
+            # from the same address is forwarded (eight byte stores would stall it).
+            word = " | ".join(
+                f"(np.uint{size * 8}(buf[pos + {k}]) << np.uint{size * 8}({8 * k}))"
+                for k in range(size)
+            )
+            w(f"u{size * 8}[0] = {word}")
+            w("v = f64[0]" if size == 8 else "v = np.float64(f32[0])")
+            w(f"pos += {size}")
+        else:
+            w("if pos >= end:")
+            w.depth += 1
+            self.fail("TRUNCATED", pc)
+            w.depth -= 1
+            w("v = np.float64(1.0 if buf[pos] != 0 else 0.0)")
+            w("pos += 1")
+        if dk in (P.D_NUM, P.D_NUM_TIME):
+            w(f"fval[{slot}] = v")
+            w(f"state[{slot}] = 1")
+        if dk in (P.D_NUM_TIME, P.D_TIME):
+            w("out_time[e] = iv" if op == P.OP_LONG else "out_time[e] = 0")
+        if dk == P.D_ELEM:
+            depth, base, length = self.arrays[-1]
+            w(f"if idx{depth} < {length}:")
+            w(f"    fval[{base} + idx{depth}] = v")
+            w(f"    state[{base} + idx{depth}] = 1")
+
+    def union(self, pc: int, nb: int, table: int) -> int:
+        w = self.w
+        w("idx, pos, code = read_varint(buf, pos, end)")
+        w("if code != OK:")
+        w.depth += 1
+        self.fail("code", pc)
+        w.depth -= 1
+        w("if idx < 0:")
+        w(f"    idx += {nb}")
+        w(f"if idx < 0 or idx >= {nb}:")
+        w.depth += 1
+        self.fail("CORRUPT", pc, "C_UNION_INDEX")
+        w.depth -= 1
+        after = -1
+        first = True
+        for i in range(nb):
+            target = self.tables[table + i]
+            if target < 0:
+                continue
+            w(f"{'if' if first else 'elif'} idx == {i}:")
+            first = False
+            w.depth += 1
+            w("pass")
+            stop, op = self.region(target)
+            assert op == P.OP_JUMP
+            after = self.ops[stop][1]
+            w.depth -= 1
+        if first:  # no branch is readable
+            w.depth += 0
+            self.fail("INCOMPATIBLE", pc, "np.float64(idx)")
+        else:
+            w("else:")
+            w.depth += 1
+            self.fail("INCOMPATIBLE", pc, "np.float64(idx)")
+            w.depth -= 1
+        if after < 0:
+            # Every branch fails: the instructions after the union are unreachable but
+            # still well formed; find the join point from the table layout.
+            after = _union_end(self.ops, pc)
+        return after
+
+    def enum(self, pc: int, ns: int, table: int, dk: int, slot: int) -> None:
+        w = self.w
+        w("idx, pos, code = read_varint(buf, pos, end)")
+        w("if code != OK:")
+        w.depth += 1
+        self.fail("code", pc)
+        w.depth -= 1
+        if table < 0:
+            return
+        w("if idx < 0:")
+        w(f"    idx += {ns}")
+        w(f"if idx < 0 or idx >= {ns}:")
+        w.depth += 1
+        self.fail("CORRUPT", pc, "C_ENUM_INDEX")
+        w.depth -= 1
+        w(f"ridx = tables[{table} + idx]")
+        w("if ridx == -2:")
+        w.depth += 1
+        self.fail("UNKNOWN_ENUM", pc, "np.float64(idx)")
+        w.depth -= 1
+        if dk == P.D_SYM:
+            w(f"ival[{slot}] = ridx")
+            w(f"state[{slot}] = 1")
+
+    def array(self, pc: int, after: int, skip: int, base: int, count_slot: int, length: int) -> int:
+        w = self.w
+        depth = len(self.arrays)
+        cnt, idx = f"cnt{depth}", f"idx{depth}"
+        w(f"{cnt}, pos, code = next_block(buf, pos, end, {skip})")
+        w("if code != OK:")
+        w.depth += 1
+        self.fail("code", pc)
+        w.depth -= 1
+        w(f"{idx} = 0")
+        w(f"while {cnt} != 0:")
+        w.depth += 1
+        self.arrays.append((depth, base, length))
+        stop, op = self.region(pc + 1)
+        assert op == P.OP_ARR_NEXT
+        self.arrays.pop()
+        w(f"{cnt} -= 1")
+        w(f"{idx} += 1")
+        w(f"if {cnt} == 0:")
+        w.depth += 1
+        w(f"{cnt}, pos, code = next_block(buf, pos, end, {skip})")
+        w("if code != OK:")
+        w.depth += 1
+        self.fail("code", stop)
+        w.depth -= 2
+        w.depth -= 1
+        w("if code != OK:")
+        w("    break")
+        if count_slot >= 0:
+            w(f"ival[{count_slot}] = {idx}")
+            w(f"state[{count_slot}] = 1")
+        return after
+
+
+def _union_end(ops: list[list[int]], pc: int) -> int:
+    """The instruction after a union none of whose branches is readable (no JUMP names it)."""
+    return pc + 1
+
+
+def _in_range(prog: Program, fi: int) -> str:
+    """A test that, when true, means :func:`~.kernel._check` passes ``v`` for feature ``fi``
+    (finite, within its bounds and float32's): the common case costs two comparisons."""
+    has_min, has_max = int(prog.feat[fi, 6]), int(prog.feat[fi, 7])
+    lo = max(float(prog.featf[fi, 1]), -F32_MAX) if has_min else -F32_MAX
+    hi = min(float(prog.featf[fi, 2]), F32_MAX) if has_max else F32_MAX
+    return f"{lo!r} <= v <= {hi!r}"
+
+
+def _features(prog: Program, w: _Writer) -> None:
+    """The feature stage of the generic kernel with each feature's row as constants."""
+    feat = prog.feat.tolist()
+    for fi, row in enumerate(feat):
+        kind, slot, col, width, policy, onehot, _, _, _, cslot, moff, mn, symk = row
+        null_slot = cslot if kind == P.F_ARRAY else slot
+        w(f"# feature {fi}")
+        w(f"fi = {fi}")
+        w(f"if state[{null_slot}] == 0:")
+        w.depth += 1
+        if policy == P.NULL_REJECT:
+            w("code = MISSING")
+            w("err_pos[e] = -1")
+            w("break")
+        else:
+            fill = "np.nan" if policy == P.NULL_NAN else f"featf[{fi}, 0]"
+            for j in range(width):
+                w(f"out_f[e, {col + j}] = {fill}")
+        w.depth -= 1
+        w("else:")
+        w.depth += 1
+        if kind == P.F_NUMBER:
+            w(f"v = fval[{slot}]")
+            w(f"if not ({_in_range(prog, fi)}):  # else _check says why")
+            w(f"    code = _check(v, {fi}, feat, featf)")
+            w("    if code != OK:")
+            w("        err_val[e] = v")
+            w("        err_pos[e] = -1")
+            w("        break")
+            w(f"out_f[e, {col}] = v")
+        elif kind == P.F_ARRAY:
+            w(f"count = ival[{null_slot}]")
+            w(f"if count != {width}:")
+            w("    code = MISSING")
+            w("    err_pos[e] = -2")
+            w("    err_val[e] = np.float64(count)")
+            w("    break")
+            w(f"for j in range({width}):")
+            w(f"    v = fval[{slot} + j]")
+            w(f"    if not ({_in_range(prog, fi)}):")
+            w(f"        code = _check(v, {fi}, feat, featf)")
+            w("        if code != OK:")
+            w("            err_val[e] = v")
+            w("            err_pos[e] = j")
+            w("            break")
+            w(f"    out_f[e, {col} + j] = v")
+            w("if code != OK:")
+            w("    break")
+        else:
+            w("sidx = -1")
+            if symk == P.SYM_STRING:
+                w(f"off = ival[{slot}]")
+                w(f"ln = ilen[{slot}]")
+                w(f"for k in range({mn}):")
+                w(f"    t = {moff} + k")
+                w("    if symtab[t, 1] != ln:")
+                w("        continue")
+                w("    toff = symtab[t, 0]")
+                w("    same = True")
+                w("    for q in range(ln):")
+                w("        c = pool[-1 - off + q] if off < 0 else buf[off + q]")
+                w("        if c != pool[toff + q]:")
+                w("            same = False")
+                w("            break")
+                w("    if same:")
+                w("        sidx = k")
+                w("        break")
+                w("if sidx < 0:")
+                w("    err_pos[e] = off")
+                w("    err_val[e] = np.float64(ln)")
+            else:
+                w(f"ridx = ival[{slot}]")
+                w(f"sidx = tables[{moff} + ridx]")
+                w("if sidx < 0:")
+                w("    err_pos[e] = ridx")
+            w("if sidx < 0:")
+            w("    code = UNKNOWN_ENUM")
+            w("    break")
+            if onehot:
+                for j in range(width):
+                    w(f"out_f[e, {col + j}] = 1.0 if sidx == {j} else 0.0")
+            else:
+                w(f"out_f[e, {col}] = np.float64(sidx)")
+        w.depth -= 1
+
+
+def kernel_source(prog: Program) -> str:
+    """The Python source of ``prog``'s specialised kernel (function ``decode``)."""
+    w = _Writer()
+    n_ops = len(prog.ops)
+    w(f"# streamproc specialised decoder: {n_ops} instructions")
+    w("import numpy as np")
+    w("from numba import njit")
+    w("from streamproc.codecs.kernel import (")
+    w("    BAD_MAGIC, C_ENUM_INDEX, C_NEGATIVE_LENGTH, C_UNION_INDEX, C_UTF8, CORRUPT,")
+    w("    INCOMPATIBLE, MISSING, OK, TRAILING, TRUNCATED, UNKNOWN_ENUM, _check,")
+    w("    next_block, read_varint, utf8_valid,")
+    w(")")
+    w("")
+    w("")
+    w("@njit(cache=True, nogil=True)")
+    w("def decode(buf, starts, ends, rows, ops, tables, pool, symtab, consts, feat, featf,")
+    w("           n_slots, max_depth, out_f, out_err, out_id_off, out_id_len, out_time,")
+    w("           err_aux, err_pos, err_val):")
+    w.depth += 1
+    w("state = np.zeros(n_slots, np.uint8)")
+    w("fval = np.zeros(n_slots, np.float64)")
+    w("ival = np.zeros(n_slots, np.int64)")
+    w("ilen = np.zeros(n_slots, np.int64)")
+    w("tmp = np.zeros(8, np.uint8)")
+    w("f64 = tmp.view(np.float64)")
+    w("f32 = tmp[:4].view(np.float32)")
+    w("u64 = tmp.view(np.uint64)")
+    w("u32 = tmp[:4].view(np.uint32)")
+    w("for r in range(rows.shape[0]):")
+    w.depth += 1
+    w("e = rows[r]")
+    w("base = starts[e]")
+    w("pos = base + 5")
+    w("end = ends[e]")
+    w("state[:] = 0")
+    w("out_id_off[e] = 0")
+    w("out_id_len[e] = -1")
+    w("out_time[e] = 0")
+    w("code = OK")
+    w("epc = 0")
+    w("sub = 0.0")
+    w("iv = np.int64(0)")
+    w("while True:  # the record: every error breaks out")
+    w.depth += 1
+    stop, op = _Gen(prog, w).region(0)
+    assert op == P.OP_END
+    w(f"epc = {stop}")
+    w("break")
+    w.depth -= 1
+    w("if code == OK and pos != end:")
+    w("    code = TRAILING")
+    w("    sub = np.float64(end - pos)")
+    w("if code != OK:")
+    w("    out_err[e] = code")
+    w("    err_aux[e] = epc")
+    w("    err_pos[e] = pos - base")
+    w("    err_val[e] = sub")
+    w("    out_id_len[e] = -1")
+    w("    out_time[e] = 0")
+    w("    continue")
+    w("fi = 0")
+    w("while True:  # the features: every error breaks out")
+    w.depth += 1
+    _features(prog, w)
+    w("break")
+    w.depth -= 1
+    w("if code != OK:")
+    w("    out_err[e] = code")
+    w("    err_aux[e] = -1 - fi")
+    return "\n".join(w.lines) + "\n"
+
+
+def default_cache_dir() -> Path:
+    """``$STREAMPROC_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/streamproc/kernels`` (``~/.cache``)."""
+    env = os.environ.get("STREAMPROC_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamproc" / "kernels"
+
+
+class Specialiser:
+    """Compiles, caches and hands out specialised kernels.
+
+    :meth:`submit` plans a program's kernel and returns its key (None: too large, stays
+    interpreted); :meth:`ready` is the kernel once compiled. With ``background=True`` a
+    worker thread compiles while the caller goes on with the interpreter (a processor meeting
+    a new writer schema never stops for LLVM); otherwise :meth:`submit` compiles at once.
+    :meth:`wait` blocks until a key's kernel is ready (at start-up, for the schema the
+    processor expects). A kernel that fails to compile is logged and never retried: the
+    interpreter keeps serving that schema.
+    """
+
+    def __init__(
+        self, cache_dir: Path | None = None, max_ops: int = MAX_OPS, background: bool = False
+    ) -> None:
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.max_ops = max_ops
+        self.background = background
+        self.compile_seconds: dict[str, float] = {}  # per key: compile or cache load, measured
+        self._ready: dict[str, Kernel] = {}
+        self._failed: set[str] = set()
+        self._jobs: dict[str, tuple[str, Program]] = {}  # submitted, not compiled yet
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._worker: threading.Thread | None = None
+
+    def submit(self, prog: Program) -> str | None:
+        if len(prog.ops) > self.max_ops:
+            log.info("program of %d instructions stays interpreted (max %d)",
+                     len(prog.ops), self.max_ops)  # fmt: skip
+            return None
+        src = kernel_source(prog)
+        key = hashlib.sha256(src.encode()).hexdigest()[:24]
+        with self._lock:
+            if key in self._ready or key in self._failed or key in self._jobs:
+                return key
+            self._jobs[key] = (src, prog)
+            if self.background:
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(
+                        target=self._work, name="streamproc-kernels", daemon=True
+                    )
+                    self._worker.start()
+                return key
+        self._compile(key)
+        return key
+
+    def ready(self, key: str | None) -> Kernel | None:
+        return None if key is None else self._ready.get(key)
+
+    def wait(self, key: str | None, timeout_s: float | None = None) -> Kernel | None:
+        """The kernel for ``key``, compiling it here if no worker has started on it."""
+        if key is None:
+            return None
+        self._compile(key)  # a no-op if it is done or a worker holds it
+        with self._done:
+            self._done.wait_for(lambda: key not in self._jobs, timeout_s)
+        return self._ready.get(key)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                pending = [k for k, job in self._jobs.items() if job[0]]
+            if not pending:
+                return
+            self._compile(pending[0])
+
+    def _compile(self, key: str) -> None:
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or not job[0]:
+                return  # done, or being compiled by another thread
+            src, prog = job
+            self._jobs[key] = ("", prog)  # taken
+        t0 = time.perf_counter()
+        fn: Kernel | None = None
+        try:
+            fn = self._load(key, src)
+            _first_call(fn, prog)  # numba compiles (or loads its cache) on the first call
+        except Exception:  # a generator bug must never stop the stream: interpret instead
+            log.exception("specialised kernel %s failed to compile; interpreting", key)
+            fn = None
+        seconds = time.perf_counter() - t0
+        with self._done:
+            self._jobs.pop(key, None)
+            if fn is None:
+                self._failed.add(key)
+            else:
+                self._ready[key] = fn
+                self.compile_seconds[key] = seconds
+                log.info("specialised kernel %s ready in %.2fs (%d instructions)",
+                         key, seconds, len(prog.ops))  # fmt: skip
+            self._done.notify_all()
+
+    def _load(self, key: str, src: str) -> Kernel:
+        name = f"streamproc_kernel_{key}"
+        path = self._write(name, src)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        fn: Kernel = module.decode
+        return fn
+
+    def _write(self, name: str, src: str) -> Path:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            path = self.cache_dir / f"{name}.py"
+            if not path.exists() or path.read_text() != src:
+                # Written whole, then renamed: a concurrent process never imports half a file.
+                fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    f.write(src)
+                os.replace(tmp, path)
+            return path
+        except OSError as exc:  # a read-only home: compile anyway, without the disk cache
+            log.info("kernel cache %s not writable (%s): compiling without it", self.cache_dir, exc)
+            path = Path(tempfile.mkdtemp(prefix="streamproc-kernels-")) / f"{name}.py"
+            path.write_text(src)
+            return path
+
+
+def _first_call(fn: Kernel, prog: Program) -> None:
+    """Call ``fn`` on no events with the argument types decoding uses: compiles it."""
+    from streamproc.codecs import compiled as native
+
+    packed = native.pack([], 1)
+    native.run(
+        prog, packed, np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+        np.zeros(0, np.uint8), np.zeros(0, np.int64), native.Outputs.empty(0), fn,
+    )  # fmt: skip
