@@ -79,6 +79,7 @@ from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
 from streamproc.errors import ModelError
 from streamproc.models.spec import ModelSpec
+from streamproc.telemetry.sensor import Sensor
 from streamproc.types import DecodedBatch, ReasonCode
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class BatchDecoder:
         max_message_bytes: int = 1_000_000,
         compiled: bool = True,
         specialiser: Specialiser | None = None,
+        sensor: Sensor | None = None,
     ) -> None:
         self.spec = spec
         self.source = source
@@ -162,6 +164,7 @@ class BatchDecoder:
         self.fallbacks = 0  # writer schema ids decoded by fastavro although compiled=True
         # Specialised kernels per writer schema (compiled path only); None: interpret.
         self.specialiser = specialiser if compiled else None
+        self.sensor = sensor or Sensor()  # fallbacks and kernels, per writer schema
         used = [f.field for f in spec.inputs] + [spec.id_field, spec.time_field]
         try:
             # Only the fields the model reads take part in resolution (see project_reader).
@@ -251,7 +254,8 @@ class BatchDecoder:
             prog = build_program(entry.tree, self.reader, self.plans, self.id_path, self.time_path)
         except Unsupported as exc:
             self.fallbacks += 1
-            log.info("writer schema %d decoded by fastavro: %s", entry.schema_id, exc)
+            self.sensor.on_decoder_fallback(entry.schema_id)
+            log.warning("writer schema %d decoded by fastavro: %s", entry.schema_id, exc)
             return
         entry.extra["program"] = prog
         if self.specialiser is not None:
@@ -272,10 +276,13 @@ class BatchDecoder:
         fn = entry.extra.get("kernel")
         if fn is None:
             assert self.specialiser is not None
-            fn = self.specialiser.ready(entry.extra.get("kernel_key"))
+            key = entry.extra.get("kernel_key")
+            fn = self.specialiser.ready(key)
             if fn is None:
                 return kernel.decode
             entry.extra["kernel"] = fn
+            assert key is not None
+            self.sensor.on_decoder_kernel(entry.schema_id, self.specialiser.compile_seconds[key])
         return fn  # type: ignore[no-any-return]
 
     # -- decoding ------------------------------------------------------------------------

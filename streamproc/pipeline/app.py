@@ -115,7 +115,9 @@ class Processor:
         self.runner.request_stop()
 
 
-def build_decoder(cfg: PipelineConfig, spec: ModelSpec, registry: Registry) -> BatchDecoder:
+def build_decoder(
+    cfg: PipelineConfig, spec: ModelSpec, registry: Registry, sensor: Sensor | None = None
+) -> BatchDecoder:
     """The input decoder; a specialised one waits (``decoding.warm_timeout_s``) for the
     kernel of the input subject's latest schema, so the first batches are not interpreted.
     Writer schemas met later are compiled in the background."""
@@ -128,7 +130,7 @@ def build_decoder(cfg: PipelineConfig, spec: ModelSpec, registry: Registry) -> B
         specialiser = Specialiser(d.kernel_cache, max_ops=d.max_instructions, background=True)
     decoder = BatchDecoder(
         spec, reader_schema(spec), registry, max_message_bytes=cfg.delivery.max_message_bytes,
-        compiled=d.mode != "reference", specialiser=specialiser,
+        compiled=d.mode != "reference", specialiser=specialiser, sensor=sensor,
     )  # fmt: skip
     if specialiser is None:
         return decoder
@@ -190,7 +192,7 @@ def build_processor(
     if cfg.metrics.port is not None:
         port = prom.serve(cfg.metrics.port, cfg.metrics.host)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
-    decoder = build_decoder(cfg, spec, registry)
+    decoder = build_decoder(cfg, spec, registry, sensor)
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,

@@ -87,6 +87,9 @@ class PrometheusSensor(Sensor):
                                         registry=r)  # fmt: skip
         self.fallbacks = Counter("streamproc_decoder_fallbacks", "Schemas not compiled",
                                  lp, registry=r)  # fmt: skip
+        self.kernel_compile = Gauge("streamproc_decoder_kernel_compile_seconds",
+                                    "Build (or cache load) time of a writer schema's kernel",
+                                    [*lp, "schema_id"], registry=r)  # fmt: skip
         self.alerts = Counter("streamproc_alerts", "Alerts raised",
                               [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
         self.gauges: dict[str, Gauge] = {}
@@ -149,6 +152,9 @@ class PrometheusSensor(Sensor):
 
     def on_decoder_fallback(self, schema_id: int) -> None:
         self.fallbacks.labels(self.pipeline).inc()
+
+    def on_decoder_kernel(self, schema_id: int, compile_s: float) -> None:
+        self.kernel_compile.labels(self.pipeline, str(schema_id)).set(compile_s)
 
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         self.alerts.labels(self.pipeline, type_, severity, "firing" if firing else "resolved").inc()

@@ -55,6 +55,10 @@ class Sensor:
     def on_decoder_fallback(self, schema_id: int) -> None:
         """A writer schema could not be compiled; the reference decoder serves it."""
 
+    def on_decoder_kernel(self, schema_id: int, compile_s: float) -> None:
+        """A writer schema's specialised kernel took over; it took ``compile_s`` to build
+        (or to load from the disk cache)."""
+
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         """An alert fired or resolved."""
 
@@ -87,6 +91,10 @@ class SensorGroup(Sensor):
     def on_decoder_fallback(self, schema_id: int) -> None:
         for s in self.sensors:
             s.on_decoder_fallback(schema_id)
+
+    def on_decoder_kernel(self, schema_id: int, compile_s: float) -> None:
+        for s in self.sensors:
+            s.on_decoder_kernel(schema_id, compile_s)
 
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         for s in self.sensors:

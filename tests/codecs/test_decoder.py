@@ -14,6 +14,7 @@ from streamproc.codecs.source import DictSchemaSource
 from streamproc.codecs.wire import frame
 from streamproc.errors import ModelError, RegistryUnavailableError
 from streamproc.models.spec import ModelSpec
+from streamproc.telemetry.prometheus import PrometheusSensor
 from streamproc.types import ReasonCode as R
 from tests.codecs.builders import (
     body,
@@ -464,12 +465,13 @@ LINKED = {
 }  # fmt: skip
 
 
-def test_recursive_writer_falls_back_to_fastavro():
+def test_recursive_writer_falls_back_to_fastavro(caplog):
     spec = ModelSpec.model_validate(
         {"name": "n", "version": "1.0.0", "inputs": [{"field": "amount", "min": 0}]}
     )
     src = DictSchemaSource({4: LINKED})
-    comp = BatchDecoder(spec, LINKED, src, compiled=True)
+    sensor = PrometheusSensor(pipeline="p")
+    comp = BatchDecoder(spec, LINKED, src, compiled=True, sensor=sensor)
     ref = BatchDecoder(spec, LINKED, src, compiled=False)
     deep: Any = None
     for i in range(50):
@@ -483,6 +485,11 @@ def test_recursive_writer_falls_back_to_fastavro():
     ps.append(frame(4, body(LINKED, recs[1])[:-1] + b"\x02\x00" * 5000 + b"\x00"))
     a, b = comp.decode(ps), ref.decode(ps)
     assert comp.fallbacks == 1 and ref.fallbacks == 0
+    assert "writer schema 4 decoded by fastavro: recursive schema" in caplog.text
+    assert (
+        sensor.registry.get_sample_value("streamproc_decoder_fallbacks_total", {"pipeline": "p"})
+        == 1
+    )
     assert a.errors.tolist() == b.errors.tolist() == [R.OK, R.OUT_OF_RANGE, R.CORRUPT]
     assert a.features[0].tolist() == [2.0]
     assert a.event_ids[:2] == ["a", "b"]

@@ -15,6 +15,7 @@ from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.source import DictSchemaSource
 from streamproc.codecs.specialise import Specialiser, kernel_source
 from streamproc.models.spec import ModelSpec
+from streamproc.telemetry.prometheus import PrometheusSensor
 from streamproc.types import DecodedBatch
 from streamproc.types import ReasonCode as R
 from tests.codecs.builders import fraud_spec, payload, transaction, transaction_schema
@@ -60,13 +61,21 @@ def txn_payloads(n: int) -> list[bytes | None]:
 
 
 def test_transaction_batch_runs_the_specialised_kernel(specialiser):
-    interp, special = pair(fraud_spec(), transaction_schema(), transaction_schema(), specialiser)
+    sensor = PrometheusSensor(pipeline="p")
+    src = DictSchemaSource({SID: transaction_schema()})
+    interp = BatchDecoder(fraud_spec(), transaction_schema(), src)
+    special = BatchDecoder(fraud_spec(), transaction_schema(), src, specialiser=specialiser,
+                           sensor=sensor)  # fmt: skip
     values = txn_payloads(64)
     a, b = interp.decode(values), special.decode(values)
     assert_identical(a, b)
     entry = special.writer(SID)
     assert entry.extra["kernel"] is not kernel.decode  # the batch did not fall back
-    assert entry.extra["kernel_key"] in specialiser.compile_seconds
+    seconds = specialiser.compile_seconds[entry.extra["kernel_key"]]
+    gauge = sensor.registry.get_sample_value(
+        "streamproc_decoder_kernel_compile_seconds", {"pipeline": "p", "schema_id": str(SID)}
+    )
+    assert gauge == seconds > 0
     assert {R(c).name for c in b.errors.tolist()} == {
         "OK", "TRUNCATED", "TRAILING_BYTES", "OUT_OF_RANGE", "NAN_FEATURE", "NULL_VALUE",
         "BAD_MAGIC",
