@@ -1,7 +1,8 @@
 """Codec micro-benchmark: us/event for decoding Transactions and encoding Predictions.
 
 Deterministic synthetic Transaction payloads (written by fastavro), decoded in batches of
-``--batch`` by the fastavro reference path and by the compiled path of ``BatchDecoder``;
+``--batch`` by the fastavro reference path, the interpreted and the specialised compiled
+paths of ``BatchDecoder`` (with the specialised kernel's compile and cache-load time);
 Predictions encoded by ``PredictionEncoder.encode_reference`` (fastavro) and ``encode``.
 Prints one JSON line.
 
@@ -14,7 +15,9 @@ import argparse
 import io
 import json
 import platform
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -24,6 +27,7 @@ from streamproc.codecs import compiled as native
 from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.encoder import PredictionEncoder
 from streamproc.codecs.source import DictSchemaSource
+from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import frame
 from streamproc.models.spec import ModelSpec
 from streamproc.schemas import schema_dict
@@ -104,11 +108,23 @@ def main() -> None:
     ref = BatchDecoder(spec(), reader, src, compiled=False)
     fast = BatchDecoder(spec(), reader, src, compiled=True)
     kernel_load_s = native.warm_up()  # already done by the constructors: cached time
+    with tempfile.TemporaryDirectory() as cache:
+        # the Transaction kernel compiled from nothing (an empty disk cache), then loaded
+        # by a second specialiser from that cache, as a restarted processor would
+        cold, warm = Specialiser(Path(cache)), Specialiser(Path(cache))
+        special = BatchDecoder(spec(), reader, src, specialiser=cold)
+        assert special.prepare(1)
+        again = BatchDecoder(spec(), reader, src, specialiser=warm)
+        assert again.prepare(1)
+        compile_s = next(iter(cold.compile_seconds.values()))
+        cache_load_s = next(iter(warm.compile_seconds.values()))
     ref.decode(batches[0])
     fast.decode(batches[0])
     a = fast.decode(data[:4096])
     b = ref.decode(data[:4096])
+    c = special.decode(data[:4096])
     assert (a.errors == 0).all() and np.array_equal(a.features, b.features)
+    assert np.array_equal(a.features, c.features)
 
     # fastavro alone (no framing checks, no feature matrix), for the issue's 6-8 us anchor
     parsed = fastavro.parse_schema(schema_dict("Transaction"))
@@ -123,6 +139,7 @@ def main() -> None:
     raw_us = per_event_us(raw_fastavro, quarter, sum(len(b) for b in quarter), 1)
     ref_us = per_event_us(ref.decode, batches, n, 1)
     fast_us = per_event_us(fast.decode, batches, n, args.repeat)
+    special_us = per_event_us(special.decode, batches, n, args.repeat)
 
     # Prediction encoding, one batch's arguments per batch
     enc = PredictionEncoder(2)
@@ -165,6 +182,9 @@ def main() -> None:
                 "decode_compiled_us": round(fast_us, 3),
                 "decode_speedup": round(ref_us / fast_us, 1),
                 "decode_compiled_events_per_s": round(1e6 / fast_us),
+                "decode_specialised_us": round(special_us, 3),
+                "specialise_compile_s": round(compile_s, 2),
+                "specialise_cache_load_s": round(cache_load_s, 3),
                 "encode_reference_us": round(enc_ref_us, 3),
                 "encode_fast_us": round(enc_fast_us, 3),
                 "encode_numpy_us": round(enc_numpy_us, 3),

@@ -23,11 +23,14 @@ Two paths give the same results. The *reference* path reads each body with fasta
 (writer and reader schema) and maps the record to columns in Python. The *compiled* path
 (default) plans a small instruction table per writer schema id
 (:mod:`~streamproc.codecs.program`) and runs the whole batch through one numba interpreter
-(:mod:`~streamproc.codecs.kernel`), compiled once per machine and cached; recursive writer
-schemas fall back to fastavro (counted in :attr:`BatchDecoder.fallbacks`). The compiled path
-follows fastavro's reading rules (varint overflow, negative enum/union indexes), so verdicts
-agree event by event; the reference reads through a strict stream where fastavro's lenient
-skipping could otherwise accept a cut payload (see ``resolve.needs_strict_stream``).
+(:mod:`~streamproc.codecs.kernel`), compiled once per machine and cached; given a
+:class:`~streamproc.codecs.specialise.Specialiser`, each writer schema's program also gets
+a kernel of its own, which takes over once compiled. Recursive writer schemas fall back to
+fastavro (counted in :attr:`BatchDecoder.fallbacks`, reported to the sensor and logged).
+The compiled path follows fastavro's reading rules (varint overflow, negative enum/union
+indexes), so verdicts agree event by event; the reference reads through a strict stream
+where fastavro's lenient skipping could otherwise accept a cut payload (see
+``resolve.needs_strict_stream``).
 
 >>> import io, fastavro
 >>> from streamproc.codecs.source import DictSchemaSource

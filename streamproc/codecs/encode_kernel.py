@@ -51,7 +51,7 @@ def _string(out, w, src, start, stop):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def encode_predictions(  # type: ignore[no-untyped-def]
     header, ids, id_ends, keys, key_ends, key_present, model, scores, score_index,
-    labels, label_ends, event_time, processed_time, out, out_ends,
+    labels, label_ends, label_idx, event_time, processed_time, out, out_ends,
 ):  # fmt: skip
     """Write each record (header, event_id, key, model name+version, score, scores,
     label, event_time, processed_time, latency_ms); returns the bytes written."""
@@ -62,7 +62,6 @@ def encode_predictions(  # type: ignore[no-untyped-def]
     w = 0
     id_start = 0
     key_start = 0
-    label_start = 0
     for i in range(n):
         for j in range(header.shape[0]):
             out[w] = header[j]
@@ -92,8 +91,8 @@ def encode_predictions(  # type: ignore[no-untyped-def]
                     w += 1
         out[w] = 0
         w += 1
-        w = _string(out, w, labels, label_start, label_ends[i])
-        label_start = label_ends[i] + 1
+        li = label_idx[i]
+        w = _string(out, w, labels, 0 if li == 0 else label_ends[li - 1] + 1, label_ends[li])
         t = event_time[i]
         w = _varint(out, w, t)
         w = _varint(out, w, processed_time)

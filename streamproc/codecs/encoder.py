@@ -20,7 +20,7 @@ import io
 import marshal
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import fastavro
 import numpy as np
@@ -127,6 +127,34 @@ def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:
     return "\0".join(text).encode()
 
 
+class IndexedLabels(Sequence[str]):
+    """Per-event labels as indexes into a few names: event ``i``'s label is
+    ``names[choice[i]]``. The encoder writes them without a string per event.
+
+    >>> labels = IndexedLabels(("legit", "fraud"), np.array([1, 0, 1]))
+    >>> list(labels), len(labels)
+    (['fraud', 'legit', 'fraud'], 3)
+    """
+
+    __slots__ = ("choice", "names")
+
+    def __init__(self, names: Sequence[str], choice: npt.NDArray[np.integer[Any]]) -> None:
+        self.names = tuple(names)
+        self.choice = choice
+
+    def __len__(self) -> int:
+        return len(self.choice)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self.names[j] for j in self.choice[i].tolist()]
+        return self.names[int(self.choice[i])]
+
+
 class PredictionEncoder:
     """Encodes batches of predictions as framed ``Prediction`` records."""
 
@@ -185,10 +213,22 @@ class PredictionEncoder:
         times = np.ascontiguousarray(event_time_ms, dtype=np.int64)
         ids_b = "\0".join(event_ids).encode()
         keys_b = _joined_keys(keys)
-        labels_b = "\0".join(labels).encode()
-        ends = np.empty((3, n), np.int64)
+        if isinstance(labels, IndexedLabels):  # a few names and an index: no join per event
+            names: Sequence[str] = labels.names
+            label_idx = labels.choice.astype(np.int64)
+            if len(names) == 0 or not 0 <= label_idx.min() <= label_idx.max() < len(names):
+                raise ValueError("a label index outside the names")
+        else:
+            names, label_idx = labels, np.arange(n, dtype=np.int64)
+        labels_b = "\0".join(names).encode()
+        ends = np.empty((2, n), np.int64)
+        label_ends = np.empty(len(names), np.int64)
         bufs = [np.frombuffer(b, np.uint8) for b in (ids_b, keys_b, labels_b)]
-        if not all(enc_kernel.split_ends(b, n, ends[j]) for j, b in enumerate(bufs)):
+        if not (
+            enc_kernel.split_ends(bufs[0], n, ends[0])
+            and enc_kernel.split_ends(bufs[1], n, ends[1])
+            and enc_kernel.split_ends(bufs[2], len(names), label_ends)
+        ):
             return self.encode_python(
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
                 event_time_ms, processed_time_ms,
@@ -200,12 +240,14 @@ class PredictionEncoder:
         model = self._model_bytes(model_name, model_version)
         # header, 6 varints, union index, score, array end, latency: an exact upper bound
         per_event = HEADER_SIZE + 10 * 6 + 1 + 8 + 1 + 8 + len(model) + 4 * k
-        out = np.empty(n * per_event + len(ids_b) + len(keys_b) + len(labels_b), np.uint8)
+        # every label fits in all the names joined: a bound for an index into them
+        label_room = len(labels_b) * (n if isinstance(labels, IndexedLabels) else 1)
+        out = np.empty(n * per_event + len(ids_b) + len(keys_b) + label_room, np.uint8)
         out_ends = np.empty(n, np.int64)
         written = enc_kernel.encode_predictions(
             self._header_arr, bufs[0], ends[0], bufs[1], ends[1], present,
-            np.frombuffer(model, np.uint8), scores, score_index, bufs[2], ends[2], times,
-            int(processed_time_ms), out, out_ends,
+            np.frombuffer(model, np.uint8), scores, score_index, bufs[2], label_ends, label_idx,
+            times, int(processed_time_ms), out, out_ends,
         )  # fmt: skip
         return split_records(out[:written], out_ends)
 
@@ -340,6 +382,7 @@ def _plain(schema_name: str) -> Any:
 
 
 __all__ = [
+    "IndexedLabels",
     "PredictionEncoder",
     "avro_string",
     "decode_prediction",

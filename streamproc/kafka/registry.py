@@ -42,7 +42,9 @@ class Registry:
     def latest_id(self, subject: str) -> int | None:
         """The id of the subject's latest version; None when the subject has none."""
         try:
-            sid = self.client.get_latest_version(subject).schema_id
+            # get_version("latest") asks the registry each time; get_latest_version would
+            # answer from a cache that never expires by default.
+            sid = self.client.get_version(subject, "latest").schema_id
         except CkRegistryError as exc:
             if exc.error_code in _NOT_FOUND or exc.http_status_code == 404:
                 return None

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc import lineage
-from streamproc.codecs.encoder import PredictionEncoder, encode_record
+from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder, encode_record
 from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode, RecordBlock
@@ -209,9 +209,10 @@ class BatchHandler:
         topic: str,
     ) -> None:
         o = spec.outputs
-        # Index an object array of the two labels: the list shares their two str objects.
-        positive = (scores[:, o.score_index] >= o.threshold).view(np.uint8)
-        labels = np.array(o.labels[:2], dtype=object)[positive].tolist()
+        # The two labels and which one each event gets: no string per event.
+        labels = IndexedLabels(
+            o.labels[:2], (scores[:, o.score_index] >= o.threshold).view(np.uint8)
+        )
         if len(rows) == len(raw):  # every event of the batch (rows are sorted, unique)
             keys, ids = list(raw.keys), dec.event_ids
         else:

@@ -62,6 +62,34 @@ def test_fast_equals_fastavro(n, k, seed, t, key):
     assert enc.encode(*args) == enc.encode_reference(*args)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(st.text(max_size=12), min_size=1, max_size=4),
+    data=st.data(),
+)
+def test_indexed_labels_encode_like_a_list_of_labels(names, data):
+    n = data.draw(st.integers(0, 8))
+    choice = np.array(data.draw(st.lists(st.integers(0, len(names) - 1), min_size=n, max_size=n)),
+                      dtype=np.uint8)  # fmt: skip
+    ids, keys, scores, _, times = _batch(n, 2)
+    indexed = encoder.IndexedLabels(names, choice)
+    listed = [names[c] for c in choice.tolist()]
+    assert list(indexed) == listed
+    enc = PredictionEncoder(4)
+    args = (ids, keys, "m", "0.1.0", scores, 1)
+    out = enc.encode(*args, indexed, times, 7)
+    assert (
+        out == enc.encode(*args, listed, times, 7) == enc.encode_reference(*args, listed, times, 7)
+    )
+
+
+def test_indexed_labels_out_of_range_raise():
+    ids, keys, scores, _, times = _batch(3, 2)
+    bad = encoder.IndexedLabels(("a", "b"), np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="label index"):
+        PredictionEncoder(1).encode(ids, keys, "m", "1.0.0", scores, 1, bad, times, 0)
+
+
 def test_length_mismatch_raises():
     ids, keys, scores, labels, times = _batch(3, 2)
     with pytest.raises(ValueError):

@@ -1,12 +1,15 @@
-"""The registry adapter against a registry that accepts connections and never answers."""
+"""The registry adapter: against the real registry, and one that never answers."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import uuid
 
 import pytest
 
+from streamproc import schemas
 from streamproc.config import RegistrySettings
 from streamproc.errors import RegistryUnavailableError
 from streamproc.kafka.configuration import registry_config
@@ -25,3 +28,16 @@ def test_a_registry_that_never_answers_is_an_outage_not_a_hang():
         with pytest.raises(RegistryUnavailableError, match="id 1"):
             registry.schema(1)
         assert time.monotonic() - start < 30  # the client's own retries, then the error
+
+
+def test_latest_id_follows_the_subject_on_the_real_registry(schema_registry):
+    registry = Registry(schema_registry)
+    subject = f"latest-{uuid.uuid4().hex[:8]}-value"
+    assert registry.latest_id(subject) is None  # no such subject yet
+    first = registry.register(subject, schemas.schema_text("Transaction"))
+    assert registry.latest_id(subject) == first
+    evolved = schemas.schema_dict("Transaction")
+    evolved["fields"].append({"name": "note", "type": ["null", "string"], "default": None})
+    second = registry.register(subject, json.dumps(evolved))
+    assert second != first
+    assert registry.latest_id(subject) == second

@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from streamproc import lineage, schemas, synth
+from streamproc.codecs import kernel
 from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.clients import FramedDecoder
@@ -82,6 +83,10 @@ def test_happy_path_every_event_scored_once_with_lineage(
         assert 0.0 <= p.value["score"] <= 1.0
         assert int(lin["schema-id"]) > 0
     assert read_topic(cfg.topics.dlq, 1, idle_s=2) == []
+    # The input subject's schema got its own kernel at start-up, and the batches ran on it.
+    sid = int(lineage.decode(preds[0].headers[lineage.HEADER])["schema-id"])
+    entry = running.processor.handler.decoder.writer(sid)
+    assert entry.extra["kernel"] is not kernel.decode
 
 
 def test_each_malformed_class_is_one_dead_letter_and_the_invariant_holds(

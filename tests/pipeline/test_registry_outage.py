@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
+from streamproc import schemas
 from streamproc.loadgen import produce_synthetic
 from streamproc.telemetry import Sensor
 
 from .proxy import TcpProxy
 
 pytestmark = pytest.mark.kafka
+
+
+def unseen_schema() -> dict[str, Any]:
+    """Transaction with one more optional field: a writer schema registered after the
+    processor started (it fetched the subject's latest schema at start-up, not this one)."""
+    schema = schemas.schema_dict("Transaction")
+    schema["fields"].append({"name": f"note_{uuid.uuid4().hex[:6]}",
+                             "type": ["null", "string"], "default": None})  # fmt: skip
+    return schema
 
 
 class RetryWatch(Sensor):
@@ -39,7 +51,8 @@ def test_outage_waits_then_scores_everything(
         running = processor_factory(cfg, extra_sensor=watch)  # registers its schemas: up
         proxy.cut()
         # Events whose writer schema the processor has not fetched yet.
-        report = produce_synthetic(event_producer_factory(cfg.topics.input), 200, seed=8)
+        producer = event_producer_factory(cfg.topics.input, schema=unseen_schema())
+        report = produce_synthetic(producer, 200, seed=8)
         assert watch.retrying.wait(60), "processor never retried the registry"
         assert running.processor.counters.events_in == 0  # nothing committed meanwhile
         proxy.restore()
@@ -68,7 +81,8 @@ def test_a_rebalance_during_an_outage_is_not_blocked_and_loses_nothing(
         a = processor_factory(cfg.with_overrides(instance_id="a", registry=via_proxy),
                               extra_sensor=watch)  # fmt: skip
         proxy.cut()
-        report = produce_synthetic(event_producer_factory(cfg.topics.input), 200, seed=8)
+        producer = event_producer_factory(cfg.topics.input, schema=unseen_schema())
+        report = produce_synthetic(producer, 200, seed=8)
         assert watch.retrying.wait(60), "processor a never retried the registry"
         b = processor_factory(cfg.with_overrides(instance_id="b"))
         early = read_topic(cfg.topics.predictions, 1, idle_s=45)
