@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,61 @@ class Guarantee(enum.StrEnum):
     EXACTLY_ONCE = "exactly-once"
 
 
+class JoinedIds(Sequence[str]):
+    """A batch's event ids as the decoder found them: one buffer of the ids' bytes,
+    NUL-separated. Split into strings only when read; the prediction encoder copies the
+    buffer as it is (no string per event on the way through).
+
+    >>> ids = JoinedIds(b"e1\\x00\\x00e3", 3)
+    >>> ids.utf8(), ids[2], ids == ["e1", "", "e3"]
+    (b'e1\\x00\\x00e3', 'e3', True)
+    """
+
+    __slots__ = ("_items", "_n", "joined")
+
+    def __init__(self, joined: bytes, n: int) -> None:
+        self.joined = joined
+        self._n = n
+        self._items: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._items is None:
+            items = self.joined.decode("utf-8", "replace").split("\0") if self._n else []
+            if len(items) != self._n:
+                raise ValueError(f"{len(items)} ids joined where {self._n} were expected")
+            self._items = items
+        return self._items
+
+    def utf8(self) -> bytes:
+        """The joined ids as valid UTF-8 (invalid bytes replaced, as ``self[i]`` reads)."""
+        if self.joined.isascii():
+            return self.joined
+        try:
+            self.joined.decode("utf-8")
+            return self.joined
+        except UnicodeDecodeError:
+            return "\0".join(self._list()).encode()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JoinedIds):
+            return self._list() == other._list()
+        return isinstance(other, list) and self._list() == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like a list
+
+    def __repr__(self) -> str:
+        return repr(self._list())
+
+
 @dataclass(slots=True)
 class DecodedBatch:
     """What a batch decoder returns: one row per input payload, in input order.
@@ -57,7 +113,7 @@ class DecodedBatch:
     """
 
     features: npt.NDArray[np.float32]  # shape (n, n_features)
-    event_ids: list[str]
+    event_ids: Sequence[str]  # a list, or JoinedIds straight from the decoder
     event_time_ms: npt.NDArray[np.int64]  # shape (n,)
     errors: npt.NDArray[np.uint8]  # shape (n,), ReasonCode values
     details: list[str]

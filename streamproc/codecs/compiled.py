@@ -13,7 +13,7 @@ import numpy.typing as npt
 from streamproc.codecs import kernel
 from streamproc.codecs.features import FeaturePlan, check_number, non_null_branches
 from streamproc.codecs.program import OP_NAMES, Program
-from streamproc.types import ReasonCode
+from streamproc.types import JoinedIds, ReasonCode
 
 _compile_seconds: float | None = None
 
@@ -121,6 +121,15 @@ def run(
         prog.n_slots, prog.max_depth,
         features, errors, out.id_off, out.id_len, times, out.err_aux, out.err_pos, out.err_val,
     )  # fmt: skip
+
+
+def joined_ids(packed: Packed, out: Outputs) -> JoinedIds | None:
+    """Every event's id as one NUL-separated buffer (empty where there is none); None when
+    an id holds a NUL byte itself."""
+    n = out.id_off.shape[0]
+    scratch = np.empty(packed.buf.size + n, np.uint8)
+    written = kernel.gather_ids(packed.buf, out.id_off, out.id_len, scratch)
+    return JoinedIds(scratch[:written].tobytes(), n) if written >= 0 else None
 
 
 def event_ids(

@@ -83,7 +83,7 @@ from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
 from streamproc.errors import ModelError
 from streamproc.models.spec import ModelSpec
 from streamproc.telemetry.sensor import Sensor
-from streamproc.types import DecodedBatch, ReasonCode
+from streamproc.types import DecodedBatch, JoinedIds, ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +367,14 @@ class BatchDecoder:
                 out.details[i] = native.detail(int(errors[i]), prog, self.plans, packed, i, kout)
         if kout is not None:
             whole = not fallback and sum(r.size for r in kernel_rows) == n
+            pooled = np.flatnonzero((kout.id_off < 0) & (kout.id_len > 0))
+            if whole and not pooled.size:  # the common case: the ids stay one buffer
+                out.joined_ids = native.joined_ids(packed, kout)
+                if out.joined_ids is not None:
+                    return out.batch(ids)
             native.event_ids(
                 packed, kout, out.event_ids, None if whole else np.concatenate(kernel_rows)
             )
-            pooled = np.flatnonzero((kout.id_off < 0) & (kout.id_len > 0))
             for i in pooled.tolist():  # a default id from the reader schema
                 prog = self.writer(int(ids[i])).extra["program"]
                 o, ln = -1 - int(kout.id_off[i]), int(kout.id_len[i])
@@ -427,6 +431,7 @@ class _Out:
     times: npt.NDArray[np.int64]
     errors: npt.NDArray[np.uint8]
     details: list[str]
+    joined_ids: JoinedIds | None = None  # set: the event ids, instead of event_ids
 
     @classmethod
     def empty(cls, n: int, n_features: int, errors: npt.NDArray[np.uint8]) -> _Out:
@@ -441,7 +446,7 @@ class _Out:
     def batch(self, ids: npt.NDArray[np.int32]) -> DecodedBatch:
         return DecodedBatch(
             features=self.features,
-            event_ids=self.event_ids,
+            event_ids=self.event_ids if self.joined_ids is None else self.joined_ids,
             event_time_ms=self.times,
             errors=self.errors,
             details=self.details,

@@ -30,6 +30,7 @@ from streamproc import schemas
 from streamproc.codecs import encode_kernel as enc_kernel
 from streamproc.codecs.tree import parse, strip_logical
 from streamproc.codecs.wire import HEADER_SIZE, frame, header, unframe
+from streamproc.types import JoinedIds
 
 _DOUBLE = struct.Struct("<d")
 
@@ -211,7 +212,10 @@ class PredictionEncoder:
         if k and not -k <= score_index < k:
             raise ValueError(f"score_index {score_index} out of range for {k} scores")
         times = np.ascontiguousarray(event_time_ms, dtype=np.int64)
-        ids_b = "\0".join(event_ids).encode()
+        if isinstance(event_ids, JoinedIds):  # as the decoder found them: no join
+            ids_b = event_ids.utf8()
+        else:
+            ids_b = "\0".join(event_ids).encode()
         keys_b = _joined_keys(keys)
         if isinstance(labels, IndexedLabels):  # a few names and an index: no join per event
             names: Sequence[str] = labels.names

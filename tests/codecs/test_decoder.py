@@ -15,6 +15,7 @@ from streamproc.codecs.wire import frame
 from streamproc.errors import ModelError, RegistryUnavailableError
 from streamproc.models.spec import ModelSpec
 from streamproc.telemetry.prometheus import PrometheusSensor
+from streamproc.types import JoinedIds
 from streamproc.types import ReasonCode as R
 from tests.codecs.builders import (
     body,
@@ -47,6 +48,8 @@ def test_valid_batch_decodes_in_order(spec, txn_schema, source, mode):
     assert out.errors.tolist() == [0] * 40
     assert out.details == [""] * 40
     assert out.event_ids == [r["event_id"] for r in recs]
+    # the compiled paths hand the ids on as one buffer, as the kernel gathered them
+    assert isinstance(out.event_ids, JoinedIds) == mode.get("compiled", True)
     assert out.event_time_ms.tolist() == [r["event_time"] for r in recs]
     assert out.schema_ids.tolist() == [TXN_ID] * 40
     want = np.array([expected_row(r) for r in recs], dtype=np.float32)

@@ -15,6 +15,7 @@ from streamproc.codecs.encoder import (
     zigzag_varint,
 )
 from streamproc.codecs.wire import unframe
+from streamproc.types import JoinedIds
 
 
 def _batch(n: int, k: int, seed: int = 0):
@@ -199,3 +200,18 @@ def test_the_marshal_framing_is_checked_once_against_marshal_itself(
 
 def _no_marshal(data: object) -> object:
     raise AssertionError("marshal.loads called")
+
+
+@pytest.mark.parametrize(
+    "joined", [b"ev-1\x00\x00ev-3", "é\x00ü\x00x".encode(), b"bad-\xff\x00ok\x00\xc3"]
+)
+def test_joined_ids_encode_like_their_strings(joined):
+    # The decoder's ids as one buffer (bytes ids may be any bytes: read with replacement
+    # characters, as the strings are)
+    ids = JoinedIds(joined, 3)
+    _, keys, scores, labels, times = _batch(3, 2)
+    enc = PredictionEncoder(5)
+    args = (keys, "m", "0.1.0", scores, 1, labels, times, 9)
+    out = enc.encode(ids, *args)
+    assert out == enc.encode(list(ids), *args) == enc.encode_reference(list(ids), *args)
+    assert [decode_prediction(p)["event_id"] for p in out] == list(ids)
