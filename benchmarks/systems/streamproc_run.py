@@ -22,7 +22,6 @@ The first batch is not counted (consumer group join, first fetch, warm caches).
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -151,7 +150,7 @@ class _Profile:
 def run_profiled(cfg: WorkerConfig) -> None:
     import streamproc.kafka.runner as runner_mod
     from streamproc.config import PipelineConfig
-    from streamproc.pipeline.app import build_processor
+    from streamproc.pipeline.app import build_processor, settle_collector
     from streamproc.telemetry import Sensor
     from systems.shared import stop_on_signals
 
@@ -170,10 +169,8 @@ def run_profiled(cfg: WorkerConfig) -> None:
 
     proc = build_processor(pcfg, extra_sensor=StageSensor())
     holder["proc"] = proc
-    # As `streamproc run` does (cli.py): what exists now stays out of the cyclic collector's
-    # reach, so the profile has the shipped worker's collections, not more.
-    gc.collect()
-    gc.freeze()
+    # As `streamproc run` does (cli.py): the profile has the shipped worker's collections.
+    settle_collector()
     runner = proc.runner
     # Instance attributes shadow the class's methods: KafkaRunner calls self._step() etc.
     runner._step = prof.timed("step", runner._step)  # type: ignore[method-assign]

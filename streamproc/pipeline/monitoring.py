@@ -105,8 +105,10 @@ class StreamMonitor:
     ) -> list[dict[str, Any]]:
         alerts = []
         if len(ok_rows):
-            ok_offsets = offsets[ok_rows]
-            x = decoded.features[ok_rows]
+            if len(ok_rows) == len(decoded):  # every event decoded: no copies
+                ok_offsets, x = offsets, decoded.features
+            else:
+                ok_offsets, x = offsets[ok_rows], decoded.features[ok_rows]
             alerts += self.drift.update(x[:, self.continuous], ok_offsets)
             if self.discrete_drift is not None and self._discrete_alerts is not None:
                 self.discrete_drift.update(x[:, self.discrete], ok_offsets)
