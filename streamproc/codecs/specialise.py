@@ -71,12 +71,20 @@ class _Gen:
         self.arrays: list[tuple[int, int, int]] = []  # (depth id, base slot, length)
 
     def fail(self, code: str, pc: int, sub: str | None = None) -> None:
+        """Record an error at instruction ``pc`` and leave the record (or the array)."""
         w = self.w
         w(f"code = {code}")
         w(f"epc = {pc}")
         if sub is not None:
             w(f"sub = {sub}")
         w("break")
+
+    def guard(self, cond: str, code: str, pc: int, sub: str | None = None) -> None:
+        """``if cond:`` fail with ``code`` at ``pc``."""
+        self.w(f"if {cond}:")
+        self.w.depth += 1
+        self.fail(code, pc, sub)
+        self.w.depth -= 1
 
     def region(self, pc: int) -> tuple[int, int]:
         """Emit instructions from ``pc`` until a JUMP, ARR_NEXT or END; returns (stop pc, op)."""
@@ -91,23 +99,11 @@ class _Gen:
                 pc += 1
             elif op == P.OP_STR:
                 w("n, pos, code = read_varint(buf, pos, end)")
-                w("if code != OK:")
-                w.depth += 1
-                self.fail("code", pc)
-                w.depth -= 1
-                w("if n < 0:")
-                w.depth += 1
-                self.fail("CORRUPT", pc, "C_NEGATIVE_LENGTH")
-                w.depth -= 1
-                w("if n > end - pos:")
-                w.depth += 1
-                self.fail("TRUNCATED", pc)
-                w.depth -= 1
+                self.guard("code != OK", "code", pc)
+                self.guard("n < 0", "CORRUPT", pc, "C_NEGATIVE_LENGTH")
+                self.guard("n > end - pos", "TRUNCATED", pc)
                 if c != 0:
-                    w("if not utf8_valid(buf, pos, pos + n):")
-                    w.depth += 1
-                    self.fail("CORRUPT", pc, "C_UTF8")
-                    w.depth -= 1
+                    self.guard("not utf8_valid(buf, pos, pos + n)", "CORRUPT", pc, "C_UTF8")
                 if a in (P.D_ID, P.D_SYM_ID):
                     w("out_id_off[e] = pos")
                     w("out_id_len[e] = n")
@@ -125,10 +121,7 @@ class _Gen:
             elif op == P.OP_ARR:
                 pc = self.array(pc, a, b, c, d, e)
             elif op == P.OP_FIXED:
-                w(f"if end - pos < {a}:")
-                w.depth += 1
-                self.fail("TRUNCATED", pc)
-                w.depth -= 1
+                self.guard(f"end - pos < {a}", "TRUNCATED", pc)
                 w(f"pos += {a}")
                 pc += 1
             elif op == P.OP_SETF:
@@ -158,17 +151,11 @@ class _Gen:
         w = self.w
         if op == P.OP_LONG:
             w("iv, pos, code = read_varint(buf, pos, end)")
-            w("if code != OK:")
-            w.depth += 1
-            self.fail("code", pc)
-            w.depth -= 1
+            self.guard("code != OK", "code", pc)
             w("v = np.float64(iv)")
         elif op in (P.OP_DOUBLE, P.OP_FLOAT):
             size = 8 if op == P.OP_DOUBLE else 4
-            w(f"if end - pos < {size}:")
-            w.depth += 1
-            self.fail("TRUNCATED", pc)
-            w.depth -= 1
+            self.guard(f"end - pos < {size}", "TRUNCATED", pc)
             # One little-endian word in a register, stored whole: a load of the same width
             # from the same address is forwarded (eight byte stores would stall it).
             word = " | ".join(
@@ -179,10 +166,7 @@ class _Gen:
             w("v = f64[0]" if size == 8 else "v = np.float64(f32[0])")
             w(f"pos += {size}")
         else:
-            w("if pos >= end:")
-            w.depth += 1
-            self.fail("TRUNCATED", pc)
-            w.depth -= 1
+            self.guard("pos >= end", "TRUNCATED", pc)
             w("v = np.float64(1.0 if buf[pos] != 0 else 0.0)")
             w("pos += 1")
         if dk in (P.D_NUM, P.D_NUM_TIME):
@@ -199,16 +183,10 @@ class _Gen:
     def union(self, pc: int, nb: int, table: int) -> int:
         w = self.w
         w("idx, pos, code = read_varint(buf, pos, end)")
-        w("if code != OK:")
-        w.depth += 1
-        self.fail("code", pc)
-        w.depth -= 1
+        self.guard("code != OK", "code", pc)
         w("if idx < 0:")
         w(f"    idx += {nb}")
-        w(f"if idx < 0 or idx >= {nb}:")
-        w.depth += 1
-        self.fail("CORRUPT", pc, "C_UNION_INDEX")
-        w.depth -= 1
+        self.guard(f"idx < 0 or idx >= {nb}", "CORRUPT", pc, "C_UNION_INDEX")
         after = -1
         first = True
         for i in range(nb):
@@ -223,40 +201,28 @@ class _Gen:
             assert op == P.OP_JUMP
             after = self.ops[stop][1]
             w.depth -= 1
-        if first:  # no branch is readable
-            w.depth += 0
+        if first:  # no branch is readable: every event on this union is incompatible
             self.fail("INCOMPATIBLE", pc, "np.float64(idx)")
         else:
             w("else:")
             w.depth += 1
             self.fail("INCOMPATIBLE", pc, "np.float64(idx)")
             w.depth -= 1
-        if after < 0:
-            # Every branch fails: the instructions after the union are unreachable but
-            # still well formed; find the join point from the table layout.
-            after = _union_end(self.ops, pc)
-        return after
+        # With no readable branch the builder emits nothing after the UNION itself (no
+        # branch code, no JUMP): the union's successor is the next instruction.
+        return after if after >= 0 else pc + 1
 
     def enum(self, pc: int, ns: int, table: int, dk: int, slot: int) -> None:
         w = self.w
         w("idx, pos, code = read_varint(buf, pos, end)")
-        w("if code != OK:")
-        w.depth += 1
-        self.fail("code", pc)
-        w.depth -= 1
+        self.guard("code != OK", "code", pc)
         if table < 0:
             return
         w("if idx < 0:")
         w(f"    idx += {ns}")
-        w(f"if idx < 0 or idx >= {ns}:")
-        w.depth += 1
-        self.fail("CORRUPT", pc, "C_ENUM_INDEX")
-        w.depth -= 1
+        self.guard(f"idx < 0 or idx >= {ns}", "CORRUPT", pc, "C_ENUM_INDEX")
         w(f"ridx = tables[{table} + idx]")
-        w("if ridx == -2:")
-        w.depth += 1
-        self.fail("UNKNOWN_ENUM", pc, "np.float64(idx)")
-        w.depth -= 1
+        self.guard("ridx == -2", "UNKNOWN_ENUM", pc, "np.float64(idx)")
         if dk == P.D_SYM:
             w(f"ival[{slot}] = ridx")
             w(f"state[{slot}] = 1")
@@ -266,10 +232,7 @@ class _Gen:
         depth = len(self.arrays)
         cnt, idx = f"cnt{depth}", f"idx{depth}"
         w(f"{cnt}, pos, code = next_block(buf, pos, end, {skip})")
-        w("if code != OK:")
-        w.depth += 1
-        self.fail("code", pc)
-        w.depth -= 1
+        self.guard("code != OK", "code", pc)
         w(f"{idx} = 0")
         w(f"while {cnt} != 0:")
         w.depth += 1
@@ -279,25 +242,17 @@ class _Gen:
         self.arrays.pop()
         w(f"{cnt} -= 1")
         w(f"{idx} += 1")
-        w(f"if {cnt} == 0:")
+        w(f"if {cnt} == 0:")  # the block is done: read the next block's count
         w.depth += 1
         w(f"{cnt}, pos, code = next_block(buf, pos, end, {skip})")
-        w("if code != OK:")
-        w.depth += 1
-        self.fail("code", stop)
-        w.depth -= 2
-        w.depth -= 1
-        w("if code != OK:")
+        self.guard("code != OK", "code", stop)
+        w.depth -= 2  # out of the loop
+        w("if code != OK:")  # an error inside the items: leave the enclosing block too
         w("    break")
         if count_slot >= 0:
             w(f"ival[{count_slot}] = {idx}")
             w(f"state[{count_slot}] = 1")
         return after
-
-
-def _union_end(ops: list[list[int]], pc: int) -> int:
-    """The instruction after a union none of whose branches is readable (no JUMP names it)."""
-    return pc + 1
 
 
 def _in_range(prog: Program, fi: int) -> str:
