@@ -60,6 +60,17 @@ class _Writer:
         self.lines.append("    " * self.depth + line)
 
 
+# The reader-default instructions, as the lines that set their slot (a, b, c: the operands;
+# pool_a / pool_b: an operand as a negative offset into the byte pool, as the kernel reads it).
+_DEFAULTS = {
+    P.OP_SETF: ("fval[{a}] = consts[{b}]", "state[{a}] = 1"),
+    P.OP_SETI: ("ival[{a}] = {b}", "state[{a}] = 1"),
+    P.OP_SETS: ("ival[{a}] = {pool_b}", "ilen[{a}] = {c}", "state[{a}] = 1"),
+    P.OP_SETID: ("out_id_off[e] = {pool_a}", "out_id_len[e] = {b}"),
+    P.OP_SETTIME: ("out_time[e] = {a}",),
+}
+
+
 class _Gen:
     """Writes a program's instructions as nested Python blocks (see :func:`kernel_source`)."""
 
@@ -124,25 +135,9 @@ class _Gen:
                 self.guard(f"end - pos < {a}", "TRUNCATED", pc)
                 w(f"pos += {a}")
                 pc += 1
-            elif op == P.OP_SETF:
-                w(f"fval[{a}] = consts[{b}]")
-                w(f"state[{a}] = 1")
-                pc += 1
-            elif op == P.OP_SETI:
-                w(f"ival[{a}] = {b}")
-                w(f"state[{a}] = 1")
-                pc += 1
-            elif op == P.OP_SETS:
-                w(f"ival[{a}] = {-1 - b}")
-                w(f"ilen[{a}] = {c}")
-                w(f"state[{a}] = 1")
-                pc += 1
-            elif op == P.OP_SETID:
-                w(f"out_id_off[e] = {-1 - a}")
-                w(f"out_id_len[e] = {b}")
-                pc += 1
-            elif op == P.OP_SETTIME:
-                w(f"out_time[e] = {a}")
+            elif op in _DEFAULTS:
+                for line in _DEFAULTS[op]:
+                    w(line.format(a=a, b=b, c=c, pool_a=-1 - a, pool_b=-1 - b))
                 pc += 1
             else:  # pragma: no cover - programs only hold the ops above
                 raise P.Unsupported(f"opcode {op}")
