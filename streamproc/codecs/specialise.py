@@ -9,7 +9,8 @@ gives the same results event by event: it is the interpreter unrolled, not a sec
 reading of Avro. Each instruction's error path records the same program counter, so the
 words a dead letter carries (:func:`streamproc.codecs.compiled.detail`) are the same too.
 
-Compiling costs LLVM time (about a second for a 16-field record on the benchmark VM), so
+Compiling costs LLVM time (0.6 to 1.7 s for records of 4 to 16 fields, 9.1 s for one of
+64, on the benchmark VM: ``benchmarks/README.md``), so
 :class:`Specialiser` caches kernels twice: in memory per program, and on disk as a module
 named by the hash of its source, which numba's own cache (``cache=True``) then serves to
 later processes in milliseconds. Programs of more than :data:`MAX_OPS` instructions are
@@ -43,7 +44,9 @@ from streamproc.codecs.program import Program
 
 log = logging.getLogger(__name__)
 
-MAX_OPS = 400  # larger programs stay interpreted: compile time grows with the code
+# Larger programs stay interpreted: compile time grows with the code (161 instructions took
+# 9.1 s). The pipeline's own bound is DecodingSettings.max_instructions, the same by default.
+MAX_OPS = 160
 
 Kernel = Callable[..., None]
 

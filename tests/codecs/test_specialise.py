@@ -112,7 +112,7 @@ def test_large_programs_stay_interpreted(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_background_compile_then_prepare_waits(tmp_path, specialiser):
+def test_background_compile_then_prepare_waits(tmp_path):
     bg = Specialiser(cache_dir=tmp_path, background=True)
     interp, special = pair(fraud_spec(), transaction_schema(), transaction_schema(), bg)
     values = txn_payloads(16)
