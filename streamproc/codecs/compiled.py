@@ -136,19 +136,16 @@ def event_ids(
     packed: Packed, out: Outputs, ids: list[str], rows: npt.NDArray[np.int64] | None
 ) -> None:
     """Fill ``ids`` (at ``rows``; all when None) with the event ids the kernel located."""
-    n = len(ids)
-    scratch = np.empty(packed.buf.size + n, np.uint8)
-    written = kernel.gather_ids(packed.buf, out.id_off, out.id_len, scratch)
-    if written >= 0:  # one decode and one split for the batch
-        parts = scratch[:written].tobytes().decode("utf-8", "replace").split("\0")
+    joined = joined_ids(packed, out)
+    if joined is not None:  # one decode and one split for the batch
         if rows is None:
-            ids[:] = parts
+            ids[:] = joined
         else:
             for i in rows.tolist():
-                ids[i] = parts[i]
+                ids[i] = joined[i]
         return
     raw = packed.raw
-    for i in range(n) if rows is None else rows.tolist():
+    for i in range(len(ids)) if rows is None else rows.tolist():
         o, ln = int(out.id_off[i]), int(out.id_len[i])
         if ln > 0 and o >= 0:
             ids[i] = raw[o : o + ln].decode("utf-8", "replace")

@@ -450,7 +450,8 @@ class Specialiser:
         self.compile_seconds: dict[str, float] = {}  # per key: compile or cache load, measured
         self._ready: dict[str, Kernel] = {}
         self._failed: set[str] = set()
-        self._jobs: dict[str, tuple[str, Program]] = {}  # submitted, not compiled yet
+        self._pending: dict[str, tuple[str, Program]] = {}  # submitted, not started: source
+        self._running: set[str] = set()  # being compiled by some thread
         self._lock = threading.Lock()
         self._done = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -463,9 +464,10 @@ class Specialiser:
         src = kernel_source(prog)
         key = hashlib.sha256(src.encode()).hexdigest()[:24]
         with self._lock:
-            if key in self._ready or key in self._failed or key in self._jobs:
+            seen = (self._ready, self._failed, self._pending, self._running)
+            if any(key in where for where in seen):  # compiled, failed, queued or compiling
                 return key
-            self._jobs[key] = (src, prog)
+            self._pending[key] = (src, prog)
             if self.background:
                 if self._worker is None or not self._worker.is_alive():
                     self._worker = threading.Thread(
@@ -485,24 +487,26 @@ class Specialiser:
             return None
         self._compile(key)  # a no-op if it is done or a worker holds it
         with self._done:
-            self._done.wait_for(lambda: key not in self._jobs, timeout_s)
+            self._done.wait_for(
+                lambda: key not in self._pending and key not in self._running, timeout_s
+            )
         return self._ready.get(key)
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                pending = [k for k, job in self._jobs.items() if job[0]]
-            if not pending:
+                key = next(iter(self._pending), None)
+            if key is None:
                 return
-            self._compile(pending[0])
+            self._compile(key)
 
     def _compile(self, key: str) -> None:
         with self._lock:
-            job = self._jobs.get(key)
-            if job is None or not job[0]:
+            job = self._pending.pop(key, None)
+            if job is None:
                 return  # done, or being compiled by another thread
             src, prog = job
-            self._jobs[key] = ("", prog)  # taken
+            self._running.add(key)
         t0 = time.perf_counter()
         fn: Kernel | None = None
         try:
@@ -513,7 +517,7 @@ class Specialiser:
             fn = None
         seconds = time.perf_counter() - t0
         with self._done:
-            self._jobs.pop(key, None)
+            self._running.discard(key)
             if fn is None:
                 self._failed.add(key)
             else:

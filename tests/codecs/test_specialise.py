@@ -124,6 +124,7 @@ def test_background_compile_then_prepare_waits(tmp_path):
 
 def test_disk_cache_serves_a_second_specialiser(tmp_path):
     prog_src = None
+    stamps: dict[str, int] = {}
     for _ in range(2):
         sp = Specialiser(cache_dir=tmp_path)
         interp, special = pair(fraud_spec(), transaction_schema(), transaction_schema(), sp)
@@ -132,6 +133,9 @@ def test_disk_cache_serves_a_second_specialiser(tmp_path):
         if prog_src is None:
             prog_src = kernel_source(prog)
         assert_identical(interp.decode(txn_payloads(4)), special.decode(txn_payloads(4)))
+        cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "__pycache__").glob("*")}
+        assert cached and (not stamps or cached == stamps)  # the second compiled nothing anew
+        stamps = cached
     modules = [p.name for p in tmp_path.glob("streamproc_kernel_*.py")]
     assert len(modules) == 1
     assert (tmp_path / modules[0]).read_text() == prog_src
