@@ -15,6 +15,12 @@ variant once per value of the latency phase producer's ``linger.ms``:
 
 ``python benchmarks/batch_sweep.py --n 100000 --rounds 3 --rate 94000 --linger 0 \
     --linger 5 streamproc:4096 passthrough:4096``
+
+A variant may also name its batch window, ``system:max_batch_size@max_wait_ms`` (default:
+the pipeline's ``batching.max_wait_ms``):
+
+``python benchmarks/batch_sweep.py --n 300000 --rounds 3 --rate 200000 \\
+    streamproc:4096@5 streamproc:4096@0 passthrough:4096``
 """
 
 from __future__ import annotations
@@ -29,9 +35,21 @@ from pathlib import Path
 import throughput as bench
 
 
+def parse_variant(text: str) -> tuple[str, int, float | None]:
+    """``system:max_batch_size[@max_wait_ms]`` -> (system, size, wait or None).
+
+    >>> parse_variant("streamproc:4096@0.5"), parse_variant("passthrough:1024")
+    (('streamproc', 4096, 0.5), ('passthrough', 1024, None))
+    """
+    system, _, rest = text.partition(":")
+    size, _, wait = rest.partition("@")
+    return system, int(size), float(wait) if wait else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("variants", nargs="+", help="system:max_batch_size, e.g. streamproc:4096")
+    ap.add_argument("variants", nargs="+",
+                    help="system:max_batch_size[@max_wait_ms], e.g. streamproc:4096@0")  # fmt: skip
     ap.add_argument("--n", type=int, default=300_000, help="events per drain")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rate", type=float, help="also a latency phase at this many events/s")
@@ -40,12 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                          "the harness's)")  # fmt: skip
     args = ap.parse_args(argv)
     lingers: list[float | None] = list(args.linger or [None])
-    variants = [
-        (v.split(":")[0], int(v.split(":")[1]), linger) for v in args.variants for linger in lingers
-    ]
+    variants = [(*parse_variant(v), linger) for v in args.variants for linger in lingers]
 
-    def name(system: str, size: int, linger: float | None) -> str:
-        return f"{system}:{size}" + ("" if linger is None else f":linger{linger:g}")
+    def name(system: str, size: int, wait: float | None, linger: float | None) -> str:
+        return (f"{system}:{size}" + ("" if wait is None else f"@{wait:g}")
+                + ("" if linger is None else f":linger{linger:g}"))  # fmt: skip
 
     p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
     if args.rate:
@@ -65,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             load = bench.Workload(svc, p.warmup + p.n)
             for r in range(args.rounds):
                 k = r % len(variants)
-                for system, size, linger in variants[k:] + variants[:k]:
+                for system, size, wait, linger in variants[k:] + variants[:k]:
                     if linger is not None:
                         bench.PACED_PRODUCER = {**bench.PACED_PRODUCER, "linger.ms": linger}
                     # With --rate, the harness's own phase runs at 2% of the drain rate (a
@@ -73,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                     res = bench.run_system(
                         system, p, svc, load, work, p.drain_timeout_s, latency=bool(args.rate),
                         extra_rates=(args.rate,) if args.rate else (), batch_size=size,
+                        max_wait_ms=bench.BATCH.max_wait_ms if wait is None else wait,
                     )  # fmt: skip
                     if res.get("status") == "ok" and res.get("events_per_s"):
-                        rates[name(system, size, linger)].append(res["events_per_s"])
+                        rates[name(system, size, wait, linger)].append(res["events_per_s"])
                     for ph in res.get("latency_phases", []):
                         if args.rate and ph["target_rate"] == round(args.rate, 1):
                             keep = (
@@ -89,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "machine_cores",
                             )
                             row = {k: ph.get(k) for k in keep}
-                            phases[name(system, size, linger)].append(row)
+                            phases[name(system, size, wait, linger)].append(row)
             load.close()
     out = {
         "machine": {k: info[k] for k in ("cpu_model", "cores")},
