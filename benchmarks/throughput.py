@@ -121,7 +121,7 @@ FULL = Params(n=500_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
 ROUND_SYSTEMS = ("streamproc", "passthrough", "naive")
 # Systems whose every round also runs a latency phase at streamproc's main latency-phase
 # rate: the p99 target is judged on the median over the rounds, beside the passthrough's at
-# the same rate in the same rounds (one 10 s phase's p99 spread from 24 to 76 ms on this
+# the same rate in the same rounds (one 10 s phase's p99 spread from 24 to 142 ms on this
 # machine for one configuration: benchmarks/README.md, "Latency over rounds").
 LATENCY_ROUND_SYSTEMS = ("streamproc", "passthrough")
 # The systems of the x-passthrough ratio drain Params.n_long events: long enough to measure a
