@@ -1423,9 +1423,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                 # The passthrough also runs at streamproc's latency-phase rate: what the
                 # broker and the load generator alone cost in latency at that rate.
-                sp_rate = [ph["target_rate"] for ph in results.get("streamproc", {})
-                           .get("latency_phases", []) if ph["main"]]  # fmt: skip
-                extra = (float(sp_rate[0]),) if name == "passthrough" and sp_rate else ()
+                sp_rate = _main_rate(results)
+                extra = (sp_rate,) if name == "passthrough" and sp_rate is not None else ()
                 results[name] = run_system(name, p, svc, load, work, timeout, extra_rates=extra)
             repeat_drains(p, [n for n in names if n in ROUND_SYSTEMS], svc, load, work, results)
             load.close()
