@@ -132,6 +132,15 @@ class MicroBatcher(Generic[T]):
     0.004
     >>> [(r.items, r.reason.value) for r in b.release_due()]   # at t=9
     [(['c'], 'time')]
+
+    Items that arrived while the driver was busy wait from when it last looked:
+
+    >>> clock = iter([20.0, 21.0]).__next__
+    >>> b = MicroBatcher(WindowPolicy(max_size=10, max_wait_ms=5.0), clock=clock)
+    >>> b.add(["d"], arrived_ms=14.0)            # at t=20, fetched since t=14: due at 19
+    []
+    >>> [(r.items, r.reason.value, r.wait_ms) for r in b.release_due()]   # at t=21
+    [(['d'], 'time', 7.0)]
     """
 
     def __init__(self, policy: WindowPolicy, clock: Callable[[], float]) -> None:
@@ -144,12 +153,27 @@ class MicroBatcher(Generic[T]):
     def __len__(self) -> int:
         return self._count
 
-    def add(self, items: list[T], oldest_event_ms: float | None = None) -> list[Released[T]]:
+    def add(
+        self,
+        items: list[T],
+        oldest_event_ms: float | None = None,
+        arrived_ms: float | None = None,
+    ) -> list[Released[T]]:
+        """Hold ``items``; return the batches they fill.
+
+        ``arrived_ms`` is the earliest the items can have arrived (default: now). A driver
+        that was busy with a batch while they arrived passes the time it last looked, so
+        that they wait ``max_wait_ms`` from then, not from when it got round to them;
+        it is capped at now and at no earlier than the previous add's arrival.
+        """
         now = self.clock()
+        at = now if arrived_ms is None else min(now, arrived_ms)
+        if self._chunks:
+            at = max(at, self._chunks[-1][0])  # arrivals stay in order
         if items:
-            self._chunks.append((now, items))
+            self._chunks.append((at, items))
             self._count += len(items)
-        return [self._pop(n, r, now) for n, r in self.policy.add(len(items), now, oldest_event_ms)]
+        return [self._pop(n, r, now) for n, r in self.policy.add(len(items), at, oldest_event_ms)]
 
     def timeout_s(self, idle_s: float = 0.5) -> float:
         """Seconds until the pending batch is due (0 if overdue); ``idle_s`` when empty."""

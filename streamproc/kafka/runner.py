@@ -130,6 +130,9 @@ class KafkaRunner:
         reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
         self.producer = Producer({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
+        self._clock_ms = clock_ms
+        # When the last consume returned: what the next one returns arrived after that.
+        self._looked_ms: float | None = None
         self.stop_event = threading.Event()
         self._assignment: list[TopicPartition] = []
         self._last_lag = 0.0
@@ -173,6 +176,12 @@ class KafkaRunner:
     def _step(self) -> None:
         max_size = self.batcher.policy.max_size
         want = max(1, max_size - len(self.batcher))
+        # The records a consume returns arrived after the previous consume returned, and
+        # may have waited there while the last batch was processed: the window counts from
+        # then (MicroBatcher.add). Counting from now added a batch's processing time to the
+        # wait of every event that came in meanwhile (benchmarks/README.md, "The window's
+        # start").
+        arrived = self._looked_ms
         if len(self.batcher):
             # Wakes when `want` records are here or the pending batch's deadline comes.
             msgs = self.consumer.consume(num_messages=want, timeout=self.batcher.timeout_s())
@@ -182,6 +191,8 @@ class KafkaRunner:
             msgs = self.consumer.consume(num_messages=want, timeout=0)
             if not msgs:
                 msgs = self.consumer.consume(num_messages=1, timeout=0.5)
+                arrived = None  # it came in during this wait: it arrived now
+        self._looked_ms = self._clock_ms()
         good = msgs
         errs = list(map(Message.error, msgs))
         # any(), not errs.count(None): the client's KafkaError == None raises (SystemError).
@@ -197,7 +208,7 @@ class KafkaRunner:
                 log.warning("consumer error on %s[%s]: %s", m.topic(), m.partition(), err)
         if good:
             oldest = min(m.timestamp()[1] for m in good) if self.settings.use_event_age else None
-            for rel in self.batcher.add(good, oldest):
+            for rel in self.batcher.add(good, oldest, arrived):
                 self._process(rel)
         for rel in self.batcher.release_due():
             self._process(rel)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import os
+import shlex
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +16,21 @@ from streamproc.local import artifacts, process
 from streamproc.local.java import find_java
 
 # Sized for a 2-core, 24 GB machine running the broker, the registry and the tests.
-HEAP = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+HEAP = ["-Xms256m", "-Xmx1g"]
+GC = ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+
+
+def jvm_options(env: Mapping[str, str]) -> list[str]:
+    """The broker's heap and GC flags: Kafka's own ``KAFKA_HEAP_OPTS`` and
+    ``KAFKA_JVM_PERFORMANCE_OPTS`` replace the defaults, as ``kafka-run-class.sh`` reads them.
+
+    >>> jvm_options({})
+    ['-Xms256m', '-Xmx1g', '-XX:+UseG1GC', '-XX:MaxGCPauseMillis=20']
+    >>> jvm_options({"KAFKA_JVM_PERFORMANCE_OPTS": "-XX:+UseZGC -XX:+ZGenerational"})
+    ['-Xms256m', '-Xmx1g', '-XX:+UseZGC', '-XX:+ZGenerational']
+    """
+    heap = shlex.split(env.get("KAFKA_HEAP_OPTS", "")) or HEAP
+    return [*heap, *(shlex.split(env.get("KAFKA_JVM_PERFORMANCE_OPTS", "")) or GC)]
 
 _LOG4J = """\
 status = warn
@@ -79,6 +96,10 @@ class KafkaBroker:
     def log(self) -> Path:
         return self.home / "kafka.log"
 
+    @property
+    def gc_log(self) -> Path:
+        return self.home / "gc.log"
+
     def start(self, timeout_s: float = 60.0) -> int:
         process.check_port_free(self.port, "Kafka broker")
         process.check_port_free(self.controller_port, "Kafka controller")
@@ -90,7 +111,8 @@ class KafkaBroker:
         props.write_text(_server_properties(data, self.port, self.controller_port))
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
-        base = [java, *HEAP, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
+        jvm = jvm_options(os.environ)
+        base = [java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
         if not (data / "meta.properties").exists():
             cluster_id = _cluster_id()
             fmt = subprocess.run(
@@ -102,7 +124,11 @@ class KafkaBroker:
                 raise ServiceStartError(
                     f"formatting Kafka storage in {data} failed:\n{fmt.stdout}{fmt.stderr}"
                 )
-        pid = process.spawn([*base, "kafka.Kafka", str(props)], self.log, self.home)
+        # Every GC pause, with wall-clock time, in gc.log (two files of 10 MB at most): the
+        # first place to look when the broker's latency has a tail.
+        gc_log = f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=10m"
+        pid = process.spawn([*base[:1], gc_log, *base[1:], "kafka.Kafka", str(props)],
+                            self.log, self.home)  # fmt: skip
         process.wait_ready("Kafka broker", pid, self.log, self.ready, timeout_s)
         return pid
 

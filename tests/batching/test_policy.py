@@ -72,6 +72,41 @@ def test_wait_is_measured_from_the_oldest_remaining_item_after_a_size_cut():
     assert r.items == ["c"] and r.wait_ms == 5.0
 
 
+def test_items_that_arrived_while_the_driver_was_busy_wait_from_their_arrival():
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=100, max_wait_ms=5), clock=clock)
+    clock.now = 12.0  # the driver looked at 10, then processed a batch until 12
+    b.add(["a", "b"], arrived_ms=10.0)
+    assert b.policy.deadline_ms() == 15.0  # not 17: the 2 ms of processing count
+    clock.now = 15.0
+    (r,) = b.release_due()
+    assert (r.items, r.reason, r.wait_ms) == (["a", "b"], ReleaseReason.TIME, 5.0)
+
+
+def test_a_batch_that_waited_max_wait_already_is_due_at_once():
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=100, max_wait_ms=5), clock=clock)
+    clock.now = 30.0  # a 20 ms batch: what came meanwhile is overdue
+    assert b.add(["x"], arrived_ms=10.0) == []
+    (r,) = b.release_due()
+    assert r.items == ["x"] and r.wait_ms == 20.0
+
+
+def test_an_arrival_is_capped_at_now_and_kept_in_order():
+    clock = FakeClock()
+    b = MicroBatcher(WindowPolicy(max_size=100, max_wait_ms=5), clock=clock)
+    clock.now = 10.0
+    b.add(["a"], arrived_ms=50.0)  # a future arrival counts as now
+    assert b.policy.deadline_ms() == 15.0
+    clock.now = 11.0
+    b.add(["b"], arrived_ms=2.0)  # not before the pending "a": the window stays a's
+    assert b.policy.deadline_ms() == 15.0
+    clock.now = 14.9
+    assert b.release_due() == []
+    clock.now = 15.0
+    assert [r.items for r in b.release_due()] == [["a", "b"]]
+
+
 @given(st.lists(st.integers(min_value=0, max_value=20), max_size=30), st.integers(1, 16))
 def test_no_item_lost_or_reordered(chunks, max_size):
     clock = FakeClock()
