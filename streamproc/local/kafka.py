@@ -32,6 +32,7 @@ def jvm_options(env: Mapping[str, str]) -> list[str]:
     heap = shlex.split(env.get("KAFKA_HEAP_OPTS", "")) or HEAP
     return [*heap, *(shlex.split(env.get("KAFKA_JVM_PERFORMANCE_OPTS", "")) or GC)]
 
+
 _LOG4J = """\
 status = warn
 appender.file.type = Console
