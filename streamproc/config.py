@@ -78,9 +78,12 @@ class BatchSettings(_Strict):
     # drained 16% to 46% faster at 4096 than at 1024 in three runs, a bare consume-produce
     # loop -2% to +11% (benchmarks/README.md, "Batch size").
     max_batch_size: int = Field(4096, ge=1)
-    # 0 makes every consume's records a batch at once: at 150,000 events/s on the benchmark
-    # machine the median latency fell by 6-8 ms, the p99 did not move, and the worker took
-    # ~0.15 of a core more (benchmarks/README.md, "The batch window and latency").
+    # The window counts from when the runner last looked for records, so a batch that took
+    # longer than this to process leaves the next one due at once. 0 makes every consume's
+    # records a batch at once: at 150,000 events/s on the benchmark machine the median
+    # latency fell by 6-8 ms, the p99 did not move, and the worker took ~0.15 of a core
+    # more (benchmarks/README.md, "The batch window and latency", measured before the
+    # window counted from the last look: "The window's start").
     max_wait_ms: float = Field(5.0, ge=0)
     # Release a batch when its oldest event (by event_time) is this old, whatever its size.
     max_event_age_ms: float | None = Field(None, gt=0)

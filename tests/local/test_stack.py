@@ -24,8 +24,8 @@ from streamproc.errors import (
     ServiceStartError,
 )
 from streamproc.local import artifacts, process
-from streamproc.local.java import find_java
-from streamproc.local.kafka import KafkaBroker
+from streamproc.local.java import find_java, java_major
+from streamproc.local.kafka import KafkaBroker, broker_java
 from streamproc.local.process import free_port, free_ports, pid_alive
 
 pytestmark = pytest.mark.kafka
@@ -252,6 +252,11 @@ def test_cli_up_reuse_status_down_leaves_nothing(tmp_path):
         status = json.loads(_cli("status", env=env).stdout)
         pids = [status["kafka_pid"], status["registry_pid"]]
         assert all(pid_alive(p) for p in pids)
+        # The broker logs its collector: generational ZGC on a Java 21+, G1 on Java 17.
+        (gc_log,) = tmp_path.rglob("gc.log")
+        major = java_major(broker_java(env))
+        collector = "The Z Garbage Collector" if major and major >= 21 else "G1"
+        assert f"Using {collector}" in gc_log.read_text()
     finally:
         down = _cli("down", env=env)
     assert down.returncode == 0
