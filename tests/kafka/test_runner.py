@@ -211,3 +211,44 @@ def test_a_transient_consumer_error_is_logged_not_raised(
         assert "consumer error on" in caplog.text
     finally:
         seen._consumer.close()
+
+
+def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
+    kafka: str, topic_factory: Callable[..., str], producer_factory: Callable[..., Producer]
+) -> None:
+    # The runner's clock moves only while a batch is processed (20 ms, four windows). A, B
+    # and C are in the log before the runner starts, so one fetch brings all three: A and
+    # B fill a batch; C comes back from the consume after that batch. It arrived by the
+    # time the runner last looked, before the slow batch, so it is overdue at once; had its
+    # window opened when the runner got round to it, the frozen clock would never let it go.
+    topic = topic_factory("look")
+    producer = producer_factory()
+    for v in (b"A", b"B", b"C"):
+        producer.produce(topic, v)
+    assert producer.flush(10) == 0
+    now = [0.0]
+    seen: list[tuple[list[bytes | None], ReleaseReason, float]] = []
+
+    def handler(raw: RawBatch) -> Outputs:
+        seen.append((list(raw.values), raw.release, raw.wait_ms))
+        now[0] += 20.0
+        return Outputs()
+
+    runner = KafkaRunner(
+        consumer_conf={"bootstrap.servers": kafka, "group.id": f"g-{topic}",
+                       "auto.offset.reset": "earliest"},
+        producer_conf={"bootstrap.servers": kafka},
+        settings=RunnerSettings(topic=topic),
+        handler=handler,
+        policy=WindowPolicy(max_size=2, max_wait_ms=5),
+        clock_ms=lambda: now[0],
+    )  # fmt: skip
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    try:
+        for _ in range(200):  # a step waits at most 0.5 s (nothing pending) or 5 ms
+            runner._step()
+            if sum(len(v) for v, _, _ in seen) == 3:
+                break
+    finally:
+        runner.consumer.close()
+    assert seen == [([b"A", b"B"], ReleaseReason.SIZE, 0.0), ([b"C"], ReleaseReason.TIME, 20.0)]
