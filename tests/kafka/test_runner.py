@@ -251,4 +251,5 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
                 break
     finally:
         runner.consumer.close()
+        runner.producer.close()
     assert seen == [([b"A", b"B"], ReleaseReason.SIZE, 0.0), ([b"C"], ReleaseReason.TIME, 20.0)]
