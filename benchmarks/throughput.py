@@ -1113,10 +1113,9 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
             else " (clean streamproc/)."
         ),
         f"* Load average at start {m['load_avg_at_start']}, at end {m['load_avg_at_end']}.",
-        "* **The machine was shared** with other engineers running tests while this ran; "
-        "the column *others' cores* is the CPU used by every process other than the worker, "
-        "the broker/registry and the harness during each drain (of 2 cores). Figures taken "
-        "with others' load high are pessimistic for that system.",
+        "* The column *others' cores* is the CPU used by every process other than the "
+        "worker, the broker/registry and the harness during each drain (of 2 cores). Figures "
+        "taken with others' load high are pessimistic for that system.",
         "",
         "## Workload",
         "",

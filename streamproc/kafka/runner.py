@@ -130,7 +130,6 @@ class KafkaRunner:
         reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
         self.producer = Producer({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
-        self._clock_ms = clock_ms
         # When the last consume returned: what the next one returns arrived after that.
         self._looked_ms: float | None = None
         self.stop_event = threading.Event()
@@ -192,7 +191,7 @@ class KafkaRunner:
             if not msgs:
                 msgs = self.consumer.consume(num_messages=1, timeout=0.5)
                 arrived = None  # it came in during this wait: it arrived now
-        self._looked_ms = self._clock_ms()
+        self._looked_ms = self.batcher.clock()
         good = msgs
         errs = list(map(Message.error, msgs))
         # any(), not errs.count(None): the client's KafkaError == None raises (SystemError).
