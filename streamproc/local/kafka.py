@@ -24,9 +24,9 @@ def gc_options(java_major: int) -> list[str]:
     """The broker's collector: generational ZGC where the JVM has it (Java 21+), else G1.
 
     Under G1 (Kafka's own default, pause goal 20 ms) the benchmark's broker paused for
-    12-122 ms every ~2 s at 231,000 events/s on the 2-core benchmark machine, and those
-    pauses made most of the end-to-end p99; under ZGC the input side's p99 fell from
-    10-71 ms to 9 ms (benchmarks/README.md, "The broker's garbage collector").
+    6-123 ms (median 12-14 ms) every ~2 s at 231,000 events/s on the 2-core benchmark
+    machine, and those pauses made most of the end-to-end p99; under ZGC the input side's
+    p99 fell from 13-71 ms to 9 ms (benchmarks/README.md, "The broker's garbage collector").
 
     >>> gc_options(17)
     ['-XX:+UseG1GC', '-XX:MaxGCPauseMillis=20']
@@ -143,8 +143,9 @@ class KafkaBroker:
         props.write_text(_server_properties(data, self.port, self.controller_port))
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
-        jvm = jvm_options(os.environ, java_major(java) or 17)
-        base = [java, *jvm, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]
+        opts = [*jvm_options(os.environ, java_major(java) or 17),
+                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]  # fmt: skip
+        base = [java, *opts]
         if not (data / "meta.properties").exists():
             cluster_id = _cluster_id()
             fmt = subprocess.run(
@@ -156,11 +157,10 @@ class KafkaBroker:
                 raise ServiceStartError(
                     f"formatting Kafka storage in {data} failed:\n{fmt.stdout}{fmt.stderr}"
                 )
-        # Every GC pause, with wall-clock time, in gc.log (two files of 10 MB at most): the
-        # first place to look when the broker's latency has a tail.
+        # Every collection (G1: each pause), with wall-clock time, in gc.log (two files of
+        # 10 MB at most): the first place to look when the broker's latency has a tail.
         gc_log = f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=10m"
-        pid = process.spawn([*base[:1], gc_log, *base[1:], "kafka.Kafka", str(props)],
-                            self.log, self.home)  # fmt: skip
+        pid = process.spawn([java, gc_log, *opts, "kafka.Kafka", str(props)], self.log, self.home)
         process.wait_ready("Kafka broker", pid, self.log, self.ready, timeout_s)
         return pid
 
