@@ -100,6 +100,7 @@ def producer_factory(kafka: str) -> Iterator[Callable[..., Producer]]:
     yield make
     for p in made:
         p.flush(10)
+        p.close()  # else it may outlive the broker, reconnecting (and logging) until freed
 
 
 @pytest.fixture

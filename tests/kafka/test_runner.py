@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,19 +16,38 @@ from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
 
-def _runner(
-    kafka: str, topic: str, settings: RunnerSettings | None = None, **producer_conf: Any
-) -> KafkaRunner:
-    def handler(raw: RawBatch) -> Outputs:
-        raise AssertionError("not called here")
+def _not_called(raw: RawBatch) -> Outputs:
+    raise AssertionError("not called here")
 
-    return KafkaRunner(
-        consumer_conf={"bootstrap.servers": kafka, "group.id": f"g-{topic}"},
-        producer_conf={"bootstrap.servers": kafka, "linger.ms": 5, **producer_conf},
-        settings=settings or RunnerSettings(topic=topic),
-        handler=handler,
-        policy=WindowPolicy(max_size=100, max_wait_ms=5),
-    )
+
+@pytest.fixture
+def runner_factory(kafka: str) -> Iterator[Callable[..., KafkaRunner]]:
+    """Runners on the real broker, their loop not started (tests drive its steps); their
+    consumer and producer are closed after the test, so none outlives the broker."""
+    made: list[KafkaRunner] = []
+
+    def make(
+        topic: str,
+        settings: RunnerSettings | None = None,
+        producer_conf: dict[str, Any] | None = None,
+        consumer_conf: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> KafkaRunner:
+        runner = KafkaRunner(
+            consumer_conf={"bootstrap.servers": kafka, "group.id": f"g-{topic}",
+                           **(consumer_conf or {})},
+            producer_conf={"bootstrap.servers": kafka, "linger.ms": 5, **(producer_conf or {})},
+            settings=settings or RunnerSettings(topic=topic),
+            **{"handler": _not_called, "policy": WindowPolicy(max_size=100, max_wait_ms=5),
+               **kwargs},
+        )  # fmt: skip
+        made.append(runner)
+        return runner
+
+    yield make
+    for runner in made:  # both are no-ops on a client a test closed already
+        runner.consumer.close()
+        runner.producer.close()
 
 
 def _read_all(consumer: Consumer, topic: str, n: int) -> list[Any]:
@@ -43,15 +62,15 @@ def _read_all(consumer: Consumer, topic: str, n: int) -> list[Any]:
 
 @pytest.mark.parametrize("queue_limit", [100_000, 64])
 def test_a_block_is_produced_once_in_order(
-    kafka: str,
     topic_factory: Callable[..., str],
     consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
     queue_limit: int,
 ) -> None:
     # With a 64-record producer queue the block overflows it many times (BufferError):
     # the runner must resume at the record that failed, neither skipping nor repeating.
     topic = topic_factory("blk")
-    runner = _runner(kafka, topic, **{"queue.buffering.max.messages": queue_limit})
+    runner = runner_factory(topic, producer_conf={"queue.buffering.max.messages": queue_limit})
     n = 700
     headers = [("streamproc-model", b"m"), ("streamproc-batch", b"b1")]
     block = RecordBlock(topic, [b"k%d" % i for i in range(n)], [b"v%d" % i for i in range(n)])
@@ -63,7 +82,6 @@ def test_a_block_is_produced_once_in_order(
     assert [m.value() for m in got] == block.values  # one partition: produce order
     assert [m.key() for m in got] == block.keys
     assert all(m.headers() == headers for m in got)
-    runner.consumer.close()
 
 
 def _one_record_batch(topic: str, offset: int) -> RawBatch:
@@ -77,30 +95,27 @@ def _committed(runner: KafkaRunner, topic: str) -> int:
 
 @pytest.mark.parametrize("value_bytes", [100, 10_000])
 def test_offsets_are_committed_only_after_every_output_is_acknowledged(
-    kafka: str, topic_factory: Callable[..., str], value_bytes: int
+    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner], value_bytes: int
 ) -> None:
     # The output topic takes records up to 2,000 bytes: the broker refuses the larger one
     # (MESSAGE_TOO_LARGE, not retried). Its failure reaches the runner, which raises before
     # committing the input offset that the record's batch would have moved.
     src = topic_factory("src")
     out = topic_factory("small", config={"max.message.bytes": "2000"})
-    runner = _runner(kafka, src)
-    try:
-        runner._commit(_one_record_batch(src, 41), Outputs(records=[OutRecord(out, b"k", b"x")]))
-        runner._flush_and_commit()  # (what a revoke or a stop does)
-        assert _committed(runner, src) == 42
-        big = Outputs(records=[OutRecord(out, b"k", b"x" * value_bytes)])
-        if value_bytes < 2000:
+    runner = runner_factory(src)
+    runner._commit(_one_record_batch(src, 41), Outputs(records=[OutRecord(out, b"k", b"x")]))
+    runner._flush_and_commit()  # (what a revoke or a stop does)
+    assert _committed(runner, src) == 42
+    big = Outputs(records=[OutRecord(out, b"k", b"x" * value_bytes)])
+    if value_bytes < 2000:
+        runner._commit(_one_record_batch(src, 42), big)
+        runner._flush_and_commit()
+        assert _committed(runner, src) == 43
+    else:
+        with pytest.raises(DeliveryError, match=f"{out}.*too large"):
             runner._commit(_one_record_batch(src, 42), big)
             runner._flush_and_commit()
-            assert _committed(runner, src) == 43
-        else:
-            with pytest.raises(DeliveryError, match=f"{out}.*too large"):
-                runner._commit(_one_record_batch(src, 42), big)
-                runner._flush_and_commit()
-            assert _committed(runner, src) == 42
-    finally:
-        runner.consumer.close()
+        assert _committed(runner, src) == 42
 
 
 def _wait_committed(runner: KafkaRunner, topic: str, offset: int) -> int:
@@ -114,46 +129,42 @@ def _wait_committed(runner: KafkaRunner, topic: str, offset: int) -> int:
 
 
 def test_a_due_commit_waits_for_an_empty_queue_then_for_a_flush(
-    kafka: str, topic_factory: Callable[..., str]
+    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner]
 ) -> None:
     src, out = topic_factory("src"), topic_factory("out")
-    runner = _runner(kafka, src, RunnerSettings(topic=src, commit_interval_s=1.0))
+    runner = runner_factory(src, RunnerSettings(topic=src, commit_interval_s=1.0))
 
     def batch(offset: int) -> None:
         record = OutRecord(out, b"k", b"v%d" % offset)
         runner._commit(_one_record_batch(src, offset), Outputs(records=[record]))
 
-    try:
-        batch(9)
-        assert runner._uncommitted == {0: 10}  # produced, not committed: none is due
-        assert runner.batches_committed == 0
-        for _ in range(100):
-            if len(runner.producer) == 0:
-                break
-            runner.producer.poll(0.1)
-        # 1. Due, and every record so far acknowledged (the queue is empty): the next batch
-        #    commits the earlier ones first, without a flush.
-        runner._last_commit -= 1.5
-        batch(10)
-        assert runner._uncommitted == {0: 11}
-        assert runner.batches_committed == 1
-        # 2. Due, but batch 10's record lingers in the queue (linger.ms 5): no commit yet.
-        runner._last_commit -= 1.5
-        batch(11)
-        assert runner._uncommitted == {0: 12}
-        assert runner.batches_committed == 1
-        # 3. Busy for another whole interval: flush, then commit everything produced before.
-        runner._last_commit -= 3.0
-        batch(12)
-        assert runner._uncommitted == {0: 13}
-        assert runner.batches_committed == 2
-        assert _wait_committed(runner, src, 12) == 12
-    finally:
-        runner.consumer.close()
+    batch(9)
+    assert runner._uncommitted == {0: 10}  # produced, not committed: none is due
+    assert runner.batches_committed == 0
+    for _ in range(100):
+        if len(runner.producer) == 0:
+            break
+        runner.producer.poll(0.1)
+    # 1. Due, and every record so far acknowledged (the queue is empty): the next batch
+    #    commits the earlier ones first, without a flush.
+    runner._last_commit -= 1.5
+    batch(10)
+    assert runner._uncommitted == {0: 11}
+    assert runner.batches_committed == 1
+    # 2. Due, but batch 10's record lingers in the queue (linger.ms 5): no commit yet.
+    runner._last_commit -= 1.5
+    batch(11)
+    assert runner._uncommitted == {0: 12}
+    assert runner.batches_committed == 1
+    # 3. Busy for another whole interval: flush, then commit everything produced before.
+    runner._last_commit -= 3.0
+    batch(12)
+    assert runner._uncommitted == {0: 13}
+    assert runner.batches_committed == 2
+    assert _wait_committed(runner, src, 12) == 12
 
 
 def test_raw_batch_columns_and_headers_read_lazily(
-    kafka: str,
     topic_factory: Callable[..., str],
     producer_factory: Callable[..., Producer],
     consumer_factory: Callable[..., Consumer],
@@ -192,29 +203,28 @@ class _SeenErrors:
 
 
 def test_a_transient_consumer_error_is_logged_not_raised(
-    kafka: str, caplog: pytest.LogCaptureFixture
+    runner_factory: Callable[..., KafkaRunner], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Subscribed to a topic that does not exist (the broker creates none on its own): the
     # client hands out "unknown topic" error messages, which are not fatal.
     missing = f"missing-{uuid.uuid4().hex[:10]}"
-    runner = _runner(kafka, missing)
+    runner = runner_factory(missing)
     seen = _SeenErrors(runner.consumer)
     runner.consumer = seen  # type: ignore[assignment]
     runner.consumer.subscribe([missing])
-    try:
-        for _ in range(40):  # each step waits at most 0.5 s for a record
-            runner._step()
-            if seen.errors:
-                break
-        assert seen.errors, "the client never reported the missing topic"
-        assert not any(e.fatal() for e in seen.errors)
-        assert "consumer error on" in caplog.text
-    finally:
-        seen._consumer.close()
+    for _ in range(40):  # each step waits at most 0.5 s for a record
+        runner._step()
+        if seen.errors:
+            break
+    assert seen.errors, "the client never reported the missing topic"
+    assert not any(e.fatal() for e in seen.errors)
+    assert "consumer error on" in caplog.text
 
 
 def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
-    kafka: str, topic_factory: Callable[..., str], producer_factory: Callable[..., Producer]
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    runner_factory: Callable[..., KafkaRunner],
 ) -> None:
     # The runner's clock moves only while a batch is processed (20 ms, four windows). A, B
     # and C are in the log before the runner starts, so one fetch brings all three: A and
@@ -234,22 +244,16 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
         now[0] += 20.0
         return Outputs()
 
-    runner = KafkaRunner(
-        consumer_conf={"bootstrap.servers": kafka, "group.id": f"g-{topic}",
-                       "auto.offset.reset": "earliest"},
-        producer_conf={"bootstrap.servers": kafka},
-        settings=RunnerSettings(topic=topic),
+    runner = runner_factory(
+        topic,
+        consumer_conf={"auto.offset.reset": "earliest"},
         handler=handler,
         policy=WindowPolicy(max_size=2, max_wait_ms=5),
         clock_ms=lambda: now[0],
-    )  # fmt: skip
+    )
     runner.consumer.subscribe([topic], on_assign=runner._on_assign)
-    try:
-        for _ in range(200):  # a step waits at most 0.5 s (nothing pending) or 5 ms
-            runner._step()
-            if sum(len(v) for v, _, _ in seen) == 3:
-                break
-    finally:
-        runner.consumer.close()
-        runner.producer.close()
+    for _ in range(200):  # a step waits at most 0.5 s (nothing pending) or 5 ms
+        runner._step()
+        if sum(len(v) for v, _, _ in seen) == 3:
+            break
     assert seen == [([b"A", b"B"], ReleaseReason.SIZE, 0.0), ([b"C"], ReleaseReason.TIME, 20.0)]

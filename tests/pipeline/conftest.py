@@ -119,11 +119,18 @@ def subprocess_factory(tmp_path) -> Iterator[Callable[..., subprocess.Popen[byte
 
 
 @pytest.fixture
-def event_producer_factory(kafka, schema_registry) -> Callable[..., EventProducer]:
-    def make(topic: str, schema: str | dict[str, Any] = "Transaction") -> EventProducer:
-        return EventProducer(kafka, schema_registry, topic, schema=schema)
+def event_producer_factory(kafka, schema_registry) -> Iterator[Callable[..., EventProducer]]:
+    """Avro event producers; their clients are closed after the test."""
+    made: list[EventProducer] = []
 
-    return make
+    def make(topic: str, schema: str | dict[str, Any] = "Transaction") -> EventProducer:
+        p = EventProducer(kafka, schema_registry, topic, schema=schema)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.producer.close()  # not EventProducer.close: a test's failed records are its own
 
 
 @dataclass
