@@ -104,6 +104,15 @@ class Params:
     # under a second and ran 474k-736k events/s; at 2,000,000 they ran 686k-798k (2.5-3 s),
     # streamproc's about the same at both: short drains understated the ceiling.
     n_long: int | None = None
+    # The unreported warm-up run before the measured systems: a passthrough drain of
+    # `warm_n` events, then `warm_s` seconds paced at `warm_rate` (None: half its drain
+    # rate). It exists for the fresh broker's JIT compiler: in the first paced phase after
+    # a start, C2 compiler threads took 0.32 of a core on average and 65-80% of the
+    # events slower than 22 ms on the processor side came in while they were busy
+    # (benchmarks/README.md, "The broker's JIT compiler").
+    warm_n: int = 4_000
+    warm_s: float = 1.0
+    warm_rate: float | None = None
 
     def drain_n(self, name: str) -> int:
         """Events per measured drain of system ``name``."""
@@ -115,7 +124,7 @@ QUICK = Params(n=30_000, warmup=2_000, latency_share=0.5, latency_s=3.0,
                budget_s=170.0)  # fmt: skip
 FULL = Params(n=500_000, warmup=5_000, latency_share=0.5, latency_s=10.0,
               drain_timeout_s=300.0, core_events=102_400, quick=False, rounds=5,
-              n_long=2_000_000)  # fmt: skip
+              n_long=2_000_000, warm_n=300_000, warm_s=20.0, warm_rate=200_000.0)  # fmt: skip
 # Systems drained `rounds` times (Faust and Quix once: their drains take minutes and their
 # ratios are far from the bounds).
 ROUND_SYSTEMS = ("streamproc", "passthrough", "naive")
@@ -1091,6 +1100,7 @@ def _latency_rounds(res: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_results(path: Path, full: dict[str, Any]) -> None:
     m, prm, res = full["machine"], full["params"], full["systems"]
+    warm_rate = "" if prm.get("warm_rate") is None else f" at {prm['warm_rate']:,.0f} events/s"
     core, prof_run, rat = full["core"], full["profiled"], full["ratios"]
     base = res.get("passthrough", {})
     lines = [
@@ -1353,9 +1363,12 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
         "just before SIGTERM) or the largest 20 ms RSS sample, whichever is larger: start, "
         "drain and latency phase. (Not `ru_maxrss`: Linux carries it across `execve`, so a "
         "vfork-started child reports the harness's own peak.)",
-        "* Before the measured systems an unreported warm-up run (a short passthrough) "
+        f"* Before the measured systems an unreported warm-up run (the passthrough: a drain "
+        f"of {prm.get('warm_n', 4_000):,} events, then {prm.get('warm_s', 1.0):g} s paced"
+        f"{warm_rate}) "
         "exercises the fresh broker: the first worker after broker start, whichever it was, "
-        "otherwise saw ~0.5 s latencies.",
+        "otherwise saw ~0.5 s latencies, and the broker's JIT compiler took up to a third "
+        "of a core through the first paced phases.",
         "* **startup s**: from spawning the process to its first output record; "
         "*events/s incl. start-up* = all drained events / (last drain output's append time "
         "- process spawn).",
@@ -1402,10 +1415,13 @@ def main(argv: list[str] | None = None) -> int:
         with services(work) as svc:
             _REGISTRY.append(Registry(svc.registry_url))
             # The first worker after the broker starts saw ~0.5 s latencies for seconds
-            # (first system only, whichever it was): an unreported warm-up run absorbs it.
-            warm = Params(**{**p.__dict__, "n": 4_000, "warmup": 1_000, "latency_s": 1.0})
+            # (first system only, whichever it was), and the broker's JIT compiler kept a
+            # core busy for minutes (Params.warm_n): an unreported warm-up run absorbs it.
+            warm = Params(**{**p.__dict__, "n": p.warm_n, "n_long": None, "warmup": 1_000,
+                             "latency_s": p.warm_s})  # fmt: skip
             warm_load = Workload(svc, warm.warmup + warm.n, seed=4)
-            warm_result = run_system("passthrough", warm, svc, warm_load, work, 30.0)
+            warm_result = run_system("passthrough", warm, svc, warm_load, work,
+                                     p.drain_timeout_s, only_rate=p.warm_rate)  # fmt: skip
             warm_load.close()
             log(f"warm-up run (not reported): {warm_result.get('status')}")
             load = Workload(svc, p.warmup + max(p.n, p.n_long or 0))
