@@ -106,9 +106,10 @@ class Params:
     n_long: int | None = None
     # The unreported warm-up run before the measured systems: a passthrough drain of
     # `warm_n` events, then `warm_s` seconds paced at `warm_rate` (None: half its drain
-    # rate). It exists for the fresh broker's JIT compiler: in the first paced phase after
-    # a start, C2 compiler threads took 0.32 of a core on average and 65-80% of the
-    # events slower than 22 ms on the processor side came in while they were busy
+    # rate). It exists for the fresh broker's JIT compiler: in the first two paced phases
+    # after a start, C2 compiler threads took 0.32 and then 0.08 of a core on average, and
+    # 80% and then 65% of the events slower than 22 ms on the processor side came in while
+    # they were busy
     # (benchmarks/README.md, "The broker's JIT compiler").
     warm_n: int = 4_000
     warm_s: float = 1.0
@@ -1415,8 +1416,9 @@ def main(argv: list[str] | None = None) -> int:
         with services(work) as svc:
             _REGISTRY.append(Registry(svc.registry_url))
             # The first worker after the broker starts saw ~0.5 s latencies for seconds
-            # (first system only, whichever it was), and the broker's JIT compiler kept a
-            # core busy for minutes (Params.warm_n): an unreported warm-up run absorbs it.
+            # (first system only, whichever it was), and the broker's JIT compiler took up
+            # to a third of a core for minutes (Params.warm_n): an unreported warm-up run
+            # absorbs both.
             warm = Params(**{**p.__dict__, "n": p.warm_n, "n_long": None, "warmup": 1_000,
                              "latency_s": p.warm_s})  # fmt: skip
             warm_load = Workload(svc, warm.warmup + warm.n, seed=4)
