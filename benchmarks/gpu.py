@@ -12,10 +12,12 @@ Three parts, each written to the JSON report:
    the GPU real work.
 3. **pipeline against the backend alone**: the in-process pipeline (framed payload batches ->
    ``BatchHandler``: decode, score, encode, drift monitor; as ``systems/core.py`` builds it)
-   on torch CUDA graphs, against ``infer`` alone on the same feature matrices. Every batch of
-   one size launches the same GPU work, so the ratio of batches per second is the ratio of
-   GPU busy time: the share of the GPU's work rate the pipeline keeps up. NVML's utilization
-   (sampled every 20 ms) is recorded beside it as a cross-check.
+   on torch CUDA graphs, against ``infer`` alone on the same feature matrices. The pipeline
+   runs twice: one batch at a time (``handler(raw)``), and *overlapped* as the Kafka runner
+   drives a handler whose backend is asynchronous (start batch k+1, then finish batch k).
+   Every batch of one size launches the same GPU work, so the ratio of batches per second
+   is the ratio of GPU busy time: the share of the GPU's work rate the pipeline keeps up.
+   NVML's utilization (sampled every 20 ms) is recorded beside it as a cross-check.
 
 ``python benchmarks/gpu.py --json out.json [--device cpu]``; ``--device cpu`` runs torch on
 the CPU in place of CUDA (a dry run of the script on a machine without a GPU; its figures
@@ -45,6 +47,7 @@ import itertools
 from systems.core import WRITER_ID, raw_batches
 
 from streamproc import schemas, synth
+from streamproc.backends.base import submit
 from streamproc.backends.nvml import gpu_stats
 from streamproc.backends.onnx import DEMO_MODEL, OnnxRuntimeBackend
 from streamproc.codecs.decoder import BatchDecoder
@@ -233,18 +236,62 @@ def run_for(fn: Callable[[Any], Any], items: list[Any], seconds: float) -> tuple
 
 
 def loop_for(
-    fn: Callable[[Any], Any], items: list[Any], device: str, seconds: float
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    device: str,
+    seconds: float,
+    drain: Callable[[], Any] = lambda: None,
 ) -> dict[str, Any]:
     for item in items[:3]:
         fn(item)
+    drain()
     sync(device)
     sampler = NvmlSampler()
     sampler.start()
     start = time.perf_counter()
     done, _ = run_for(fn, items, seconds)
+    drain()  # the batch still in flight (overlapped) is finished inside the timed span
     sync(device)  # the GPU work the last calls queued counts too
     wall = time.perf_counter() - start
     return {"batches_per_s": done / wall, "nvml_util_pct": sampler.stop(), "wall_s": wall}
+
+
+class TwoInFlight:
+    """``infer`` alone, but batch k+1 is submitted before batch k's result is collected."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.held = backend, None
+
+    def __call__(self, x: Any) -> None:
+        pending = submit(self.backend, x)
+        self.drain()
+        self.held = pending
+
+    def drain(self) -> None:
+        if self.held is not None:
+            self.held.result()
+            self.held = None
+
+
+class Overlapped:
+    """The runner's overlap (``streamproc.kafka.runner``) under a backlog: start batch k+1,
+    then finish batch k, so batch k's scores run on the GPU while k+1 is decoded and k's
+    outputs are encoded and monitored."""
+
+    def __init__(self, handler: BatchHandler, stages: dict[str, float]) -> None:
+        self.handler, self.stages, self.held = handler, stages, None
+
+    def __call__(self, raw: Any) -> None:
+        started = self.handler.start(raw)
+        self.drain()
+        self.held = started
+
+    def drain(self) -> None:
+        if self.held is not None:
+            out = self.handler.finish(self.held)
+            self.held = None
+            for k, v in out.stats.stage_s.items():
+                self.stages[k] = self.stages.get(k, 0.0) + v
 
 
 def build_handler(spec: ModelSpec, device: str) -> tuple[BatchHandler, Any, BatchDecoder]:
@@ -267,10 +314,13 @@ def _process(spec: ModelSpec, batch_size: int, device: str, seconds: float,
     """One of several pipeline processes sharing the GPU (``--procs``)."""
     handler, backend, _ = build_handler(spec, device)
     batches = raw_batches(batch_size * 16, batch_size)
+    ov = Overlapped(handler, {})  # as the runner drives a handler that overlaps
     for b in batches[:3]:
-        handler(b)
+        ov(b)
+    ov.drain()
     barrier.wait()
-    done, wall = run_for(handler, batches, seconds)
+    done, wall = run_for(ov, batches, seconds)
+    ov.drain()
     results.put(done / wall)
     backend.close()
 
@@ -310,6 +360,10 @@ def pipeline_vs_alone(
             batches = raw_batches(batch_size * 16, batch_size)
             matrices = [decoder.decode(b.values).features for b in batches]
             alone = loop_for(backend.infer, matrices, device, seconds)
+            # The backend alone with two batches in flight: the GPU's own upper bound, with
+            # the copies and the synchronisation of one batch hidden behind the next.
+            two = TwoInFlight(backend)
+            alone2 = loop_for(two, matrices, device, seconds, drain=two.drain)
             stages: dict[str, float] = {}
 
             def run(b: Any, _h: Any = handler, _st: dict[str, float] = stages) -> None:
@@ -318,16 +372,29 @@ def pipeline_vs_alone(
                     _st[k] = _st.get(k, 0.0) + v
 
             pipe = loop_for(run, batches, device, seconds)
+            ov_stages: dict[str, float] = {}
+            ov = Overlapped(handler, ov_stages)
+            assert handler.overlaps == device.startswith("cuda")
+            over = loop_for(ov, batches, device, seconds, drain=ov.drain)
             backend.close()
             n_pipe = pipe["batches_per_s"] * pipe["wall_s"] * batch_size
+            n_over = over["batches_per_s"] * over["wall_s"] * batch_size
             rows.append({
                 "model": model, "batch": batch_size, "alone": alone, "pipeline": pipe,
                 "busy_ratio": pipe["batches_per_s"] / alone["batches_per_s"],
                 "pipeline_events_per_s": pipe["batches_per_s"] * batch_size,
                 "pipeline_stage_us_per_event": {k: v / n_pipe * 1e6 for k, v in stages.items()},
+                "overlapped": over,
+                "overlapped_busy_ratio": over["batches_per_s"] / alone["batches_per_s"],
+                "alone_two_in_flight": alone2,
+                "overlapped_vs_two_in_flight": over["batches_per_s"] / alone2["batches_per_s"],
+                "overlapped_stage_us_per_event": {k: v / n_over * 1e6
+                                                  for k, v in ov_stages.items()},
                 "shared": [],
             })  # fmt: skip
-            log(f"pipeline {model} batch {batch_size}: ratio {rows[-1]['busy_ratio']:.2f}")
+            log(f"pipeline {model} batch {batch_size}: ratio {rows[-1]['busy_ratio']:.2f}, "
+                f"overlapped {rows[-1]['overlapped_busy_ratio']:.2f}, against two in flight "
+                f"{rows[-1]['overlapped_vs_two_in_flight']:.2f}")  # fmt: skip
             for n in procs:
                 shared = shared_gpu(big, batch_size, device, seconds, n)
                 shared["busy_ratio"] = shared["batches_per_s"] / alone["batches_per_s"]

@@ -5,12 +5,19 @@ row ``i`` of the output belonging to row ``i`` of the input, for any ``n >= 1`` 
 returns an empty ``(0, K)`` matrix). Backends that need fixed shapes pad and split
 internally (:mod:`streamproc.backends.buckets`); callers never see it.
 
+A backend whose device works apart from the host (a GPU) may also offer ``submit(batch)``:
+it queues the batch's work and returns at once with a :class:`Pending`, whose ``result()``
+waits for it. The pipeline decodes and encodes other batches meanwhile. :func:`submit`
+gives every backend that verb; one without it computes at once.
+
 >>> class Double:
 ...     name, device = "double", "cpu"
 ...     def infer(self, batch): return 2 * check_batch(batch, 2)
 ...     def close(self): pass
 >>> backend: Backend = Double()
 >>> backend.infer(np.ones((1, 2))).tolist()
+[[2.0, 2.0]]
+>>> submit(backend, np.ones((1, 2))).result().tolist()
 [[2.0, 2.0]]
 """
 
@@ -56,3 +63,37 @@ def check_batch(batch: npt.ArrayLike, n_features: int) -> Matrix:
     if arr.ndim != 2 or arr.shape[1] != n_features:
         raise ModelError(f"expected a batch of shape (n, {n_features}), got {arr.shape}")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class Pending(Protocol):
+    """A batch whose inference was started; ``result()`` waits for it and returns the
+    ``(n, K)`` output (or raises what the inference raised)."""
+
+    def result(self) -> Matrix: ...
+
+
+class Done:
+    """A :class:`Pending` whose result is already there."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Matrix) -> None:
+        self._value = value
+
+    def result(self) -> Matrix:
+        return self._value
+
+
+def is_asynchronous(backend: Any) -> bool:
+    """Whether ``backend.submit`` returns before the work is done (a GPU backend), so that a
+    caller gains by doing other work before ``result()``."""
+    return bool(getattr(backend, "asynchronous", False))
+
+
+def submit(backend: Any, batch: Matrix) -> Pending:
+    """Start scoring ``batch``: the backend's own ``submit`` where it is asynchronous, else
+    ``infer`` now (its errors raise here)."""
+    if is_asynchronous(backend):
+        pending: Pending = backend.submit(batch)
+        return pending
+    return Done(backend.infer(batch))

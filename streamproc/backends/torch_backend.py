@@ -7,8 +7,12 @@ read with ``onnx.numpy_helper`` and rebuilt as an equivalent ``torch.nn.Sequenti
 source of truth: the ONNX file). The rebuild covers chain graphs of Gemm, MatMul, Add,
 Relu, Sigmoid, Tanh, Softmax and Identity nodes, which is what small tabular MLPs export to.
 
-On CUDA each bucket size gets a CUDA graph captured at load (inputs staged through pinned
-host memory), optionally under fp16 autocast.
+On CUDA each bucket size gets a CUDA graph captured at load, optionally under fp16
+autocast. With graphs the backend is asynchronous (:func:`streamproc.backends.base.submit`):
+``submit`` copies the batch into one of two pinned host slots, queues the copies in, the
+replays and the copies out on the device's stream, and returns; ``result()`` waits for that
+slot's event. So a caller can decode the next batch while this one runs, with at most two
+batches in flight.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from streamproc.backends.base import Matrix, check_batch
-from streamproc.backends.buckets import run_bucketed
+from streamproc.backends.base import Done, Matrix, Pending, check_batch
+from streamproc.backends.buckets import plan
 from streamproc.errors import DependencyMissingError, ModelError
 from streamproc.models.spec import ModelSpec
 
@@ -189,14 +193,21 @@ class TorchBackend:
         with suppress(NotImplementedError):  # torch.export modules have no train/eval switch
             self._module.eval()
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self._slots = (_Slot(), _Slot())  # pinned host buffers of two batches in flight
+        self._turn = 0
+        self._closed = False
         if self.cuda:
             largest = self.buckets[-1]
             self._host_in = torch.empty((largest, n_features), dtype=torch.float32).pin_memory()
             if cuda_graphs:
                 for size in self.buckets:
                     self._graphs[size] = self._capture(size)
-        self.n_outputs = int(self._forward(np.zeros((1, n_features), np.float32)).shape[1])
-        self._closed = False
+        # submit() returns before the GPU is done only when it replays graphs.
+        self.asynchronous = bool(self._graphs)
+        if self._graphs:
+            self.n_outputs = int(self._graphs[self.buckets[0]][2].shape[1])
+        else:
+            self.n_outputs = int(self._forward(np.zeros((1, n_features), np.float32)).shape[1])
 
     @classmethod
     def from_spec(
@@ -240,19 +251,39 @@ class TorchBackend:
             static_out = _first_tensor(self._module(static_in)).float()
         return graph, static_in, static_out
 
-    def _replay(self, x: Matrix) -> Matrix:
-        graph, static_in, static_out = self._graphs[len(x)]
-        staged = self._host_in[: len(x)]
-        staged.numpy()[...] = x
-        static_in.copy_(staged, non_blocking=True)
-        graph.replay()
-        out = static_out.cpu()  # synchronous copy: waits for the replay
-        return np.asarray(out.numpy(), dtype=np.float32)
+    def _submit(self, x: Matrix) -> _CudaPending:
+        """Queue ``x`` (``n >= 1`` rows) on the device and return at once (graphs only)."""
+        torch = self._t
+        slot = self._slots[self._turn]
+        self._turn ^= 1
+        if slot.event is not None:
+            # The slot's previous batch: its copies must be done before its buffers are
+            # reused. Normally its result was collected already and this returns at once.
+            slot.event.synchronize()
+        n = len(x)
+        if slot.host_in is None or len(slot.host_in) < n:
+            largest = self.buckets[-1]
+            rows = -(-n // largest) * largest
+            slot.host_in = torch.empty((rows, self.n_features), dtype=torch.float32).pin_memory()
+            slot.host_out = torch.empty((rows, self.n_outputs), dtype=torch.float32).pin_memory()
+            slot.event = torch.cuda.Event()
+        slot.host_in.numpy()[:n] = x
+        for a, b, size in plan(n, self.buckets):  # one replay per bucket-sized chunk
+            graph, static_in, static_out = self._graphs[size]
+            m = b - a
+            static_in[:m].copy_(slot.host_in[a:b], non_blocking=True)
+            if m < size:
+                static_in[m:].zero_()  # padding rows: zeros, their outputs are dropped
+            graph.replay()
+            slot.host_out[a:b].copy_(static_out[:m], non_blocking=True)
+        slot.event.record()
+        slot.ticket += 1
+        return _CudaPending(slot, slot.ticket, n)
 
     def _forward(self, x: Matrix) -> Matrix:
         torch = self._t
         if self._graphs:
-            return run_bucketed(x, self.buckets, self._replay)
+            return self._submit(x).result()
         with torch.no_grad(), self._autocast():
             inp = torch.from_numpy(x)
             if self.cuda:
@@ -277,9 +308,57 @@ class TorchBackend:
         except Exception as exc:  # torch raises RuntimeError for shape/device problems
             raise ModelError(f"{self.name} inference failed: {exc}") from exc
 
+    def submit(self, batch: Matrix) -> Pending:
+        """Start scoring ``batch``; ``result()`` returns what :meth:`infer` would. Returns
+        before the GPU is done when :attr:`asynchronous`; at most two batches in flight."""
+        if not self.asynchronous:
+            return Done(self.infer(batch))
+        if self._closed:
+            raise ModelError(f"the {self.name} backend is closed")
+        x = check_batch(batch, self.n_features)
+        if len(x) == 0:
+            return Done(np.empty((0, self.n_outputs), dtype=np.float32))
+        try:
+            return self._submit(x)
+        except Exception as exc:  # torch raises RuntimeError for shape/device problems
+            raise ModelError(f"{self.name} inference failed: {exc}") from exc
+
     def close(self) -> None:
         self._closed = True
         self._graphs.clear()
+        self._slots = (_Slot(), _Slot())
         self._module = None
         if self.cuda:
             self._t.cuda.empty_cache()
+
+
+class _Slot:
+    """One batch's pinned host buffers and the event that marks its copies out done."""
+
+    __slots__ = ("event", "host_in", "host_out", "ticket")
+
+    def __init__(self) -> None:
+        self.host_in: Any = None
+        self.host_out: Any = None
+        self.event: Any = None
+        self.ticket = 0  # counts the batches submitted on this slot
+
+
+class _CudaPending:
+    __slots__ = ("_n", "_slot", "_ticket")
+
+    def __init__(self, slot: _Slot, ticket: int, n: int) -> None:
+        self._slot, self._ticket, self._n = slot, ticket, n
+
+    def result(self) -> Matrix:
+        slot = self._slot
+        if slot.ticket != self._ticket:
+            raise ModelError(
+                "this batch's buffers were reused by a later submit: collect each result "
+                "before more than two batches are in flight"
+            )
+        try:
+            slot.event.synchronize()
+        except Exception as exc:  # an asynchronous CUDA error surfaces here
+            raise ModelError(f"torch-cuda inference failed: {exc}") from exc
+        return np.array(slot.host_out[: self._n].numpy(), dtype=np.float32)  # a copy

@@ -3,6 +3,12 @@
 The runner knows Kafka and nothing about models: a *handler* turns a :class:`RawBatch`
 into :class:`Outputs`, and the runner writes them and commits the batch's offsets with the
 configured guarantee (see :meth:`KafkaRunner._commit`).
+
+A handler that ``overlaps`` (its model runs on a GPU apart from the host) also offers
+``start(raw)`` and ``finish(started)``. Under at-least-once the runner then keeps one batch
+in flight: it starts batch k+1 (decoding it while the GPU scores batch k), then finishes,
+produces and commits batch k. A batch stays in flight for one more look at the consumer at
+most, and that look does not wait: when no next batch is due, the batch is finished at once.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import length_hint
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -30,6 +36,16 @@ from streamproc.types import Outputs, RawBatch, ReleaseReason
 log = logging.getLogger(__name__)
 
 Handler = Callable[[RawBatch], Outputs]
+
+
+class OverlappingHandler(Protocol):
+    """A handler split in two (see the module docstring); ``overlaps`` says whether it pays."""
+
+    overlaps: bool
+
+    def start(self, raw: RawBatch) -> Any: ...
+
+    def finish(self, started: Any) -> Outputs: ...
 
 
 def wall_ms() -> float:
@@ -145,6 +161,12 @@ class KafkaRunner:
         # took its partitions meanwhile.
         self._retrying = False
         self._abandoned = False
+        # An overlapping handler's started batch, not yet finished (the module docstring).
+        # at-least-once only: an aborted transaction rewinds its own batch alone, so
+        # exactly-once keeps one batch at a time.
+        overlaps = getattr(handler, "overlaps", False) and not settings.exactly_once
+        self._overlap: OverlappingHandler | None = handler if overlaps else None  # type: ignore[assignment]
+        self._inflight: tuple[RawBatch, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,6 +188,7 @@ class KafkaRunner:
                 self._step()
             for rel in self.batcher.release_all(ReleaseReason.SHUTDOWN):
                 self._process(rel)
+            self._finish_inflight()
             self._flush_and_commit()
         finally:
             self.producer.flush(s.flush_timeout_s)  # anything not yet acknowledged
@@ -181,14 +204,16 @@ class KafkaRunner:
         # wait of every event that came in meanwhile (benchmarks/README.md, "The window's
         # start").
         arrived = self._looked_ms
+        held = self._inflight  # a batch in flight waits for no consume: it is finished below
         if len(self.batcher):
             # Wakes when `want` records are here or the pending batch's deadline comes.
-            msgs = self.consumer.consume(num_messages=want, timeout=self.batcher.timeout_s())
+            wait = 0.0 if held is not None else self.batcher.timeout_s()
+            msgs = self.consumer.consume(num_messages=want, timeout=wait)
         else:
             # Nothing pending: take what is already fetched; else wake on the first record
             # (its arrival opens the window), not on a full batch.
             msgs = self.consumer.consume(num_messages=want, timeout=0)
-            if not msgs:
+            if not msgs and held is None:
                 msgs = self.consumer.consume(num_messages=1, timeout=0.5)
                 arrived = None  # it came in during this wait: it arrived now
         self._looked_ms = self.batcher.clock()
@@ -211,6 +236,8 @@ class KafkaRunner:
                 self._process(rel)
         for rel in self.batcher.release_due():
             self._process(rel)
+        if held is not None and self._inflight is held:  # no next batch was due: finish it
+            self._finish_inflight()
         if not msgs and self._uncommitted:
             self._commit_if_due()  # idle: the last batches' offsets need no new batch
         now = time.monotonic()
@@ -222,15 +249,32 @@ class KafkaRunner:
 
     def _process(self, rel: Released[Message]) -> None:
         raw = to_raw_batch(self.settings.topic, rel.items, rel)
-        out = self._handle_with_retry(raw)
+        if self._overlap is not None:
+            started = self._handle_with_retry(raw, self._overlap.start)
+            if started is None:  # revoked while it waited (see below)
+                return
+            self._finish_inflight()  # the batch before it: outputs and commits keep order
+            self._inflight = (raw, started)
+            return
+        out = self._handle_with_retry(raw, self.handler)
         if out is None:  # its partitions were revoked while it waited: the new owner replays it
             return
+        self._deliver(raw, out)
+
+    def _finish_inflight(self) -> None:
+        if self._inflight is None or self._overlap is None:
+            return
+        raw, started = self._inflight
+        self._inflight = None
+        self._deliver(raw, self._overlap.finish(started))
+
+    def _deliver(self, raw: RawBatch, out: Outputs) -> None:
         self._commit(raw, out)
         stats = getattr(out, "stats", None)
         if stats is not None:
             self.sensor.on_batch(stats)
 
-    def _handle_with_retry(self, raw: RawBatch) -> Outputs | None:
+    def _handle_with_retry(self, raw: RawBatch, handle: Callable[[RawBatch], Any]) -> Any:
         """Run the handler; while the registry is down, pause and retry with backoff.
 
         A registry outage never turns good events into dead letters: the batch waits.
@@ -242,7 +286,7 @@ class KafkaRunner:
         try:
             while True:
                 try:
-                    return self.handler(raw)
+                    return handle(raw)
                 except RegistryUnavailableError as exc:
                     attempt += 1
                     delay = min(
@@ -444,6 +488,9 @@ class KafkaRunner:
         else:
             for rel in self.batcher.release_all(ReleaseReason.REBALANCE):
                 self._process(rel)
+        # A batch in flight is decoded and scored already: finish and commit it too (it came
+        # before any batch that waits for the registry).
+        self._finish_inflight()
         self._flush_and_commit()
         self._assignment = []
         log.info("revoked %s", [p.partition for p in parts])
@@ -452,6 +499,7 @@ class KafkaRunner:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
+        self._inflight = None  # started, never produced: replayed like the rest
         self._abandoned = self._retrying  # a batch waiting for the registry is dropped too
         self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
         self._assignment = []

@@ -23,7 +23,7 @@ from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode, RecordBlock
 
 from .alerting import AlertRouter, AlertRules
-from .scoring import Scorer
+from .scoring import Scored, Scorer, start_scoring
 
 
 class Decoder(Protocol):
@@ -67,6 +67,22 @@ class SchemaIds:
 
 
 _REASON_NAMES = {int(r): r.name for r in ReasonCode}
+# What a model may raise on a batch: its events become INFERENCE_FAILED dead letters.
+_MODEL_ERRORS = (StreamprocError, RuntimeError, ValueError)
+
+
+@dataclass
+class Started:
+    """A batch between :meth:`BatchHandler.start` and :meth:`BatchHandler.finish`."""
+
+    raw: RawBatch
+    dec: DecodedBatch
+    errors: npt.NDArray[np.uint8]
+    ok_rows: npt.NDArray[np.intp]
+    scoring: Callable[[], Scored] | None  # waits for the scores; None: nothing to score
+    infer_error: str  # the model failed already when scoring started
+    decode_s: float
+    submit_s: float
 
 
 class BatchHandler:
@@ -107,28 +123,56 @@ class BatchHandler:
             enc = self._encoders[version] = PredictionEncoder(self.ids.prediction)
         return enc
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether :meth:`start` leaves the model working after it returns (an asynchronous
+        backend): then a caller gains by starting the next batch before finishing this one."""
+        return bool(getattr(self.scorer, "asynchronous", False))
+
     def __call__(self, raw: RawBatch) -> Outputs:
+        return self.finish(self.start(raw))
+
+    def start(self, raw: RawBatch) -> Started:
+        """Decode ``raw`` and start scoring its valid events. Raises only what decoding
+        raises (a registry outage: the caller retries); a model error is kept for
+        :meth:`finish`, which dead-letters the batch."""
         t0 = time.perf_counter()
         dec = self.decoder.decode(raw.values)
         t1 = time.perf_counter()
         errors = dec.errors.copy()
         ok_rows = np.flatnonzero(errors == 0)
         keys = raw.keys
-        scored = None
+        scoring: Callable[[], Scored] | None = None
         infer_error = ""
         if len(ok_rows):
             try:
                 if len(ok_rows) == len(keys):  # the common case: no copies
-                    scored = self.scorer.score(dec.features, keys)
+                    scoring = start_scoring(self.scorer, dec.features, keys)
                 else:
                     ok_keys = [keys[i] for i in ok_rows.tolist()]
-                    scored = self.scorer.score(dec.features[ok_rows], ok_keys)
-            except (StreamprocError, RuntimeError, ValueError) as exc:
-                # A model that fails on a batch dead-letters it with the reason: no loss,
-                # no crash loop; the operator replays the DLQ after fixing the model.
-                errors[ok_rows] = ReasonCode.INFERENCE_FAILED
+                    scoring = start_scoring(self.scorer, dec.features[ok_rows], ok_keys)
+            except _MODEL_ERRORS as exc:
                 infer_error = f"{type(exc).__name__}: {exc}"
-                ok_rows = ok_rows[:0]
+        return Started(raw, dec, errors, ok_rows, scoring, infer_error,
+                       t1 - t0, time.perf_counter() - t1)  # fmt: skip
+
+    def finish(self, started: Started) -> Outputs:
+        """Wait for the scores of a :meth:`start`-ed batch and build its outputs."""
+        raw, dec, errors, ok_rows = started.raw, started.dec, started.errors, started.ok_rows
+        infer_error = started.infer_error
+        t1 = time.perf_counter()
+        scored = None
+        if started.scoring is not None:
+            try:
+                scored = started.scoring()
+            except _MODEL_ERRORS as exc:
+                infer_error = f"{type(exc).__name__}: {exc}"
+        if infer_error:
+            # A model that fails on a batch dead-letters it with the reason: no loss,
+            # no crash loop; the operator replays the DLQ after fixing the model.
+            errors[ok_rows] = ReasonCode.INFERENCE_FAILED
+            ok_rows = ok_rows[:0]
+            scored = None
         t2 = time.perf_counter()
         now_ms = int(self.clock_ms())
         out = Outputs()
@@ -163,7 +207,12 @@ class BatchHandler:
             rejects=rejects,
             release=raw.release.value,
             wait_ms=raw.wait_ms,
-            stage_s={"decode": t1 - t0, "infer": t2 - t1, "encode": t3 - t2, "monitor": t4 - t3},
+            stage_s={
+                "decode": started.decode_s,
+                "infer": started.submit_s + t2 - t1,
+                "encode": t3 - t2,
+                "monitor": t4 - t3,
+            },
             latencies_ms=latencies,
             by_version=by_version,
         )

@@ -2,17 +2,23 @@
 
 A :class:`SingleScorer` serves one version; rollouts plug in a scorer that splits rows
 between versions by key (see :mod:`streamproc.rollout`).
+
+:func:`start_scoring` begins scoring and returns what finishes it: on a scorer whose backend
+is asynchronous (a GPU running CUDA graphs) the GPU works while the caller does other
+things; any other scorer scores at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from streamproc.backends.base import is_asynchronous, submit
 from streamproc.models.spec import ModelSpec
 
 
@@ -59,14 +65,42 @@ class SingleScorer:
     def backend_name(self) -> str:
         return self.backend.name
 
-    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
-        import time
+    @property
+    def asynchronous(self) -> bool:
+        return is_asynchronous(self.backend)
 
+    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
+        return self.start(features, keys)()
+
+    def start(
+        self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
+    ) -> Callable[[], Scored]:
+        """Submit ``features`` to the backend; the returned call waits and gives the scores.
+        ``infer_s`` counts the host's time in both: submitting, and waiting for the result."""
         t = time.perf_counter()
-        scores = self.backend.infer(features) if len(features) else np.zeros((0, 0), np.float32)
-        return Scored(
-            scores=np.asarray(scores, dtype=np.float32),
-            version_index=np.zeros(len(features), dtype=np.int8),
-            versions=[self.spec],
-            infer_s={self.spec.version: time.perf_counter() - t},
-        )
+        pending = submit(self.backend, features) if len(features) else None
+        spent = time.perf_counter() - t
+
+        def finish() -> Scored:
+            t = time.perf_counter()
+            scores = pending.result() if pending is not None else np.zeros((0, 0), np.float32)
+            return Scored(
+                scores=np.asarray(scores, dtype=np.float32),
+                version_index=np.zeros(len(features), dtype=np.int8),
+                versions=[self.spec],
+                infer_s={self.spec.version: spent + time.perf_counter() - t},
+            )
+
+        return finish
+
+
+def start_scoring(
+    scorer: Any, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
+) -> Callable[[], Scored]:
+    """``scorer.start`` where the scorer has it, else ``scorer.score`` at once."""
+    start = getattr(scorer, "start", None)
+    if start is not None:
+        finish: Callable[[], Scored] = start(features, keys)
+        return finish
+    scored = scorer.score(features, keys)
+    return lambda: scored

@@ -12,6 +12,7 @@ import pytest
 from streamproc import synth
 from streamproc.backends import load_backend
 from streamproc.backends.nvml import gpu_stats
+from streamproc.errors import ModelError
 from tests.backends.conftest import needs_gpu
 
 pytestmark = needs_gpu
@@ -66,8 +67,6 @@ def test_int8_calibrated_from_reference_rows_stays_close(demo_spec, tmp_path, fe
 
 
 def test_int8_without_calibration_data_is_refused(demo_spec, tmp_path):
-    from streamproc.errors import ModelError
-
     with pytest.raises(ModelError, match="calibration_data"):
         trt(demo_spec, tmp_path, precision="int8")
 
@@ -98,6 +97,23 @@ def test_torch_cuda_graphs_match_eager(demo_spec, features):
     finally:
         graphs.close()
         eager.close()
+
+
+def test_torch_cuda_refuses_a_result_whose_buffers_a_third_submit_reused(demo_spec, features):
+    from streamproc.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend.from_spec(demo_spec, device="cuda")
+    try:
+        assert backend.asynchronous
+        first = backend.submit(features[:10])
+        second = backend.submit(features[10:20])
+        third = backend.submit(features[20:30])  # reuses the first one's pinned slot
+        with pytest.raises(ModelError, match="reused"):
+            first.result()
+        np.testing.assert_array_equal(second.result(), backend.infer(features[10:20]))
+        np.testing.assert_array_equal(third.result(), backend.infer(features[20:30]))
+    finally:
+        backend.close()
 
 
 def test_nvml_sees_the_gpu():

@@ -257,3 +257,122 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
         if sum(len(v) for v, _, _ in seen) == 3:
             break
     assert seen == [([b"A", b"B"], ReleaseReason.SIZE, 0.0), ([b"C"], ReleaseReason.TIME, 20.0)]
+
+
+class _Overlapping:
+    """A handler split in two, logging its calls: what a GPU-backed BatchHandler offers."""
+
+    overlaps = True
+
+    def __init__(self, out_topic: str) -> None:
+        self.out_topic = out_topic
+        self.log: list[tuple[str, bytes]] = []  # ("start" | "finish", the batch's values)
+
+    def __call__(self, raw: RawBatch) -> Outputs:
+        raise AssertionError("an overlapping handler is started and finished, not called")
+
+    def start(self, raw: RawBatch) -> RawBatch:
+        self.log.append(("start", b"".join(v or b"" for v in raw.values)))
+        return raw
+
+    def finish(self, raw: RawBatch) -> Outputs:
+        self.log.append(("finish", b"".join(v or b"" for v in raw.values)))
+        return Outputs(records=[OutRecord(self.out_topic, None, v) for v in raw.values])
+
+
+class _ConsumeLog:
+    """The runner's real consumer, recording each consume's timeout and whether a batch
+    was in flight then."""
+
+    def __init__(self, runner: KafkaRunner) -> None:
+        self._runner, self._consumer = runner, runner.consumer
+        self.calls: list[tuple[float, bool]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        self.calls.append((timeout, self._runner._inflight is not None))
+        return self._consumer.consume(num_messages=num_messages, timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def _consumed(consumer: Consumer, topic: str, n: int) -> list[Any]:
+    got = _read_all(consumer, topic, n)
+    assert len(got) == n
+    return got
+
+
+def test_an_overlapping_handler_starts_the_next_batch_before_finishing_one(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    topic, out = topic_factory("ovl"), topic_factory("ovl-out")
+    producer = producer_factory()
+    for v in (b"A", b"B", b"C", b"D", b"E"):
+        producer.produce(topic, v)
+    assert producer.flush(10) == 0
+    msgs = _consumed(consumer_factory(), topic, 5)
+    handler = _Overlapping(out)
+    runner = runner_factory(topic, handler=handler)
+    for part in (msgs[:2], msgs[2:4], msgs[4:]):
+        runner._process(Released(part, ReleaseReason.SIZE, 0.0))
+    # Batch k is finished (produced) only once batch k+1 has started; the last one waits.
+    assert handler.log == [("start", b"AB"), ("start", b"CD"), ("finish", b"AB"),
+                           ("start", b"E"), ("finish", b"CD")]  # fmt: skip
+    assert runner._inflight is not None and runner._uncommitted == {0: 4}
+    runner._finish_inflight()
+    runner._flush_and_commit()
+    assert handler.log[-1] == ("finish", b"E") and runner._inflight is None
+    got = _read_all(consumer_factory(), out, 5)
+    assert [m.value() for m in got] == [b"A", b"B", b"C", b"D", b"E"]  # once each, in order
+
+
+def test_a_batch_in_flight_makes_the_next_look_not_wait_and_is_finished_then(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    topic, out = topic_factory("ovs"), topic_factory("ovs-out")
+    producer = producer_factory()
+    for v in (b"A", b"B", b"C", b"D", b"E"):
+        producer.produce(topic, v)
+    assert producer.flush(10) == 0
+    handler = _Overlapping(out)
+    runner = runner_factory(topic, handler=handler, consumer_conf={"auto.offset.reset": "earliest"},
+                            policy=WindowPolicy(max_size=2, max_wait_ms=5))  # fmt: skip
+    looks = _ConsumeLog(runner)
+    runner.consumer = looks  # type: ignore[assignment]
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    for _ in range(400):  # a step waits at most 0.5 s (nothing pending) or 5 ms
+        runner._step()
+        if ("finish", b"E") in handler.log:
+            break
+    starts = [v for what, v in handler.log if what == "start"]
+    finishes = [v for what, v in handler.log if what == "finish"]
+    assert b"".join(starts) == b"".join(finishes) == b"ABCDE"  # every event, once, in order
+    assert starts == finishes and runner._inflight is None
+    # While a batch was in flight the runner never waited on the consumer ...
+    assert [t for t, held in looks.calls if held] and all(t == 0 for t, held in looks.calls if held)
+    # ... and no more than two batches were ever started and not finished: the one in
+    # flight and the one whose start finishes it.
+    in_flight = 0
+    for what, _ in handler.log:
+        in_flight += 1 if what == "start" else -1
+        assert in_flight <= 2
+    runner._flush_and_commit()
+    assert [m.value() for m in _read_all(consumer_factory(), out, 5)] == [b"A", b"B", b"C",
+                                                                          b"D", b"E"]  # fmt: skip
+
+
+def test_exactly_once_never_overlaps(
+    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner]
+) -> None:
+    topic = topic_factory("ove")
+    handler = _Overlapping(topic)
+    eos = runner_factory(topic, handler=handler,
+                         settings=RunnerSettings(topic=topic, exactly_once=True))  # fmt: skip
+    alo = runner_factory(topic, handler=handler)
+    assert eos._overlap is None and alo._overlap is handler

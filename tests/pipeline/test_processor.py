@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
+from typing import Any
 
 import fastavro
 import numpy as np
+import pytest
 
 from streamproc import lineage, schemas, synth
 from streamproc.backends.onnx import DEMO_MODEL
@@ -13,6 +16,7 @@ from streamproc.backends.select import load_backend
 from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.source import DictSchemaSource
 from streamproc.codecs.wire import frame
+from streamproc.errors import ModelError
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.app import reader_schema
 from streamproc.pipeline.monitoring import build_monitor
@@ -118,3 +122,81 @@ def test_new_schema_alert_only_for_a_schema_events_decode_with() -> None:
     fired = new_schema_alerts(_framed(records[150:200], 8), 150)
     assert len(fired) == 1 and fired[0]["value"] == 8.0
     assert new_schema_alerts(_framed(records[200:300], 8), 200) == []  # once per id
+
+
+class _Deferred:
+    """A backend that defers the work to ``result()``: what a GPU backend's ``submit`` does
+    (the real one is tested on a GPU, tests/backends/test_gpu.py)."""
+
+    asynchronous = True
+
+    def __init__(self, inner: Any, fail: bool = False) -> None:
+        self.inner, self.fail = inner, fail
+        self.name, self.device = "deferred", "cpu"
+        self.log: list[str] = []
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.submit(batch).result()
+
+    def submit(self, batch: np.ndarray) -> Any:
+        self.log.append("submit")
+
+        def result() -> np.ndarray:
+            self.log.append("result")
+            if self.fail:
+                raise ModelError("the device failed")
+            out: np.ndarray = self.inner.infer(batch)
+            return out
+
+        return SimpleNamespace(result=result)
+
+    def close(self) -> None:
+        pass
+
+
+def _with_backend(backend: Any) -> BatchHandler:
+    handler = _handler()
+    handler.scorer = SingleScorer(handler.scorer.primary, backend)
+    handler.clock_ms = lambda: 1_700_000_000_000.0
+    return handler
+
+
+def test_an_asynchronous_backend_is_waited_for_in_finish_and_gives_the_same_outputs() -> None:
+    raw, _ = _batch(40)
+    plain = _handler()
+    plain.clock_ms = lambda: 1_700_000_000_000.0
+    deferred = _Deferred(plain.scorer.backend)  # type: ignore[attr-defined]
+    handler = _with_backend(deferred)
+    assert handler.overlaps and not plain.overlaps
+    started = handler.start(raw)
+    assert deferred.log == ["submit"]  # start() queued the work and did not wait for it
+    out = handler.finish(started)
+    assert deferred.log == ["submit", "result"]
+    want = plain(raw)
+
+    def events(o: Any) -> list[bytes]:  # predictions and dead letters (not the CPU snapshot)
+        return [r.value for r in o.all_records() if r.topic in ("in.p", "in.dlq")]
+
+    assert len(events(out)) == 40 and events(out) == events(want)
+    assert out.n_predictions == 39 and out.n_dead_letters == 1
+
+
+@pytest.mark.parametrize("when", ["submit", "result"])
+def test_a_model_that_fails_dead_letters_every_valid_event_with_the_reason(when: str) -> None:
+    raw, _ = _batch(40)
+    inner = _handler().scorer.backend  # type: ignore[attr-defined]
+    backend = _Deferred(inner, fail=when == "result")
+    if when == "submit":
+        backend.asynchronous = False  # scored at once: the error raises in start()
+        backend.infer = lambda batch: (_ for _ in ()).throw(ModelError("the device failed"))  # type: ignore[method-assign]
+    out = _with_backend(backend)(raw)
+    assert out.n_predictions == 0 and out.n_dead_letters == 40
+    dead = [r for r in out.all_records() if r.topic == "in.dlq"]
+    reasons = [dict(r.headers or [])["streamproc-reason"] for r in dead]
+    assert reasons.count(b"INFERENCE_FAILED") == 39 and reasons.count(b"BAD_MAGIC") == 1
+    parsed = schemas.parsed("DeadLetter")
+    details = [fastavro.schemaless_reader(io.BytesIO(r.value[5:]), parsed)["detail"] for r in dead]
+    assert sorted(set(details)) == [
+        "ModelError: the device failed",
+        "first byte is 0x01, not the Confluent magic byte 0x00",
+    ]
