@@ -167,6 +167,8 @@ class KafkaRunner:
         overlaps = getattr(handler, "overlaps", False) and not settings.exactly_once
         self._overlap: OverlappingHandler | None = handler if overlaps else None  # type: ignore[assignment]
         self._inflight: tuple[RawBatch, Any] | None = None
+        if self._overlap is not None:
+            log.info("one batch in flight: the next batch is decoded while the model scores")
 
     # -- lifecycle -------------------------------------------------------------------------
 

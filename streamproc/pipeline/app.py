@@ -206,7 +206,8 @@ def build_processor(
     if extra_sensor is not None:
         sensors.append(extra_sensor)
     sensor = SensorGroup(sensors)
-    sensor.on_model(spec.name, spec.version, scorer.backend_name, "cpu")
+    device = getattr(getattr(scorer, "backend", None), "device", "cpu")  # a rollout: "cpu"
+    sensor.on_model(spec.name, spec.version, scorer.backend_name, str(device))
     port = None
     if cfg.metrics.port is not None:
         port = prom.serve(cfg.metrics.port, cfg.metrics.host)
