@@ -161,6 +161,8 @@ class KafkaRunner:
         # took its partitions meanwhile.
         self._retrying = False
         self._abandoned = False
+        # exactly-once: the batch whose transaction was just aborted (see _process_all).
+        self._aborted: RawBatch | None = None
         # An overlapping handler's started batch, not yet finished (the module docstring).
         # at-least-once only: an aborted transaction rewinds its own batch alone, so
         # exactly-once keeps one batch at a time.
@@ -188,8 +190,7 @@ class KafkaRunner:
         try:
             while not self.stop_event.is_set():
                 self._step()
-            for rel in self.batcher.release_all(ReleaseReason.SHUTDOWN):
-                self._process(rel)
+            self._process_all(self.batcher.release_all(ReleaseReason.SHUTDOWN))
             self._finish_inflight()
             self._flush_and_commit()
         finally:
@@ -234,10 +235,8 @@ class KafkaRunner:
                 log.warning("consumer error on %s[%s]: %s", m.topic(), m.partition(), err)
         if good:
             oldest = min(m.timestamp()[1] for m in good) if self.settings.use_event_age else None
-            for rel in self.batcher.add(good, oldest, arrived):
-                self._process(rel)
-        for rel in self.batcher.release_due():
-            self._process(rel)
+            self._process_all(self.batcher.add(good, oldest, arrived))
+        self._process_all(self.batcher.release_due())
         if held is not None and self._inflight is held:  # no next batch was due: finish it
             self._finish_inflight()
         if not msgs and self._uncommitted:
@@ -248,6 +247,21 @@ class KafkaRunner:
             self._report_lag()
 
     # -- one batch -------------------------------------------------------------------------
+
+    def _process_all(self, releases: list[Released[Message]]) -> None:
+        """Process released batches in order. Once a batch's transaction is aborted
+        (exactly-once), the batches after it are not processed: committing them would move
+        the offsets past the aborted batch. It and every record read after it are read
+        again (:meth:`_rewind`)."""
+        for i, rel in enumerate(releases):
+            self._process(rel)
+            if self._aborted is not None:
+                later = [m for r in releases[i + 1 :] for m in r.items]
+                later += [m for r in self.batcher.release_all(ReleaseReason.REBALANCE)
+                          for m in r.items]  # fmt: skip
+                self._rewind(self._aborted, later)
+                self._aborted = None
+                return
 
     def _process(self, rel: Released[Message]) -> None:
         raw = to_raw_batch(self.settings.topic, rel.items, rel)
@@ -423,9 +437,19 @@ class KafkaRunner:
             raise KafkaError(f"transaction failed: {err}", topic=self.settings.topic) from exc
         log.warning("aborting transaction and replaying batch %s: %s", raw.batch_id, err)
         self.producer.abort_transaction(self.settings.flush_timeout_s)
-        for tp in first_offsets(self.settings.topic, raw):
-            if any(a.partition == tp.partition for a in self._assignment):
-                self.consumer.seek(tp)
+        self._aborted = raw  # _process_all rewinds to it once the batch is done
+
+    def _rewind(self, raw: RawBatch, later: list[Message]) -> None:
+        """Seek each partition back to the earliest record of the aborted batch ``raw`` or
+        of the records read after it (``later``, dropped here), so both are read again."""
+        first = {tp.partition: tp.offset for tp in first_offsets(self.settings.topic, raw)}
+        for m in later:
+            p, o = int(m.partition() or 0), int(m.offset() or 0)  # consumed: both are set
+            first[p] = min(first.get(p, o), o)
+        held = {a.partition for a in self._assignment}
+        for p, o in sorted(first.items()):
+            if p in held:
+                self.consumer.seek(TopicPartition(self.settings.topic, p, o))
 
     def _produce_all(self, out: Outputs) -> None:
         """Produce every record (a failed one reports to :meth:`_on_delivery`)."""
@@ -488,8 +512,7 @@ class KafkaRunner:
             self._abandoned = True
             self.batcher.release_all(ReleaseReason.REBALANCE)
         else:
-            for rel in self.batcher.release_all(ReleaseReason.REBALANCE):
-                self._process(rel)
+            self._process_all(self.batcher.release_all(ReleaseReason.REBALANCE))
         # A batch in flight is decoded and scored already: finish and commit it too (it came
         # before any batch that waits for the registry).
         self._finish_inflight()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import Released, WindowPolicy
 from streamproc.errors import DeliveryError
@@ -376,3 +378,72 @@ def test_exactly_once_never_overlaps(
                          settings=RunnerSettings(topic=topic, exactly_once=True))  # fmt: skip
     alo = runner_factory(topic, handler=handler)
     assert eos._overlap is None and alo._overlap is handler
+
+
+def _read_to_end(consumer: Consumer, topic: str) -> list[bytes]:
+    """Every committed record of a one-partition topic, read until its end."""
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    for _ in range(400):
+        for m in consumer.consume(500, 0.2):
+            if m.error() is None:
+                got.append(m.value())
+            elif m.error().code() == CkError._PARTITION_EOF:
+                return got
+    raise AssertionError(f"no end of {topic} after {got}")
+
+
+def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    # One consume brings A..F; the batcher cuts AB, CD and EF at once. CD's transaction
+    # fails with an abortable error (the broker refuses a record over the output topic's
+    # max.message.bytes). CD is read again, and EF with it: EF must not be committed before
+    # CD, nor come out twice.
+    topic, out = topic_factory("eos"), topic_factory("eos-out")
+    small = topic_factory("eos-small", config={"max.message.bytes": "1000"})
+    producer = producer_factory()
+    for v in (b"A", b"B", b"C", b"D", b"E", b"F"):
+        producer.produce(topic, v)
+    assert producer.flush(10) == 0
+    failed: list[list[bytes | None]] = []
+
+    def handler(raw: RawBatch) -> Outputs:
+        values = list(raw.values)
+        records = [OutRecord(out, None, v) for v in values if v is not None]
+        if b"C" in values and not failed:
+            failed.append(values)
+            records.append(OutRecord(small, None, os.urandom(5000)))  # refused by the broker
+        return Outputs(records=records)
+
+    runner = runner_factory(
+        topic,
+        settings=RunnerSettings(topic=topic, exactly_once=True, flush_timeout_s=30),
+        producer_conf={"transactional.id": f"t-{topic}"},
+        consumer_conf={"auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                       "enable.auto.commit": False},
+        handler=handler,
+        policy=WindowPolicy(max_size=2, max_wait_ms=5),
+    )  # fmt: skip
+    runner.producer.init_transactions(30)
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    msgs: list[Any] = []
+    for _ in range(100):
+        msgs += [m for m in runner.consumer.consume(6 - len(msgs), 0.2) if m.error() is None]
+        if len(msgs) == 6:
+            break
+    releases = runner.batcher.add(msgs)
+    assert [len(r.items) for r in releases] == [2, 2, 2]
+    runner._process_all(releases)
+    assert failed == [[b"C", b"D"]]
+    part = TopicPartition(topic, 0)
+    for _ in range(400):  # the replay: C..F are read again from C's offset
+        if runner.consumer.committed([part], 10)[0].offset == 6:
+            break
+        runner._step()
+    assert runner.consumer.committed([part], 10)[0].offset == 6
+    reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
+    assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
