@@ -79,7 +79,37 @@ logger.state.level = warn
 """
 
 
-def _server_properties(data: Path, port: int, controller_port: int) -> str:
+def thread_settings(cores: int) -> dict[str, int]:
+    """The broker's I/O, network and background thread counts: Kafka's defaults (8, 3, 10),
+    each capped at the cores this process may run on.
+
+    The local broker shares its machine with the processors, the load generator and the
+    tests. On the 2-core benchmark machine Kafka's defaults let the broker's request
+    threads take both cores in a burst; capped at 2 each, streamproc's p99 at 234,299
+    events/s fell from 38-118 ms (median 52) to 22-32 ms (median 25) in the phases after
+    the first, and the passthrough's from 27-34 to 27-29 ms (benchmarks/README.md, "The
+    broker's threads").
+
+    >>> thread_settings(2)
+    {'num.io.threads': 2, 'num.network.threads': 2, 'background.threads': 2}
+    >>> thread_settings(16)
+    {'num.io.threads': 8, 'num.network.threads': 3, 'background.threads': 10}
+    """
+    n = max(1, cores)
+    return {"num.io.threads": min(8, n), "num.network.threads": min(3, n),
+            "background.threads": min(10, n)}  # fmt: skip
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _server_properties(data: Path, port: int, controller_port: int, cores: int) -> str:
+    threads = "".join(f"{k}={v}\n" for k, v in thread_settings(cores).items())
     return f"""\
 process.roles=broker,controller
 node.id=1
@@ -101,7 +131,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=9223372036854775807
-"""
+{threads}"""
 
 
 def _cluster_id() -> str:
@@ -140,7 +170,9 @@ class KafkaBroker:
         data = self.home / "data"
         self.home.mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
-        props.write_text(_server_properties(data, self.port, self.controller_port))
+        props.write_text(
+            _server_properties(data, self.port, self.controller_port, available_cores())
+        )
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
         opts = [*jvm_options(os.environ, java_major(java) or 17),

@@ -25,7 +25,7 @@ from streamproc.errors import (
 )
 from streamproc.local import artifacts, process
 from streamproc.local.java import find_java, java_major
-from streamproc.local.kafka import KafkaBroker, broker_java
+from streamproc.local.kafka import KafkaBroker, available_cores, broker_java, thread_settings
 from streamproc.local.process import free_port, free_ports, pid_alive
 
 pytestmark = pytest.mark.kafka
@@ -60,6 +60,18 @@ def test_restarted_consumer_resumes_at_committed_offset(
     c2.subscribe([topic])
     rest = _drain(c2, 6)
     assert [m.value() for m in rest] == [str(i).encode() for i in range(4, 10)]
+
+
+def test_the_broker_caps_its_threads_at_the_cores_it_may_use(kafka):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    if os.environ.get("STREAMPROC_KAFKA_BOOTSTRAP") or os.environ.get("STREAMPROC_TEST_DOCKER"):
+        pytest.skip("not the project's own broker: its threads are not ours to set")
+    admin = AdminClient({"bootstrap.servers": kafka})
+    resource = ConfigResource(ConfigResource.Type.BROKER, "1")
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    want = thread_settings(available_cores())
+    assert {k: int(config[k].value) for k in want} == want
 
 
 def test_aborted_transactions_are_invisible_to_read_committed(
