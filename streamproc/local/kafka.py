@@ -86,7 +86,7 @@ def thread_settings(cores: int) -> dict[str, int]:
     The local broker shares its machine with the processors, the load generator and the
     tests. On the 2-core benchmark machine Kafka's defaults let the broker's request
     threads take both cores in a burst; capped at 2 each, streamproc's p99 at 234,299
-    events/s fell from 38-118 ms (median 52) to 22-32 ms (median 25) in the phases after
+    events/s fell from 38-118 ms (median 51) to 22-32 ms (median 25) in the phases after
     the first, and the passthrough's from 27-34 to 27-29 ms (benchmarks/README.md, "The
     broker's threads").
 
