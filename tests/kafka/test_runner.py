@@ -298,6 +298,13 @@ class _ConsumeLog:
         return getattr(self._consumer, name)
 
 
+def _fill(producer: Producer, topic: str, letters: bytes) -> None:
+    """One record per letter, in order."""
+    for i in range(len(letters)):
+        producer.produce(topic, letters[i : i + 1])
+    assert producer.flush(10) == 0
+
+
 def _consumed(consumer: Consumer, topic: str, n: int) -> list[Any]:
     got = _read_all(consumer, topic, n)
     assert len(got) == n
@@ -311,10 +318,7 @@ def test_an_overlapping_handler_starts_the_next_batch_before_finishing_one(
     runner_factory: Callable[..., KafkaRunner],
 ) -> None:
     topic, out = topic_factory("ovl"), topic_factory("ovl-out")
-    producer = producer_factory()
-    for v in (b"A", b"B", b"C", b"D", b"E"):
-        producer.produce(topic, v)
-    assert producer.flush(10) == 0
+    _fill(producer_factory(), topic, b"ABCDE")
     msgs = _consumed(consumer_factory(), topic, 5)
     handler = _Overlapping(out)
     runner = runner_factory(topic, handler=handler)
@@ -338,10 +342,7 @@ def test_a_batch_in_flight_makes_the_next_look_not_wait_and_is_finished_then(
     runner_factory: Callable[..., KafkaRunner],
 ) -> None:
     topic, out = topic_factory("ovs"), topic_factory("ovs-out")
-    producer = producer_factory()
-    for v in (b"A", b"B", b"C", b"D", b"E"):
-        producer.produce(topic, v)
-    assert producer.flush(10) == 0
+    _fill(producer_factory(), topic, b"ABCDE")
     handler = _Overlapping(out)
     runner = runner_factory(topic, handler=handler, consumer_conf={"auto.offset.reset": "earliest"},
                             policy=WindowPolicy(max_size=2, max_wait_ms=5))  # fmt: skip
@@ -405,10 +406,7 @@ def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
     # CD, nor come out twice.
     topic, out = topic_factory("eos"), topic_factory("eos-out")
     small = topic_factory("eos-small", config={"max.message.bytes": "1000"})
-    producer = producer_factory()
-    for v in (b"A", b"B", b"C", b"D", b"E", b"F"):
-        producer.produce(topic, v)
-    assert producer.flush(10) == 0
+    _fill(producer_factory(), topic, b"ABCDEF")
     failed: list[list[bytes | None]] = []
 
     def handler(raw: RawBatch) -> Outputs:
