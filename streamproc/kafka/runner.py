@@ -164,8 +164,9 @@ class KafkaRunner:
         # exactly-once: the batch whose transaction was just aborted (see _process_all).
         self._aborted: RawBatch | None = None
         # An overlapping handler's started batch, not yet finished (the module docstring).
-        # at-least-once only: an aborted transaction rewinds its own batch alone, so
-        # exactly-once keeps one batch at a time.
+        # at-least-once only: under exactly-once an aborted transaction would have to rewind
+        # the batch in flight as well (_rewind covers released batches only), so exactly-once
+        # keeps one batch at a time.
         overlaps = getattr(handler, "overlaps", False) and not settings.exactly_once
         self._overlap: OverlappingHandler | None = handler if overlaps else None  # type: ignore[assignment]
         self._inflight: tuple[RawBatch, Any] | None = None
