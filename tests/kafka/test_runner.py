@@ -445,3 +445,105 @@ def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
     assert runner.consumer.committed([part], 10)[0].offset == 6
     reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
     assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
+
+
+# Only the commit protocol commits (streamproc.kafka.configuration.consumer_config): with
+# librdkafka's auto-commit, closing a consumer would commit what it had read.
+_AS_IN_PRODUCTION = {"auto.offset.reset": "earliest", "enable.auto.commit": False}
+
+
+def _overlapping_runner(
+    runner_factory: Callable[..., KafkaRunner], topic: str, handler: _Overlapping
+) -> KafkaRunner:
+    """An overlapping runner subscribed to ``topic`` (batches of two), stepped until a batch
+    is in flight at the end of a step."""
+    runner = runner_factory(topic, handler=handler, consumer_conf=_AS_IN_PRODUCTION,
+                            policy=WindowPolicy(max_size=2, max_wait_ms=5))  # fmt: skip
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    for _ in range(400):  # a step waits at most 0.5 s (nothing pending) or 5 ms
+        runner._step()
+        if runner._inflight is not None:
+            break
+    assert runner._inflight is not None and handler.log == [("start", b"AB")]
+    return runner
+
+
+def test_a_revoke_finishes_and_commits_the_batch_in_flight(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    # The partitions move while AB is scored: AB is finished, produced and committed before
+    # they go, so the next owner starts at C.
+    topic, out = topic_factory("ovr"), topic_factory("ovr-out")
+    _fill(producer_factory(), topic, b"ABCDE")
+    handler = _Overlapping(out)
+    runner = _overlapping_runner(runner_factory, topic, handler)
+    runner._on_revoke(runner.consumer, list(runner._assignment))
+    assert handler.log[-1] == ("finish", b"AB") and runner._inflight is None
+    assert _committed(runner, topic) == 2
+    assert [m.value() for m in _read_all(consumer_factory(), out, 2)] == [b"A", b"B"]
+
+
+def test_a_stop_finishes_and_commits_the_batch_in_flight(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    # A stop requested while AB is scored (from its start, as a signal handler might):
+    # run() finishes AB and whatever the batcher still holds, produces and commits them.
+    topic, out = topic_factory("ovq"), topic_factory("ovq-out")
+    _fill(producer_factory(), topic, b"ABCDE")
+
+    class StopsOnStart(_Overlapping):
+        def start(self, raw: RawBatch) -> RawBatch:
+            runner.request_stop()
+            return super().start(raw)
+
+    handler = StopsOnStart(out)
+    runner = runner_factory(topic, handler=handler, consumer_conf=_AS_IN_PRODUCTION,
+                            policy=WindowPolicy(max_size=2, max_wait_ms=5))  # fmt: skip
+    runner.run()  # returns once stopped: the consumer and producer are closed
+    starts = [v for what, v in handler.log if what == "start"]
+    finishes = [v for what, v in handler.log if what == "finish"]
+    assert starts[0] == b"AB" and starts == finishes  # nothing started is left unfinished
+    done = b"".join(finishes)
+    assert done == b"ABCDE"[: len(done)]
+    reader = consumer_factory(group=f"g-{topic}")  # the runner's group
+    assert reader.committed([TopicPartition(topic, 0)], 10)[0].offset == len(done)
+    assert [m.value() for m in _read_all(consumer_factory(), out, len(done))] == [
+        done[i : i + 1] for i in range(len(done))
+    ]
+
+
+def test_a_lost_assignment_drops_the_batch_in_flight_for_the_next_owner(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    # The partitions are lost (the group moved on without this member) while AB is scored:
+    # AB is neither produced nor committed, and the next owner reads it again.
+    topic, out = topic_factory("ovl2"), topic_factory("ovl2-out")
+    _fill(producer_factory(), topic, b"ABCDE")
+    handler = _Overlapping(out)
+    runner = _overlapping_runner(runner_factory, topic, handler)
+    runner._on_lost(runner.consumer, list(runner._assignment))
+    runner._flush_and_commit()  # nothing left to commit
+    assert runner._inflight is None and handler.log == [("start", b"AB")]  # never finished
+    assert _committed(runner, topic) < 0  # no offset committed
+    runner.consumer.close()
+    again = _Overlapping(out)
+    nxt = runner_factory(topic, handler=again, consumer_conf=_AS_IN_PRODUCTION,
+                         policy=WindowPolicy(max_size=2, max_wait_ms=5))  # fmt: skip
+    nxt.consumer.subscribe([topic], on_assign=nxt._on_assign)
+    for _ in range(400):
+        nxt._step()
+        if ("finish", b"E") in again.log:
+            break
+    assert b"".join(v for what, v in again.log if what == "finish") == b"ABCDE"
+    nxt._flush_and_commit()
+    assert [m.value() for m in _read_all(consumer_factory(), out, 5)] == [b"A", b"B", b"C",
+                                                                          b"D", b"E"]  # fmt: skip
