@@ -206,7 +206,7 @@ def build_processor(
     if extra_sensor is not None:
         sensors.append(extra_sensor)
     sensor = SensorGroup(sensors)
-    device = getattr(getattr(scorer, "backend", None), "device", "cpu")  # a rollout: "cpu"
+    device = getattr(scorer, "device", "cpu")  # a rollout: its stable version's
     sensor.on_model(spec.name, spec.version, scorer.backend_name, str(device))
     port = None
     if cfg.metrics.port is not None:

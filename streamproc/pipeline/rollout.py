@@ -16,7 +16,7 @@ does not see event ids).
 >>> from streamproc.models.spec import FeatureSpec, ModelSpec
 >>> from streamproc.rollout.state import Deploy, Rollback, Strategy, apply
 >>> class Const:
-...     name = "const"
+...     name, device = "const", "dev:0"
 ...     def __init__(self, v: float) -> None: self.v = v
 ...     def infer(self, x): return np.full((len(x), 1), self.v, np.float32)
 >>> def spec(v): return ModelSpec(name="m", version=v, inputs=(FeatureSpec(field="x"),))
@@ -26,6 +26,8 @@ does not see event ids).
 >>> s = apply(s, Deploy("m", "2.0.0", Strategy.SHADOW, at_ms=1))
 >>> scorer.apply(s)
 True
+>>> scorer.backend_name, scorer.device  # the stable version's
+('const', 'dev:0')
 >>> out = scorer.score(np.zeros((3, 1), np.float32), [b"a", b"b", None])
 >>> out.scores.ravel().tolist(), [sp.version for sp, _, _ in out.shadow]
 ([0.0, 0.0, 0.0], ['2.0.0'])
@@ -164,6 +166,12 @@ class RolloutScorer:
     def backend_name(self) -> str:
         snap = self._snap
         return snap.backends[snap.state.stable or ""].name
+
+    @property
+    def device(self) -> str:
+        """Where the stable version runs (``"cpu"``, ``"cuda:0"``, ...)."""
+        snap = self._snap
+        return str(getattr(snap.backends[snap.state.stable or ""], "device", "cpu"))
 
     def _prepare(self, state: DeploymentState, old: Snapshot | None) -> Snapshot | None:
         specs: dict[str, ModelSpec] = {}

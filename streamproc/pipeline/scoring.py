@@ -66,6 +66,10 @@ class SingleScorer:
         return self.backend.name
 
     @property
+    def device(self) -> str:
+        return str(getattr(self.backend, "device", "cpu"))
+
+    @property
     def asynchronous(self) -> bool:
         return is_asynchronous(self.backend)
 
