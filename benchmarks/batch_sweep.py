@@ -21,6 +21,17 @@ the pipeline's ``batching.max_wait_ms``):
 
 ``python benchmarks/batch_sweep.py --n 300000 --rounds 3 --rate 200000 \\
     streamproc:4096@5 streamproc:4096@0 passthrough:4096``
+
+A streamproc variant may set any pipeline config key by its dotted path, after a ``+``
+(repeatable; the value is read as YAML), to A/B a setting on the real broker:
+
+``python benchmarks/batch_sweep.py --n 2000000 --rounds 3 --warm full \\
+    streamproc:4096 streamproc:4096+delivery.commit_interval_ms=5000 passthrough:4096``
+
+``--warm full`` warms the fresh broker as a full ``throughput.py`` run does (``Params.warm_n``
+events drained, then ``warm_s`` paced at ``warm_rate``): the first phases after a broker
+starts run slow while its JIT compiler works (benchmarks/README.md, "The broker's JIT
+compiler").
 """
 
 from __future__ import annotations
@@ -31,25 +42,42 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import throughput as bench
+import yaml
 
 
-def parse_variant(text: str) -> tuple[str, int, float | None]:
-    """``system:max_batch_size[@max_wait_ms]`` -> (system, size, wait or None).
+def parse_variant(text: str) -> tuple[str, int, float | None, dict[str, Any]]:
+    """``system:max_batch_size[@max_wait_ms][+key=value ...]`` -> (system, size, wait or
+    None, config overrides).
 
     >>> parse_variant("streamproc:4096@0.5"), parse_variant("passthrough:1024")
-    (('streamproc', 4096, 0.5), ('passthrough', 1024, None))
+    (('streamproc', 4096, 0.5, {}), ('passthrough', 1024, None, {}))
+    >>> parse_variant("streamproc:4096+delivery.commit_interval_ms=5000+drift.enabled=false")
+    ('streamproc', 4096, None, {'delivery.commit_interval_ms': 5000, 'drift.enabled': False})
     """
-    system, _, rest = text.partition(":")
+    head, *sets = text.split("+")
+    system, _, rest = head.partition(":")
     size, _, wait = rest.partition("@")
-    return system, int(size), float(wait) if wait else None
+    overrides = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{text!r}: expected +key=value, got +{item}")
+        overrides[key] = yaml.safe_load(value)
+    if overrides and system != "streamproc":
+        raise ValueError(f"{text!r}: config overrides apply to streamproc only")
+    return system, int(size), float(wait) if wait else None, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("variants", nargs="+",
-                    help="system:max_batch_size[@max_wait_ms], e.g. streamproc:4096@0")  # fmt: skip
+                    help="system:max_batch_size[@max_wait_ms][+key=value ...], e.g. "
+                         "streamproc:4096@0")  # fmt: skip
+    ap.add_argument("--warm", choices=["short", "full"], default="short",
+                    help="the broker's warm-up: 4,000 events, or a full run's")  # fmt: skip
     ap.add_argument("--n", type=int, default=300_000, help="events per drain")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rate", type=float, help="also a latency phase at this many events/s")
@@ -58,31 +86,43 @@ def main(argv: list[str] | None = None) -> int:
                          "the harness's)")  # fmt: skip
     args = ap.parse_args(argv)
     lingers: list[float | None] = list(args.linger or [None])
-    variants = [(*parse_variant(v), linger) for v in args.variants for linger in lingers]
+    variants = [(v, parse_variant(v), linger) for v in args.variants for linger in lingers]
 
-    def name(system: str, size: int, wait: float | None, linger: float | None) -> str:
-        return (f"{system}:{size}" + ("" if wait is None else f"@{wait:g}")
-                + ("" if linger is None else f":linger{linger:g}"))  # fmt: skip
+    def name(text: str, linger: float | None) -> str:
+        return text + ("" if linger is None else f":linger{linger:g}")
 
     p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
     if args.rate:
         bench.LATENCY_SWEEP = ()  # only the phase at --rate (and a token one, below)
         p = bench.Params(**{**p.__dict__, "latency_share": 0.02, "latency_s": 10.0})
-    phases: dict[str, list[dict[str, float]]] = {name(*v): [] for v in variants}
+    phases: dict[str, list[dict[str, float]]] = {name(v[0], v[2]): [] for v in variants}
     info = bench.machine()
-    rates: dict[str, list[float]] = {name(*v): [] for v in variants}
+    rates: dict[str, list[float]] = {name(v[0], v[2]): [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="streamproc-sweep-") as tmp:
         work = Path(tmp)
         with bench.services(work) as svc:
             bench._REGISTRY.append(bench.Registry(svc.registry_url))
-            warm = bench.Params(**{**p.__dict__, "n": 4_000, "warmup": 1_000, "latency_s": 1.0})
+            full = args.warm == "full"
+            f = bench.FULL
+            warm = bench.Params(**{**p.__dict__, "n": f.warm_n if full else 4_000,
+                                   "n_long": None, "warmup": 1_000,
+                                   "latency_s": f.warm_s if full else 1.0})  # fmt: skip
             warm_load = bench.Workload(svc, warm.warmup + warm.n, seed=4)
-            bench.run_system("passthrough", warm, svc, warm_load, work, 30.0)  # not reported
+            bench.run_system(
+                "passthrough",
+                warm,
+                svc,
+                warm_load,
+                work,
+                60.0,
+                only_rate=f.warm_rate if full else None,
+            )  # not reported; fmt: skip
             warm_load.close()
             load = bench.Workload(svc, p.warmup + p.n)
             for r in range(args.rounds):
                 k = r % len(variants)
-                for system, size, wait, linger in variants[k:] + variants[:k]:
+                for text, (system, size, wait, overrides), linger in variants[k:] + variants[:k]:
+                    key = name(text, linger)
                     if linger is not None:
                         bench.PACED_PRODUCER = {**bench.PACED_PRODUCER, "linger.ms": linger}
                     # With --rate, the harness's own phase runs at 2% of the drain rate (a
@@ -91,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                         system, p, svc, load, work, p.drain_timeout_s, latency=bool(args.rate),
                         extra_rates=(args.rate,) if args.rate else (), batch_size=size,
                         max_wait_ms=bench.BATCH.max_wait_ms if wait is None else wait,
+                        overrides=overrides,
                     )  # fmt: skip
                     if res.get("status") == "ok" and res.get("events_per_s"):
-                        rates[name(system, size, wait, linger)].append(res["events_per_s"])
+                        rates[key].append(res["events_per_s"])
                     for ph in res.get("latency_phases", []):
                         if args.rate and ph["target_rate"] == round(args.rate, 1):
                             keep = (
@@ -107,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "machine_cores",
                             )
                             row = {k: ph.get(k) for k in keep}
-                            phases[name(system, size, wait, linger)].append(row)
+                            phases[key].append(row)
             load.close()
     out = {
         "machine": {k: info[k] for k in ("cpu_model", "cores")},

@@ -548,11 +548,15 @@ def run_system(
     batch_size: int = BATCH.max_batch_size,
     max_wait_ms: float = BATCH.max_wait_ms,
     only_rate: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Drain the prefilled input, then (``latency``) the latency phases: at ``latency_share``
     of this system's drain rate, at ``extra_rates`` (another system's rate, for a like-for-like
     comparison) and, for streamproc, at the fixed ``LATENCY_SWEEP`` rates below it; with
-    ``only_rate``, one phase at that rate alone (the main one)."""
+    ``only_rate``, one phase at that rate alone (the main one). ``overrides`` set streamproc
+    pipeline config keys by dotted path (``systems.streamproc_run.pipeline_dict``)."""
+    if overrides and name not in ("streamproc", PROFILED):
+        raise ValueError(f"config overrides apply to streamproc only, not {name}")
     run = uuid.uuid4().hex[:6]
     in_t, out_t = f"bench-{name}-{run}", f"bench-{name}-{run}.out"
     admin = Admin(svc.bootstrap)
@@ -568,7 +572,7 @@ def run_system(
         model_dir=str(MODEL), batch_size=batch_size, max_wait_ms=max_wait_ms,
         state_dir=str(work / f"state-{name}-{run}"),
         report_path=str(work / f"report-{name}-{run}.json"),
-        stop_after=total if profiled else 0,
+        stop_after=total if profiled else 0, overrides=overrides or {},
     )  # fmt: skip
     result: dict[str, Any] = {"input_topic": in_t, "output_topic": out_t}
     try:

@@ -8,6 +8,7 @@ is read from the same ``model.yaml`` so every system feeds the model identical r
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import signal
@@ -48,6 +49,9 @@ class WorkerConfig:
     state_dir: str = ""  # Quix state / Faust data directory
     report_path: str = ""  # where a worker writes its final counters (JSON)
     stop_after: int = 0  # profiled streamproc: stop after this many events (0: never)
+    # streamproc only: pipeline config keys set over the reference workload's, by dotted
+    # path ({"delivery.commit_interval_ms": 5000}); see streamproc_run.pipeline_dict
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))

@@ -34,7 +34,19 @@ from systems.shared import WorkerConfig, config_from_argv, write_report
 
 
 def pipeline_dict(cfg: WorkerConfig) -> dict[str, Any]:
-    """The reference workload as a streamproc pipeline config (JSON/YAML-ready)."""
+    """The reference workload as a streamproc pipeline config (JSON/YAML-ready), with
+    ``cfg.overrides`` set over it by dotted path."""
+    out = _reference(cfg)
+    for dotted, value in cfg.overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def _reference(cfg: WorkerConfig) -> dict[str, Any]:
     t = cfg.input_topic
     return {
         "name": cfg.group_id,
