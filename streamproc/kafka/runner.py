@@ -5,10 +5,12 @@ into :class:`Outputs`, and the runner writes them and commits the batch's offset
 configured guarantee (see :meth:`KafkaRunner._commit`).
 
 A handler that ``overlaps`` (its model runs on a GPU apart from the host) also offers
-``start(raw)`` and ``finish(started)``. Under at-least-once the runner then keeps one batch
-in flight: it starts batch k+1 (decoding it while the GPU scores batch k), then finishes,
-produces and commits batch k. A batch stays in flight for one more look at the consumer at
-most, and that look does not wait: when no next batch is due, the batch is finished at once.
+``start(raw)`` and ``finish(started)``. The runner then keeps one batch in flight: it starts
+batch k+1 (decoding it while the GPU scores batch k), then finishes, produces and commits
+batch k. A batch stays in flight for one more look at the consumer at most, and that look
+does not wait: when no next batch is due, the batch is finished at once. Under exactly-once,
+when batch k's transaction aborts, batch k+1 is dropped unfinished and read again with k
+(:meth:`KafkaRunner._process_all`).
 """
 
 from __future__ import annotations
@@ -161,13 +163,11 @@ class KafkaRunner:
         # took its partitions meanwhile.
         self._retrying = False
         self._abandoned = False
-        # exactly-once: the batch whose transaction was just aborted (see _process_all).
-        self._aborted: RawBatch | None = None
+        # exactly-once: the batches to read again after an aborted transaction: the aborted
+        # one, and the one that was in flight then (see _process_all).
+        self._aborted: list[RawBatch] = []
         # An overlapping handler's started batch, not yet finished (the module docstring).
-        # at-least-once only: under exactly-once an aborted transaction would have to rewind
-        # the batch in flight as well (_rewind covers released batches only), so exactly-once
-        # keeps one batch at a time.
-        overlaps = getattr(handler, "overlaps", False) and not settings.exactly_once
+        overlaps = getattr(handler, "overlaps", False)
         self._overlap: OverlappingHandler | None = handler if overlaps else None  # type: ignore[assignment]
         self._inflight: tuple[RawBatch, Any] | None = None
         if self._overlap is not None:
@@ -193,6 +193,7 @@ class KafkaRunner:
                 self._step()
             self._process_all(self.batcher.release_all(ReleaseReason.SHUTDOWN))
             self._finish_inflight()
+            self._aborted = []  # stopping: a restart reads it again from the last commit
             self._flush_and_commit()
         finally:
             self.producer.flush(s.flush_timeout_s)  # anything not yet acknowledged
@@ -240,6 +241,7 @@ class KafkaRunner:
         self._process_all(self.batcher.release_due())
         if held is not None and self._inflight is held:  # no next batch was due: finish it
             self._finish_inflight()
+            self._process_all([])  # rewinds if its transaction aborted
         if not msgs and self._uncommitted:
             self._commit_if_due()  # idle: the last batches' offsets need no new batch
         now = time.monotonic()
@@ -252,17 +254,18 @@ class KafkaRunner:
     def _process_all(self, releases: list[Released[Message]]) -> None:
         """Process released batches in order. Once a batch's transaction is aborted
         (exactly-once), the batches after it are not processed: committing them would move
-        the offsets past the aborted batch. It and every record read after it are read
-        again (:meth:`_rewind`)."""
-        for i, rel in enumerate(releases):
-            self._process(rel)
-            if self._aborted is not None:
-                later = [m for r in releases[i + 1 :] for m in r.items]
+        the offsets past the aborted batch. It, the batch that was in flight then (if any)
+        and every record read after them are read again (:meth:`_rewind`)."""
+        for i in range(len(releases) + 1):
+            if self._aborted:
+                later = [m for r in releases[i:] for m in r.items]
                 later += [m for r in self.batcher.release_all(ReleaseReason.REBALANCE)
                           for m in r.items]  # fmt: skip
                 self._rewind(self._aborted, later)
-                self._aborted = None
+                self._aborted = []
                 return
+            if i < len(releases):
+                self._process(releases[i])
 
     def _process(self, rel: Released[Message]) -> None:
         raw = to_raw_batch(self.settings.topic, rel.items, rel)
@@ -271,6 +274,9 @@ class KafkaRunner:
             if started is None:  # revoked while it waited (see below)
                 return
             self._finish_inflight()  # the batch before it: outputs and commits keep order
+            if self._aborted:  # its transaction aborted: this one is read again after it
+                self._aborted.append(raw)
+                return
             self._inflight = (raw, started)
             return
         out = self._handle_with_retry(raw, self.handler)
@@ -438,12 +444,16 @@ class KafkaRunner:
             raise KafkaError(f"transaction failed: {err}", topic=self.settings.topic) from exc
         log.warning("aborting transaction and replaying batch %s: %s", raw.batch_id, err)
         self.producer.abort_transaction(self.settings.flush_timeout_s)
-        self._aborted = raw  # _process_all rewinds to it once the batch is done
+        self._aborted = [raw]  # _process_all rewinds to it once the batch is done
 
-    def _rewind(self, raw: RawBatch, later: list[Message]) -> None:
-        """Seek each partition back to the earliest record of the aborted batch ``raw`` or
-        of the records read after it (``later``, dropped here), so both are read again."""
-        first = {tp.partition: tp.offset for tp in first_offsets(self.settings.topic, raw)}
+    def _rewind(self, batches: list[RawBatch], later: list[Message]) -> None:
+        """Seek each partition back to the earliest record of ``batches`` (the aborted one,
+        and the one in flight then) or of the records read after them (``later``, dropped
+        here), so all of them are read again."""
+        first: dict[int, int] = {}
+        for raw in batches:
+            for tp in first_offsets(self.settings.topic, raw):
+                first[tp.partition] = min(first.get(tp.partition, tp.offset), tp.offset)
         for m in later:
             p, o = int(m.partition() or 0), int(m.offset() or 0)  # consumed: both are set
             first[p] = min(first.get(p, o), o)
@@ -517,6 +527,7 @@ class KafkaRunner:
         # A batch in flight is decoded and scored already: finish and commit it too (it came
         # before any batch that waits for the registry).
         self._finish_inflight()
+        self._aborted = []  # its transaction aborted: the next owner reads it from the commit
         self._flush_and_commit()
         self._assignment = []
         log.info("revoked %s", [p.partition for p in parts])
@@ -526,6 +537,7 @@ class KafkaRunner:
         # owner replays it from the last committed offset.
         self.batcher.release_all(ReleaseReason.REBALANCE)
         self._inflight = None  # started, never produced: replayed like the rest
+        self._aborted = []
         self._abandoned = self._retrying  # a batch waiting for the registry is dropped too
         self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
         self._assignment = []

@@ -370,17 +370,6 @@ def test_a_batch_in_flight_makes_the_next_look_not_wait_and_is_finished_then(
                                                                           b"D", b"E"]  # fmt: skip
 
 
-def test_exactly_once_never_overlaps(
-    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner]
-) -> None:
-    topic = topic_factory("ove")
-    handler = _Overlapping(topic)
-    eos = runner_factory(topic, handler=handler,
-                         settings=RunnerSettings(topic=topic, exactly_once=True))  # fmt: skip
-    alo = runner_factory(topic, handler=handler)
-    assert eos._overlap is None and alo._overlap is handler
-
-
 def _read_to_end(consumer: Consumer, topic: str) -> list[bytes]:
     """Every committed record of a one-partition topic, read until its end."""
     consumer.subscribe([topic])
@@ -547,3 +536,92 @@ def test_a_lost_assignment_drops_the_batch_in_flight_for_the_next_owner(
     nxt._flush_and_commit()
     assert [m.value() for m in _read_all(consumer_factory(), out, 5)] == [b"A", b"B", b"C",
                                                                           b"D", b"E"]  # fmt: skip
+
+
+def test_exactly_once_overlaps_and_an_abort_reads_the_batch_in_flight_again(
+    topic_factory: Callable[..., str],
+    producer_factory: Callable[..., Producer],
+    consumer_factory: Callable[..., Consumer],
+    runner_factory: Callable[..., KafkaRunner],
+) -> None:
+    # One consume brings A..F, cut into AB, CD and EF. With one batch in flight, CD is
+    # finished once EF has started; CD's transaction aborts (a record over the output
+    # topic's max.message.bytes). EF, started but not finished, must be dropped and read
+    # again with CD: a read_committed reader sees A..F once each, the offset ends at 6.
+    topic, out = topic_factory("eoo"), topic_factory("eoo-out")
+    small = topic_factory("eoo-small", config={"max.message.bytes": "1000"})
+    _fill(producer_factory(), topic, b"ABCDEF")
+
+    class FailsOnceOnCD(_Overlapping):
+        failed = False
+
+        def finish(self, raw: RawBatch) -> Outputs:
+            out = super().finish(raw)
+            if b"C" in raw.values and not self.failed:
+                self.failed = True
+                out.records.append(OutRecord(small, None, os.urandom(5000)))
+            return out
+
+    handler = FailsOnceOnCD(out)
+    runner = runner_factory(
+        topic,
+        settings=RunnerSettings(topic=topic, exactly_once=True, flush_timeout_s=30),
+        producer_conf={"transactional.id": f"t-{topic}"},
+        consumer_conf={**_AS_IN_PRODUCTION, "isolation.level": "read_committed"},
+        handler=handler,
+        policy=WindowPolicy(max_size=2, max_wait_ms=5),
+    )  # fmt: skip
+    assert runner._overlap is handler  # exactly-once keeps a batch in flight too
+    runner.producer.init_transactions(30)
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    msgs: list[Any] = []
+    for _ in range(100):
+        msgs += [m for m in runner.consumer.consume(6 - len(msgs), 0.2) if m.error() is None]
+        if len(msgs) == 6:
+            break
+    releases = runner.batcher.add(msgs)
+    assert [len(r.items) for r in releases] == [2, 2, 2]
+    runner._process_all(releases)
+    # AB committed; CD aborted when finished; EF started, never finished, not in flight.
+    assert handler.log == [("start", b"AB"), ("start", b"CD"), ("finish", b"AB"),
+                           ("start", b"EF"), ("finish", b"CD")]  # fmt: skip
+    assert runner._inflight is None and runner._aborted == []
+    part = TopicPartition(topic, 0)
+    for _ in range(400):  # the replay: C..F are read again from C's offset
+        if runner.consumer.committed([part], 10)[0].offset == 6:
+            break
+        runner._step()
+    assert runner.consumer.committed([part], 10)[0].offset == 6
+    replay = handler.log[5:]
+    assert b"".join(v for what, v in replay if what == "finish") == b"CDEF"
+    reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
+    assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
+
+
+def test_a_rewind_seeks_every_held_partition_to_its_earliest_record_of_the_batches(
+    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner]
+) -> None:
+    # The aborted batch read partition 0 from offset 10; the one in flight then, partition 1
+    # from 5 and partition 0 from 12; partition 2 is no longer held.
+    topic = topic_factory("rw", partitions=3)
+    runner = runner_factory(topic)
+    runner._assignment = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+
+    def batch(parts: list[int], offsets: list[int]) -> RawBatch:
+        n = len(parts)
+        return RawBatch(topic=topic, values=[b"v"] * n, keys=[None] * n,
+                        partitions=np.array(parts, np.int32),
+                        offsets=np.array(offsets, np.int64), headers=[None] * n)  # fmt: skip
+
+    seeks: list[tuple[int, int]] = []
+
+    class Seeks:
+        def seek(self, tp: TopicPartition) -> None:
+            seeks.append((tp.partition, tp.offset))
+
+    real, runner.consumer = runner.consumer, Seeks()  # type: ignore[assignment]
+    try:
+        runner._rewind([batch([0, 0], [10, 11]), batch([1, 0, 1, 2], [5, 12, 6, 40])], [])
+    finally:
+        runner.consumer = real
+    assert seeks == [(0, 10), (1, 5)]
