@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamproc.backends.base import is_asynchronous
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
@@ -173,6 +174,51 @@ class RolloutScorer:
         snap = self._snap
         return str(getattr(snap.backends[snap.state.stable or ""], "device", "cpu"))
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the stable version's backend works apart from the host (a GPU running
+        CUDA graphs): then :meth:`start` returns before its scores are there."""
+        snap = self._snap
+        return is_asynchronous(snap.backends[snap.state.stable or ""])
+
+    def start(
+        self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
+    ) -> Callable[[], Scored]:
+        """Begin scoring; the returned call gives the scores (see
+        :func:`~streamproc.pipeline.scoring.start_scoring`).
+
+        With no rollout in progress every row goes to stable, and on an asynchronous backend
+        the batch is submitted and waited for in the returned call. During a rollout the
+        batch is scored at once (:meth:`score`): the guard compares the versions' latencies,
+        each measured around its own inference. Outside a rollout, stable's latency for the
+        guard is the time from submitting to having the scores, which includes what the host
+        did meanwhile: an upper bound, so that a candidate is never judged slower than a
+        stable version measured short."""
+        snap = self._snap  # one read: the whole batch uses one state
+        stable = snap.state.stable or ""
+        backend = snap.backends[stable]
+        if snap.state.in_progress or not len(features) or not is_asynchronous(backend):
+            scored = self.score(features, keys)
+            return lambda: scored
+        spec = snap.specs[stable]
+        t0 = time.perf_counter()
+        pending = backend.submit(features)  # type: ignore[attr-defined]
+        spent = time.perf_counter() - t0
+
+        def finish() -> Scored:
+            t1 = time.perf_counter()
+            out = np.asarray(pending.result(), np.float32)
+            t2 = time.perf_counter()
+            self._observe_scores(snap, spec, out, (t2 - t0) * 1000.0)
+            return Scored(
+                scores=out,
+                version_index=np.zeros(len(features), dtype=np.int8),
+                versions=[spec],
+                infer_s={spec.version: spent + t2 - t1},
+            )
+
+        return finish
+
     def _prepare(self, state: DeploymentState, old: Snapshot | None) -> Snapshot | None:
         specs: dict[str, ModelSpec] = {}
         backends: dict[str, BackendLike] = {}
@@ -285,10 +331,15 @@ class RolloutScorer:
         t = time.perf_counter()
         out = np.asarray(snap.backends[spec.version].infer(x), np.float32)
         took = time.perf_counter() - t
+        self._observe_scores(snap, spec, out, took * 1000.0)
+        return out, took
+
+    def _observe_scores(
+        self, snap: Snapshot, spec: ModelSpec, out: npt.NDArray[np.float32], latency_ms: float
+    ) -> None:
         if self.guard is not None and out.ndim == 2 and out.shape[1]:
             col = min(spec.outputs.score_index, out.shape[1] - 1)
-            self._observe(snap, spec.version, out[:, col], took * 1000.0)
-        return out, took
+            self._observe(snap, spec.version, out[:, col], latency_ms)
 
     def _observe(
         self,

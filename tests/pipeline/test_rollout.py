@@ -284,3 +284,75 @@ def test_each_row_is_scored_by_the_version_its_key_routes_to(percent):
     mine = [k for k, v in zip(keys, assign(keys, s).variant, strict=True) if v]
     out = scorer.score(np.zeros((len(mine), 3), np.float32), mine)
     assert out.version_index.all() and (out.scores[:, 0] == 1.0).all()
+
+
+class _DeferredConst(_Const):
+    """A _Const whose ``submit`` defers the work to ``result()``, as a GPU backend's does."""
+
+    asynchronous = True
+
+    def __init__(self, value: float, log: list[str]) -> None:
+        super().__init__(value)
+        self.log = log
+
+    def submit(self, batch):
+        self.log.append(f"submit {self.value:g}")
+
+        def result():
+            self.log.append(f"result {self.value:g}")
+            return self.infer(batch)
+
+        return type("Pending", (), {"result": staticmethod(result)})()
+
+
+class _Observed:
+    """Stands in for the rollout guard: what each version's batches told it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, float]] = []
+
+    def observe(self, revision, version, scores, *, latency_ms, failed=0):
+        self.seen.append((version, len(scores), float(latency_ms)))
+
+    def sync(self, state) -> None:
+        pass
+
+
+def test_an_asynchronous_stable_is_submitted_and_waited_for_outside_a_rollout():
+    """Outside a rollout the scorer starts stable's work and returns (the runner decodes the
+    next batch meanwhile); during one it scores at once, each version timed on its own."""
+    import numpy as np
+
+    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.rollout.state import apply
+
+    log: list[str] = []
+
+    def load(version: str):
+        spec, const = _loader(set())(version)
+        return spec, _DeferredConst(const.value, log)
+
+    s = apply(None, Deploy("fraud", STABLE, at_ms=1))
+    scorer = RolloutScorer(s, load)
+    guard = _Observed()
+    scorer.guard = guard  # type: ignore[assignment]
+    keys: list[bytes | None] = [f"acct-{i}".encode() for i in range(400)]
+    x = np.zeros((400, 3), np.float32)
+    assert scorer.asynchronous
+    finish = scorer.start(x, keys)
+    assert log == ["submit 0"] and guard.seen == []  # queued, not waited for
+    out = finish()
+    assert log == ["submit 0", "result 0"]
+    assert [v.version for v in out.versions] == [STABLE] and out.scores.shape == (400, 2)
+    assert not out.version_index.any() and not out.scores.any()
+    assert [(v, n) for v, n, _ in guard.seen] == [(STABLE, 400)] and guard.seen[0][2] > 0
+
+    s = apply(s, Deploy("fraud", CANDIDATE, Strategy.CANARY, StrategyParams(percent=30),
+                        at_ms=2))  # fmt: skip
+    assert scorer.apply(s)
+    log.clear()
+    finish = scorer.start(x, keys)
+    assert log == []  # scored at once, by each version's infer(): nothing submitted
+    out = finish()
+    assert out.scores[:, 0].tolist() == out.version_index.astype(np.float32).tolist()
+    assert {v for v, _, _ in guard.seen[1:]} == {STABLE, CANDIDATE}
