@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import Released, WindowPolicy
@@ -383,6 +383,51 @@ def _read_to_end(consumer: Consumer, topic: str) -> list[bytes]:
     raise AssertionError(f"no end of {topic} after {got}")
 
 
+def _eos_runner(
+    runner_factory: Callable[..., KafkaRunner], topic: str, handler: Any
+) -> KafkaRunner:
+    """An exactly-once runner on ``topic`` (batches of two), its transactions initialised."""
+    runner = runner_factory(
+        topic,
+        settings=RunnerSettings(topic=topic, exactly_once=True, flush_timeout_s=30),
+        producer_conf={"transactional.id": f"t-{topic}"},
+        consumer_conf={"auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                       "enable.auto.commit": False},
+        handler=handler,
+        policy=WindowPolicy(max_size=2, max_wait_ms=5),
+    )  # fmt: skip
+    runner.producer.init_transactions(30)
+    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
+    return runner
+
+
+def _six_released_at_once(runner: KafkaRunner) -> list[Released[Message]]:
+    """A..F from the runner's consumer, cut by its batcher into AB, CD and EF at once."""
+    msgs: list[Any] = []
+    for _ in range(100):
+        msgs += [m for m in runner.consumer.consume(6 - len(msgs), 0.2) if m.error() is None]
+        if len(msgs) == 6:
+            break
+    releases = runner.batcher.add(msgs)
+    assert [len(r.items) for r in releases] == [2, 2, 2]
+    return releases
+
+
+def _replayed_once(
+    runner: KafkaRunner, topic: str, out: str, consumer_factory: Callable[..., Consumer]
+) -> None:
+    """Step until the input's offset is committed at 6 (the replay from C), then a
+    read_committed reader of ``out`` must see A..F once each."""
+    part = TopicPartition(topic, 0)
+    for _ in range(400):
+        if runner.consumer.committed([part], 10)[0].offset == 6:
+            break
+        runner._step()
+    assert runner.consumer.committed([part], 10)[0].offset == 6
+    reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
+    assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
+
+
 def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
     topic_factory: Callable[..., str],
     producer_factory: Callable[..., Producer],
@@ -406,34 +451,10 @@ def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
             records.append(OutRecord(small, None, os.urandom(5000)))  # refused by the broker
         return Outputs(records=records)
 
-    runner = runner_factory(
-        topic,
-        settings=RunnerSettings(topic=topic, exactly_once=True, flush_timeout_s=30),
-        producer_conf={"transactional.id": f"t-{topic}"},
-        consumer_conf={"auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                       "enable.auto.commit": False},
-        handler=handler,
-        policy=WindowPolicy(max_size=2, max_wait_ms=5),
-    )  # fmt: skip
-    runner.producer.init_transactions(30)
-    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
-    msgs: list[Any] = []
-    for _ in range(100):
-        msgs += [m for m in runner.consumer.consume(6 - len(msgs), 0.2) if m.error() is None]
-        if len(msgs) == 6:
-            break
-    releases = runner.batcher.add(msgs)
-    assert [len(r.items) for r in releases] == [2, 2, 2]
-    runner._process_all(releases)
+    runner = _eos_runner(runner_factory, topic, handler)
+    runner._process_all(_six_released_at_once(runner))
     assert failed == [[b"C", b"D"]]
-    part = TopicPartition(topic, 0)
-    for _ in range(400):  # the replay: C..F are read again from C's offset
-        if runner.consumer.committed([part], 10)[0].offset == 6:
-            break
-        runner._step()
-    assert runner.consumer.committed([part], 10)[0].offset == 6
-    reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
-    assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
+    _replayed_once(runner, topic, out, consumer_factory)
 
 
 # Only the commit protocol commits (streamproc.kafka.configuration.consumer_config): with
@@ -563,39 +584,16 @@ def test_exactly_once_overlaps_and_an_abort_reads_the_batch_in_flight_again(
             return out
 
     handler = FailsOnceOnCD(out)
-    runner = runner_factory(
-        topic,
-        settings=RunnerSettings(topic=topic, exactly_once=True, flush_timeout_s=30),
-        producer_conf={"transactional.id": f"t-{topic}"},
-        consumer_conf={**_AS_IN_PRODUCTION, "isolation.level": "read_committed"},
-        handler=handler,
-        policy=WindowPolicy(max_size=2, max_wait_ms=5),
-    )  # fmt: skip
+    runner = _eos_runner(runner_factory, topic, handler)
     assert runner._overlap is handler  # exactly-once keeps a batch in flight too
-    runner.producer.init_transactions(30)
-    runner.consumer.subscribe([topic], on_assign=runner._on_assign)
-    msgs: list[Any] = []
-    for _ in range(100):
-        msgs += [m for m in runner.consumer.consume(6 - len(msgs), 0.2) if m.error() is None]
-        if len(msgs) == 6:
-            break
-    releases = runner.batcher.add(msgs)
-    assert [len(r.items) for r in releases] == [2, 2, 2]
-    runner._process_all(releases)
+    runner._process_all(_six_released_at_once(runner))
     # AB committed; CD aborted when finished; EF started, never finished, not in flight.
     assert handler.log == [("start", b"AB"), ("start", b"CD"), ("finish", b"AB"),
                            ("start", b"EF"), ("finish", b"CD")]  # fmt: skip
     assert runner._inflight is None and runner._aborted == []
-    part = TopicPartition(topic, 0)
-    for _ in range(400):  # the replay: C..F are read again from C's offset
-        if runner.consumer.committed([part], 10)[0].offset == 6:
-            break
-        runner._step()
-    assert runner.consumer.committed([part], 10)[0].offset == 6
+    _replayed_once(runner, topic, out, consumer_factory)
     replay = handler.log[5:]
     assert b"".join(v for what, v in replay if what == "finish") == b"CDEF"
-    reader = consumer_factory(**{"isolation.level": "read_committed", "enable.partition.eof": True})
-    assert _read_to_end(reader, out) == [b"A", b"B", b"C", b"D", b"E", b"F"]
 
 
 def test_a_rewind_seeks_every_held_partition_to_its_earliest_record_of_the_batches(
