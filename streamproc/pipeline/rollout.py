@@ -61,7 +61,7 @@ from streamproc.rollout.router import assign, buckets
 from streamproc.rollout.state import DeploymentState, Status
 
 from .guard import RolloutGuard
-from .scoring import BackendLike, Scored
+from .scoring import BackendLike, Scored, SingleScorer
 
 log = logging.getLogger(__name__)
 
@@ -202,20 +202,12 @@ class RolloutScorer:
             return lambda: scored
         spec = snap.specs[stable]
         t0 = time.perf_counter()
-        pending = backend.submit(features)  # type: ignore[attr-defined]
-        spent = time.perf_counter() - t0
+        scoring = SingleScorer(spec, backend).start(features, keys)
 
         def finish() -> Scored:
-            t1 = time.perf_counter()
-            out = np.asarray(pending.result(), np.float32)
-            t2 = time.perf_counter()
-            self._observe_scores(snap, spec, out, (t2 - t0) * 1000.0)
-            return Scored(
-                scores=out,
-                version_index=np.zeros(len(features), dtype=np.int8),
-                versions=[spec],
-                infer_s={spec.version: spent + t2 - t1},
-            )
+            scored = scoring()
+            self._observe_scores(snap, spec, scored.scores, (time.perf_counter() - t0) * 1000.0)
+            return scored
 
         return finish
 
