@@ -55,7 +55,7 @@ class DriftConfig(BaseModel):
     reference_error_rate: float | None = Field(None, gt=0, lt=1)
     accuracy_warmup_labels: int = Field(5_000, ge=100)  # estimate p0 when not given
     accuracy_recovery_labels: int = Field(10_000, ge=1)
-    label_retention: int = Field(100_000, ge=1)  # predictions kept for the label join
+    label_retention: int = Field(100_000, ge=1)  # the last N predictions, for the label join
     # Data quality (tumbling windows).
     quality_window_events: int = Field(1_000, ge=1)
     quality_ratio: float = Field(3.0, ge=1)  # alert above max(ratio * ref, ref + margin)

@@ -60,6 +60,8 @@ class StreamMonitor:
         self.accuracy = AccuracyMonitor(
             config, reference_error_rate=profile.error_rate if profile is not None else None
         )
+        # Predicted label by positive (0/1): picked per batch by a numpy index.
+        self._label_names = np.array(spec.outputs.labels[:2], dtype=object)
         names = spec.columns
         self.continuous = np.arange(len(names))
         self.discrete = np.arange(0)
@@ -141,13 +143,11 @@ class StreamMonitor:
         o = self.spec.outputs
         if len(ok_rows) and scores.size:
             positive = scores[:, o.score_index] >= o.threshold
-            predicted = [o.labels[0], o.labels[1]]
+            predicted = self._label_names[positive.view(np.int8)]
             event_ids = decoded.event_ids
             if len(ok_rows) != len(event_ids):  # some rows are dead letters
                 event_ids = list(map(event_ids.__getitem__, ok_rows.tolist()))
-            self.accuracy.record_predictions(
-                event_ids, list(map(predicted.__getitem__, positive.tolist())), versions
-            )
+            self.accuracy.record_predictions(event_ids, predicted, versions)
         ids, labels = self.feedback.drain()
         if not ids:
             return []
