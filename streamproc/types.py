@@ -149,6 +149,22 @@ class RawBatch:
         return len(self.values)
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A record of a side input (a label on the feedback topic) that could not be read:
+    where it was, what it held and why, for its dead letter."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    reason: ReasonCode
+    detail: str
+    schema_id: int | None = None
+
+
 @dataclass(slots=True)
 class OutRecord:
     topic: str

@@ -63,7 +63,6 @@ import numpy as np
 import numpy.typing as npt
 from fastavro import _read_py
 from fastavro import schemaless_reader as _fast_reader
-from fastavro.read import SchemaResolutionError
 
 from streamproc.codecs import compiled as native
 from streamproc.codecs import kernel
@@ -79,7 +78,7 @@ from streamproc.codecs.program import Unsupported, build_program
 from streamproc.codecs.resolve import incompatibility, needs_strict_stream, project_reader
 from streamproc.codecs.source import SchemaSource
 from streamproc.codecs.specialise import Specialiser
-from streamproc.codecs.wire import HEADER_SIZE, header_detail, read_headers
+from streamproc.codecs.wire import HEADER_SIZE, classify_read_error, header_detail, read_headers
 from streamproc.errors import ModelError
 from streamproc.models.spec import ModelSpec
 from streamproc.telemetry.sensor import Sensor
@@ -115,28 +114,6 @@ class _StrictIO(io.BytesIO):
         if size is not None and size != len(data):
             raise EOFError(f"Expected {size} bytes, read {len(data)}")
         return data
-
-
-def classify_read_error(exc: BaseException) -> tuple[ReasonCode, str]:
-    """Map an exception fastavro raised while reading a body to a reason code."""
-    msg = str(exc)
-    if isinstance(exc, SchemaResolutionError):
-        if "not found in reader symbol list" in msg:
-            return ReasonCode.UNKNOWN_ENUM, f"enum symbol unknown to the reader schema: {msg}"
-        return ReasonCode.INCOMPATIBLE_SCHEMA, f"value not readable as the reader schema: {msg}"
-    if isinstance(exc, EOFError):
-        if "Expected -" in msg:
-            return ReasonCode.CORRUPT, f"negative length: {msg}"
-        return ReasonCode.TRUNCATED, f"body ended before the record did {msg}".rstrip()
-    if isinstance(exc, IndexError):
-        if "list index" in msg:
-            return ReasonCode.CORRUPT, "union branch or enum index out of range"
-        return ReasonCode.TRUNCATED, "body ended inside a number"
-    if isinstance(exc, UnicodeDecodeError):
-        return ReasonCode.CORRUPT, f"string is not UTF-8: {msg}"
-    if isinstance(exc, RecursionError):
-        return ReasonCode.CORRUPT, "record nested too deeply"
-    return ReasonCode.CORRUPT, f"not a valid Avro body: {type(exc).__name__}: {msg}"
 
 
 class BatchDecoder:

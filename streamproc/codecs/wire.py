@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from fastavro.read import SchemaResolutionError
 
 from streamproc.errors import CodecError
 from streamproc.types import ReasonCode
@@ -102,3 +103,25 @@ def frame_many(schema_id: int, bodies: Sequence[bytes]) -> list[bytes]:
     """Frame many bodies with the same schema id."""
     head = header(schema_id)
     return [head + b for b in bodies]
+
+
+def classify_read_error(exc: BaseException) -> tuple[ReasonCode, str]:
+    """Map an exception fastavro raised while reading a body to a reason code."""
+    msg = str(exc)
+    if isinstance(exc, SchemaResolutionError):
+        if "not found in reader symbol list" in msg:
+            return ReasonCode.UNKNOWN_ENUM, f"enum symbol unknown to the reader schema: {msg}"
+        return ReasonCode.INCOMPATIBLE_SCHEMA, f"value not readable as the reader schema: {msg}"
+    if isinstance(exc, EOFError):
+        if "Expected -" in msg:
+            return ReasonCode.CORRUPT, f"negative length: {msg}"
+        return ReasonCode.TRUNCATED, f"body ended before the record did {msg}".rstrip()
+    if isinstance(exc, IndexError):
+        if "list index" in msg:
+            return ReasonCode.CORRUPT, "union branch or enum index out of range"
+        return ReasonCode.TRUNCATED, "body ended inside a number"
+    if isinstance(exc, UnicodeDecodeError):
+        return ReasonCode.CORRUPT, f"string is not UTF-8: {msg}"
+    if isinstance(exc, RecursionError):
+        return ReasonCode.CORRUPT, "record nested too deeply"
+    return ReasonCode.CORRUPT, f"not a valid Avro body: {type(exc).__name__}: {msg}"

@@ -18,6 +18,7 @@ import fastavro
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from streamproc import lineage, schemas
+from streamproc.codecs.wire import classify_read_error
 from streamproc.errors import CodecError, DeliveryError, KafkaError
 from streamproc.kafka.registry import Registry
 
@@ -45,7 +46,11 @@ class FramedDecoder:
             if raw is None:
                 raise CodecError("UNKNOWN_SCHEMA", f"schema id {sid} is not in the registry")
             parsed = self._schemas[sid] = fastavro.parse_schema(raw)
-        rec = fastavro.schemaless_reader(io.BytesIO(payload[5:]), parsed, None)
+        try:
+            rec = fastavro.schemaless_reader(io.BytesIO(payload[5:]), parsed, None)
+        except Exception as exc:  # fastavro's errors for bad bytes vary (EOF, Index, ...)
+            reason, detail = classify_read_error(exc)
+            raise CodecError(reason.name, detail) from exc
         if not isinstance(rec, dict):
             raise CodecError("CORRUPT", f"schema id {sid} is not a record schema")
         return sid, rec

@@ -23,7 +23,7 @@ from streamproc.drift.base import Detector
 from streamproc.drift.monitors import AlertMaker
 from streamproc.drift.window import CategoryDetector
 from streamproc.models.spec import ModelSpec
-from streamproc.types import DecodedBatch
+from streamproc.types import DecodedBatch, RejectedRecord
 
 PROFILE_FILE = "reference_profile.json"
 
@@ -36,6 +36,8 @@ def load_profile(spec: ModelSpec) -> ReferenceProfile | None:
 
 class LabelSource(Protocol):
     def drain(self) -> tuple[list[str], list[str]]: ...
+
+    def drain_rejected(self) -> list[RejectedRecord]: ...
 
 
 class StreamMonitor:
@@ -129,6 +131,10 @@ class StreamMonitor:
         if self.feedback is not None:
             alerts += self._accuracy(decoded, ok_rows, scores, versions)
         return [a.as_dict() for a in alerts]
+
+    def rejected_labels(self) -> list[RejectedRecord]:
+        """The feedback records that were not readable labels, since the last call."""
+        return self.feedback.drain_rejected() if self.feedback is not None else []
 
     def _accuracy(
         self,

@@ -20,7 +20,15 @@ from streamproc import lineage
 from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder, encode_record
 from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
-from streamproc.types import DecodedBatch, Outputs, OutRecord, RawBatch, ReasonCode, RecordBlock
+from streamproc.types import (
+    DecodedBatch,
+    Outputs,
+    OutRecord,
+    RawBatch,
+    ReasonCode,
+    RecordBlock,
+    RejectedRecord,
+)
 
 from .alerting import AlertRouter, AlertRules
 from .scoring import Scored, Scorer, start_scoring
@@ -43,9 +51,16 @@ class Monitor(Protocol):
         versions: Sequence[str] | None = None,  # per ok row, during a rollout only
     ) -> list[dict[str, Any]]: ...
 
+    def rejected_labels(self) -> list[RejectedRecord]:
+        """Records of the feedback topic that were not readable labels (dead-lettered)."""
+        ...
+
 
 class NullMonitor:
     def observe(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return []
+
+    def rejected_labels(self) -> list[RejectedRecord]:
         return []
 
 
@@ -196,6 +211,7 @@ class BatchHandler:
             alerts = [*alerts, *drain()]
         for a in alerts:
             self._alert(a, now_ms, out)
+        label_rejects = self._label_dead_letters(now_ms, out)
         t4 = time.perf_counter()
         latencies = (now_ms - dec.event_time_ms[ok_rows]).astype(np.float64)
         stats = BatchStats(
@@ -215,6 +231,7 @@ class BatchHandler:
             },
             latencies_ms=latencies,
             by_version=by_version,
+            label_rejects=label_rejects,
         )
         if now_ms - self._last_snapshot >= self.snapshot_interval_ms:
             self._last_snapshot = now_ms
@@ -314,25 +331,54 @@ class BatchHandler:
             detail = infer_error if code == ReasonCode.INFERENCE_FAILED else dec.details[i]
             sid = int(dec.schema_ids[i])
             hdrs = raw.headers[int(i)] or []
-            rec = {
-                "reason": reason,
-                "reason_code": code,
-                "detail": detail or reason,
-                "source_topic": raw.topic,
-                "partition": int(raw.partitions[i]),
-                "offset": int(raw.offsets[i]),
-                "schema_id": sid if sid >= 0 else None,
-                "key": raw.keys[i],
-                "value": raw.values[i],
-                "headers": [{"key": k, "value": v} for k, v in hdrs],
-                "processor": self.processor_id,
-                "time": now_ms,
-            }
-            value = encode_record("DeadLetter", self.ids.dead_letter, rec)
-            out.records.append(OutRecord(self.topics.dlq, raw.keys[i], value,
-                                         [("streamproc-reason", reason.encode())]))  # fmt: skip
-            out.n_dead_letters += 1
+            self._dead_letter(out, now_ms, reason, code, detail, raw.topic, int(raw.partitions[i]),
+                              int(raw.offsets[i]), sid if sid >= 0 else None, raw.keys[i],
+                              raw.values[i], hdrs)  # fmt: skip
         return rejects
+
+    def _label_dead_letters(self, now_ms: int, out: Outputs) -> dict[str, int]:
+        """Dead letters for the feedback records that were not readable labels."""
+        rejects: dict[str, int] = {}
+        for r in self.monitor.rejected_labels():
+            rejects[r.reason.name] = rejects.get(r.reason.name, 0) + 1
+            self._dead_letter(out, now_ms, r.reason.name, int(r.reason), r.detail, r.topic,
+                              r.partition, r.offset, r.schema_id, r.key, r.value,
+                              r.headers)  # fmt: skip
+        return rejects
+
+    def _dead_letter(
+        self,
+        out: Outputs,
+        now_ms: int,
+        reason: str,
+        code: int,
+        detail: str | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        schema_id: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+    ) -> None:
+        rec = {
+            "reason": reason,
+            "reason_code": code,
+            "detail": detail or reason,
+            "source_topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "schema_id": schema_id,
+            "key": key,
+            "value": value,
+            "headers": [{"key": k, "value": v} for k, v in headers],
+            "processor": self.processor_id,
+            "time": now_ms,
+        }
+        value_out = encode_record("DeadLetter", self.ids.dead_letter, rec)
+        out.records.append(OutRecord(self.topics.dlq, key, value_out,
+                                     [("streamproc-reason", reason.encode())]))  # fmt: skip
+        out.n_dead_letters += 1
 
     def _alert(self, a: dict[str, Any], now_ms: int, out: Outputs) -> None:
         if not self.router.routes({"severity": a.get("severity", "WARNING")}):

@@ -67,6 +67,9 @@ class PrometheusSensor(Sensor):
                                   [*lp, "model", "version"], registry=r)  # fmt: skip
         self.rejected = Counter("streamproc_events_rejected", "Events dead-lettered",
                                 [*lp, "reason"], registry=r)  # fmt: skip
+        self.labels_rejected = Counter("streamproc_labels_rejected",
+                                       "Feedback records dead-lettered (not readable labels)",
+                                       [*lp, "reason"], registry=r)  # fmt: skip
         self.batches = Counter("streamproc_batches", "Batches committed",
                                [*lp, "release"], registry=r)  # fmt: skip
         self.batch_size = Histogram("streamproc_batch_size", "Events per batch", lp,
@@ -115,6 +118,8 @@ class PrometheusSensor(Sensor):
             c(self.events_out, p, stats.model, stats.version).inc(stats.predictions)
         for reason, n in stats.rejects.items():
             c(self.rejected, p, reason).inc(n)
+        for reason, n in stats.label_rejects.items():
+            c(self.labels_rejected, p, reason).inc(n)
         c(self.batches, p, stats.release).inc()
         c(self.batch_size, p).observe(stats.size)
         c(self.batch_wait, p).observe(stats.wait_ms)

@@ -35,6 +35,8 @@ class BatchStats:
     latencies_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     # predictions per model version, when a rollout splits traffic
     by_version: Mapping[str, int] = field(default_factory=dict)
+    # feedback records that were not readable labels, dead-lettered with this batch
+    label_rejects: Mapping[str, int] = field(default_factory=dict)
 
 
 class Sensor:
@@ -113,6 +115,7 @@ class CountingSensor(Sensor):
         self.events_out = 0
         self.batches = 0
         self.rejected: Counter[str] = Counter()
+        self.labels_rejected: Counter[str] = Counter()
         self.lag: dict[int, int] = {}
         self._lat = np.zeros(latency_window)
         self._lat_n = 0
@@ -123,6 +126,8 @@ class CountingSensor(Sensor):
         self.batches += 1
         if stats.rejects:
             self.rejected.update(stats.rejects)
+        if stats.label_rejects:
+            self.labels_rejected.update(stats.label_rejects)
         size = len(self._lat)
         lat = stats.latencies_ms[-size:]
         k = len(lat)

@@ -46,3 +46,49 @@ def test_wrong_predictions_raise_an_accuracy_drift_alert(
     # alert fired varies run to run (499 and >1000 both seen); dozens at the least.
     assert acc.matched >= 50
     assert acc.unmatched >= 1  # the label for an event nobody scored
+
+
+def test_unreadable_labels_are_dead_lettered_and_the_reader_goes_on(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=1)
+    assert cfg.topics.feedback
+    running = processor_factory(cfg)
+    events = event_producer_factory(cfg.topics.input)
+    report = produce_synthetic(events, 200, seed=43)
+    preds = read_topic(cfg.topics.predictions, report.good)
+    labels = event_producer_factory(cfg.topics.feedback, schema="Label")
+    now = int(time.time() * 1000)
+    first = {"event_id": preds[0].value["event_id"], "label": "legit", "time": now}
+    labels.send(first)  # offset 0
+    labels.send_raw(None, key=b"no-value")  # 1
+    labels.send_raw(b"\x07not framed", key=b"bad-magic", headers=[("origin", b"test")])  # 2
+    cut = labels.encode(first)[:12]
+    labels.send_raw(cut, key=b"cut")  # 3: fastavro raises EOFError on it
+    labels.send({"event_id": preds[1].value["event_id"], "label": "legit", "time": now})  # 4
+    labels.flush()
+    # Labels and their dead letters go out with the next input batch: keep events flowing.
+    dead: list = []
+    for round_ in range(30):
+        produce_synthetic(events, 20, seed=43, offset=200 + 20 * round_)
+        dead = [d for d in read_topic(cfg.topics.dlq, 10_000, idle_s=1.5)
+                if d.value["source_topic"] == cfg.topics.feedback]  # fmt: skip
+        if len(dead) >= 3:
+            break
+    handler = running.processor.handler
+    acc = handler.monitor.accuracy  # type: ignore[attr-defined]
+    alive = handler.monitor.feedback.alive  # type: ignore[attr-defined]
+    counted = dict(handler.counters.labels_rejected)
+    running.stop()
+    got = sorted((d.value["offset"], d.value["reason"], d.key, d.value["value"]) for d in dead)
+    assert got == [
+        (1, "NULL_VALUE", b"no-value", None),
+        (2, "BAD_MAGIC", b"bad-magic", b"\x07not framed"),
+        (3, "TRUNCATED", b"cut", cut),
+    ]
+    bad_magic = next(d for d in dead if d.value["reason"] == "BAD_MAGIC")
+    assert bad_magic.value["headers"] == [{"key": "origin", "value": b"test"}]
+    assert bad_magic.value["partition"] == 0 and bad_magic.value["schema_id"] is None
+    assert counted == {"NULL_VALUE": 1, "BAD_MAGIC": 1, "TRUNCATED": 1}
+    # The label after the cut one was read and joined: the reader did not stop.
+    assert alive and acc.matched == 2

@@ -50,3 +50,18 @@ def test_counters_add_up_per_label_set(batches):
     for release, n in released.items():
         assert get("streamproc_batches_total", {"pipeline": "demo", "release": release}) == n
     assert get("streamproc_batch_size_count", {"pipeline": "demo"}) == len(batches)
+
+
+def test_unreadable_labels_have_their_own_counter() -> None:
+    p = PrometheusSensor("demo")
+    for rej in ({"TRUNCATED": 2}, {"TRUNCATED": 1, "BAD_MAGIC": 1}):
+        p.on_batch(BatchStats(model="m", version="1.0.0", backend="onnxruntime", size=4,
+                              predictions=4, rejects={}, release="size", wait_ms=1.0,
+                              stage_s={}, label_rejects=rej))  # fmt: skip
+    get = p.registry.get_sample_value
+    assert get("streamproc_labels_rejected_total", {"pipeline": "demo", "reason": "TRUNCATED"}) == 3
+    assert get("streamproc_labels_rejected_total", {"pipeline": "demo", "reason": "BAD_MAGIC"}) == 1
+    # Input events only: a label is not an event in, so it is not an event rejected either.
+    assert (
+        get("streamproc_events_rejected_total", {"pipeline": "demo", "reason": "TRUNCATED"}) is None
+    )
