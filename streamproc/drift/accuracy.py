@@ -171,7 +171,7 @@ class AccuracyMonitor:
     def record_labels(
         self,
         event_ids: Sequence[str],
-        true_labels: Sequence[object],
+        true_labels: Sequence[object] | npt.NDArray[np.object_],
         offsets: npt.NDArray[np.integer] | None = None,
     ) -> list[AlertEvent]:
         """Join labels to their predictions; returns new alerts. Labels of one call are

@@ -6,12 +6,18 @@ import logging
 import threading
 import uuid
 from collections import deque
+from collections.abc import Sequence
+from itertools import chain
 
+import numpy as np
+import numpy.typing as npt
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from streamproc.errors import CodecError, RegistryUnavailableError
-from streamproc.kafka.clients import FramedDecoder
+from streamproc import schemas
+from streamproc.codecs.decoder import BatchDecoder
+from streamproc.errors import RegistryUnavailableError
 from streamproc.kafka.registry import Registry
+from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.types import ReasonCode, RejectedRecord
 
 log = logging.getLogger(__name__)
@@ -24,26 +30,52 @@ def _headers(m: Message) -> list[tuple[str, bytes]]:
     return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs]
 
 
+def label_spec(labels: Sequence[str]) -> ModelSpec:
+    """The ``Label`` record as the batch decoder reads it: the label as the index of one of
+    the model's output labels (any other value is ``UNKNOWN_ENUM``), the event id and the
+    label's time.
+
+    >>> label_spec(["legit", "fraud"]).columns
+    ['label']
+    """
+    return ModelSpec(
+        name="labels",
+        version="0.0.0",
+        inputs=(FeatureSpec(field="label", encoding="index", symbols=tuple(labels)),),
+        id_field="event_id",
+        time_field="time",
+    )
+
+
 class FeedbackReader:
     """Consumes ``Label`` records from the topic's start; :meth:`drain` hands them over.
 
     Every replica reads every label (its own consumer group): a label for an event that
     another replica scored counts as unmatched in this one's accuracy monitor.
 
-    A record that is not a readable label (no value, not Confluent-framed, an unknown
-    schema id, bytes that are not Avro of its schema, no ``event_id`` or ``label``) is
-    kept with its reason for :meth:`drain_rejected`: the pipeline dead-letters it. While
-    the registry cannot be reached, the reader waits and reads the same records again.
-
-    >>> FeedbackReader.reject_reason(KeyError("label"))
-    (<ReasonCode.INCOMPATIBLE_SCHEMA: 5>, "the label has no field 'label'")
+    Each consumed chunk is decoded at once by the compiled batch decoder
+    (:class:`~streamproc.codecs.decoder.BatchDecoder`, with :func:`label_spec`), as input
+    events are. A record that is not a readable label gets the input's reason codes (no
+    value, not framed, an unknown schema id, bytes that are not Avro of its schema, a label
+    that is not one of ``labels``) and is kept for :meth:`drain_rejected`: the pipeline
+    dead-letters it. While the registry cannot be reached, the reader waits and reads the
+    same records again. At most ``max_buffer`` labels wait for :meth:`drain`; past that the
+    oldest chunks are dropped and counted in :attr:`dropped`.
     """
 
     RETRY_S = 1.0  # the wait after a registry outage before the same records are read again
 
-    def __init__(self, bootstrap: str, registry: Registry, topic: str, max_buffer: int = 1_000_000):
+    def __init__(
+        self,
+        bootstrap: str,
+        registry: Registry,
+        topic: str,
+        labels: Sequence[str] = ("legit", "fraud"),
+        max_buffer: int = 1_000_000,
+    ):
         self.topic = topic
-        self.decoder = FramedDecoder(registry)
+        self.decoder = BatchDecoder(label_spec(labels), schemas.schema_dict("Label"), registry)
+        self._symbols = np.array(list(labels), dtype=object)
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"streamproc-feedback-{uuid.uuid4().hex[:8]}",
@@ -51,12 +83,15 @@ class FeedbackReader:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
         })  # fmt: skip
-        self._buf: deque[tuple[str, str]] = deque(maxlen=max_buffer)
+        self.max_buffer = max_buffer
+        self._chunks: deque[tuple[list[str], npt.NDArray[np.object_]]] = deque()
+        self._buffered = 0
         self._rejected: list[RejectedRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.assigned = threading.Event()
         self.rejected = 0
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="feedback")
 
     def start(self) -> FeedbackReader:
@@ -69,56 +104,63 @@ class FeedbackReader:
         """Whether the reading thread runs."""
         return self._thread.is_alive()
 
-    @staticmethod
-    def reject_reason(exc: CodecError | KeyError) -> tuple[ReasonCode, str]:
-        if isinstance(exc, KeyError):
-            return ReasonCode.INCOMPATIBLE_SCHEMA, f"the label has no field {exc.args[0]!r}"
-        return ReasonCode[exc.reason], exc.detail
-
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                msgs = self.consumer.consume(500, timeout=0.5)
-                got, bad = [], []
-                for i, m in enumerate(msgs):
-                    if m.error() is not None:
-                        continue  # transient client errors: librdkafka retries
-                    value = m.value()
-                    try:
-                        if value is None:
-                            raise CodecError("NULL_VALUE", "a label record without a value")
-                        _, rec = self.decoder.decode(value)
-                        got.append((str(rec["event_id"]), str(rec["label"])))
-                    except (CodecError, KeyError) as exc:
-                        reason, detail = self.reject_reason(exc)
-                        bad.append(self._rejected_record(m, reason, detail))
-                    except RegistryUnavailableError as exc:
-                        log.warning("labels wait for the registry: %s", exc)
-                        self._seek_back(msgs[i:])
-                        self._stop.wait(self.RETRY_S)
-                        break
-                with self._lock:
-                    self._buf.extend(got)
-                    self._rejected.extend(bad)
-                    self.rejected += len(bad)
-                for r in bad:
-                    log.warning("unreadable label at %s/%s: %s", r.partition, r.offset, r.detail)
+                msgs = [m for m in self.consumer.consume(500, timeout=0.5) if m.error() is None]
+                if msgs:  # (client errors are transient: librdkafka retries)
+                    self._read(msgs)
         finally:
             self.consumer.close()
 
-    def _rejected_record(self, m: Message, reason: ReasonCode, detail: str) -> RejectedRecord:
-        value = m.value()
-        sid = int.from_bytes(value[1:5], "big") if value and len(value) >= 5 else None
+    def _read(self, msgs: list[Message]) -> None:
+        try:
+            dec = self.decoder.decode(list(map(Message.value, msgs)))
+        except RegistryUnavailableError as exc:
+            log.warning("labels wait for the registry: %s", exc)
+            self._seek_back(msgs)
+            self._stop.wait(self.RETRY_S)
+            return
+        ok = dec.errors == 0
+        rows = np.flatnonzero(ok)
+        ids = (
+            list(dec.event_ids)
+            if rows.size == len(msgs)
+            else [dec.event_ids[i] for i in rows.tolist()]
+        )
+        labels = self._symbols[dec.features[rows, 0].astype(np.intp)]
+        bad = [
+            self._rejected_record(
+                msgs[i], ReasonCode(int(dec.errors[i])), dec.details[i], int(dec.schema_ids[i])
+            )
+            for i in np.flatnonzero(~ok).tolist()
+        ]
+        with self._lock:
+            if ids:
+                self._chunks.append((ids, labels))
+                self._buffered += len(ids)
+            while self._buffered > self.max_buffer:  # nobody drains: drop the oldest
+                old, _ = self._chunks.popleft()
+                self._buffered -= len(old)
+                self.dropped += len(old)
+            self._rejected.extend(bad)
+            self.rejected += len(bad)
+        for r in bad:
+            log.warning("unreadable label at %s/%s: %s", r.partition, r.offset, r.detail)
+
+    def _rejected_record(
+        self, m: Message, reason: ReasonCode, detail: str | None, schema_id: int
+    ) -> RejectedRecord:
         return RejectedRecord(
             topic=m.topic() or self.topic,
             partition=m.partition() or 0,
             offset=m.offset() or 0,
             key=m.key(),  # type: ignore[arg-type]  # bytes: no deserializer configured
-            value=value,  # type: ignore[arg-type]
+            value=m.value(),  # type: ignore[arg-type]
             headers=_headers(m),
             reason=reason,
-            detail=detail,
-            schema_id=sid if reason != ReasonCode.BAD_MAGIC else None,
+            detail=detail or reason.name,
+            schema_id=schema_id if schema_id >= 0 else None,
         )
 
     def _seek_back(self, unread: list[Message]) -> None:
@@ -131,11 +173,16 @@ class FeedbackReader:
         for p, o in first.items():
             self.consumer.seek(TopicPartition(self.topic, p, o))
 
-    def drain(self) -> tuple[list[str], list[str]]:
+    def drain(self) -> tuple[list[str], npt.NDArray[np.object_]]:
+        """The labels read since the last call: event ids and labels, in the order read."""
         with self._lock:
-            items = list(self._buf)
-            self._buf.clear()
-        return [e for e, _ in items], [lbl for _, lbl in items]
+            chunks = list(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+        if not chunks:
+            return [], self._symbols[:0]
+        ids = list(chain.from_iterable(c[0] for c in chunks))
+        return ids, np.concatenate([c[1] for c in chunks])
 
     def drain_rejected(self) -> list[RejectedRecord]:
         """The unreadable records since the last call, in the order read."""

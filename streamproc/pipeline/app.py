@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from streamproc import schemas
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
+from streamproc.drift import DriftConfig
 from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
@@ -181,8 +182,12 @@ def build_processor(
     closers: list[Callable[[], None]] = []
     if monitor is None:
         feedback = None
-        if cfg.topics.feedback:
-            feedback = FeedbackReader(cfg.kafka.bootstrap, registry, cfg.topics.feedback).start()
+        # Labels are read only for the accuracy monitor: with drift off, nobody would take
+        # them (or dead-letter the unreadable ones).
+        if cfg.topics.feedback and DriftConfig.model_validate(cfg.drift).enabled:
+            feedback = FeedbackReader(
+                cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels
+            ).start()
             closers.append(feedback.stop)
         monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # the control topic's deployment of this model, if it has one

@@ -35,7 +35,7 @@ def load_profile(spec: ModelSpec) -> ReferenceProfile | None:
 
 
 class LabelSource(Protocol):
-    def drain(self) -> tuple[list[str], list[str]]: ...
+    def drain(self) -> tuple[list[str], npt.NDArray[np.object_]]: ...
 
     def drain_rejected(self) -> list[RejectedRecord]: ...
 
@@ -155,7 +155,7 @@ class StreamMonitor:
                 event_ids = list(map(event_ids.__getitem__, ok_rows.tolist()))
             self.accuracy.record_predictions(event_ids, predicted, versions)
         ids, labels = self.feedback.drain()
-        if not ids:
+        if not len(ids):
             return []
         alerts = self.accuracy.record_labels(ids, labels)
         outcomes, self.accuracy.outcomes = self.accuracy.outcomes, {}
