@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from streamproc import schemas
 from streamproc.codecs.decoder import BatchDecoder
-from streamproc.errors import RegistryUnavailableError
+from streamproc.errors import SchemaRegistryError
 from streamproc.kafka.registry import Registry
 from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.types import ReasonCode, RejectedRecord
@@ -58,9 +58,10 @@ class FeedbackReader:
     events are. A record that is not a readable label gets the input's reason codes (no
     value, not framed, an unknown schema id, bytes that are not Avro of its schema, a label
     that is not one of ``labels``) and is kept for :meth:`drain_rejected`: the pipeline
-    dead-letters it. While the registry cannot be reached, the reader waits and reads the
-    same records again. At most ``max_buffer`` labels wait for :meth:`drain`; past that the
-    oldest chunks are dropped and counted in :attr:`dropped`.
+    dead-letters it. While the registry cannot be reached (or refuses the reader), the
+    reader waits and reads the same records again. At most ``max_buffer`` labels wait for
+    :meth:`drain`; past that the oldest chunks are dropped, logged and counted in
+    :attr:`dropped`.
     """
 
     RETRY_S = 1.0  # the wait after a registry outage before the same records are read again
@@ -116,7 +117,7 @@ class FeedbackReader:
     def _read(self, msgs: list[Message]) -> None:
         try:
             dec = self.decoder.decode(list(map(Message.value, msgs)))
-        except RegistryUnavailableError as exc:
+        except SchemaRegistryError as exc:  # unreachable, or refusing (auth): not the labels'
             log.warning("labels wait for the registry: %s", exc)
             self._seek_back(msgs)
             self._stop.wait(self.RETRY_S)
@@ -139,12 +140,17 @@ class FeedbackReader:
             if ids:
                 self._chunks.append((ids, labels))
                 self._buffered += len(ids)
+            dropped = 0
             while self._buffered > self.max_buffer:  # nobody drains: drop the oldest
                 old, _ = self._chunks.popleft()
                 self._buffered -= len(old)
-                self.dropped += len(old)
+                dropped += len(old)
+            self.dropped += dropped
             self._rejected.extend(bad)
             self.rejected += len(bad)
+        if dropped:
+            log.warning("%d labels dropped: more than %d waited to be joined", dropped,
+                        self.max_buffer)  # fmt: skip
         for r in bad:
             log.warning("unreadable label at %s/%s: %s", r.partition, r.offset, r.detail)
 
