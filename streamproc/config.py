@@ -3,7 +3,7 @@
 Addresses and secrets may be overridden from the environment:
 ``STREAMPROC_KAFKA_BOOTSTRAP``, ``STREAMPROC_SCHEMA_REGISTRY_URL``,
 ``STREAMPROC_KAFKA_SASL_PASSWORD``, ``STREAMPROC_SCHEMA_REGISTRY_PASSWORD``,
-``STREAMPROC_METRICS_HOST``.
+``STREAMPROC_METRICS_HOST``, ``STREAMPROC_CONTROL_TOPIC`` (:data:`ENV_SETTINGS`).
 
 >>> cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "topics": {"input": "t"}})
 >>> cfg.topics.predictions, cfg.batching.max_batch_size, cfg.delivery.guarantee
@@ -153,21 +153,27 @@ class PipelineConfig(_Strict):
         return self.model_copy(update=changes)
 
 
+# Every setting the environment may give, as (variable, section, key). The CLI's resolver
+# (streamproc.cli.resolve) reads the same table to say where each effective value came from.
+ENV_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("STREAMPROC_KAFKA_BOOTSTRAP", "kafka", "bootstrap"),
+    ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
+    ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
+    ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
+    ("STREAMPROC_METRICS_HOST", "metrics", "host"),
+    ("STREAMPROC_CONTROL_TOPIC", "topics", "control"),
+)
+
+
 def _env_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
-    pairs = (
-        ("STREAMPROC_KAFKA_BOOTSTRAP", "kafka", "bootstrap"),
-        ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
-        ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
-        ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
-        ("STREAMPROC_METRICS_HOST", "metrics", "host"),
-    )
-    for var, section, key in pairs:
+    for var, section, key in ENV_SETTINGS:
         if env.get(var):
             raw.setdefault(section, {})[key] = env[var]
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML file; the model path is resolved relative to it."""
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """The pipeline file as a mapping, before validation; the model path is made absolute
+    (relative to the file). Nothing from the environment is in it."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -175,10 +181,26 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Pipeline
         raise ConfigError(f"cannot read pipeline config {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    _env_overrides(raw, os.environ if env is None else env)
-    if "model" in raw and not Path(raw["model"]).is_absolute():
-        raw["model"] = str((path.parent / raw["model"]).resolve())
+    if "model" in raw and not Path(str(raw["model"])).is_absolute():
+        raw["model"] = str((path.parent / str(raw["model"])).resolve())
+    return raw
+
+
+def validate(raw: dict[str, Any], origin: str) -> PipelineConfig:
+    """A :class:`PipelineConfig` from a raw mapping; errors name ``origin`` and the key path."""
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{origin}: {problems}") from exc
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML file; the model path is resolved relative to it, and the
+    environment variables of :data:`ENV_SETTINGS` override the file."""
+    raw = read_raw(path)
+    _env_overrides(raw, os.environ if env is None else env)
+    return validate(raw, str(path))

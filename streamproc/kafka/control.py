@@ -27,6 +27,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 
 from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin
+from streamproc.rollout.replicas import ReplicaStatus, replicas_topic
+from streamproc.rollout.replicas import decode as decode_replica
+from streamproc.rollout.replicas import encode as encode_replica
 from streamproc.rollout.state import DeploymentState, converge, decode, encode, key, newer
 from streamproc.rollout.store import ControlStore, audit_topic
 
@@ -106,8 +109,9 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Rec
 AUDIT_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
-class KafkaControlStore:
-    """A :class:`ControlStore` over the compacted control topic, with its audit topic."""
+class KafkaControlStore(ControlStore):
+    """A :class:`ControlStore` over the compacted control topic, with its audit topic and
+    the replicas' reports."""
 
     def __init__(
         self, bootstrap: str, topic: str, timeout_s: float = 10.0, audit: str | None = None
@@ -196,6 +200,9 @@ class KafkaControlStore:
     def names(self) -> list[str]:
         return sorted(self.states())
 
+    def replicas(self) -> list[ReplicaStatus]:
+        return read_replicas(self.bootstrap, self.topic, self.timeout_s)
+
 
 def make_store(bootstrap: str, topic: str) -> ControlStore:
     """The control store the CLI uses."""
@@ -276,6 +283,85 @@ class ControlWatcher:
             self._consumer.close()
         elif self._thread.is_alive():
             self._thread.join(timeout_s)
+
+
+class ReplicaReporter:
+    """Publish what this replica serves to ``<control topic>.replicas``: at once when
+    :meth:`report` is called (a state was applied), then every ``interval_s`` as a
+    heartbeat, and a tombstone at :meth:`close` (a clean stop). Delivery is best effort: a
+    report that fails is logged and sent again with the next heartbeat."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        control_topic: str,
+        current: Callable[[], ReplicaStatus],
+        *,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.topic = replicas_topic(control_topic)
+        self._current = current
+        self._interval_s = interval_s
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"report-{self.topic}")
+        self._key: bytes | None = None
+
+    def start(self) -> ReplicaReporter:
+        self._thread.start()
+        return self
+
+    def report(self) -> None:
+        """Publish now (from any thread): the replica applied a new state."""
+        self._wake.set()
+
+    def _send(self) -> None:
+        try:
+            status = self._current()
+            self._key = status.key
+            self._producer.produce(self.topic, encode_replica(status), status.key)
+            self._producer.poll(0)
+        except (KafkaException, BufferError) as exc:
+            log.warning("cannot report this replica's state on %s: %s", self.topic, exc)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._send()
+            # Wakes at the next heartbeat's deadline, or at once for a new state.
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._key is not None:
+            with contextlib.suppress(KafkaException, BufferError):
+                self._producer.produce(self.topic, None, self._key)  # a tombstone: gone
+        # Bounded: a broker that is gone must not hold the processor's exit.
+        self._producer.flush(timeout_s)
+
+
+def read_replicas(
+    bootstrap: str, control_topic: str, timeout_s: float = 10.0
+) -> list[ReplicaStatus]:
+    """The latest report of every replica that has not stopped cleanly, by model and
+    instance."""
+    latest: dict[bytes, ReplicaStatus | None] = {}
+    for k, v in read_to_end(bootstrap, replicas_topic(control_topic), timeout_s):
+        if k is None:
+            continue
+        if v is None:
+            latest[k] = None
+            continue
+        try:
+            latest[k] = decode_replica(v)
+        except DeploymentError as exc:
+            log.warning("skipping a replica report: %s", exc)
+    return sorted((r for r in latest.values() if r is not None),
+                  key=lambda r: (r.model, r.instance))  # fmt: skip
 
 
 class KafkaABSource:

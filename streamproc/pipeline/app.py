@@ -21,6 +21,7 @@ from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings
 from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
 from streamproc.rollout.store import audit_topic
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
@@ -28,7 +29,7 @@ from streamproc.telemetry.prometheus import PrometheusSensor
 from .alerting import AlertRouter
 from .monitoring import StreamMonitor, build_monitor
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
-from .scoring import Scorer, SingleScorer
+from .scoring import Scorer
 
 if TYPE_CHECKING:  # numba loads with the decoder: only commands that decode pay for it
     from streamproc.codecs.decoder import BatchDecoder
@@ -81,6 +82,7 @@ def ensure_topics(cfg: PipelineConfig) -> None:
     admin.ensure_topics([t.alerts, t.metrics], partitions=1)
     admin.ensure_topics([t.control], partitions=1, config={"cleanup.policy": "compact"})
     admin.ensure_topics([audit_topic(t.control)], partitions=1, config=AUDIT_TOPIC_CONFIG)
+    admin.ensure_topics([replicas_topic(t.control)], partitions=1, config=REPLICAS_TOPIC_CONFIG)
     if t.feedback:
         admin.ensure_topics([t.feedback], partitions=t.partitions)
 
@@ -171,7 +173,6 @@ def build_processor(
     monitor: Monitor | None = None,
     extra_sensor: Sensor | None = None,
 ) -> Processor:
-    from streamproc.backends.select import load_backend
 
     instance = cfg.instance_id or socket.gethostname()
     ensure_topics(cfg)
@@ -195,13 +196,10 @@ def build_processor(
 
         guardrails, every = live_guard_settings(cfg.rollout)
         rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model,
-                                       guardrails=guardrails, decide_interval_s=every)  # fmt: skip
-        if rollout is not None:
-            closers.append(rollout.close)
+                                       guardrails=guardrails, decide_interval_s=every,
+                                       pipeline=cfg.name, instance=instance)  # fmt: skip
+        closers.append(rollout.close)
         scorer = rollout
-    if scorer is None:
-        backend = load_backend(spec)
-        scorer = SingleScorer(spec, backend)
     guard = getattr(scorer, "guard", None)  # a rollout's guard judges accuracy on labels too
     if guard is not None and isinstance(monitor, StreamMonitor):
         monitor.on_feedback = guard.observe_feedback

@@ -362,24 +362,64 @@ def build_rollout_scorer(
     guardrails: Guardrails | None = None,
     decide_interval_s: float = 1.0,
     controller: bool = True,
-) -> RolloutScorer | None:
-    """A scorer following the control topic, or None when it holds no deployment of the
-    model. The repository is the parent of the model directory's parent
+    pipeline: str = "",
+    instance: str = "",
+    report_interval_s: float = 5.0,
+) -> RolloutScorer:
+    """A scorer following the control topic from the start.
+
+    When the topic holds no deployment of the model yet, the configured model (``model_dir``)
+    is published as its stable version (an ``initial`` deploy by ``processor <instance>``), so
+    that a first ``streamproc deploy --strategy canary`` rolls out against it; if that cannot
+    be published (a race with another replica is fine: its state is used), the processor
+    serves the configured model and still follows the topic. Versions other than the configured
+    one load from the repository, the parent of the model directory's parent
     (``<repo>/<name>/<version>/``). With ``controller`` (the default) a
-    :class:`~streamproc.pipeline.guard.RolloutGuard` judges the candidate with
-    ``guardrails`` (default :data:`LIVE_THRESHOLDS`) every ``decide_interval_s`` and
-    publishes steps, promotions and rollbacks to the control topic. Call
+    :class:`~streamproc.pipeline.guard.RolloutGuard` judges the candidate with ``guardrails``
+    (default :data:`LIVE_THRESHOLDS`) every ``decide_interval_s`` and publishes steps,
+    promotions and rollbacks. With an ``instance``, the replica reports what it serves on
+    ``<topic>.replicas`` (:class:`~streamproc.kafka.control.ReplicaReporter`). Call
     :meth:`RolloutScorer.close` to stop following."""
-    from streamproc.kafka.control import ControlWatcher, KafkaControlStore
+    from streamproc.kafka.control import ControlWatcher, KafkaControlStore, ReplicaReporter
+    from streamproc.rollout.replicas import ReplicaStatus
+    from streamproc.rollout.state import Deploy, apply
+    from streamproc.rollout.store import execute
 
     spec = load_model_spec(model_dir)
     store = KafkaControlStore(bootstrap, topic)
     state = store.latest(spec.name)
     if state is None or state.stable is None:
-        return None
-    repo = Path(model_dir).parent.parent
-    scorer = RolloutScorer(state, loader or repository_loader(repo, spec.name),
-                           on_applied=on_applied)  # fmt: skip
+        initial = Deploy(spec.name, spec.version, at_ms=time.time_ns() // 1_000_000,
+                         actor=f"processor {instance}".strip(), if_revision=0,
+                         reason="the pipeline's configured model")  # fmt: skip
+        try:
+            state = execute(store, initial)
+            log.info("published %s as the stable version of %s", spec.version, spec.name)
+        except StreamprocError as exc:  # another replica was first, or no right to publish
+            state = store.latest(spec.name)
+            if state is None:
+                log.warning("serving the configured %s %s unpublished: %s",
+                            spec.name, spec.version, exc)  # fmt: skip
+                state = apply(None, initial)
+    configured = Path(model_dir)
+    repo_load = loader or repository_loader(configured.parent.parent, spec.name)
+
+    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+        if loader is None and version == spec.version:
+            from streamproc.backends.select import load_backend
+
+            return spec, load_backend(spec)  # the configured directory, wherever it is
+        return repo_load(version)
+
+    reporter: ReplicaReporter | None = None
+
+    def applied(s: DeploymentState) -> None:
+        if reporter is not None:
+            reporter.report()
+        if on_applied is not None:
+            on_applied(s)
+
+    scorer = RolloutScorer(state, load, on_applied=applied)
     if controller:
         scorer.guard = RolloutGuard(
             lambda: scorer.snapshot.requested,
@@ -388,13 +428,23 @@ def build_rollout_scorer(
             interval_s=decide_interval_s,
         )
         scorer.guard.sync(state)
+    if instance:
+
+        def current() -> ReplicaStatus:
+            snap, now_ms = scorer.snapshot, time.time_ns() // 1_000_000
+            return ReplicaStatus.of(
+                snap.state, snap.requested, pipeline=pipeline, instance=instance, at_ms=now_ms
+            )
+
+        reporter = ReplicaReporter(bootstrap, topic, current, interval_s=report_interval_s)
+        scorer.closers.append(reporter.start().close)
 
     def on_state(s: DeploymentState) -> None:
         if s.model == spec.name:
             scorer.apply(s)
 
     watcher = ControlWatcher(bootstrap, topic, on_state).start()
-    scorer.closers.append(watcher.stop)
+    scorer.closers.insert(0, watcher.stop)
     if scorer.guard is not None:
-        scorer.closers.append(scorer.guard.start().stop)
+        scorer.closers.insert(1, scorer.guard.start().stop)
     return scorer

@@ -226,14 +226,21 @@ class _Command:
 
 @dataclass(frozen=True, slots=True)
 class Deploy(_Command):
-    """Start rolling out ``version`` (the first deployment makes it stable at once)."""
+    """Roll out ``version`` by ``strategy`` against the stable version (default: canary).
+
+    A model with no stable version yet takes ``version`` as stable at once, and only when no
+    strategy is named: a strategy needs a stable version to compare with, and is refused
+    rather than ignored. (A processor makes its pipeline's configured model the stable version
+    when it starts, so a first ``deploy --strategy canary`` finds one.)
+    """
 
     version: str
-    strategy: Strategy = Strategy.CANARY
+    strategy: Strategy | None = None
     params: StrategyParams = field(default_factory=StrategyParams)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "strategy", _strategy(self.strategy))
+        if self.strategy is not None:
+            object.__setattr__(self, "strategy", _strategy(self.strategy))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +250,11 @@ class Promote(_Command):
 
 @dataclass(frozen=True, slots=True)
 class Rollback(_Command):
-    """Drop the candidate; after a promotion, return to the previous stable version."""
+    """Drop the candidate; after a promotion, return to the previous stable version; with
+    ``to``, make that (earlier) version stable instead. The reducer checks only that ``to``
+    is a version other than the stable one; the CLI checks that it was stable before."""
+
+    to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +311,12 @@ def apply(state: DeploymentState | None, command: DeploymentCommand) -> Deployme
         if not Version.is_valid(command.version):
             raise fail(f"{command.version!r} is not a semantic version")
         if state is None or state.stable is None:
+            if command.strategy is not None:
+                raise fail(
+                    f"{name} has no stable version for a {command.strategy} to run against; "
+                    "start the pipeline's processor (its configured model becomes the stable "
+                    f"version), or deploy without a strategy to make {command.version} stable"
+                )
             return DeploymentState(
                 model=name,
                 stable=command.version,
@@ -315,16 +332,17 @@ def apply(state: DeploymentState | None, command: DeploymentCommand) -> Deployme
             )
         if command.version == state.stable:
             raise fail(f"{command.version} is already the stable version")
+        strategy = command.strategy or Strategy.CANARY
         return replace(
             state,
             candidate=command.version,
-            strategy=command.strategy,
-            params=command.params.check(command.strategy),
+            strategy=strategy,
+            params=command.params.check(strategy),
             step=0,
             status=Status.ACTIVE,
             deployed_ms=command.at_ms,
             step_started_ms=command.at_ms,
-            reason=command.reason or f"deploy {command.version} ({command.strategy})",
+            reason=command.reason or f"deploy {command.version} ({strategy})",
             **stamp,
         )
 
@@ -376,6 +394,22 @@ def apply(state: DeploymentState | None, command: DeploymentCommand) -> Deployme
         )
 
     # Rollback
+    if command.to is not None:
+        if not Version.is_valid(command.to):
+            raise fail(f"{command.to!r} is not a semantic version")
+        if command.to == state.stable:
+            raise fail(f"{command.to} is already the stable version")
+        return replace(
+            state,
+            stable=command.to,
+            # The version turned away: a rollout's candidate, else the stable one.
+            candidate=state.candidate if state.in_progress else state.stable,
+            previous=None,
+            step=0,
+            status=Status.ROLLED_BACK,
+            reason=command.reason or f"roll back to {command.to} from {state.stable}",
+            **stamp,
+        )
     if state.in_progress:
         return replace(
             state,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from streamproc.errors import DeploymentError
+from streamproc.rollout.replicas import ReplicaStatus
 from streamproc.rollout.state import DeploymentCommand, DeploymentState, apply, decode, encode
 
 AUDIT_SUFFIX = ".audit"
@@ -54,6 +55,11 @@ class ControlStore(Protocol):
         """Every model with a stored state, sorted."""
         ...
 
+    def replicas(self) -> list[ReplicaStatus]:
+        """What each running replica reports it serves (see
+        :mod:`streamproc.rollout.replicas`); a store that hears no replicas has none."""
+        return []
+
 
 def execute(store: ControlStore, command: DeploymentCommand) -> DeploymentState:
     """Apply ``command`` to the latest state and publish the result; return it."""
@@ -62,11 +68,13 @@ def execute(store: ControlStore, command: DeploymentCommand) -> DeploymentState:
     return state
 
 
-class InMemoryControlStore:
-    """A :class:`ControlStore` in a dict; states round-trip through the record encoding."""
+class InMemoryControlStore(ControlStore):
+    """A :class:`ControlStore` in a dict; states round-trip through the record encoding.
+    Tests add replica reports to :attr:`reports`."""
 
     def __init__(self) -> None:
         self._records: dict[str, list[bytes]] = {}
+        self.reports: list[ReplicaStatus] = []
 
     def latest(self, name: str) -> DeploymentState | None:
         records = self._records.get(name)
@@ -86,3 +94,6 @@ class InMemoryControlStore:
 
     def names(self) -> list[str]:
         return sorted(self._records)
+
+    def replicas(self) -> list[ReplicaStatus]:
+        return list(self.reports)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streamproc.cli_models import ModelsDeps, app
+from streamproc.cli.deps import Deps
+from streamproc.cli.models import app
 from streamproc.errors import ModelError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +111,7 @@ def test_add_measures_with_the_injected_loader_on_a_given_sample(runner, tmp_pat
         "0",
         "--json",
     ]
-    out = json.loads(_ok(runner.invoke(app, args, obj=ModelsDeps(loader=loader))))
+    out = json.loads(_ok(runner.invoke(app, args, obj=Deps(loader=loader))))
     assert out["perf"]["backend"] == "fake" and out["perf"]["sample_rows"] == 2
     assert out["diff"] is None
     assert calls[-1] == "closed"

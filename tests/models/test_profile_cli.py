@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from streamproc.cli_models import app
+from streamproc.cli.models import app
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.monitoring import load_profile
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from streamproc.cli_deploy import DeployDeps, app
+from streamproc.cli.deploy import app
+from streamproc.cli.deps import Deps
 from streamproc.errors import DeploymentError, ModelError
 from streamproc.rollout.ab import VariantData
 from streamproc.rollout.state import Status, decode, encode
@@ -40,7 +41,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def cli(repo):
     store = InMemoryControlStore()
-    deps = DeployDeps(store=store, clock_ms=Clock())
+    deps = Deps(store=store, clock_ms=Clock())
     runner = CliRunner()
 
     def invoke(*args, ok=True):
@@ -161,7 +162,7 @@ def test_store_factory_gets_bootstrap_and_topic(repo):
     result = CliRunner().invoke(
         app,
         ["deploy", "fraud", "1.0.0", "--bootstrap", "k:9092", "--topic", "ctl"],
-        obj=DeployDeps(store_factory=factory),
+        obj=Deps(store_factory=factory),
         env={"STREAMPROC_MODEL_REPO": str(repo)},
     )
     assert result.exit_code == 0, result.output

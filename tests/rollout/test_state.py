@@ -237,7 +237,8 @@ def test_any_command_sequence_keeps_the_invariants(commands):
         params = StrategyParams(percent=20, steps=(10, 50, 100), approval=approval)
         cmd: DeploymentCommand
         if verb == "deploy":
-            cmd = Deploy(M, version, strategy, params, at_ms=t)
+            # A strategy needs a stable version: the first deployment names none.
+            cmd = Deploy(M, version, strategy if state else None, params, at_ms=t)
         else:
             kind = {"promote": Promote, "rollback": Rollback, "approve": Approve, "step": Step}
             cmd = kind[verb](M, at_ms=t)

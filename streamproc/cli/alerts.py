@@ -7,26 +7,33 @@ from typing import Annotated
 
 import typer
 
+from streamproc.cli.deps import deps as get_deps
+from streamproc.cli.options import BootstrapOpt, ConfigOpt, RegistryOpt
+
 app = typer.Typer(no_args_is_help=True, help="Drift, data-quality and rollout alerts.")
 
 
 @app.command("tail")
 def tail(
-    topic: Annotated[str, typer.Option(help="Alerts topic")] = "streamproc.alerts",
+    ctx: typer.Context,
+    topic: Annotated[
+        str | None, typer.Option(help="Alerts topic (default: the pipeline's, streamproc.alerts)")
+    ] = None,
     severity: Annotated[str | None, typer.Option(help="Floor: INFO, WARNING, CRITICAL")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model")] = None,
     count: Annotated[int, typer.Option("-n", "--count", help="Stop after N alerts")] = 100,
     timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds")] = 5.0,
-    bootstrap: Annotated[str | None, typer.Option()] = None,
-    registry: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    registry: RegistryOpt = None,
 ) -> None:
     """Print alerts as JSON lines, oldest first."""
-    from streamproc.cli import services
     from streamproc.kafka.alerts import AlertSubscription
 
-    b, r = services(bootstrap, registry)
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
     seen = 0
-    sub = AlertSubscription(b, r, topic, severity=severity, model=model)
+    sub = AlertSubscription(cfg.kafka.bootstrap, cfg.registry.url, topic or cfg.topics.alerts,
+                            severity=severity, model=model)  # fmt: skip
     with sub:
         while seen < count:
             batch = sub.poll_batch(count - seen, timeout_s=timeout)

@@ -6,14 +6,11 @@ the backend :func:`streamproc.backends.select.load_backend` picks (or ``--prefer
 stores them as ``perf.json``, so ``diff`` can show the performance delta next to the input,
 constraint and output differences against the version it replaces.
 
-Tests inject a backend loader through the click context object (:class:`ModelsDeps`).
+Tests inject a backend loader through the context's :class:`~streamproc.cli.deps.Deps`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,11 +18,12 @@ import numpy as np
 import numpy.typing as npt
 import typer
 
+from streamproc.cli.deps import deps as get_deps
+from streamproc.cli.options import JsonOpt, Output, OutputOpt, emit, table, wants_json
 from streamproc.errors import ModelError
 from streamproc.models.repository import (
     DEFAULT_ROOT,
     ROOT_ENV,
-    Inferer,
     ModelRepository,
     ModelVersion,
     PerfReport,
@@ -38,52 +36,10 @@ from streamproc.models.spec import ModelSpec
 
 app = typer.Typer(no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
-Loader = Callable[[ModelSpec, Sequence[str] | None], Inferer]
-
-
-def _load_backend(spec: ModelSpec, prefer: Sequence[str] | None) -> Inferer:
-    from streamproc.backends.select import load_backend
-
-    return load_backend(spec, prefer=list(prefer) if prefer else None)
-
-
-@dataclass
-class ModelsDeps:
-    """What the commands use from outside; replace parts in tests via ``obj=``."""
-
-    loader: Loader = _load_backend
-
-
-def _deps(ctx: typer.Context) -> ModelsDeps:
-    return ctx.obj if isinstance(ctx.obj, ModelsDeps) else ModelsDeps()
-
-
 RepoOpt = Annotated[
     Path,
     typer.Option("--repo", envvar=ROOT_ENV, help="Model repository root", show_default=True),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows as left-aligned plain-text columns (first row: header).
-
-    >>> print(table([["a", "bb"], ["ccc", "d"]]))
-    a    bb
-    ccc  d
-    """
-    if not rows:
-        return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
-def _emit(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
 # -------------------------------------------------------------------------------- add
 
 
@@ -133,10 +89,11 @@ def add(
     budget_s: Annotated[float, typer.Option(help="Seconds of timing per batch size")] = 0.25,
     measure: Annotated[bool, typer.Option(help="Measure latency and throughput")] = True,
     repo: RepoOpt = DEFAULT_ROOT,
-    as_json: JsonOpt = False,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
 ) -> None:
     """Store a new version; measure its performance; show what changed."""
-    deps = _deps(ctx)
+    deps = get_deps(ctx)
     repository = ModelRepository(repo)
     if version and bump:
         raise typer.BadParameter("give --version or --bump, not both")
@@ -168,8 +125,8 @@ def add(
     )
     previous = repository.previous(stored.name, stored.version)
     diff = repository.diff(stored.name, stored.version, previous) if previous else None
-    if as_json:
-        _emit({**_version_dict(stored), "diff": diff.as_dict() if diff else None})
+    if wants_json(output, json_flag):
+        emit({**_version_dict(stored), "diff": diff.as_dict() if diff else None})
         return
     typer.echo(f"added {stored.name} {stored.version} at {stored.path}")
     if stored.perf:
@@ -201,14 +158,15 @@ def _first_line(text: str, width: int = 60) -> str:
 def list_(
     name: Annotated[str | None, typer.Argument(help="List this model's versions")] = None,
     repo: RepoOpt = DEFAULT_ROOT,
-    as_json: JsonOpt = False,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
 ) -> None:
     """Models and their versions (or one model's versions, with performance)."""
     repository = ModelRepository(repo)
     if name is None:
         models = {n: [str(v) for v in repository.versions(n)] for n in repository.names()}
-        if as_json:
-            _emit([{"name": n, "versions": vs, "latest": vs[-1]} for n, vs in models.items()])
+        if wants_json(output, json_flag):
+            emit([{"name": n, "versions": vs, "latest": vs[-1]} for n, vs in models.items()])
             return
         if not models:
             typer.echo(f"no models in {repository.root}")
@@ -220,8 +178,8 @@ def list_(
     versions = [repository.get(name, v) for v in repository.versions(name)]
     if not versions:
         raise ModelError(f"model {name!r} has no versions in {repository.root}")
-    if as_json:
-        _emit([_version_dict(mv) for mv in versions])
+    if wants_json(output, json_flag):
+        emit([_version_dict(mv) for mv in versions])
         return
     rows = [["VERSION", "BACKEND", "P50 MS (B=1)", "P99 MS (B=1)", "BEST EV/S", "CHANGELOG"]]
     for mv in versions:
@@ -266,12 +224,13 @@ def show(
     name: Annotated[str, typer.Argument(help="Model name")],
     version: Annotated[str | None, typer.Argument(help="Version (default: latest)")] = None,
     repo: RepoOpt = DEFAULT_ROOT,
-    as_json: JsonOpt = False,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
 ) -> None:
     """One version: inputs and constraints, outputs, backends, files and performance."""
     mv = ModelRepository(repo).get(name, version)
-    if as_json:
-        _emit({**_version_dict(mv), "files": sorted(p.name for p in mv.path.iterdir())})
+    if wants_json(output, json_flag):
+        emit({**_version_dict(mv), "files": sorted(p.name for p in mv.path.iterdir())})
         return
     spec = mv.spec
     typer.echo(f"{mv.name} {mv.version}  ({mv.path})")
@@ -340,12 +299,13 @@ def diff(
         str | None, typer.Option(help="Old version (default: the one it replaces)")
     ] = None,
     repo: RepoOpt = DEFAULT_ROOT,
-    as_json: JsonOpt = False,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
 ) -> None:
     """What changed from the version a version replaces: inputs, constraints, outputs, speed."""
     result = ModelRepository(repo).diff(name, version, against)
-    if as_json:
-        _emit(result.as_dict())
+    if wants_json(output, json_flag):
+        emit(result.as_dict())
         return
     typer.echo(_render_diff(result))
 
@@ -385,4 +345,4 @@ def profile(
             y = np.load(labels, allow_pickle=False)
     prof = build_profile(spec, x, y)
     path = prof.save(repository.path(name, version) / PROFILE_FILE)
-    _emit({"profile": str(path), "rows": len(x), "error_rate": prof.error_rate})
+    emit({"profile": str(path), "rows": len(x), "error_rate": prof.error_rate})

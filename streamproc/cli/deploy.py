@@ -2,9 +2,10 @@
 
 Every command reads the model's latest state from the control topic, applies one command
 with the pure reducer (:func:`streamproc.rollout.state.apply`) and publishes the resulting
-snapshot; every processor replica follows the topic. The store comes from
-``streamproc.kafka.control.make_store(bootstrap, topic)``, imported only when a command
-runs; tests pass a :class:`DeployDeps` as the click context object instead.
+snapshot; every processor replica follows the topic from its start, and reports what it
+serves (``status`` shows it). The address and the control topic resolve like every
+command's (:mod:`streamproc.cli.resolve`: option, environment, ``-c`` pipeline file, local
+stack); the store comes from the context's :class:`~streamproc.cli.deps.Deps`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from streamproc.cli_models import RepoOpt, table
+from streamproc.cli.deps import Deps
+from streamproc.cli.deps import deps as get_deps
+from streamproc.cli.models import RepoOpt
+from streamproc.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    JsonOpt,
+    Output,
+    OutputOpt,
+    emit,
+    table,
+    wants_json,
+)
 from streamproc.errors import DeploymentError, ModelError
 from streamproc.models.repository import DEFAULT_ROOT, ModelRepository
-from streamproc.rollout.ab import ABSource, ab_report, render, variants_from_predictions
+from streamproc.rollout.ab import ab_report, render, variants_from_predictions
 from streamproc.rollout.state import (
     Approve,
     Deploy,
@@ -39,49 +49,29 @@ from streamproc.rollout.store import ControlStore, execute
 
 app = typer.Typer(no_args_is_help=True, help=__doc__.split("\n\n")[0])
 
-DEFAULT_TOPIC = "streamproc.control"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass
-class DeployDeps:
-    """What the commands use from outside; tests inject a store, a clock, an A/B source."""
-
-    store: ControlStore | None = None
-    store_factory: Callable[[str, str], ControlStore] | None = None
-    ab_source: ABSource | None = None
-    clock_ms: Callable[[], int] = field(default=_now_ms)
-
-
-def _deps(ctx: typer.Context) -> DeployDeps:
-    return ctx.obj if isinstance(ctx.obj, DeployDeps) else DeployDeps()
-
-
-def _store(ctx: typer.Context, bootstrap: str, topic: str) -> ControlStore:
-    deps = _deps(ctx)
-    if deps.store is not None:
-        return deps.store
-    if deps.store_factory is not None:
-        return deps.store_factory(bootstrap, topic)
-    from streamproc.kafka.control import make_store
-
-    store: ControlStore = make_store(bootstrap, topic)
-    return store
-
-
-BootstrapOpt = Annotated[
-    str,
-    typer.Option(envvar="STREAMPROC_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers"),
-]
 TopicOpt = Annotated[
-    str, typer.Option("--topic", envvar="STREAMPROC_CONTROL_TOPIC", help="Control topic")
+    str | None,
+    typer.Option(
+        "--topic",
+        help="Control topic (else $STREAMPROC_CONTROL_TOPIC, the pipeline file, "
+        "streamproc.control)",
+    ),
 ]
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the history)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 NameArg = Annotated[str, typer.Argument(help="Model name")]
+# A replica whose last report is older than this many heartbeats is shown as silent.
+STALE_HEARTBEATS = 3
+HEARTBEAT_MS = 5_000
+
+
+def _store(
+    ctx: typer.Context, config: Path | None, bootstrap: str | None, topic: str | None
+) -> ControlStore:
+    d = get_deps(ctx)
+    if d.store is not None:
+        return d.store
+    resolved = d.pipeline(config, bootstrap, need=("kafka.bootstrap",))
+    return d.store_factory(resolved.config.kafka.bootstrap, topic or resolved.config.topics.control)
 
 
 def _iso(ms: int) -> str:
@@ -121,8 +111,8 @@ def _state_dict(s: DeploymentState) -> dict[str, Any]:
     }
 
 
-def _run(ctx: typer.Context, bootstrap: str, topic: str, command: DeploymentCommand) -> None:
-    state = execute(_store(ctx, bootstrap, topic), command)
+def _run(ctx: typer.Context, store: ControlStore, command: DeploymentCommand) -> None:
+    state = execute(store, command)
     typer.echo(state.summary())
     typer.echo(f"  {state.reason}")
     if state.status == "awaiting_approval":
@@ -153,12 +143,39 @@ def _guardrails(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
     return tuple(out)
 
 
+def _check_in_repo(repo: Path, name: str, version: str) -> None:
+    if not ModelRepository(repo).has(name, version):
+        stored = ", ".join(str(v) for v in ModelRepository(repo).versions(name)) or "none"
+        raise ModelError(
+            f"{name} {version} is not in the model repository {repo} (stored: {stored}); "
+            "add it with `streamproc models add`"
+        )
+
+
+def _seed_from_pipeline(d: Deps, store: ControlStore, config: Path, name: str) -> None:
+    """Publish the pipeline's configured model as the stable version, as its processor
+    does at start, so that a rollout can run against it before any processor started."""
+    from streamproc.models.spec import load_model_spec
+
+    spec = load_model_spec(d.pipeline(config, need=()).config.model)
+    if spec.name != name:
+        raise DeploymentError(f"the pipeline {config} serves {spec.name}, not {name}")
+    execute(store, Deploy(name, spec.version, at_ms=d.clock_ms(), if_revision=0,
+                          reason=f"the configured model of {config}"))  # fmt: skip
+
+
 @app.command("deploy")
 def deploy(
     ctx: typer.Context,
     name: NameArg,
     version: Annotated[str, typer.Argument(help="Version to roll out (must be in the repo)")],
-    strategy: Annotated[Strategy, typer.Option(help="How to roll it out")] = Strategy.CANARY,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option(
+            help="How to roll it out against the stable version (default: canary). A model "
+            "with no stable version yet takes VERSION as stable, without a strategy."
+        ),
+    ] = None,
     percent: Annotated[
         float, typer.Option(help="canary: candidate share; ab: share of the second variant")
     ] = 10.0,
@@ -184,16 +201,16 @@ def deploy(
     ] = True,
     reason: ReasonOpt = "",
     repo: RepoOpt = DEFAULT_ROOT,
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
-    """Start rolling out VERSION of NAME (the first deployment makes it stable at once)."""
-    if check_repo and not ModelRepository(repo).has(name, version):
-        stored = ", ".join(str(v) for v in ModelRepository(repo).versions(name)) or "none"
-        raise ModelError(
-            f"{name} {version} is not in the model repository {repo} (stored: {stored}); "
-            "add it with `streamproc models add`"
-        )
+    """Roll out VERSION of NAME against its stable version (by default a canary).
+
+    With -c PIPELINE and no stable version yet, the pipeline's configured model becomes
+    the stable version first (as its processor does when it starts)."""
+    if check_repo:
+        _check_in_repo(repo, name, version)
     names = tuple(v.strip() for v in variants.split(","))
     if len(names) != 2:
         raise typer.BadParameter(f"--variants takes two names, got {variants!r}")
@@ -206,8 +223,12 @@ def deploy(
         approval=approval,
         guardrails=_guardrails(guardrail),
     )
-    at = _deps(ctx).clock_ms()
-    _run(ctx, bootstrap, topic, Deploy(name, version, strategy, params, at_ms=at, reason=reason))
+    d = get_deps(ctx)
+    store = _store(ctx, config, bootstrap, topic)
+    if strategy is not None and config is not None and store.latest(name) is None:
+        _seed_from_pipeline(d, store, config, name)
+    command = Deploy(name, version, strategy, params, at_ms=d.clock_ms(), reason=reason)
+    _run(ctx, store, command)
 
 
 @app.command("promote")
@@ -215,23 +236,44 @@ def promote(
     ctx: typer.Context,
     name: NameArg,
     reason: ReasonOpt = "",
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
     """Make the candidate stable (with --approval set at deploy: wait for `approve`)."""
-    _run(ctx, bootstrap, topic, Promote(name, at_ms=_deps(ctx).clock_ms(), reason=reason))
+    at = get_deps(ctx).clock_ms()
+    _run(ctx, _store(ctx, config, bootstrap, topic), Promote(name, at_ms=at, reason=reason))
 
 
 @app.command("rollback")
 def rollback(
     ctx: typer.Context,
     name: NameArg,
+    to: Annotated[
+        str | None,
+        typer.Option(help="Make this earlier stable version stable again (see `history`)"),
+    ] = None,
     reason: ReasonOpt = "",
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    check_repo: Annotated[
+        bool, typer.Option(help="Refuse a --to version the model repository does not hold")
+    ] = True,
+    repo: RepoOpt = DEFAULT_ROOT,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
-    """Drop the candidate; after a promotion, go back to the previous stable version."""
-    _run(ctx, bootstrap, topic, Rollback(name, at_ms=_deps(ctx).clock_ms(), reason=reason))
+    """Drop the candidate, or go back to the previous (or --to an earlier) stable version."""
+    store = _store(ctx, config, bootstrap, topic)
+    if to is not None:
+        earlier = [s.stable for s in store.history(name) if s.stable]
+        if to not in earlier:
+            was = ", ".join(dict.fromkeys(earlier)) or "none"
+            raise DeploymentError(f"{name}: {to} was never its stable version (stable so far: "
+                                  f"{was})")  # fmt: skip
+        if check_repo:
+            _check_in_repo(repo, name, to)
+    at = get_deps(ctx).clock_ms()
+    _run(ctx, store, Rollback(name, at_ms=at, reason=reason, to=to))
 
 
 @app.command("approve")
@@ -239,11 +281,13 @@ def approve(
     ctx: typer.Context,
     name: NameArg,
     reason: ReasonOpt = "",
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
     """Promote a rollout that awaits approval."""
-    _run(ctx, bootstrap, topic, Approve(name, at_ms=_deps(ctx).clock_ms(), reason=reason))
+    at = get_deps(ctx).clock_ms()
+    _run(ctx, _store(ctx, config, bootstrap, topic), Approve(name, at_ms=at, reason=reason))
 
 
 @app.command("step")
@@ -251,23 +295,45 @@ def step(
     ctx: typer.Context,
     name: NameArg,
     reason: ReasonOpt = "",
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
     """Move a gradual rollout to its next step now, without waiting for its minimums."""
-    _run(ctx, bootstrap, topic, Step(name, at_ms=_deps(ctx).clock_ms(), reason=reason))
+    at = get_deps(ctx).clock_ms()
+    _run(ctx, _store(ctx, config, bootstrap, topic), Step(name, at_ms=at, reason=reason))
+
+
+def _replica_dicts(store: ControlStore, model: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "instance": r.instance,
+            "pipeline": r.pipeline,
+            "revision": r.revision,
+            "stable": r.stable,
+            "candidate": r.candidate,
+            "candidate_percent": r.candidate_percent,
+            "shadow": r.shadow,
+            "serving": r.serving(),
+            "updated_ms": r.updated_ms,
+        }
+        for r in store.replicas()
+        if r.model == model
+    ]
 
 
 @app.command("status")
 def status(
     ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="Model name (default: all)")] = None,
-    as_json: JsonOpt = False,
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
-    """The current deployment of one model, or a line per deployed model."""
-    store = _store(ctx, bootstrap, topic)
+    """One model's deployment and what each replica serves, or a line per model."""
+    store = _store(ctx, config, bootstrap, topic)
     names = [name] if name else store.names()
     states = []
     for n in names:
@@ -275,8 +341,8 @@ def status(
         if state is None:
             raise DeploymentError(f"{n} has never been deployed")
         states.append(state)
-    if as_json:
-        typer.echo(json.dumps([_state_dict(s) for s in states], indent=2))
+    if wants_json(output, json_flag):
+        emit([{**_state_dict(s), "replicas": _replica_dicts(store, s.model)} for s in states])
         return
     if not states:
         typer.echo("no deployments")
@@ -300,23 +366,35 @@ def status(
         ["reason", s.reason],
     ]
     typer.echo(table(rows))
+    now = get_deps(ctx).clock_ms()
+    replicas = [r for r in store.replicas() if r.model == s.model]
+    typer.echo(f"replicas ({len(replicas)} reporting):")
+    for r in replicas:
+        line = r.describe(now, STALE_HEARTBEATS * HEARTBEAT_MS)
+        behind = "" if r.revision >= s.revision else f" [behind: revision {s.revision} pending]"
+        typer.echo(f"  {line}{behind}")
+    if not replicas:
+        typer.echo("  none: no processor of this model is running")
 
 
 @app.command("history")
 def history(
     ctx: typer.Context,
     name: NameArg,
-    as_json: JsonOpt = False,
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
-    """Every recorded state of a model's deployment, oldest first (from the audit topic,
-    ``<control topic>.audit``, which compaction never shortens)."""
-    states = _store(ctx, bootstrap, topic).history(name)
+    """Every recorded state of a model's deployment, oldest first.
+
+    Read from the audit topic, ``<control topic>.audit``, which compaction never shortens."""
+    states = _store(ctx, config, bootstrap, topic).history(name)
     if not states:
         raise DeploymentError(f"{name} has never been deployed")
-    if as_json:
-        typer.echo(json.dumps([_state_dict(s) for s in states], indent=2))
+    if wants_json(output, json_flag):
+        emit([_state_dict(s) for s in states])
         return
     rows = [
         ["REV", "TIME (UTC)", "COMMAND", "BY", "STATUS", "STABLE", "CANDIDATE", "SHARE", "REASON"]
@@ -379,33 +457,32 @@ def ab_report_cmd(
     positive_label: Annotated[
         str | None, typer.Option(help="The positive label (default: the model's score label)")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("-c", "--config", help="Pipeline YAML (for the Kafka reader)")
-    ] = None,
+    config: ConfigOpt = None,
     alpha: Annotated[float, typer.Option(help="Significance level")] = 0.05,
-    as_json: JsonOpt = False,
+    output: OutputOpt = Output.TEXT,
+    json_flag: JsonOpt = False,
     repo: RepoOpt = DEFAULT_ROOT,
-    bootstrap: BootstrapOpt = "127.0.0.1:9092",
-    topic: TopicOpt = DEFAULT_TOPIC,
+    bootstrap: BootstrapOpt = None,
+    topic: TopicOpt = None,
 ) -> None:
     """Compare the two variants of a rollout: rates, scores, accuracy, latency, significance."""
-    state = _store(ctx, bootstrap, topic).latest(name)
+    state = _store(ctx, config, bootstrap, topic).latest(name)
     if state is None or state.candidate is None or state.stable is None:
         raise DeploymentError(f"{name} has no candidate to compare with its stable version")
-    source = _deps(ctx).ab_source
+    d = get_deps(ctx)
+    source = d.ab_source
     if source is None and predictions is not None:
         source = _FileSource(predictions, labels, positive_label or _positive(repo, state))
     if source is None:
         if config is None:
             raise typer.BadParameter("give --predictions FILE or --config PIPELINE.yaml")
-        from streamproc.config import load_config
         from streamproc.kafka.control import make_ab_source
 
-        source = make_ab_source(load_config(config), name)
+        source = make_ab_source(d.pipeline(config, bootstrap).config, name)
     a, b = source.variants(state)
     report = ab_report(a, b, alpha=alpha)
-    if as_json:
-        typer.echo(json.dumps({"model": name, **report.as_dict()}, indent=2))
+    if wants_json(output, json_flag):
+        emit({"model": name, **report.as_dict()})
         return
     typer.echo(f"{state.summary()}\n")
     typer.echo(render(report))

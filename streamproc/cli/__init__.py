@@ -1,0 +1,35 @@
+"""streamproc: streaming inference on Kafka."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from streamproc.errors import StreamprocError
+
+from . import alerts, deploy, models, pipeline, stack
+from .deps import Deps
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.add_typer(stack.app, name="local")
+app.add_typer(pipeline.schemas_app, name="schemas")
+app.add_typer(pipeline.config_app, name="config")
+app.command()(pipeline.run)
+app.command()(pipeline.produce)
+app.command()(pipeline.tail)
+app.add_typer(models.app, name="models")
+# The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
+app.registered_commands.extend(deploy.app.registered_commands)
+app.add_typer(alerts.app, name="alerts")
+
+__all__ = ["Deps", "app", "main"]
+
+
+def main() -> None:
+    try:
+        app(obj=Deps())
+    except StreamprocError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

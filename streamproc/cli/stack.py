@@ -1,0 +1,49 @@
+"""``streamproc local``: a real Kafka broker and schema registry on this machine."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, help="A real Kafka broker and schema registry here.")
+err = Console(stderr=True)
+
+
+@app.command("up")
+def local_up(
+    kafka_port: Annotated[
+        int | None, typer.Option(help="Broker port (default: a free one)")
+    ] = None,
+    registry_port: Annotated[int | None, typer.Option(help="Registry port")] = None,
+    fresh: Annotated[bool, typer.Option(help="Wipe the broker's data first")] = False,
+) -> None:
+    """Start the local stack in the background (or reuse it); print where it listens."""
+    from streamproc.local import LocalStack
+
+    info = LocalStack().up(kafka_port=kafka_port, registry_port=registry_port, fresh=fresh)
+    print(json.dumps(info.public()))
+
+
+@app.command("status")
+def local_status() -> None:
+    """Print the running stack as JSON; exit 1 when it is not running."""
+    from streamproc.local import LocalStack
+
+    info = LocalStack().status()
+    if info is None:
+        err.print("the local stack is not running (start it with `streamproc local up`)")
+        raise typer.Exit(1)
+    print(json.dumps({**info.public(), "kafka_pid": info.kafka_pid,
+                      "registry_pid": info.registry_pid}))  # fmt: skip
+
+
+@app.command("down")
+def local_down() -> None:
+    """Stop the local stack; nothing is left running."""
+    from streamproc.local import LocalStack
+
+    stopped = LocalStack().down()
+    err.print("stopped" if stopped else "nothing was running")
