@@ -315,6 +315,7 @@ def _replica_dicts(store: ControlStore, model: str) -> list[dict[str, Any]]:
             "candidate_percent": r.candidate_percent,
             "shadow": r.shadow,
             "serving": r.serving(),
+            "applied_ms": r.applied_ms,
             "updated_ms": r.updated_ms,
         }
         for r in store.replicas()

@@ -27,7 +27,7 @@ from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
-from .monitoring import StreamMonitor, build_monitor
+from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
 from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer
 
@@ -181,8 +181,9 @@ def build_processor(
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
     closers: list[Callable[[], None]] = []
+    stream_monitor: StreamMonitor | None = None
+    feedback = None
     if monitor is None:
-        feedback = None
         # Labels are read only for the accuracy monitor: with drift off, nobody would take
         # them (or dead-letter the unreadable ones).
         if cfg.topics.feedback and DriftConfig.model_validate(cfg.drift).enabled:
@@ -190,8 +191,8 @@ def build_processor(
                 cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels
             ).start()
             closers.append(feedback.stop)
-        monitor = build_monitor(spec, cfg.drift, feedback)
-    if scorer is None:  # the control topic's deployment of this model, if it has one
+        monitor = stream_monitor = build_monitor(spec, cfg.drift, feedback)
+    if scorer is None:  # follow the control topic's deployment of this model
         from .rollout import build_rollout_scorer, live_guard_settings
 
         guardrails, every = live_guard_settings(cfg.rollout)
@@ -200,9 +201,17 @@ def build_processor(
                                        pipeline=cfg.name, instance=instance)  # fmt: skip
         closers.append(rollout.close)
         scorer = rollout
-    guard = getattr(scorer, "guard", None)  # a rollout's guard judges accuracy on labels too
-    if guard is not None and isinstance(monitor, StreamMonitor):
-        monitor.on_feedback = guard.observe_feedback
+        if stream_monitor is not None:
+            if rollout.guard is not None:  # the guard judges accuracy on labels too
+                stream_monitor.on_feedback = rollout.guard.observe_feedback
+            drift = DriftConfig.model_validate(cfg.drift)
+            labels = feedback
+
+            def monitor_for(version: ModelSpec) -> StreamMonitor:
+                return StreamMonitor(version, drift, load_profile(version), labels)
+
+            # Drift is judged against the reference of the version that is stable now.
+            monitor = VersionedMonitor(stream_monitor, lambda: rollout.primary, monitor_for)
     counters = CountingSensor()
     prom = PrometheusSensor(pipeline=cfg.name)
     sensors: list[Sensor] = [counters, prom]

@@ -165,6 +165,47 @@ class StreamMonitor:
         return alerts
 
 
+class VersionedMonitor:
+    """A :class:`StreamMonitor` for whichever version is stable now: when ``stable()`` names
+    another version (a promotion, a rollback), the next batch starts a monitor against that
+    version's own reference profile, so a promoted model is judged against its own
+    reference, not its predecessor's. The label reader carries over; the drift state and the
+    predictions awaiting labels start afresh with the new version."""
+
+    def __init__(
+        self,
+        first: StreamMonitor,
+        stable: Callable[[], ModelSpec],
+        build: Callable[[ModelSpec], StreamMonitor],
+    ) -> None:
+        self.current = first
+        self._stable = stable
+        self._build = build
+
+    def _follow(self) -> StreamMonitor:
+        spec = self._stable()
+        cur = self.current
+        if spec.version != cur.spec.version:
+            nxt = self._build(spec)
+            nxt.on_feedback = cur.on_feedback
+            self.current = cur = nxt
+        return cur
+
+    def observe(
+        self,
+        decoded: DecodedBatch,
+        ok_rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float32],
+        offsets: npt.NDArray[np.int64],
+        rejects: dict[str, int],
+        versions: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        return self._follow().observe(decoded, ok_rows, scores, offsets, rejects, versions)
+
+    def rejected_labels(self) -> list[RejectedRecord]:
+        return self.current.rejected_labels()
+
+
 def build_monitor(
     spec: ModelSpec, drift: dict[str, Any], feedback: LabelSource | None = None
 ) -> StreamMonitor | None:

@@ -150,6 +150,7 @@ class RolloutScorer:
         if snap is None:
             raise StreamprocError(f"{state.model}: stable {state.stable} failed to load")
         self._snap = snap
+        self.applied_ms = time.time_ns() // 1_000_000  # when the snapshot was installed
         self.closers: list[Callable[[], None]] = []
         # Set by build_rollout_scorer (or a test) to run the controller live.
         self.guard: RolloutGuard | None = None
@@ -245,6 +246,7 @@ class RolloutScorer:
                           state.model, state.revision, state.stable)  # fmt: skip
                 return False
             self._snap = snap  # the switch: one reference assignment
+            self.applied_ms = time.time_ns() // 1_000_000
         log.info("applied %s", state.summary())
         if self.guard is not None:
             self.guard.sync(state)
@@ -432,9 +434,9 @@ def build_rollout_scorer(
 
         def current() -> ReplicaStatus:
             snap, now_ms = scorer.snapshot, time.time_ns() // 1_000_000
-            return ReplicaStatus.of(
-                snap.state, snap.requested, pipeline=pipeline, instance=instance, at_ms=now_ms
-            )
+            return ReplicaStatus.of(snap.state, snap.requested, pipeline=pipeline,
+                                    instance=instance, applied_ms=scorer.applied_ms,
+                                    at_ms=now_ms)  # fmt: skip
 
         reporter = ReplicaReporter(bootstrap, topic, current, interval_s=report_interval_s)
         scorer.closers.append(reporter.start().close)

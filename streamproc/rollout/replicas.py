@@ -7,7 +7,8 @@ operator sees what is actually served, not only what was asked for.
 
 >>> from streamproc.rollout.state import Deploy, apply
 >>> s = apply(None, Deploy("fraud", "1.0.0", at_ms=1_000))
->>> r = ReplicaStatus.of(s, s, pipeline="fraud", instance="replica-1", at_ms=2_000)
+>>> r = ReplicaStatus.of(s, s, pipeline="fraud", instance="replica-1", applied_ms=1_500,
+...                     at_ms=2_000)
 >>> decode(encode(r)) == r, r.key
 (True, b'fraud/replica-1')
 >>> r.describe(now_ms=4_000, stale_after_ms=15_000)
@@ -44,7 +45,8 @@ class ReplicaStatus:
     candidate_percent: float
     shadow: bool
     requested_candidate: str | None  # what the published state asked for
-    updated_ms: int
+    applied_ms: int  # when this replica switched to the revision it serves
+    updated_ms: int  # when this report was made
 
     @classmethod
     def of(
@@ -54,6 +56,7 @@ class ReplicaStatus:
         *,
         pipeline: str,
         instance: str,
+        applied_ms: int,
         at_ms: int,
     ) -> ReplicaStatus:
         return cls(
@@ -66,6 +69,7 @@ class ReplicaStatus:
             candidate_percent=serving.candidate_percent,
             shadow=serving.shadow,
             requested_candidate=requested.candidate if requested.in_progress else None,
+            applied_ms=applied_ms,
             updated_ms=at_ms,
         )
 
