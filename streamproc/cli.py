@@ -225,7 +225,8 @@ def _mount_optional() -> None:
     import importlib
 
     for module, name in (("streamproc.cli_models", "models"), ("streamproc.cli_deploy", None),
-                         ("streamproc.cli_alerts", "alerts")):  # fmt: skip
+                         ("streamproc.cli_alerts", "alerts"),
+                         ("streamproc.cli_dlq", "dlq")):  # fmt: skip
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
