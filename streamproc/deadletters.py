@@ -199,7 +199,7 @@ def render(dl: DeadLetter, value_limit: int = 32) -> dict[str, Any]:
         "processor": safe_text(dl.processor, 80),
         "key": safe_key(dl.key),
         "value": safe_bytes(dl.value, value_limit),
-        "headers": [[safe_text(k, 80), safe_bytes(v, 16)] for k, v in dl.headers],
+        "headers": [[safe_text(k, 80), safe_key(v, 80)] for k, v in dl.headers],
     }
 
 
@@ -400,7 +400,7 @@ class ReplayTracker:
         sel = self.selection
         why = None
         if sel.until_ms is not None and dl.time_ms >= sel.until_ms:
-            return self._hold(r, Outcome.HELD_UNTIL), None
+            return self._hold(dl, Outcome.HELD_UNTIL), None
         if dl.source_topic != self.input_topic:
             outcome = Outcome.PASSED_FOREIGN
         elif sel.since_ms is not None and dl.time_ms < sel.since_ms:
@@ -412,14 +412,15 @@ class ReplayTracker:
         elif self.skip_failing:
             outcome = Outcome.PASSED_FAILING
         else:
-            return self._hold(r, Outcome.HELD_FAILING), why
+            return self._hold(dl, Outcome.HELD_FAILING), why
         self.progress[r] = dl.offset + 1
         return outcome, why
 
-    def _hold(self, reason: str, outcome: Outcome) -> Outcome:
-        # The reason's own entry, so that moving ANY later does not settle it.
-        self.progress[reason] = self.of(reason)
-        self.held.add(reason)
+    def _hold(self, dl: DeadLetter, outcome: Outcome) -> Outcome:
+        # The reason's own entry, so that moving ANY later does not settle it: every
+        # dead letter of the reason before this one is settled (none was held).
+        self.progress[dl.reason] = dl.offset
+        self.held.add(dl.reason)
         return outcome
 
     def finish(self, end: int) -> None:
@@ -458,7 +459,8 @@ class ReplayReport:
 
     def add(self, dl: DeadLetter, outcome: Outcome, why: str | None = None) -> None:
         self.counts[(outcome.value, dl.reason)] += 1
-        shown = outcome is not Outcome.IGNORED and (self.dry_run or not outcome.sends)
+        quiet = (Outcome.IGNORED, Outcome.HELD_BEHIND)  # counted; their first one is shown
+        shown = outcome not in quiet and (self.dry_run or not outcome.sends)
         if shown and len(self.examples) < self.max_examples:
             ex = {"outcome": outcome.value, **render(dl, 16)}
             if why:
