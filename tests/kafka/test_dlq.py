@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from streamproc.cli import app
@@ -161,13 +161,11 @@ def test_inspect_counts_then_replay_after_a_fix_scores_each_dead_letter_once(
         assert max(ids.values()) == 1
     replayed = [p for p in more if p.value["model_version"] == "1.0.1"]
     assert sorted(p.value["event_id"] for p in replayed) == want
-    assert read_topic(cfg.topics.dlq, n_bad + 1, idle_s=3).__len__() == n_bad  # none new
+    assert len(read_topic(cfg.topics.dlq, n_bad + 1, idle_s=3)) == n_bad  # none new
 
     # The progress lives in the replay group, per reason, in the offsets' metadata.
     c = Consumer({"bootstrap.servers": cfg.kafka.bootstrap, "group.id": replay_group(cfg)})
     try:
-        from confluent_kafka import TopicPartition
-
         tps = c.committed([TopicPartition(cfg.topics.dlq, p) for p in range(2)], timeout=10)
     finally:
         c.close()
