@@ -9,7 +9,7 @@ from rich.console import Console
 
 from streamproc.errors import StreamprocError
 
-from . import alerts, deploy, models, pipeline, stack
+from . import alerts, deploy, dlq, models, pipeline, stack
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -23,6 +23,7 @@ app.add_typer(models.app, name="models")
 # The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
 app.registered_commands.extend(deploy.app.registered_commands)
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(dlq.app, name="dlq")
 
 __all__ = ["Deps", "app", "main"]
 
