@@ -108,7 +108,7 @@ class Registry:
             job.result = self._fetch(schema_id)
         except SchemaRegistryError as exc:
             job.error = exc
-        except BaseException as exc:  # noqa: BLE001 - a thread's failure must reach the caller
+        except BaseException as exc:  # a failure in the thread must reach the caller
             job.error = RegistryUnavailableError(f"registry lookup of id {schema_id}: {exc}")
         finally:
             job.done.set()
@@ -126,8 +126,7 @@ class Registry:
             ) from exc
         except Exception as exc:  # connection refused, timeouts: httpx errors
             raise RegistryUnavailableError(
-                f"schema registry unreachable fetching id {schema_id}: "
-                f"{type(exc).__name__}: {exc}",
+                f"schema registry unreachable fetching id {schema_id}: {type(exc).__name__}: {exc}",
                 schema_ids=(schema_id,),
             ) from exc
         if s.schema_type not in (None, "AVRO"):
