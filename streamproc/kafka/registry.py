@@ -83,11 +83,12 @@ class Registry:
                 log.warning("schema registry did not answer for schema id %d within %ss; "
                             "retrying in the background", schema_id, self.timeout_s)  # fmt: skip
             self._failing = True
-            raise RegistryUnavailableError(
-                f"schema registry did not answer for schema id {schema_id} "
-                f"within {self.timeout_s}s",
-                schema_ids=(schema_id,),
+            why = (
+                f"did not answer for schema id {schema_id} within {self.timeout_s}s"
+                if wait
+                else f"is failing; the lookup of schema id {schema_id} goes on in the background"
             )
+            raise RegistryUnavailableError(f"schema registry {why}", schema_ids=(schema_id,))
         with self._lock:
             if self._lookups.get(schema_id) is job:
                 del self._lookups[schema_id]
