@@ -100,7 +100,22 @@ class SchemaRegistryError(StreamprocError):
 
 
 class RegistryUnavailableError(SchemaRegistryError):
-    """The registry could not be reached; transient, retried with backoff."""
+    """The registry could not be reached; transient, retried with backoff.
+
+    Raised out of a batch decode, it names the writer schema ids it could not look up
+    (``schema_ids``) and the batch's rows that need them (``rows``); None: the whole batch.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        schema_ids: tuple[int, ...] = (),
+        rows: list[int] | None = None,
+    ) -> None:
+        self.schema_ids = schema_ids
+        self.rows = rows
+        super().__init__(message)
 
 
 class CodecError(_RecordError):

@@ -13,7 +13,10 @@ decides its :class:`~streamproc.types.ReasonCode`:
 4. per feature, in spec order: MISSING_FEATURE, NAN_FEATURE, OUT_OF_RANGE, UNKNOWN_ENUM.
 
 A registry outage raises :class:`~streamproc.errors.RegistryUnavailableError` out of
-:meth:`BatchDecoder.decode`: those events are retried by the caller, never dead-lettered.
+:meth:`BatchDecoder.decode`, before any event is decoded: its ``schema_ids`` are the ids the
+registry did not give, its ``rows`` the events that need them. Ids cached already never ask
+the registry, so the caller can decode the other events at once (the runner does, up to the
+first waiting event of each partition) and retry the waiting ones; never a dead letter.
 
 Only the reader fields the model uses (features, id and time fields) take part in schema
 resolution (:func:`~streamproc.codecs.resolve.project_reader`): a producer may drop or
@@ -57,7 +60,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -79,7 +82,7 @@ from streamproc.codecs.resolve import incompatibility, needs_strict_stream, proj
 from streamproc.codecs.source import SchemaSource
 from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import HEADER_SIZE, classify_read_error, header_detail, read_headers
-from streamproc.errors import ModelError
+from streamproc.errors import ModelError, RegistryUnavailableError
 from streamproc.models.spec import ModelSpec
 from streamproc.telemetry.sensor import Sensor
 from streamproc.types import DecodedBatch, JoinedIds, ReasonCode
@@ -288,7 +291,7 @@ class BatchDecoder:
         """Framed events grouped by writer schema; events of unusable schemas get its verdict.
 
         Every id is looked up before anything is decoded, so a registry outage raises before
-        any work is done."""
+        any work is done (:func:`_raise_unavailable`)."""
         ok = np.flatnonzero(errors == 0)
         if ok.size == 0:
             return []
@@ -298,7 +301,17 @@ class BatchDecoder:
             pairs = [(first, ok)]
         else:
             pairs = [(int(sid), ok[sids == sid]) for sid in np.unique(sids).tolist()]
-        entries = [(self.writer(sid), rows) for sid, rows in pairs]  # an outage raises here
+        entries = []
+        waiting: list[tuple[int, npt.NDArray[np.intp]]] = []
+        outage: RegistryUnavailableError | None = None
+        for sid, rows in pairs:
+            try:
+                entries.append((self.writer(sid), rows))
+            except RegistryUnavailableError as exc:
+                waiting.append((sid, rows))
+                outage = exc
+        if outage is not None:
+            _raise_unavailable(waiting, outage)
         usable = []
         for entry, rows in entries:
             if entry.verdict != ReasonCode.OK:
@@ -443,3 +456,17 @@ def _get(record: Any, path: tuple[str, ...]) -> Any:
 def _leaf(reader: avro_tree.Node, path: tuple[str, ...]) -> avro_tree.Node | None:
     found = resolve_path(reader, ".".join(path))
     return None if found is None else found[1]
+
+
+def _raise_unavailable(
+    waiting: list[tuple[int, npt.NDArray[np.intp]]], last: RegistryUnavailableError
+) -> NoReturn:
+    """The registry did not give these writer ids: the error names them and the rows that
+    need them, so that the caller can go on with the other rows (the module docs)."""
+    sids = tuple(sid for sid, _ in waiting)
+    rows = np.sort(np.concatenate([r for _, r in waiting])).tolist()
+    raise RegistryUnavailableError(
+        f"schema ids {list(sids)} not looked up, {len(rows)} events wait: {last}",
+        schema_ids=sids,
+        rows=rows,
+    ) from last

@@ -74,6 +74,9 @@ def producer_config(k: KafkaSettings, transactional_id: str | None = None) -> di
 
 
 def registry_config(r: RegistrySettings) -> dict[str, Any]:
+    """The schema registry client's configuration. ``timeout`` bounds one HTTP request; a
+    lookup of a writer schema is one request (Registry sets ``max.retries`` 0 for it), and
+    the runner retries with backoff between ``retry_initial_ms`` and ``retry_max_ms``."""
     conf: dict[str, Any] = {"url": r.url, "timeout": r.request_timeout_s}
     if r.username and r.password is not None:
         conf["basic.auth.user.info"] = f"{r.username}:{r.password.get_secret_value()}"

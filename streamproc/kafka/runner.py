@@ -11,6 +11,14 @@ batch k. A batch stays in flight for one more look at the consumer at most, and 
 does not wait: when no next batch is due, the batch is finished at once. Under exactly-once,
 when batch k's transaction aborts, batch k+1 is dropped unfinished and read again with k
 (:meth:`KafkaRunner._process_all`).
+
+A registry outage holds back only the events that need a writer schema the decoder has not
+cached (:meth:`KafkaRunner._handle_with_retry`): per partition, the events before the first
+such event are processed and committed as usual; that partition is paused, rewound to that
+event and resumed after an exponential backoff, when it is read again from there; the other
+partitions keep flowing. Per-partition order holds (nothing after a waiting event is
+produced before it), offsets never pass a waiting event, and nothing becomes a dead letter
+because of an outage.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from operator import length_hint
 from typing import Any, Protocol, overload
@@ -68,6 +76,17 @@ class RunnerSettings:
     registry_retry_max_s: float = 5.0
     lag_interval_s: float = 1.0
     use_event_age: bool = False  # compute the oldest record timestamp for DEADLINE releases
+
+
+@dataclass
+class _Hold:
+    """A partition that waits for the registry: rewound to ``offset`` (its first event that
+    needs a schema the registry did not give) and paused until ``resume_at``."""
+
+    offset: int
+    attempt: int
+    resume_at: float  # time.monotonic()
+    paused: bool = True
 
 
 class LazyHeaders(Sequence[Any]):
@@ -159,10 +178,10 @@ class KafkaRunner:
         self._uncommitted: dict[int, int] = {}
         self._delivery_errors: list[str] = []
         self._last_commit = time.monotonic()
-        # A batch waiting for the registry (see _handle_with_retry), and whether a rebalance
-        # took its partitions meanwhile.
-        self._retrying = False
-        self._abandoned = False
+        # Partitions waiting for the registry (_handle_with_retry), and those held since the
+        # records still pending here were read (_process_all drops their records).
+        self._held: dict[int, _Hold] = {}
+        self._newly_held: set[int] = set()
         # exactly-once: the batches to read again after an aborted transaction: the aborted
         # one, and the one that was in flight then (see _process_all).
         self._aborted: list[RawBatch] = []
@@ -210,6 +229,9 @@ class KafkaRunner:
         # start").
         arrived = self._looked_ms
         held = self._inflight  # a batch in flight waits for no consume: it is finished below
+        idle_s = 0.5
+        if self._held:
+            idle_s = self._resume_due(idle_s)
         if len(self.batcher):
             # Wakes when `want` records are here or the pending batch's deadline comes.
             wait = 0.0 if held is not None else self.batcher.timeout_s()
@@ -219,7 +241,7 @@ class KafkaRunner:
             # (its arrival opens the window), not on a full batch.
             msgs = self.consumer.consume(num_messages=want, timeout=0)
             if not msgs and held is None:
-                msgs = self.consumer.consume(num_messages=1, timeout=0.5)
+                msgs = self.consumer.consume(num_messages=1, timeout=idle_s)
                 arrived = None  # it came in during this wait: it arrived now
         self._looked_ms = self.batcher.clock()
         good = msgs
@@ -266,22 +288,26 @@ class KafkaRunner:
                 return
             if i < len(releases):
                 self._process(releases[i])
+                if self._newly_held:
+                    releases[i + 1 :] = self._drop_held(releases[i + 1 :])
 
     def _process(self, rel: Released[Message]) -> None:
         raw = to_raw_batch(self.settings.topic, rel.items, rel)
         if self._overlap is not None:
-            started = self._handle_with_retry(raw, self._overlap.start)
-            if started is None:  # revoked while it waited (see below)
+            got = self._handle_with_retry(raw, rel.items, self._overlap.start)
+            if got is None:  # every event of it waits for the registry
                 return
+            raw, started = got
             self._finish_inflight()  # the batch before it: outputs and commits keep order
             if self._aborted:  # its transaction aborted: this one is read again after it
                 self._aborted.append(raw)
                 return
             self._inflight = (raw, started)
             return
-        out = self._handle_with_retry(raw, self.handler)
-        if out is None:  # its partitions were revoked while it waited: the new owner replays it
+        done = self._handle_with_retry(raw, rel.items, self.handler)
+        if done is None:  # every event of it waits for the registry
             return
+        raw, out = done
         self._deliver(raw, out)
 
     def _finish_inflight(self) -> None:
@@ -297,46 +323,108 @@ class KafkaRunner:
         if stats is not None:
             self.sensor.on_batch(stats)
 
-    def _handle_with_retry(self, raw: RawBatch, handle: Callable[[RawBatch], Any]) -> Any:
-        """Run the handler; while the registry is down, pause and retry with backoff.
+    def _handle_with_retry(
+        self, raw: RawBatch, msgs: list[Message], handle: Callable[[RawBatch], Any]
+    ) -> tuple[RawBatch, Any] | None:
+        """Run the handler; the events that wait for the registry are held back.
 
-        A registry outage never turns good events into dead letters: the batch waits.
-        If a rebalance revokes the partitions meanwhile, the batch is given up (None):
-        nothing of it or after it was produced or committed, so the new owner replays it.
+        When the handler raises :class:`RegistryUnavailableError` (the decoder names the
+        rows that need a schema the registry did not give; None: all of them), each
+        partition with such a row is held from its first one (:meth:`_hold`) and the
+        handler runs again on what comes before, in every partition: the batch that
+        returns, with the handler's result, may be smaller than ``raw``; None when nothing
+        is left. Nothing waits here: the loop goes on with the other partitions.
         """
-        attempt = 0
-        paused: list[TopicPartition] = []
-        try:
-            while True:
-                try:
-                    return handle(raw)
-                except RegistryUnavailableError as exc:
-                    attempt += 1
-                    delay = min(
-                        self.settings.registry_retry_initial_s * 2 ** (attempt - 1),
-                        self.settings.registry_retry_max_s,
-                    )
-                    log.warning("registry unavailable (attempt %d), retry in %.2fs: %s",
-                                attempt, delay, exc)  # fmt: skip
-                    self.sensor.on_registry_retry(attempt, delay)
-                    if not paused and self._assignment:
-                        paused = list(self._assignment)
-                        self.consumer.pause(paused)
-                    # The backoff wait: serves group callbacks (the group sees this member
-                    # alive), delivers nothing (paused). A revoke here abandons the batch.
-                    self._retrying, self._abandoned = True, False
-                    self.consumer.poll(delay)
-                    self._retrying = False
-                    if self._abandoned:
-                        log.warning("partitions revoked while batch %s waited for the "
-                                    "registry: left to their new owner", raw.batch_id)  # fmt: skip
-                        return None
-        finally:
-            self._retrying = False
-            held = {a.partition for a in self._assignment}
-            still = [tp for tp in paused if tp.partition in held]
-            if still:
-                self.consumer.resume(still)
+        while True:
+            try:
+                result = handle(raw)
+            except RegistryUnavailableError as exc:
+                n = len(raw)
+                stuck = np.arange(n) if not exc.rows else np.asarray(exc.rows, dtype=np.int64)
+                first: dict[int, int] = {}
+                for p, o in zip(raw.partitions[stuck].tolist(), raw.offsets[stuck].tolist(),
+                                strict=True):  # fmt: skip
+                    if o < first.get(p, o + 1):
+                        first[p] = o
+                limit = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+                for p, o in first.items():
+                    limit[raw.partitions == p] = o
+                    self._hold(p, o, exc)
+                keep = np.flatnonzero(raw.offsets < limit)
+                if not keep.size:
+                    return None
+                msgs = [msgs[i] for i in keep.tolist()]
+                raw = replace(
+                    raw,
+                    values=[raw.values[i] for i in keep.tolist()],
+                    keys=[raw.keys[i] for i in keep.tolist()],
+                    partitions=raw.partitions[keep],
+                    offsets=raw.offsets[keep],
+                    headers=LazyHeaders(msgs),
+                )
+                continue
+            if self._held:  # a held partition read again and decoded: its backoff restarts
+                for p in np.unique(raw.partitions).tolist():
+                    h = self._held.get(p)
+                    if h is not None and not h.paused:
+                        del self._held[p]
+            return raw, result
+
+    def _hold(self, partition: int, offset: int, exc: RegistryUnavailableError) -> None:
+        """Pause a partition, rewind it to ``offset`` and resume it after the backoff."""
+        s = self.settings
+        if partition not in {a.partition for a in self._assignment}:
+            return  # not ours any more: its new owner reads it from the last commit
+        h = self._held.get(partition)
+        attempt = 1 if h is None else h.attempt + 1
+        delay = min(s.registry_retry_initial_s * 2 ** (attempt - 1), s.registry_retry_max_s)
+        tp = TopicPartition(s.topic, partition, offset)
+        # Pause first: librdkafka resumes a paused partition from the seek position; a pause
+        # after the seek would reset it to the last record handed to us.
+        self.consumer.pause([tp])
+        self.consumer.seek(tp)
+        self._held[partition] = _Hold(offset, attempt, time.monotonic() + delay)
+        self._newly_held.add(partition)
+        log.warning("registry unavailable for schema id(s) %s: partition %d waits at offset %d, "
+                    "retry %d in %.2fs: %s", list(exc.schema_ids), partition, offset, attempt,
+                    delay, exc)  # fmt: skip
+        self.sensor.on_registry_retry(attempt, delay)
+
+    def _drop_held(self, releases: list[Released[Message]]) -> list[Released[Message]]:
+        """Drop the records of the partitions held since they were read, here and in the
+        batcher: they are read again from the held offset once the partition resumes."""
+        gone, self._newly_held = self._newly_held, set()
+
+        def keep(items: list[Message]) -> list[Message]:
+            return [m for m in items if m.partition() not in gone]
+
+        out = [Released(k, r.reason, r.wait_ms) for r in releases if (k := keep(r.items))]
+        if len(self.batcher):
+            pending = [m for r in self.batcher.release_all(ReleaseReason.REBALANCE)
+                       for m in r.items]  # fmt: skip
+            # Held again from when the last look returned: they arrived before it.
+            out += self.batcher.add(keep(pending), arrived_ms=self._looked_ms)
+        return out
+
+    def _resume_due(self, idle_s: float) -> float:
+        """Resume the held partitions whose backoff is over; how long an idle look may wait
+        (no longer than until the next one is due)."""
+        now = time.monotonic()
+        due = [p for p, h in self._held.items() if h.paused and h.resume_at <= now]
+        if due:
+            for p in due:
+                self._held[p].paused = False
+            self.consumer.resume([TopicPartition(self.settings.topic, p) for p in due])
+        waits = [h.resume_at - now for h in self._held.values() if h.paused]
+        return min([idle_s, *waits]) if waits else idle_s
+
+    def _release_holds(self, parts: list[TopicPartition]) -> None:
+        """Forget the holds of partitions given up; resume them (a pause outlives them)."""
+        gone = [tp for tp in parts if self._held.pop(tp.partition, None) is not None]
+        self._newly_held -= {tp.partition for tp in gone}
+        if gone:
+            self.consumer.resume([TopicPartition(self.settings.topic, tp.partition)
+                                  for tp in gone])  # fmt: skip
 
     def _commit(self, raw: RawBatch, out: Outputs) -> None:
         """The commit protocol, in order. Offsets move only after the outputs are durable."""
@@ -495,7 +583,13 @@ class KafkaRunner:
             self.consumer.pause(self._assignment)
         self.producer.poll(0.05)
         if self._assignment:
-            self.consumer.resume(self._assignment)
+            # Not the partitions waiting for the registry: they resume after their backoff.
+            free = [
+                tp
+                for tp in self._assignment
+                if tp.partition not in self._held or not self._held[tp.partition].paused
+            ]
+            self.consumer.resume(free)
 
     def _on_delivery(self, err: CkError | None, msg: Message) -> None:
         """The producer's report for a failed record (``delivery.report.only.error``).
@@ -515,20 +609,15 @@ class KafkaRunner:
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Finish what we hold for these partitions and commit it before they move, so
-        # the next owner starts exactly after it.
-        if self._retrying:
-            # Revoked during a registry-retry wait: the waiting batch and what was read after
-            # it cannot be handled now. Drop them uncommitted (the next owner replays them)
-            # and commit only the batches produced before.
-            self._abandoned = True
-            self.batcher.release_all(ReleaseReason.REBALANCE)
-        else:
-            self._process_all(self.batcher.release_all(ReleaseReason.REBALANCE))
+        # the next owner starts exactly after it. Records of partitions waiting for the
+        # registry are not here (_drop_held): their commit stops before the waiting event.
+        self._process_all(self.batcher.release_all(ReleaseReason.REBALANCE))
         # A batch in flight is decoded and scored already: finish and commit it too (it came
         # before any batch that waits for the registry).
         self._finish_inflight()
         self._aborted = []  # its transaction aborted: the next owner reads it from the commit
         self._flush_and_commit()
+        self._release_holds(parts)
         self._assignment = []
         log.info("revoked %s", [p.partition for p in parts])
 
@@ -538,7 +627,7 @@ class KafkaRunner:
         self.batcher.release_all(ReleaseReason.REBALANCE)
         self._inflight = None  # started, never produced: replayed like the rest
         self._aborted = []
-        self._abandoned = self._retrying  # a batch waiting for the registry is dropped too
+        self._release_holds(parts)
         self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
         self._assignment = []
         log.warning("partitions lost %s", [p.partition for p in parts])

@@ -132,6 +132,30 @@ def test_registry_outage_propagates_and_is_not_cached(spec, txn_schema, source, 
     assert dec.decode([p]).errors.tolist() == [0]
 
 
+def test_an_outage_names_the_waiting_ids_and_rows_and_cached_ids_still_decode(
+    spec, txn_schema, source, mode
+):
+    # The runner goes on with the events of cached writer schemas: the error must say which
+    # rows wait, and a batch of cached ids must not ask the registry at all.
+    dec = make(spec, txn_schema, source, mode)
+    a = payload(TXN_ID, txn_schema, transaction(0))
+    dec.decode([a])  # schema A is cached now
+    new = evolve(txn_schema, note={"name": "note", "type": ["null", "string"], "default": None})
+    source.register(7, new)
+    source.register(9, new)
+    b, c = payload(7, new, transaction(1)), payload(9, new, transaction(2))
+    source.unavailable = True
+    with pytest.raises(RegistryUnavailableError) as err:
+        dec.decode([a, b, None, a, c, b])
+    assert err.value.schema_ids == (7, 9)
+    assert err.value.rows == [1, 4, 5]
+    n = source.lookups
+    assert dec.decode([a, None, a]).errors.tolist() == [0, R.NULL_VALUE, 0]
+    assert source.lookups == n
+    source.unavailable = False
+    assert dec.decode([a, b, c]).errors.tolist() == [0, 0, 0]
+
+
 def test_registry_outage_not_hit_for_framing_errors(spec, txn_schema, source, mode):
     dec = make(spec, txn_schema, source, mode)
     source.unavailable = True

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -41,3 +46,100 @@ def test_latest_id_follows_the_subject_on_the_real_registry(schema_registry):
     second = registry.register(subject, json.dumps(evolved))
     assert second != first
     assert registry.latest_id(subject) == second
+
+
+class SilentRegistry:
+    """A registry on 127.0.0.1 that accepts connections and, while ``silent``, never
+    answers (it holds them); otherwise it answers every ``GET /schemas/ids/N`` with
+    ``schema``. ``requests`` counts the requests it read or held."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self.silent = True
+        self.requests = 0
+        self._held: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.requests += 1
+                if self.silent:
+                    self._held.append(conn)  # never answered, never closed
+                    return
+                body = json.dumps({"schema": json.dumps(self.schema)}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+
+    def close(self) -> None:
+        self._listener.close()
+        for c in self._held:
+            c.close()
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[SilentRegistry]:
+    server = SilentRegistry(schemas.schema_dict("Transaction"))
+    yield server
+    server.close()
+
+
+def test_a_lookup_from_a_silent_registry_takes_one_timeout_then_none_while_it_stays_silent(
+    silent_registry: SilentRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client alone would send 1 + max.retries requests, each waiting the whole timeout,
+    # with jittered waits between them (4 s and more here): the project asks once.
+    registry = Registry(registry_config(RegistrySettings(url=silent_registry.url,
+                                                         request_timeout_s=1.0)))  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="streamproc.kafka.registry")
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match="schema id 5") as err:
+        registry.schema(5)
+    took = time.monotonic() - start
+    assert 0.9 <= took < 2.5, took
+    assert err.value.schema_ids == (5,)
+    assert "did not answer for schema id 5" in caplog.text
+    # While the registry is failing, a lookup (the same id, another one) does not wait.
+    for sid in (5, 6, 5):
+        start = time.monotonic()
+        with pytest.raises(RegistryUnavailableError):
+            registry.schema(sid)
+        assert time.monotonic() - start < 0.5
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_a_lookup_after_the_registry_answers_again_gets_the_schema(
+    silent_registry: SilentRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(registry_config(RegistrySettings(url=silent_registry.url,
+                                                         request_timeout_s=0.5)))  # fmt: skip
+    caplog.set_level(logging.INFO, logger="streamproc.kafka.registry")
+    with pytest.raises(RegistryUnavailableError):
+        registry.schema(5)
+    silent_registry.silent = False
+    # The caller retries after its backoff; the lookup that answers runs in the background.
+    deadline = time.monotonic() + 20
+    got = None
+    while got is None and time.monotonic() < deadline:
+        try:
+            got = registry.schema(5)
+        except RegistryUnavailableError:
+            time.sleep(0.05)  # the caller's backoff
+    assert got == schemas.schema_dict("Transaction")
+    assert "answers again" in caplog.text

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import Released, WindowPolicy
-from streamproc.errors import DeliveryError
+from streamproc.errors import DeliveryError, RegistryUnavailableError
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
@@ -623,3 +623,72 @@ def test_a_rewind_seeks_every_held_partition_to_its_earliest_record_of_the_batch
     finally:
         runner.consumer = real
     assert seeks == [(0, 10), (1, 5)]
+
+
+def test_an_outage_holds_back_each_partition_from_its_first_waiting_event_only(
+    topic_factory: Callable[..., str], runner_factory: Callable[..., KafkaRunner]
+) -> None:
+    # Events (1, 21) and (2, 30) need a schema the registry does not give. Partition 0 goes
+    # on; partition 1 goes on up to offset 21, is paused and rewound there; partition 2
+    # waits from 30. A later success on a resumed partition restarts its backoff.
+    topic = topic_factory("hold", partitions=3)
+    settings = RunnerSettings(topic=topic, registry_retry_initial_s=0.1, registry_retry_max_s=1)
+    runner = runner_factory(topic, settings=settings)
+    runner._assignment = [TopicPartition(topic, p) for p in range(3)]
+    waiting = {(1, 21), (2, 30)}
+    handled: list[list[tuple[int, int]]] = []
+
+    def handler(raw: RawBatch) -> Outputs:
+        events = list(zip(raw.partitions.tolist(), raw.offsets.tolist(), strict=True))
+        rows = [i for i, e in enumerate(events) if e in waiting]
+        if rows:
+            raise RegistryUnavailableError("down", schema_ids=(8,), rows=rows)
+        handled.append(events)
+        return Outputs()
+
+    calls: list[tuple[str, list[tuple[int, int]]]] = []
+
+    class Recorder:
+        def pause(self, tps: list[TopicPartition]) -> None:
+            calls.append(("pause", [(tp.partition, tp.offset) for tp in tps]))
+
+        def seek(self, tp: TopicPartition) -> None:
+            calls.append(("seek", [(tp.partition, tp.offset)]))
+
+        def resume(self, tps: list[TopicPartition]) -> None:
+            calls.append(("resume", [(tp.partition, -1) for tp in tps]))
+
+    def batch(events: list[tuple[int, int]]) -> RawBatch:
+        n = len(events)
+        return RawBatch(topic=topic, values=[b"v"] * n, keys=[None] * n,
+                        partitions=np.array([p for p, _ in events], np.int32),
+                        offsets=np.array([o for _, o in events], np.int64),
+                        headers=[None] * n)  # fmt: skip
+
+    msgs: list[Any] = [None] * 6  # only their headers' order matters here
+    real, runner.consumer = runner.consumer, Recorder()  # type: ignore[assignment]
+    try:
+        got = runner._handle_with_retry(
+            batch([(0, 10), (1, 20), (0, 11), (1, 21), (2, 30), (1, 22)]), msgs, handler
+        )
+        assert got is not None
+        assert handled == [[(0, 10), (1, 20), (0, 11)]]
+        assert got[0].offsets.tolist() == [10, 20, 11]
+        assert calls == [("pause", [(1, 21)]), ("seek", [(1, 21)]),
+                         ("pause", [(2, 30)]), ("seek", [(2, 30)])]  # fmt: skip
+        assert {p: (h.offset, h.attempt) for p, h in runner._held.items()} == {
+            1: (21, 1), 2: (30, 1)}  # fmt: skip
+        # Only waiting events: nothing to handle, nothing returned.
+        assert runner._handle_with_retry(batch([(2, 30)]), [None], handler) is None
+        assert runner._held[2].attempt == 2
+        # Backoff over for partition 1 only: resumed; an idle look waits until partition 2's.
+        runner._held[1].resume_at = 0.0
+        calls.clear()
+        idle = runner._resume_due(0.5)
+        assert calls == [("resume", [(1, -1)])]
+        assert 0 < idle <= 0.2  # partition 2: its second backoff, 0.2 s
+        waiting.discard((1, 21))  # the registry gave the schema
+        assert runner._handle_with_retry(batch([(1, 21), (1, 22)]), [None] * 2, handler)
+        assert set(runner._held) == {2}
+    finally:
+        runner.consumer = real
