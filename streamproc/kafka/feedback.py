@@ -82,11 +82,12 @@ class FeedbackReader:
         group_id: str | None = None,
     ):
         self.topic = topic
+        self.group_id = group_id or f"streamproc-feedback-{topic}"
         self.decoder = BatchDecoder(label_spec(labels), schemas.schema_dict("Label"), registry)
         self._symbols = np.array(list(labels), dtype=object)
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap,
-            "group.id": group_id or f"streamproc-feedback-{topic}",
+            "group.id": self.group_id,
             "auto.offset.reset": "earliest",  # labels sent before the start too
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
