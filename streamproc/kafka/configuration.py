@@ -4,6 +4,18 @@
 >>> conf = consumer_config(KafkaSettings(bootstrap="b:9092"), group_id="g", eos=True)
 >>> conf["bootstrap.servers"], conf["isolation.level"], conf["enable.auto.commit"]
 ('b:9092', 'read_committed', False)
+
+A replica's instance id names it as a static member of the group; under the consumer
+protocol (KIP-848) the broker, not the client, sets the session and heartbeat:
+
+>>> conf = consumer_config(KafkaSettings(), "g", False, instance_id="r1")
+>>> conf["group.instance.id"], conf["session.timeout.ms"], conf["heartbeat.interval.ms"]
+('r1', 2000, 500)
+>>> conf = consumer_config(KafkaSettings(group_protocol="consumer"), "g", False, "r1")
+>>> conf["group.protocol"], "session.timeout.ms" in conf, "partition.assignment.strategy" in conf
+('consumer', False, False)
+>>> "group.instance.id" in consumer_config(KafkaSettings(static_membership=False), "g", False, "r1")
+False
 """
 
 from __future__ import annotations
