@@ -33,6 +33,18 @@ class KafkaSettings(_Strict):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # Failure detection in the processors' consumer group (README.md, "Guarantees";
+    # benchmarks/README.md, "Failover after kill -9"). "classic": the client sets the session
+    # and heartbeat below, within the broker's group.min.session.timeout.ms; "consumer"
+    # (KIP-848, Kafka 4): the broker sets both (group.consumer.session.timeout.ms,
+    # group.consumer.heartbeat.interval.ms) and the two fields below are not used.
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    session_timeout_ms: int = Field(2_000, gt=0)
+    heartbeat_interval_ms: int = Field(500, gt=0)
+    # Each replica joins as a static member named by its instance id: a replica restarted
+    # with the same id takes its partitions back at once, without a rebalance. A stopped
+    # static member does not leave the group: its partitions move after the session timeout.
+    static_membership: bool = True
     # Passed through to librdkafka unchanged, for settings this model does not name.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

@@ -4,6 +4,18 @@
 >>> conf = consumer_config(KafkaSettings(bootstrap="b:9092"), group_id="g", eos=True)
 >>> conf["bootstrap.servers"], conf["isolation.level"], conf["enable.auto.commit"]
 ('b:9092', 'read_committed', False)
+
+A replica's instance id names it as a static member of the group; under the consumer
+protocol (KIP-848) the broker, not the client, sets the session and heartbeat:
+
+>>> conf = consumer_config(KafkaSettings(), "g", False, instance_id="r1")
+>>> conf["group.instance.id"], conf["session.timeout.ms"], conf["heartbeat.interval.ms"]
+('r1', 2000, 500)
+>>> conf = consumer_config(KafkaSettings(group_protocol="consumer"), "g", False, "r1")
+>>> conf["group.protocol"], "session.timeout.ms" in conf, "partition.assignment.strategy" in conf
+('consumer', False, False)
+>>> "group.instance.id" in consumer_config(KafkaSettings(static_membership=False), "g", False, "r1")
+False
 """
 
 from __future__ import annotations
@@ -39,7 +51,6 @@ def consumer_config(
         "auto.offset.reset": "earliest",
         # exactly-once reads only committed transactions of upstream producers
         "isolation.level": "read_committed" if eos else "read_uncommitted",
-        "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": 5,  # the batcher's own deadline governs latency
         "queued.min.messages": 20_000,
         # Once the local queue holds queued.min.messages, librdkafka postpones the next
@@ -47,10 +58,15 @@ def consumer_config(
         # for up to a second and a plain consume loop topped out near 125k events/s on
         # the benchmark machine; at 10 ms it reached ~330k events/s.
         "fetch.queue.backoff.ms": 10,
-        "session.timeout.ms": 10_000,  # a dead replica's partitions move within ~10 s
-        "heartbeat.interval.ms": 1_000,
     }
-    if instance_id:
+    if k.group_protocol == "classic":
+        conf["partition.assignment.strategy"] = "range"
+        # A replica killed without leaving is noticed after the session timeout.
+        conf["session.timeout.ms"] = k.session_timeout_ms
+        conf["heartbeat.interval.ms"] = k.heartbeat_interval_ms
+    else:  # KIP-848: the broker assigns and sets the session; the client rejects these
+        conf["group.protocol"] = "consumer"
+    if instance_id and k.static_membership:
         conf["group.instance.id"] = instance_id
     conf.update(k.extra)
     return conf

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
+import time
 from collections import deque
 from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streamproc import schemas
 from streamproc.codecs.decoder import BatchDecoder
@@ -50,8 +50,11 @@ def label_spec(labels: Sequence[str]) -> ModelSpec:
 class FeedbackReader:
     """Consumes ``Label`` records from the topic's start; :meth:`drain` hands them over.
 
-    Every replica reads every label (its own consumer group): a label for an event that
-    another replica scored counts as unmatched in this one's accuracy monitor.
+    Every replica reads every label: the reader assigns itself all of the topic's partitions
+    from their start (no group membership, no committed offsets), so a label for an event
+    that another replica scored counts as unmatched in this one's accuracy monitor.
+    ``group_id`` is stable per pipeline and replica (``"<group>-labels-<instance>"``): the
+    reader joins no group and commits nothing, so it leaves no consumer group behind.
 
     Each consumed chunk is decoded at once by the compiled batch decoder
     (:class:`~streamproc.codecs.decoder.BatchDecoder`, with :func:`label_spec`), as input
@@ -65,6 +68,9 @@ class FeedbackReader:
     """
 
     RETRY_S = 1.0  # the wait after a registry outage before the same records are read again
+    # How often the topic's partition count is looked up again: partitions added to the
+    # topic later are read from their start too.
+    REFRESH_S = 30.0
 
     def __init__(
         self,
@@ -73,14 +79,16 @@ class FeedbackReader:
         topic: str,
         labels: Sequence[str] = ("legit", "fraud"),
         max_buffer: int = 1_000_000,
+        group_id: str | None = None,
     ):
         self.topic = topic
+        self.group_id = group_id or f"streamproc-feedback-{topic}"
         self.decoder = BatchDecoder(label_spec(labels), schemas.schema_dict("Label"), registry)
         self._symbols = np.array(list(labels), dtype=object)
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap,
-            "group.id": f"streamproc-feedback-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",  # a fresh group: labels sent before start too
+            "group.id": self.group_id,
+            "auto.offset.reset": "earliest",  # labels sent before the start too
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
         })  # fmt: skip
@@ -90,15 +98,35 @@ class FeedbackReader:
         self._rejected: list[RejectedRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.assigned = threading.Event()
+        self.assigned = threading.Event()  # set once every partition is assigned
+        self._partitions = 0
+        self._looked = float("-inf")  # when the partitions were last looked up
         self.rejected = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, daemon=True, name="feedback")
 
     def start(self) -> FeedbackReader:
-        self.consumer.subscribe([self.topic], on_assign=lambda c, p: self.assigned.set())
         self._thread.start()
         return self
+
+    def _assign_new_partitions(self) -> None:
+        """Assign, from their start, the topic's partitions not assigned yet."""
+        self._looked = time.monotonic()
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except KafkaException as exc:  # the broker is away: look again on the next turn
+            log.warning("labels: cannot read the partitions of %s: %s", self.topic, exc)
+            self._looked -= self.REFRESH_S - self.RETRY_S
+            return
+        n = len(meta.partitions) if meta is not None and meta.error is None else 0
+        if n > self._partitions:
+            new = [TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                   for p in range(self._partitions, n)]  # fmt: skip
+            self.consumer.incremental_assign(new)
+            self._partitions = n
+            self.assigned.set()
+        elif n == 0:  # no such topic yet
+            self._looked -= self.REFRESH_S - self.RETRY_S
 
     @property
     def alive(self) -> bool:
@@ -108,6 +136,11 @@ class FeedbackReader:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                if time.monotonic() - self._looked >= self.REFRESH_S:
+                    self._assign_new_partitions()
+                    if not self._partitions:
+                        self._stop.wait(self.RETRY_S)
+                        continue
                 msgs = [m for m in self.consumer.consume(500, timeout=0.5) if m.error() is None]
                 if msgs:  # (client errors are transient: librdkafka retries)
                     self._read(msgs)

@@ -188,8 +188,9 @@ def build_processor(
         # them (or dead-letter the unreadable ones).
         if cfg.topics.feedback and DriftConfig.model_validate(cfg.drift).enabled:
             feedback = FeedbackReader(
-                cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels
-            ).start()
+                cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels,
+                group_id=f"{cfg.group_id}-labels-{instance}",
+            ).start()  # fmt: skip
             closers.append(feedback.stop)
         monitor = stream_monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # follow the control topic's deployment of this model
@@ -243,7 +244,7 @@ def build_processor(
     # transaction it left open, instead of waiting for the transaction timeout.
     txn_id = cfg.delivery.transactional_id or f"{cfg.group_id}-{instance}"
     runner = KafkaRunner(
-        consumer_conf=consumer_config(cfg.kafka, cfg.group_id, eos),
+        consumer_conf=consumer_config(cfg.kafka, cfg.group_id, eos, instance_id=instance),
         producer_conf=producer_config(cfg.kafka, txn_id if eos else None),
         settings=RunnerSettings(
             topic=t.input,

@@ -96,3 +96,13 @@ def test_labels_nobody_drains_are_bounded_and_counted() -> None:
         r._read(_msgs([_label(f"{k}a", "legit"), _label(f"{k}b", "fraud")]))
     assert r.dropped == 4
     assert r.drain()[0] == ["2a", "2b"]
+
+
+def test_the_group_id_is_the_one_given_or_stable_per_topic() -> None:
+    # A random id per start left an empty consumer group behind at every start.
+    r = FeedbackReader("127.0.0.1:9", _Source(), "labels", group_id="g-labels-r1")  # type: ignore[arg-type]
+    again = FeedbackReader("127.0.0.1:9", _Source(), "labels")  # type: ignore[arg-type]
+    for x in (r, again):
+        x.consumer.close()
+    assert r.group_id == "g-labels-r1"
+    assert again.group_id == "streamproc-feedback-labels"
