@@ -122,7 +122,8 @@ def test_a_failed_up_leaves_the_running_broker_running(stack):
     _kill9(before.registry_pid)
     port = before.registry_port
     assert port
-    with socket.socket() as squatter:  # another program took the registry's port meanwhile
+    with socket.socket() as squatter:  # another server took the registry's port meanwhile
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(LocalStackError, match=f"port {port} for the schema registry"):
