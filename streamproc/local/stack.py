@@ -116,9 +116,12 @@ class LocalStack:
             return old
         # Every port is checked before anything is stopped or started: a taken one fails
         # the call with the running services untouched.
-        moving = {p for p in (old.kafka_port, old.controller_port) if kafka_alive and p} | {
-            p for p in (old.registry_port, old.management_port) if registry_alive and p
-        }
+        # Ports of a running service that is replaced are freed before its successor starts.
+        moving: set[int | None] = set()
+        if kafka_alive and not keep_broker:
+            moving |= {old.kafka_port, old.controller_port}
+        if registry_alive and not keep_registry:
+            moving |= {old.registry_port, old.management_port}
         hint = "pass --{} or --fresh to have another chosen, or stop what holds it"
         wanted: list[tuple[int, str, str]] = []
         if not keep_broker:
