@@ -15,7 +15,8 @@ err = Console(stderr=True)
 @app.command("up")
 def local_up(
     kafka_port: Annotated[
-        int | None, typer.Option(help="Broker port (default: the remembered one, else a free one)")
+        int | None,
+        typer.Option(help="Broker port (default: the remembered one, else a free one)"),
     ] = None,
     registry_port: Annotated[
         int | None,
