@@ -28,7 +28,7 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:  # a core dependency, but keep the message helpful
-        raise DependencyMissingError("onnxruntime", "onnxruntime") from exc
+        raise DependencyMissingError("onnxruntime", None) from exc
     return onnxruntime
 
 
