@@ -183,6 +183,16 @@ class VersionedMonitor(Monitor):
         self._stable = stable
         self._build = build
 
+    @property
+    def accuracy(self) -> AccuracyMonitor:
+        """The current version's accuracy monitor."""
+        return self.current.accuracy
+
+    @property
+    def feedback(self) -> LabelSource | None:
+        """The label reader (shared by every version's monitor)."""
+        return self.current.feedback
+
     def _follow(self) -> StreamMonitor:
         spec = self._stable()
         cur = self.current
