@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streamproc import synth
+from streamproc.backends.base import Backend
 from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.control import KafkaControlStore, read_to_end
@@ -198,7 +199,7 @@ def test_rollback_switches_every_replica_without_loss_or_duplicates(
     assert all(r.processor.counters.events_in > 0 for r in running)  # both replicas served
 
 
-class _Const:
+class _Const(Backend):
     name = "const"
 
     def __init__(self, value: float) -> None:

@@ -12,11 +12,11 @@ import numpy.typing as npt
 import pytest
 
 from streamproc import synth
+from streamproc.backends.base import Backend
 from streamproc.backends.select import load_backend
 from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.rollout import RolloutScorer, build_rollout_scorer
-from streamproc.pipeline.scoring import BackendLike
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
 from streamproc.rollout.state import (
     Approve,
@@ -35,12 +35,12 @@ pytestmark = pytest.mark.kafka
 STABLE, CANDIDATE = "1.0.0", "1.1.0"
 
 
-class _Slow:
+class _Slow(Backend):
     """Wraps a backend, adding ``delay_s`` to every call (the injected latency)."""
 
     name = "slow"
 
-    def __init__(self, inner: BackendLike, delay_s: float) -> None:
+    def __init__(self, inner: Backend, delay_s: float) -> None:
         self.inner = inner
         self.delay_s = delay_s
 
@@ -49,14 +49,12 @@ class _Slow:
         return self.inner.infer(batch)
 
 
-def _loader(
-    slow: set[str], delay_s: float = 0.05
-) -> Callable[[str], tuple[ModelSpec, BackendLike]]:
+def _loader(slow: set[str], delay_s: float = 0.05) -> Callable[[str], tuple[ModelSpec, Backend]]:
     """Every version is the same model (same scores) under its own version number."""
     base = load_model_spec(MODEL)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
-        backend: BackendLike = load_backend(base)
+    def load(version: str) -> tuple[ModelSpec, Backend]:
+        backend: Backend = load_backend(base)
         if version in slow:
             backend = _Slow(backend, delay_s)
         return base.model_copy(update={"version": version}), backend
@@ -225,7 +223,7 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     from streamproc.rollout.state import apply
     from streamproc.rollout.store import InMemoryControlStore
 
-    class Broken:
+    class Broken(Backend):
         name = "broken"
 
         def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -233,8 +231,8 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
 
     base = load_model_spec(MODEL)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
-        backend: BackendLike = load_backend(base) if version == STABLE else Broken()
+    def load(version: str) -> tuple[ModelSpec, Backend]:
+        backend: Backend = load_backend(base) if version == STABLE else Broken()
         return base.model_copy(update={"version": version}), backend
 
     store = InMemoryControlStore()
@@ -255,7 +253,7 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     assert decision.alert.metric == "error_rate"
     latest = store.latest("fraud")
     assert latest is not None and latest.status is Status.ROLLED_BACK
-    assert [a["type"] for a in scorer.drain_alerts()] == ["rollback"]
+    assert [a.type for a in scorer.drain_alerts()] == ["rollback"]
 
 
 def test_the_pipeline_configs_rollout_section_sets_the_live_guardrails(
