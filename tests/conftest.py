@@ -27,7 +27,7 @@ from tests.extras import absent
 # Property tests draw the same examples on every run, so CI is reproducible. A random
 # search (HYPOTHESIS_PROFILE=explore) is for hunting, not for gating a merge.
 settings.register_profile("ci", derandomize=True)
-settings.register_profile("explore", derandomize=False)
+settings.register_profile("explore", derandomize=False, max_examples=1_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
