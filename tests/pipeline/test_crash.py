@@ -53,7 +53,7 @@ def test_kill_9_mid_stream_and_restart(
     read_topic(cfg.topics.predictions, at_kill + 1, idle_s=60)  # the second is at work
     n = trickle.stop()
     assert n > at_kill  # events kept arriving after the kill, while the second started
-    out = read_topic(cfg.topics.predictions, n * 2, idle_s=20)
+    out = read_topic(cfg.topics.predictions, n * 2, idle_s=10)
     second.send_signal(signal.SIGTERM)
     assert second.wait(60) == 0
     ids = [p.value["event_id"] for p in out]

@@ -26,7 +26,8 @@ def append_time(bootstrap: str, topic: str) -> None:
     entry = ConfigEntry("message.timestamp.type", "LogAppendTime",
                         incremental_operation=AlterConfigOpType.SET)  # fmt: skip
     res = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    AdminClient({"bootstrap.servers": bootstrap}).incremental_alter_configs([res])[res].result(30)
+    client = AdminClient({"bootstrap.servers": bootstrap})  # alive until the result is in
+    client.incremental_alter_configs([res])[res].result(30)
 
 
 def epoch_ms(value: datetime | int) -> int:

@@ -13,7 +13,7 @@ MAX_EVENTS = 100_000  # a bound on the background producer, whatever the machine
 class Trickle:
     """Produce events in paced chunks on a thread until stopped (or MAX_EVENTS)."""
 
-    def __init__(self, producer, seed: int, rate: float = 1_000.0) -> None:
+    def __init__(self, producer, seed: int, rate: float = 500.0) -> None:
         self.producer, self.seed, self.rate = producer, seed, rate
         self.sent = 0
         self.stopped = threading.Event()
