@@ -103,7 +103,11 @@ def phase_at_streamproc_rate(results: dict[str, dict[str, Any]], name: str) -> d
     rate = _main_rate(results)
     out: dict[str, Any] = {"rate": rate}
     if rate is None:
-        return {**out, "p99_ms": None, "status": "streamproc ran no latency phase"}
+        return {
+            **out,
+            "p99_ms": None,
+            "status": "streamproc ran no latency phase (not run, or failed)",
+        }
     r = results.get(name, {})
     rows = r.get("latency_rounds", [])
     if len(rows) > 1:
