@@ -127,7 +127,8 @@ class Registry:
             ) from exc
         except Exception as exc:  # connection refused, timeouts: httpx errors
             raise RegistryUnavailableError(
-                f"schema registry unreachable fetching id {schema_id}: {type(exc).__name__}: {exc}",
+                f"schema registry unreachable fetching schema id {schema_id}: "
+                f"{type(exc).__name__}: {exc}",
                 schema_ids=(schema_id,),
             ) from exc
         if s.schema_type not in (None, "AVRO"):
