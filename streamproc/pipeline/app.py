@@ -143,7 +143,7 @@ def build_decoder(
     kernel of the input subject's latest schema, so the first batches are not interpreted.
     Writer schemas met later are compiled in the background."""
     from streamproc.codecs.decoder import BatchDecoder
-    from streamproc.codecs.specialise import Specialiser
+    from streamproc.codecs.kernel_cache import Specialiser
 
     d = cfg.decoding
     specialiser = None
