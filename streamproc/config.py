@@ -251,7 +251,7 @@ class GuardrailThresholds(BaseModel):
 
 
 class RolloutSettings(_Strict):
-    """The ``rollout:`` section, read by streamproc.pipeline.rollout.live_guard_settings.
+    """The ``rollout:`` section, read by streamproc.pipeline.rollout_scorer.live_guard_settings.
 
     >>> r = RolloutSettings.model_validate({"guardrails": {"max_error_rate": 0.02}})
     >>> r.guardrails.max_error_rate, sorted(r.guardrails.model_fields_set), r.decide_interval_s
@@ -259,7 +259,7 @@ class RolloutSettings(_Strict):
     """
 
     # Overrides of the live guard's thresholds, key by key: only the keys given here replace
-    # the live defaults (streamproc.pipeline.rollout.LIVE_THRESHOLDS).
+    # the live defaults (streamproc.pipeline.rollout_scorer.LIVE_THRESHOLDS).
     guardrails: GuardrailThresholds = Field(default_factory=GuardrailThresholds)
     # How often the guard judges the candidate; a number (not a string, not a bool).
     decide_interval_s: float = Field(1.0, gt=0, strict=True)

@@ -26,8 +26,8 @@ from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
+from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
-from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer
 
 if TYPE_CHECKING:  # numba loads with the decoder: only commands that decode pay for it
@@ -193,7 +193,7 @@ def build_processor(
             closers.append(feedback.stop)
         monitor = stream_monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # follow the control topic's deployment of this model
-        from .rollout import build_rollout_scorer, live_guard_settings
+        from .rollout_scorer import build_rollout_scorer, live_guard_settings
 
         guardrails, every = live_guard_settings(cfg.rollout)
         rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model,
