@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift._kernels import normal_scores_kernel
-from streamproc.drift._stats import lag1_autocorrelation, norm_cdf, norm_isf
 from streamproc.errors import ConfigError
+from streamproc.stats import lag1_autocorrelation, norm_cdf, norm_isf
 
 FORMAT_VERSION = 1
 FILENAME = "reference_profile.json"

@@ -31,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift import _kernels as K
-from streamproc.drift._stats import chi2_isf, norm_ppf
 from streamproc.drift.base import (
     BatchOutputs,
     ExposesOutputs,
@@ -40,6 +39,7 @@ from streamproc.drift.base import (
     offsets_for,
 )
 from streamproc.drift.profile import ColumnProfile, ReferenceProfile, TransformTables
+from streamproc.stats import chi2_isf, norm_ppf
 
 # The largest whole-number category a direct bin table serves (CategoryDetector).
 DIRECT_MAX = 4096
