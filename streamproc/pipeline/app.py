@@ -122,14 +122,12 @@ def settle_collector(young_threshold: int = 100_000) -> None:
     """Ready Python's cyclic garbage collector for a stream, once the processor is built.
 
     What exists now (modules, the model, the clients) lives as long as the process: frozen,
-    out of the collector's reach, so a collection scans only what the stream allocates
-    (measured in a benchmark drain: 173k objects tracked, and a full collection in
-    mid-stream stalled every event in flight for 87 ms). The stream itself allocates a
-    tracked ``Message`` per record, and nearly all of them are freed with their batch: at
-    the default threshold of 700 the collector still ran 1,113 young, 101 middle and 8 full
-    collections over a profiled 1,000,904-event drain, 65 ms (2% of it); with
-    ``young_threshold`` at 100,000 it ran none (the batches' objects are freed before so
-    many pile up).
+    out of the collector's reach, so a collection scans only what the stream allocates (a
+    full collection in mid-stream stalls every event in flight). The stream itself
+    allocates a tracked ``Message`` per record, and nearly all of them are freed with their
+    batch: at the default threshold of 700 the collector still runs hundreds of collections
+    per million events; with ``young_threshold`` at 100,000 it runs none, since the batches'
+    objects are freed before so many pile up (figures: benchmarks/README.md).
     """
     gc.collect()
     gc.freeze()
