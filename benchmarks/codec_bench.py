@@ -26,8 +26,8 @@ import numpy as np
 from streamproc.codecs import compiled as native
 from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.encoder import PredictionEncoder
+from streamproc.codecs.kernel_cache import Specialiser
 from streamproc.codecs.source import DictSchemaSource
-from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import frame
 from streamproc.models.spec import ModelSpec
 from streamproc.schemas import schema_dict

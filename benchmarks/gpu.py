@@ -54,8 +54,8 @@ from streamproc.codecs.decoder import BatchDecoder
 from streamproc.codecs.source import DictSchemaSource
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.app import reader_schema
+from streamproc.pipeline.handler import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.monitoring import build_monitor
-from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.scoring import SingleScorer
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256, 1024, 4096)

@@ -24,7 +24,7 @@ import numpy as np
 from streamproc.backends.base import Backend
 from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.models.spec import ModelSpec, load_model_spec
-from streamproc.pipeline.rollout import RolloutScorer
+from streamproc.pipeline.rollout_scorer import RolloutScorer
 from streamproc.rollout.state import Deploy, Strategy, StrategyParams, apply
 
 BATCH = 4096

@@ -95,16 +95,13 @@ class TopicSettings(_Strict):
 class BatchSettings(_Strict):
     # With 5 ms windows a batch passes 1024 events only above ~200k events/s (a backlog, a
     # burst); there a larger batch spreads the per-batch costs (consume call, producer
-    # requests, commits, metrics) over more events. On the benchmark machine a backlog
-    # drained 16% to 46% faster at 4096 than at 1024 in three runs, a bare consume-produce
-    # loop -2% to +11% (benchmarks/README.md, "Batch size").
+    # requests, commits, metrics) over more events: a backlog drains faster at 4096 than
+    # at 1024 (benchmarks/README.md, "Batch size").
     max_batch_size: int = Field(4096, ge=1)
     # The window counts from when the runner last looked for records, so a batch that took
     # longer than this to process leaves the next one due at once. 0 makes every consume's
-    # records a batch at once: at 150,000 events/s on the benchmark machine the median
-    # latency fell by 6-8 ms, the p99 did not move, and the worker took ~0.15 of a core
-    # more (benchmarks/README.md, "The batch window and latency", measured before the
-    # window counted from the last look: "The window's start").
+    # records a batch at once: a lower median latency for a little more CPU, the same p99
+    # (benchmarks/README.md, "The batch window and latency" and "The window's start").
     max_wait_ms: float = Field(5.0, ge=0)
     # Release a batch when its oldest event (by event_time) is this old, whatever its size.
     max_event_age_ms: float | None = Field(None, gt=0)
@@ -116,10 +113,9 @@ class DeliverySettings(_Strict):
     max_message_bytes: int = Field(1_000_000, gt=0)  # larger inputs are dead-lettered
     # at-least-once: at most this often, commit the input offsets of the batches whose
     # outputs are all acknowledged (when the producer's queue is empty; after another interval
-    # with a flush). A crash replays the input since the last commit. On the benchmark
-    # machine, with a flush at every interval, a backlog drained at 349,243 events/s at
-    # 1000 ms against 315,126 at 100 ms (medians of 5; benchmarks/README.md, "How the commit
-    # protocol learns of delivery").
+    # with a flush). A crash replays the input since the last commit. Longer intervals
+    # flush less often and drain faster (benchmarks/README.md, "How the commit protocol
+    # learns of delivery").
     commit_interval_ms: float = Field(1000.0, ge=0)
     # Stop and serve acknowledgements while the producer holds more unacknowledged records.
     max_pending: int = Field(100_000, gt=0)
@@ -131,8 +127,7 @@ class DecodingSettings(_Strict):
     # while the generic one decodes (streamproc.codecs.specialise); "interpreted": the
     # generic kernel only; "reference": fastavro, event by event (slow; for comparison).
     mode: Literal["specialised", "interpreted", "reference"] = "specialised"
-    # Larger programs stay interpreted: compile time grows with them (161 instructions,
-    # a 64-field record, took 9.1 s on the benchmark machine).
+    # Larger programs stay interpreted: compile time grows with them (benchmarks/README.md).
     max_instructions: int = Field(160, ge=0)
     kernel_cache: Path | None = None  # default: $STREAMPROC_KERNEL_CACHE or ~/.cache/...
     # At start-up, wait this long for the kernel of the input subject's latest schema.
@@ -251,7 +246,7 @@ class GuardrailThresholds(BaseModel):
 
 
 class RolloutSettings(_Strict):
-    """The ``rollout:`` section, read by streamproc.pipeline.rollout.live_guard_settings.
+    """The ``rollout:`` section, read by streamproc.pipeline.rollout_scorer.live_guard_settings.
 
     >>> r = RolloutSettings.model_validate({"guardrails": {"max_error_rate": 0.02}})
     >>> r.guardrails.max_error_rate, sorted(r.guardrails.model_fields_set), r.decide_interval_s
@@ -259,7 +254,7 @@ class RolloutSettings(_Strict):
     """
 
     # Overrides of the live guard's thresholds, key by key: only the keys given here replace
-    # the live defaults (streamproc.pipeline.rollout.LIVE_THRESHOLDS).
+    # the live defaults (streamproc.pipeline.rollout_scorer.LIVE_THRESHOLDS).
     guardrails: GuardrailThresholds = Field(default_factory=GuardrailThresholds)
     # How often the guard judges the candidate; a number (not a string, not a bool).
     decide_interval_s: float = Field(1.0, gt=0, strict=True)

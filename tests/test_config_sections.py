@@ -11,7 +11,7 @@ import yaml
 
 from streamproc.config import load_config, validate
 from streamproc.errors import ConfigError
-from streamproc.pipeline.rollout import live_guard_settings
+from streamproc.pipeline.rollout_scorer import live_guard_settings
 from streamproc.types import Severity
 
 ROOT = Path(__file__).resolve().parents[1]

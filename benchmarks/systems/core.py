@@ -27,14 +27,14 @@ from streamproc import schemas, synth
 from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.backends.select import load_backend
 from streamproc.codecs.decoder import BatchDecoder
+from streamproc.codecs.kernel_cache import Specialiser
 from streamproc.codecs.source import DictSchemaSource
-from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import frame
 from streamproc.config import BatchSettings
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.app import reader_schema
+from streamproc.pipeline.handler import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.monitoring import build_monitor
-from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.scoring import SingleScorer
 from streamproc.types import RawBatch
 from systems.shared import COMPARED_BATCH

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from streamproc.local.stack import StackInfo
-from streamproc.models.repository import Inferer
+from streamproc.models.performance import Inferer
 from streamproc.models.spec import ModelSpec
 from streamproc.rollout.ab import ABSource
 from streamproc.rollout.store import ControlStore

@@ -21,16 +21,9 @@ import typer
 from streamproc.cli.deps import deps as get_deps
 from streamproc.cli.options import JsonOpt, Output, OutputOpt, emit, table, wants_json
 from streamproc.errors import ModelError
-from streamproc.models.repository import (
-    DEFAULT_ROOT,
-    ROOT_ENV,
-    ModelRepository,
-    ModelVersion,
-    PerfReport,
-    VersionDiff,
-    measure_performance,
-    synthetic_sample,
-)
+from streamproc.models.diff import VersionDiff
+from streamproc.models.performance import PerfReport, measure_performance, synthetic_sample
+from streamproc.models.repository import DEFAULT_ROOT, ROOT_ENV, ModelRepository, ModelVersion
 from streamproc.models.semver import Part
 from streamproc.models.spec import ModelSpec
 

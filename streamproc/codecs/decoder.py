@@ -27,7 +27,7 @@ Two paths give the same results. The *reference* path reads each body with fasta
 (default) plans a small instruction table per writer schema id
 (:mod:`~streamproc.codecs.program`) and runs the whole batch through one numba interpreter
 (:mod:`~streamproc.codecs.kernel`), compiled once per machine and cached; given a
-:class:`~streamproc.codecs.specialise.Specialiser`, each writer schema's program also gets
+:class:`~streamproc.codecs.kernel_cache.Specialiser`, each writer schema's program also gets
 a kernel of its own, which takes over once compiled. Recursive writer schemas fall back to
 fastavro (counted in :attr:`BatchDecoder.fallbacks`, reported to the sensor and logged).
 The compiled path follows fastavro's reading rules (varint overflow, negative enum/union
@@ -77,10 +77,10 @@ from streamproc.codecs.features import (
     plan_features,
     resolve_path,
 )
+from streamproc.codecs.kernel_cache import Specialiser
 from streamproc.codecs.program import Unsupported, build_program
 from streamproc.codecs.resolve import incompatibility, needs_strict_stream, project_reader
 from streamproc.codecs.source import SchemaSource
-from streamproc.codecs.specialise import Specialiser
 from streamproc.codecs.wire import HEADER_SIZE, classify_read_error, header_detail, read_headers
 from streamproc.errors import ModelError, RegistryUnavailableError
 from streamproc.models.spec import ModelSpec

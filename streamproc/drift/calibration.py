@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-from streamproc.drift._stats import FloatArray, chi2_1_cdf
+from streamproc.stats import FloatArray, chi2_1_cdf
 
 _SIEGMUND_SHIFT = 1.166  # overshoot correction, unit-variance increments
 

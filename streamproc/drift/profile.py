@@ -31,8 +31,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift._kernels import normal_scores_kernel
-from streamproc.drift._stats import lag1_autocorrelation, norm_cdf, norm_isf
 from streamproc.errors import ConfigError
+from streamproc.stats import lag1_autocorrelation, norm_cdf, norm_isf
 
 FORMAT_VERSION = 1
 FILENAME = "reference_profile.json"
@@ -177,9 +177,9 @@ class ReferenceProfile:
 
 
 # Uniform cells per column indexing its knots (see normal_scores_kernel). Heavy-tailed
-# columns crowd their knots into the first cells: at 256 cells one cell of the demo model's
-# distance column held 99 of its 149 knots. At 4096 the transform of a 4096 x 7 batch took
-# 0.075 us per event, against 0.200 at 256 (with the halving search; same scores).
+# columns crowd their knots into the first cells (at 256 cells, one cell of the demo model's
+# distance column held most of its knots); 4096 cells keep each search short
+# (benchmarks/README.md).
 INDEX_CELLS = 4096
 
 

@@ -31,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift import _kernels as K
-from streamproc.drift._stats import chi2_isf, norm_ppf
 from streamproc.drift.base import (
     BatchOutputs,
     ExposesOutputs,
@@ -40,6 +39,7 @@ from streamproc.drift.base import (
     offsets_for,
 )
 from streamproc.drift.profile import ColumnProfile, ReferenceProfile, TransformTables
+from streamproc.stats import chi2_isf, norm_ppf
 
 # The largest whole-number category a direct bin table serves (CategoryDetector).
 DIRECT_MAX = 4096
@@ -294,9 +294,8 @@ class CategoryDetector(_TumblingWindows):
         self._k_counts = np.zeros((d, nbins))
         # Columns whose categories are all whole numbers in [0, DIRECT_MAX): a table from
         # each whole number below the largest category + 1 to its bin ("other" where no
-        # category is), so the kernel bins them without a search: update() took 0.064
-        # against 0.132 us per event on the demo model's 9 discrete columns (batches of
-        # 4096, one core of the benchmark VM).
+        # category is), so the kernel bins them without a search (about half the cost of
+        # the searched bins; benchmarks/README.md).
         self._k_direct_len = np.array(
             [
                 int(v[-1]) + 1

@@ -54,9 +54,8 @@ def consumer_config(
         "fetch.wait.max.ms": 5,  # the batcher's own deadline governs latency
         "queued.min.messages": 20_000,
         # Once the local queue holds queued.min.messages, librdkafka postpones the next
-        # fetch by this much (default 1000 ms). At the default a drained backlog stalled
-        # for up to a second and a plain consume loop topped out near 125k events/s on
-        # the benchmark machine; at 10 ms it reached ~330k events/s.
+        # fetch by this much (default 1000 ms): at the default a drained backlog stalls for
+        # up to a second between fetches (figures: benchmarks/README.md).
         "fetch.queue.backoff.ms": 10,
     }
     if k.group_protocol == "classic":

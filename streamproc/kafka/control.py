@@ -172,6 +172,7 @@ class KafkaControlStore(ControlStore):
             p.produce(self.audit_topic, value, k)
             p.produce(self.topic, value, k)
             p.commit_transaction(self.timeout_s)  # flushes; fails on any failed record
+            self._await_visible(state)
         except KafkaException as exc:
             self._producer = None  # a fenced or failed producer is not reused
             with contextlib.suppress(KafkaException):
@@ -181,6 +182,20 @@ class KafkaControlStore(ControlStore):
                 f"published): {exc}",
                 topic=self.topic,
             ) from exc
+
+    def _await_visible(self, state: DeploymentState) -> None:
+        """Return once readers see ``state``: a committed transaction's markers are written
+        after ``commit_transaction`` returns, so a read right after it (the next command of
+        a script, a replica's start) could still miss the state. Bounded by the store's
+        timeout; the state is committed either way."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            seen = self.latest(state.model)
+            if seen is not None and seen.revision >= state.revision:
+                return
+            time.sleep(0.02)  # the markers land within milliseconds on a healthy broker
+        log.warning("%s revision %d is committed but not yet visible to readers",
+                    state.model, state.revision)  # fmt: skip
 
     def _transactional_producer(self) -> Producer:
         if self._producer is None:

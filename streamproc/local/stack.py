@@ -20,7 +20,7 @@ import platformdirs
 
 from streamproc.errors import LocalStackError
 from streamproc.local import process
-from streamproc.local.kafka import KafkaBroker
+from streamproc.local.broker import KafkaBroker
 from streamproc.local.registry import ApicurioRegistry
 
 

@@ -26,8 +26,8 @@ from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
+from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
-from .processor import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .scoring import Scorer
 
 if TYPE_CHECKING:  # numba loads with the decoder: only commands that decode pay for it
@@ -122,14 +122,12 @@ def settle_collector(young_threshold: int = 100_000) -> None:
     """Ready Python's cyclic garbage collector for a stream, once the processor is built.
 
     What exists now (modules, the model, the clients) lives as long as the process: frozen,
-    out of the collector's reach, so a collection scans only what the stream allocates
-    (measured in a benchmark drain: 173k objects tracked, and a full collection in
-    mid-stream stalled every event in flight for 87 ms). The stream itself allocates a
-    tracked ``Message`` per record, and nearly all of them are freed with their batch: at
-    the default threshold of 700 the collector still ran 1,113 young, 101 middle and 8 full
-    collections over a profiled 1,000,904-event drain, 65 ms (2% of it); with
-    ``young_threshold`` at 100,000 it ran none (the batches' objects are freed before so
-    many pile up).
+    out of the collector's reach, so a collection scans only what the stream allocates (a
+    full collection in mid-stream stalls every event in flight). The stream itself
+    allocates a tracked ``Message`` per record, and nearly all of them are freed with their
+    batch: at the default threshold of 700 the collector still runs hundreds of collections
+    per million events; with ``young_threshold`` at 100,000 it runs none, since the batches'
+    objects are freed before so many pile up (figures: benchmarks/README.md).
     """
     gc.collect()
     gc.freeze()
@@ -143,7 +141,7 @@ def build_decoder(
     kernel of the input subject's latest schema, so the first batches are not interpreted.
     Writer schemas met later are compiled in the background."""
     from streamproc.codecs.decoder import BatchDecoder
-    from streamproc.codecs.specialise import Specialiser
+    from streamproc.codecs.kernel_cache import Specialiser
 
     d = cfg.decoding
     specialiser = None
@@ -193,7 +191,7 @@ def build_processor(
             closers.append(feedback.stop)
         monitor = stream_monitor = build_monitor(spec, cfg.drift, feedback)
     if scorer is None:  # follow the control topic's deployment of this model
-        from .rollout import build_rollout_scorer, live_guard_settings
+        from .rollout_scorer import build_rollout_scorer, live_guard_settings
 
         guardrails, every = live_guard_settings(cfg.rollout)
         rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model,

@@ -25,7 +25,7 @@ from streamproc.drift.window import CategoryDetector
 from streamproc.models.spec import ModelSpec
 from streamproc.types import Alert, DecodedBatch
 
-from .processor import Monitor
+from .handler import Monitor
 
 PROFILE_FILE = "reference_profile.json"
 
@@ -46,7 +46,7 @@ class LabelSource(Protocol):
 
 
 class StreamMonitor(Monitor):
-    """Implements :class:`streamproc.pipeline.processor.Monitor` for one model version.
+    """Implements :class:`streamproc.pipeline.handler.Monitor` for one model version.
 
     Without a stored profile, the first ``reference_events`` events become the reference.
     """

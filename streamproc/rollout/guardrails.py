@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from streamproc.config import GuardrailThresholds as GuardrailThresholds  # noqa: PLC0414
 from streamproc.errors import ConfigError
+from streamproc.stats import ks_2samp, psi
 
 
 class _Ring:
@@ -146,63 +147,6 @@ class VersionStats:
 class RolloutStats:
     stable: VersionStats = field(default_factory=VersionStats)
     candidate: VersionStats = field(default_factory=VersionStats)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-def psi(expected: npt.ArrayLike, actual: npt.ArrayLike, bins: int = 10, eps: float = 1e-4) -> float:
-    """Population stability index of ``actual`` against ``expected`` (quantile bins).
-
-    Rule of thumb: below 0.1 stable, 0.1-0.25 moderate shift, above 0.25 significant.
-
-    >>> rng = np.random.default_rng(1)
-    >>> same = psi(rng.normal(size=5000), rng.normal(size=5000))
-    >>> moved = psi(rng.normal(size=5000), rng.normal(0.5, 1, size=5000))
-    >>> same < 0.02, moved > 0.2
-    (True, True)
-    """
-    e = np.asarray(expected, dtype=np.float64)
-    a = np.asarray(actual, dtype=np.float64)
-    if len(e) == 0 or len(a) == 0:
-        return math.nan
-    edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
-    pe = np.bincount(np.searchsorted(edges, e, side="right"), minlength=len(edges) + 1) / len(e)
-    pa = np.bincount(np.searchsorted(edges, a, side="right"), minlength=len(edges) + 1) / len(a)
-    pe, pa = np.clip(pe, eps, None), np.clip(pa, eps, None)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
-
-
-def ks_2samp(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov statistic D and its asymptotic p-value.
-
-    >>> d, p = ks_2samp([1, 2, 3, 4], [1, 2, 3, 4])
-    >>> d, p
-    (0.0, 1.0)
-    >>> rng = np.random.default_rng(2)
-    >>> d, p = ks_2samp(rng.normal(size=400), rng.normal(1, 1, size=400))
-    >>> round(d, 2), p < 1e-10
-    (0.38, True)
-    """
-    x = np.sort(np.asarray(a, dtype=np.float64))
-    y = np.sort(np.asarray(b, dtype=np.float64))
-    n, m = len(x), len(y)
-    if n == 0 or m == 0:
-        return math.nan, math.nan
-    grid = np.concatenate([x, y])
-    cdf_x = np.searchsorted(x, grid, side="right") / n
-    cdf_y = np.searchsorted(y, grid, side="right") / m
-    d = float(np.max(np.abs(cdf_x - cdf_y)))
-    ne = n * m / (n + m)
-    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
-    return d, _kolmogorov_sf(lam)
-
-
-def _kolmogorov_sf(lam: float) -> float:
-    if lam < 1e-3:
-        return 1.0
-    total = sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
-    return float(min(1.0, max(0.0, 2 * total)))
 
 
 # ---------------------------------------------------------------------------- guardrails

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
+from streamproc.codecs.kernel_cache import Specialiser
 from streamproc.codecs.source import DictSchemaSource
-from streamproc.codecs.specialise import Specialiser
 from streamproc.models.spec import ModelSpec
 from tests.codecs.builders import fraud_spec, transaction_schema
 

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from streamproc.codecs import kernel
 from streamproc.codecs.decoder import BatchDecoder
+from streamproc.codecs.kernel_cache import Specialiser
 from streamproc.codecs.source import DictSchemaSource
-from streamproc.codecs.specialise import Specialiser, kernel_source
+from streamproc.codecs.specialise import kernel_source
 from streamproc.models.spec import ModelSpec
 from streamproc.telemetry.prometheus import PrometheusSensor
 from streamproc.types import DecodedBatch

@@ -5,7 +5,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.drift._stats import chi2_1_cdf, norm_cdf, norm_ppf
 from streamproc.drift.calibration import (
     bernoulli_arl,
     bernoulli_lattice,
@@ -16,6 +15,7 @@ from streamproc.drift.calibration import (
     variance_offset,
     variance_threshold,
 )
+from streamproc.stats import chi2_1_cdf, norm_cdf, norm_ppf
 
 
 @pytest.mark.parametrize("k", [0.1, 0.25, 0.5])

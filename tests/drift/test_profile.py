@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from streamproc.drift import ReferenceProfile
-from streamproc.drift._stats import lag1_autocorrelation
 from streamproc.drift.profile import TAIL_SPAN, TransformTables
 from streamproc.errors import ConfigError
+from streamproc.stats import lag1_autocorrelation
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

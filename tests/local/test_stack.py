@@ -24,8 +24,8 @@ from streamproc.errors import (
     ServiceStartError,
 )
 from streamproc.local import artifacts, process
+from streamproc.local.broker import KafkaBroker, available_cores, broker_java, thread_settings
 from streamproc.local.java import find_java, java_major
-from streamproc.local.kafka import KafkaBroker, available_cores, broker_java, thread_settings
 from streamproc.local.process import free_port, free_ports, pid_alive
 
 pytestmark = pytest.mark.kafka

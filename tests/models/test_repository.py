@@ -12,14 +12,9 @@ from hypothesis import strategies as st
 
 from streamproc.backends.select import load_backend
 from streamproc.errors import ModelError
-from streamproc.models.repository import (
-    Inferer,
-    ModelRepository,
-    PerfReport,
-    diff_specs,
-    measure_performance,
-    synthetic_sample,
-)
+from streamproc.models.diff import diff_specs
+from streamproc.models.performance import Inferer, PerfReport, measure_performance, synthetic_sample
+from streamproc.models.repository import ModelRepository
 from streamproc.models.semver import Version
 from streamproc.models.spec import ModelSpec
 from tests.models.conftest import write_model

@@ -20,8 +20,8 @@ from streamproc.codecs.wire import frame
 from streamproc.errors import ModelError
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.app import reader_schema
+from streamproc.pipeline.handler import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.monitoring import build_monitor
-from streamproc.pipeline.processor import BatchHandler, OutputTopics, SchemaIds
 from streamproc.pipeline.scoring import SingleScorer
 from streamproc.types import RawBatch
 

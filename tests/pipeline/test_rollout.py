@@ -15,7 +15,7 @@ from streamproc.backends.base import Backend
 from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.control import KafkaControlStore, read_to_end
-from streamproc.pipeline.rollout import build_rollout_scorer
+from streamproc.pipeline.rollout_scorer import build_rollout_scorer
 from streamproc.rollout.router import assign
 from streamproc.rollout.state import (
     Deploy,
@@ -233,7 +233,7 @@ def _loader(broken: set[str]):
 def test_a_candidate_that_fails_to_load_takes_no_traffic_and_is_logged(caplog):
     import numpy as np
 
-    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.pipeline.rollout_scorer import RolloutScorer
     from streamproc.rollout.state import apply
 
     s = apply(None, Deploy("fraud", STABLE, at_ms=1))
@@ -248,7 +248,7 @@ def test_a_candidate_that_fails_to_load_takes_no_traffic_and_is_logged(caplog):
 
 
 def test_a_stable_version_that_fails_to_load_is_not_switched_to(caplog):
-    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.pipeline.rollout_scorer import RolloutScorer
     from streamproc.rollout.state import Promote, apply
 
     s = apply(None, Deploy("fraud", STABLE, at_ms=1))
@@ -266,7 +266,7 @@ def test_each_row_is_scored_by_the_version_its_key_routes_to(percent):
     and the candidate's 1.0, so every row's score says who scored it."""
     import numpy as np
 
-    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.pipeline.rollout_scorer import RolloutScorer
     from streamproc.rollout.state import apply
 
     s = apply(None, Deploy("fraud", STABLE, at_ms=1))
@@ -329,7 +329,7 @@ def test_an_asynchronous_stable_is_submitted_and_waited_for_outside_a_rollout():
     next batch meanwhile); during one it scores at once, each version timed on its own."""
     import numpy as np
 
-    from streamproc.pipeline.rollout import RolloutScorer
+    from streamproc.pipeline.rollout_scorer import RolloutScorer
     from streamproc.rollout.state import apply
 
     log: list[str] = []

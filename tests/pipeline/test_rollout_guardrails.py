@@ -16,7 +16,7 @@ from streamproc.backends.base import Backend
 from streamproc.backends.select import load_backend
 from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.models.spec import ModelSpec, load_model_spec
-from streamproc.pipeline.rollout import RolloutScorer, build_rollout_scorer
+from streamproc.pipeline.rollout_scorer import RolloutScorer, build_rollout_scorer
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
 from streamproc.rollout.state import (
     Approve,
@@ -256,7 +256,7 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     assert [a.type for a in scorer.drain_alerts()] == ["rollback"]
 
 
-class _Broken:
+class _Broken(Backend):
     """A candidate whose every inference fails (a CUDA error, say)."""
 
     name = "broken"
@@ -281,8 +281,8 @@ def test_a_failing_candidate_is_rolled_back_on_the_control_topic(
 
     base = load_model_spec(MODEL)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
-        backend: BackendLike = load_backend(base) if version == STABLE else _Broken()
+    def load(version: str) -> tuple[ModelSpec, Backend]:
+        backend: Backend = load_backend(base) if version == STABLE else _Broken()
         return base.model_copy(update={"version": version}), backend
 
     scorer = build_rollout_scorer(

@@ -8,18 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.errors import DeploymentError
-from streamproc.rollout.ab import (
-    VariantData,
-    ab_report,
-    betainc,
-    mann_whitney_u,
-    render,
-    t_two_sided,
-    two_proportion_z,
-    variants_from_predictions,
-    welch_t,
-)
+from streamproc.rollout.ab import VariantData, ab_report, render, variants_from_predictions
 from streamproc.rollout.state import Deploy, Strategy, StrategyParams, apply
+from streamproc.stats import betainc, mann_whitney_u, t_two_sided, two_proportion_z, welch_t
 
 
 def test_two_proportion_z_known_case():

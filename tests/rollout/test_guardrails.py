@@ -14,9 +14,8 @@ from streamproc.rollout.guardrails import (
     RolloutStats,
     VersionStats,
     _Ring,
-    ks_2samp,
-    psi,
 )
+from streamproc.stats import ks_2samp, psi
 
 
 def _scores(rng, n, shift=0.0):

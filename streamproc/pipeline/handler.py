@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc import lineage
-from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder, encode_record
+from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
@@ -32,6 +32,7 @@ from streamproc.types import (
     RejectedRecord,
 )
 
+from . import records
 from .alerting import AlertRouter, AlertRules
 from .scoring import Scored, Scorer
 
@@ -336,9 +337,10 @@ class BatchHandler:
             detail = infer_error if code == ReasonCode.INFERENCE_FAILED else dec.details[i]
             sid = int(dec.schema_ids[i])
             hdrs = raw.headers[int(i)] or []
-            self._dead_letter(out, now_ms, reason, code, detail, raw.topic, int(raw.partitions[i]),
-                              int(raw.offsets[i]), sid if sid >= 0 else None, raw.keys[i],
-                              raw.values[i], hdrs)  # fmt: skip
+            rejected = records.Rejected(reason, code, detail, raw.topic, int(raw.partitions[i]),
+                                        int(raw.offsets[i]), sid if sid >= 0 else None,
+                                        raw.keys[i], raw.values[i], hdrs)  # fmt: skip
+            self._dead_letter(out, now_ms, rejected)
         return rejects
 
     def _label_dead_letters(self, now_ms: int, out: Outputs) -> dict[str, int]:
@@ -348,43 +350,16 @@ class BatchHandler:
             return rejects
         for r in self.labels.drain_rejected():
             rejects[r.reason.name] = rejects.get(r.reason.name, 0) + 1
-            self._dead_letter(out, now_ms, r.reason.name, int(r.reason), r.detail, r.topic,
-                              r.partition, r.offset, r.schema_id, r.key, r.value,
-                              r.headers)  # fmt: skip
+            rejected = records.Rejected(r.reason.name, int(r.reason), r.detail, r.topic,
+                                        r.partition, r.offset, r.schema_id, r.key, r.value,
+                                        r.headers)  # fmt: skip
+            self._dead_letter(out, now_ms, rejected)
         return rejects
 
-    def _dead_letter(
-        self,
-        out: Outputs,
-        now_ms: int,
-        reason: str,
-        code: int,
-        detail: str | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        schema_id: int | None,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence[tuple[str, bytes | None]],
-    ) -> None:
-        rec = {
-            "reason": reason,
-            "reason_code": code,
-            "detail": detail or reason,
-            "source_topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "schema_id": schema_id,
-            "key": key,
-            "value": value,
-            "headers": [{"key": k, "value": v} for k, v in headers],
-            "processor": self.processor_id,
-            "time": now_ms,
-        }
-        value_out = encode_record("DeadLetter", self.ids.dead_letter, rec)
-        out.records.append(OutRecord(self.topics.dlq, key, value_out,
-                                     [("streamproc-reason", reason.encode())]))  # fmt: skip
+    def _dead_letter(self, out: Outputs, now_ms: int, rejected: records.Rejected) -> None:
+        rec = records.dead_letter(rejected, topic=self.topics.dlq, schema_id=self.ids.dead_letter,
+                                  processor=self.processor_id, now_ms=now_ms)  # fmt: skip
+        out.records.append(rec)
         out.n_dead_letters += 1
 
     def _alert(self, alert: Alert, now_ms: int, out: Outputs) -> None:
@@ -393,36 +368,13 @@ class BatchHandler:
         spec = self.scorer.primary
         a = alert.stamped(model_name=spec.name, model_version=spec.version, time_ms=now_ms,
                           alert_id=alert.alert_id or uuid.uuid4().hex)  # fmt: skip
-        value = encode_record("Alert", self.ids.alert, a.to_record())
-        key = f"{a.model_name}/{a.type}/{a.feature or ''}".encode()
-        out.records.append(OutRecord(self.topics.alerts, key, value))
+        out.records.append(records.alert(a, topic=self.topics.alerts, schema_id=self.ids.alert))
         self.router.notify(a)
         self.sensor.on_alert(str(a.type), str(a.severity), a.feature, a.state == AlertState.FIRING)
 
     def _snapshot(self, now_ms: int) -> OutRecord:
-        import psutil
-
-        c = self.counters
-        proc = psutil.Process()
-        cpu = proc.cpu_times()
-        p50, p99 = c.latency_quantiles()
-        spec = self.scorer.primary
-        rec = {
-            "processor": self.processor_id,
-            "pipeline": self.pipeline,
-            "model_name": spec.name,
-            "model_version": spec.version,
-            "time": now_ms,
-            "events_in": c.events_in,
-            "events_out": c.events_out,
-            "events_rejected": dict(c.rejected),
-            "batches": c.batches,
-            "mean_batch_size": c.events_in / c.batches if c.batches else 0.0,
-            "p50_latency_ms": p50,
-            "p99_latency_ms": p99,
-            "consumer_lag": int(sum(c.lag.values())),
-            "cpu_seconds": cpu.user + cpu.system,
-            "rss_bytes": proc.memory_info().rss,
-        }
-        value = encode_record("MetricsSnapshot", self.ids.metrics, rec)
-        return OutRecord(self.topics.metrics, self.processor_id.encode(), value)
+        return records.metrics_snapshot(
+            self.counters, topic=self.topics.metrics, schema_id=self.ids.metrics,
+            processor=self.processor_id, pipeline=self.pipeline, spec=self.scorer.primary,
+            now_ms=now_ms,
+        )  # fmt: skip

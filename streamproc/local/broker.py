@@ -23,10 +23,9 @@ HEAP = ["-Xms256m", "-Xmx1g"]
 def gc_options(java_major: int) -> list[str]:
     """The broker's collector: generational ZGC where the JVM has it (Java 21+), else G1.
 
-    Under G1 (Kafka's own default, pause goal 20 ms) the benchmark's broker paused for
-    6-123 ms (median 12-14 ms) every ~2 s at 231,000 events/s on the 2-core benchmark
-    machine, and those pauses made most of the end-to-end p99; under ZGC the input side's
-    p99 fell from 13-71 ms to 9 ms (benchmarks/README.md, "The broker's garbage collector").
+    Under G1 (Kafka's own default, pause goal 20 ms) the benchmark's broker paused often
+    enough under load to make most of the end-to-end p99; under ZGC that share went away
+    (benchmarks/README.md, "The broker's garbage collector").
 
     >>> gc_options(17)
     ['-XX:+UseG1GC', '-XX:MaxGCPauseMillis=20']
@@ -84,11 +83,9 @@ def thread_settings(cores: int) -> dict[str, int]:
     each capped at the cores this process may run on.
 
     The local broker shares its machine with the processors, the load generator and the
-    tests. On the 2-core benchmark machine Kafka's defaults let the broker's request
-    threads take both cores in a burst; capped at 2 each, streamproc's p99 at 234,299
-    events/s fell from 38-118 ms (median 51) to 22-32 ms (median 25) in the phases after
-    the first, and the passthrough's from 27-34 to 27-29 ms (benchmarks/README.md, "The
-    broker's threads").
+    tests. On a 2-core machine Kafka's defaults let the broker's request threads take both
+    cores in a burst, which showed in streamproc's p99 (benchmarks/README.md, "The broker's
+    threads").
 
     >>> thread_settings(2)
     {'num.io.threads': 2, 'num.network.threads': 2, 'background.threads': 2}

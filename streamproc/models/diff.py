@@ -1,0 +1,221 @@
+"""What changed between two versions of a model: inputs and constraints, outputs, files,
+and measured speed (:class:`VersionDiff`)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from streamproc.models.performance import PERF_FILE, PerfReport
+from streamproc.models.spec import ModelSpec
+
+SPEC_FILE = "model.yaml"  # a version's description (streamproc.models.spec)
+_CONSTRAINTS = {"min", "max", "null", "impute", "allow_nan", "symbols", "length", "encoding"}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One difference between two model descriptions."""
+
+    section: Literal["input", "output", "model", "file"]
+    item: str  # feature field, or attribute name
+    kind: Literal["added", "removed", "changed"]
+    old: Any = None
+    new: Any = None
+    note: str = ""
+
+    def describe(self) -> str:
+        mark = {"added": "+", "removed": "-", "changed": "~"}[self.kind]
+        if self.kind == "changed":
+            text = f"{mark} {self.section} {self.item}: {self.old!r} -> {self.new!r}"
+        else:
+            text = f"{mark} {self.section} {self.item}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "section": self.section,
+            "item": self.item,
+            "kind": self.kind,
+            "old": _plain(self.old),
+            "new": _plain(self.new),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PerfDelta:
+    batch_size: int
+    metric: Literal["p50_ms", "p99_ms", "throughput_eps"]
+    old: float
+    new: float
+
+    @property
+    def change_pct(self) -> float:
+        return (self.new - self.old) / self.old * 100.0 if self.old else math.inf
+
+    @property
+    def better(self) -> bool:
+        return self.new > self.old if self.metric == "throughput_eps" else self.new < self.old
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "metric": self.metric,
+            "old": self.old,
+            "new": self.new,
+            "change_pct": round(self.change_pct, 2),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    name: str
+    old: str
+    new: str
+    changes: list[Change] = field(default_factory=list)
+    perf: list[PerfDelta] = field(default_factory=list)
+    perf_missing: list[str] = field(default_factory=list)  # versions without perf.json
+    changelog: str = ""
+
+    @property
+    def breaking(self) -> bool:
+        """True when events valid for the old version may be rejected or mis-read by the new."""
+        return any(
+            c.section == "input"
+            and (
+                c.kind != "changed"
+                or "tightened" in c.note
+                or c.item.endswith((".symbols", ".encoding", ".length"))
+            )
+            for c in self.changes
+        ) or any(c.item == "column order" for c in self.changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "old": self.old,
+            "new": self.new,
+            "breaking": self.breaking,
+            "changes": [c.as_dict() for c in self.changes],
+            "perf": [d.as_dict() for d in self.perf],
+            "perf_missing": self.perf_missing,
+            "changelog": self.changelog,
+        }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _constraint_note(attr: str, old: Any, new: Any) -> str:
+    tighter = "constraint tightened: more events rejected"
+    looser = "constraint loosened"
+    if attr == "min":
+        return tighter if old is None or (new is not None and new > old) else looser
+    if attr == "max":
+        return tighter if old is None or (new is not None and new < old) else looser
+    if attr == "allow_nan":
+        return looser if new else tighter
+    if attr == "null":
+        if new == "reject":
+            return tighter
+        return looser if old == "reject" else "null handling changed"
+    if attr == "symbols":
+        return "enum symbols changed: column layout differs"
+    if attr in {"encoding", "length"}:
+        return "column layout differs"
+    return "imputed value changed" if attr == "impute" else ""
+
+
+def diff_specs(old: ModelSpec, new: ModelSpec) -> list[Change]:
+    """Input, constraint, output and model-setting differences from ``old`` to ``new``.
+
+    >>> a = ModelSpec.model_validate({"name": "m", "version": "1.0.0",
+    ...     "inputs": [{"field": "x"}, {"field": "y", "min": 0}]})
+    >>> b = ModelSpec.model_validate({"name": "m", "version": "1.1.0",
+    ...     "inputs": [{"field": "x"}, {"field": "y", "min": -1}, {"field": "z"}],
+    ...     "outputs": {"threshold": 0.7}})
+    >>> for c in diff_specs(a, b): print(c.describe())
+    + input z
+    ~ input y.min: 0.0 -> -1.0 (constraint loosened)
+    ~ output threshold: 0.5 -> 0.7
+    """
+    changes: list[Change] = []
+    old_in = {f.field: f for f in old.inputs}
+    new_in = {f.field: f for f in new.inputs}
+    changes += [Change("input", n, "added") for n in new_in if n not in old_in]
+    changes += [Change("input", n, "removed") for n in old_in if n not in new_in]
+    for name in (n for n in new_in if n in old_in):
+        a, b = old_in[name].model_dump(), new_in[name].model_dump()
+        for attr in a:
+            if a[attr] != b[attr]:
+                note = _constraint_note(attr, a[attr], b[attr]) if attr in _CONSTRAINTS else ""
+                changes.append(Change("input", f"{name}.{attr}", "changed", a[attr], b[attr], note))
+    shared_old = [c for c in old.columns if c in set(new.columns)]
+    shared_new = [c for c in new.columns if c in set(old.columns)]
+    if shared_old != shared_new:
+        changes.append(
+            Change(
+                "input",
+                "column order",
+                "changed",
+                shared_old,
+                shared_new,
+                "features reach the model in a different order",
+            )
+        )
+    a_out, b_out = old.outputs.model_dump(), new.outputs.model_dump()
+    changes += [
+        Change("output", attr, "changed", a_out[attr], b_out[attr])
+        for attr in a_out
+        if a_out[attr] != b_out[attr]
+    ]
+    skip = {"name", "version", "inputs", "outputs", "changelog", "home"}
+    a_m, b_m = old.model_dump(exclude=skip), new.model_dump(exclude=skip)
+    changes += [
+        Change("model", attr, "changed", a_m[attr], b_m[attr])
+        for attr in a_m
+        if a_m[attr] != b_m[attr]
+    ]
+    return changes
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def diff_files(old_dir: Path, new_dir: Path) -> list[Change]:
+    """Files of two version directories that were added, removed or changed (by content),
+    besides ``model.yaml`` and ``perf.json``: the model itself, a reference profile, ..."""
+    skip = {SPEC_FILE, PERF_FILE}
+    old = {p.name: p for p in old_dir.iterdir() if p.is_file() and p.name not in skip}
+    new = {p.name: p for p in new_dir.iterdir() if p.is_file() and p.name not in skip}
+    changes = [Change("file", n, "added") for n in sorted(new.keys() - old.keys())]
+    changes += [Change("file", n, "removed") for n in sorted(old.keys() - new.keys())]
+    for name in sorted(old.keys() & new.keys()):
+        a, b = _digest(old[name]), _digest(new[name])
+        if a != b:
+            changes.append(Change("file", name, "changed", f"sha256:{a}", f"sha256:{b}"))
+    return changes
+
+
+def diff_perf(old: PerfReport, new: PerfReport) -> list[PerfDelta]:
+    """Per batch size measured in both: p50, p99 and throughput, old against new."""
+    deltas = []
+    for b_new in new.batches:
+        b_old = old.at(b_new.batch_size)
+        if b_old is None:
+            continue
+        for metric in ("p50_ms", "p99_ms", "throughput_eps"):
+            deltas.append(
+                PerfDelta(b_new.batch_size, metric, getattr(b_old, metric), getattr(b_new, metric))
+            )
+    return deltas
