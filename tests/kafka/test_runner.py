@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError as CkError
 
 from streamproc.batching import Released, WindowPolicy
 from streamproc.errors import DeliveryError, RegistryUnavailableError
-from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
+from streamproc.kafka.runner import KafkaRunner, PlainHandler, RunnerSettings, to_raw_batch
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
 
@@ -40,8 +40,8 @@ def runner_factory(kafka: str) -> Iterator[Callable[..., KafkaRunner]]:
                            **(consumer_conf or {})},
             producer_conf={"bootstrap.servers": kafka, "linger.ms": 5, **(producer_conf or {})},
             settings=settings or RunnerSettings(topic=topic),
-            **{"handler": _not_called, "policy": WindowPolicy(max_size=100, max_wait_ms=5),
-               **kwargs},
+            **{"handler": PlainHandler(_not_called),
+               "policy": WindowPolicy(max_size=100, max_wait_ms=5), **kwargs},
         )  # fmt: skip
         made.append(runner)
         return runner
@@ -249,7 +249,7 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
     runner = runner_factory(
         topic,
         consumer_conf={"auto.offset.reset": "earliest"},
-        handler=handler,
+        handler=PlainHandler(handler),
         policy=WindowPolicy(max_size=2, max_wait_ms=5),
         clock_ms=lambda: now[0],
     )
@@ -451,7 +451,7 @@ def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
             records.append(OutRecord(small, None, os.urandom(5000)))  # refused by the broker
         return Outputs(records=records)
 
-    runner = _eos_runner(runner_factory, topic, handler)
+    runner = _eos_runner(runner_factory, topic, PlainHandler(handler))
     runner._process_all(_six_released_at_once(runner))
     assert failed == [[b"C", b"D"]]
     _replayed_once(runner, topic, out, consumer_factory)
