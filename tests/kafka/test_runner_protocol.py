@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as CkError
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from streamproc.batching import WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError
-from streamproc.kafka.runner import BatchHandlerLike, KafkaRunner, RunnerSettings
+from streamproc.kafka.runner import BatchHandlerLike, KafkaRunner, PlainHandler, RunnerSettings
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock
 
 TOPIC = "in"
@@ -437,12 +437,11 @@ def test_exactly_once_a_fatal_error_stops_the_runner_without_committing() -> Non
 
 
 def test_at_least_once_a_failed_delivery_stops_before_any_later_offset_moves() -> None:
-    # B's record fails (the broker refuses it): the runner raises before committing AB and
-    # before producing anything of CD.
+    # B's record fails (the broker refuses it): the runner raises as soon as the report is
+    # served (right after AB is produced), before committing AB and before producing CD.
     broker = Broker(b"ABCDEF")
     broker.fail_values = {b"B"}
-    clock = Clock()
-    runner = _runner(broker, Echo(), clock=clock, commit_interval_s=0.0)
+    runner = _runner(broker, Echo())
     with pytest.raises(DeliveryError, match="records not acknowledged"):
         _run_until_idle(broker, runner)
     assert broker.kinds("commit") == [] and broker.committed == {}
@@ -523,8 +522,6 @@ def test_a_lost_assignment_drops_the_batch_in_flight_and_commits_nothing() -> No
 
 
 def test_a_plain_function_is_a_handler_that_does_not_overlap() -> None:
-    from streamproc.kafka.runner import PlainHandler
-
     handler = PlainHandler(lambda raw: Outputs())
     assert handler.overlaps is False
     runner = _runner(Broker(b""), handler)
