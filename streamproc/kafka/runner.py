@@ -732,27 +732,44 @@ class KafkaRunner:
 
     # -- group membership ------------------------------------------------------------------
 
+    # Both group protocols: under the classic one (eager) ``parts`` is the whole assignment,
+    # given after a revoke of the whole previous one; under Kafka 4's consumer protocol
+    # (KIP-848, incremental) it is only what is added or taken away, possibly nothing, and
+    # the other partitions stay ours and keep flowing. The client itself applies the change
+    # (assign or incremental_assign) when a callback returns. So the assignment grows and
+    # shrinks by ``parts``, and a revoke rewinds the partitions that stay.
+
     def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
-        self._assignment = list(parts)
-        log.info("assigned %s", [p.partition for p in parts])
+        have = {tp.partition for tp in self._assignment}
+        self._assignment += [tp for tp in parts if tp.partition not in have]
+        log.info("assigned %s (added %s)", sorted(tp.partition for tp in self._assignment),
+                 [tp.partition for tp in parts])  # fmt: skip
 
     def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
-        # Finish what we hold for these partitions and commit it before they move, so
-        # the next owner starts exactly after it. Records of partitions waiting for the
-        # registry are not here (_drop_held): their commit stops before the waiting event.
+        # Finish what we hold and commit it before these partitions move, so the next owner
+        # starts exactly after it (what we hold of the partitions that stay goes out now
+        # too). Records of partitions waiting for the registry are not here (_drop_held):
+        # their commit stops before the waiting event.
         self._process_all(self.batcher.release_all(ReleaseReason.REBALANCE))
         # A batch in flight is decoded and scored already: finish and commit it too (it came
         # before any batch that waits for the registry).
         self._finish_inflight()
-        self._aborted = []  # its transaction aborted: the next owner reads it from the commit
         self._flush_and_commit()
+        gone = {tp.partition for tp in parts}
+        self._assignment = [tp for tp in self._assignment if tp.partition not in gone]
+        if self._aborted:
+            # Its transaction aborted: the next owner of a revoked partition reads it from
+            # the commit; a partition that stays is read again from it here.
+            self._rewind(self._aborted, [])
+            self._aborted = []
         self._release_holds(parts)
-        self._assignment = []
-        log.info("revoked %s", [p.partition for p in parts])
+        log.info("revoked %s, kept %s", sorted(gone),
+                 sorted(tp.partition for tp in self._assignment))  # fmt: skip
 
     def _on_lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
-        # owner replays it from the last committed offset.
+        # owner replays it from the last committed offset. The client loses the whole
+        # assignment at once under either protocol, and so does the runner.
         self.batcher.release_all(ReleaseReason.REBALANCE)
         self._inflight = None  # started, never produced: replayed like the rest
         self._aborted = []

@@ -692,3 +692,24 @@ def test_an_outage_holds_back_each_partition_from_its_first_waiting_event_only(
         assert set(runner._held) == {2}
     finally:
         runner.consumer = real
+
+
+def test_a_processor_under_the_consumer_group_protocol_scores_every_event(
+    pipeline_config_factory: Callable[..., Any],
+    processor_factory: Callable[..., Any],
+    event_producer_factory: Callable[..., Any],
+    read_topic: Callable[..., Any],
+) -> None:
+    # Kafka 4's consumer protocol (KIP-848): the broker assigns partitions incrementally.
+    from streamproc import synth
+
+    cfg = pipeline_config_factory(partitions=2, kafka={"group_protocol": "consumer"})
+    producer = event_producer_factory(cfg.topics.input)
+    records, _ = synth.generate(200, seed=5)
+    for r in records:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    running = processor_factory(cfg)
+    preds = read_topic(cfg.topics.predictions, 200, idle_s=60)
+    running.stop()
+    assert sorted(p.value["event_id"] for p in preds) == sorted(r["event_id"] for r in records)

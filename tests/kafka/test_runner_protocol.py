@@ -526,3 +526,47 @@ def test_a_plain_function_is_a_handler_that_does_not_overlap() -> None:
     assert handler.overlaps is False
     runner = _runner(Broker(b""), handler)
     assert runner._overlap is None
+
+
+# -- incremental rebalances (Kafka 4's consumer protocol, KIP-848) -------------------------
+# The fake consumer applies each rebalance as a change to its assignment, as the client does
+# under the consumer protocol: a revoke takes away only the partitions it names.
+
+
+def test_an_incremental_revoke_commits_and_the_partitions_that_stay_keep_flowing() -> None:
+    broker = Broker(b"ACEG", partitions=1)
+    broker.log[1] = [Message(topic=TOPIC, partition=1, offset=i, value=v, timestamp=(1, 1))
+                     for i, v in enumerate([b"B", b"D"])]  # fmt: skip
+    runner = _runner(broker, Echo(), max_size=3)
+    _steps(runner, 1)  # assigned [0, 1]; A C E from partition 0
+    assert sorted(tp.partition for tp in runner._assignment) == [0, 1]
+    broker.rebalances.append(("revoke", [1]))
+    _steps(runner, 1)  # the revoke commits A C E; G is read after it
+    i, j = broker.calls.index(("revoke", [1])), broker.calls.index(("revoke-done", [1]))
+    assert [c for c in broker.calls[i:j] if c[0] == "commit"] == [("commit", {0: 3}, False)]
+    assert [tp.partition for tp in runner._assignment] == [0]
+    assert broker.kinds("seek") == []
+    broker.rebalances.append(("assign", [1]))  # partition 1 comes back
+    _run_until_idle(broker, runner)
+    assert sorted(tp.partition for tp in runner._assignment) == [0, 1]
+    assert sorted(broker.values("preds")) == [b"A", b"B", b"C", b"D", b"E", b"G"]
+    assert broker.committed == {0: 4, 1: 2} and broker.violations == []
+
+
+def test_an_abort_during_an_incremental_revoke_rewinds_the_partitions_that_stay() -> None:
+    # A C (partition 0) and B D (partition 1) are one batch, in flight when partition 1 is
+    # revoked. Finishing it in the revoke, its transaction aborts: partition 0 stays and is
+    # read again from A; partition 1's next owner reads it from its last commit.
+    broker = Broker(b"ABCD", partitions=2)
+    broker.txn_errors = [_abortable()]
+    handler = Overlapping()
+    runner = _runner(broker, handler, max_size=4, exactly_once=True)
+    _steps(runner, 1)
+    assert handler.log == [("start", b"ACBD")] and runner._inflight is not None
+    broker.rebalances.append(("revoke", [1]))
+    _run_until_idle(broker, runner)
+    assert broker.kinds("abort_transaction") == ["abort_transaction"]
+    assert [c for c in broker.calls if c[0] == "seek"] == [("seek", 0, 0)]
+    assert handler.log[1:] == [("finish", b"ACBD"), ("start", b"AC"), ("finish", b"AC")]
+    assert broker.values("preds") == [b"A", b"C"]
+    assert broker.committed == {0: 2} and broker.violations == []
