@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return text + ("" if linger is None else f":linger{linger:g}")
 
     p = bench.Params(**{**bench.FULL.__dict__, "n": args.n})
+    sweep = bench.LATENCY_SWEEP
     if args.rate:
-        bench.LATENCY_SWEEP = ()  # only the phase at --rate (and a token one, below)
+        sweep = ()  # only the phase at --rate (and a token one, below)
         p = bench.Params(**{**p.__dict__, "latency_share": 0.02, "latency_s": 10.0})
     phases: dict[str, list[dict[str, float]]] = {name(v[0], v[2]): [] for v in variants}
     info = bench.machine()
@@ -123,15 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                 k = r % len(variants)
                 for text, (system, size, wait, overrides), linger in variants[k:] + variants[:k]:
                     key = name(text, linger)
-                    if linger is not None:
-                        bench.PACED_PRODUCER = {**bench.PACED_PRODUCER, "linger.ms": linger}
+                    load.paced_config = (
+                        None if linger is None else {**bench.PACED_PRODUCER, "linger.ms": linger}
+                    )
                     # With --rate, the harness's own phase runs at 2% of the drain rate (a
                     # few thousand events/s) before the phase at --rate; only that is kept.
                     res = bench.run_system(
                         system, p, svc, load, work, p.drain_timeout_s, latency=bool(args.rate),
                         extra_rates=(args.rate,) if args.rate else (), batch_size=size,
                         max_wait_ms=bench.BATCH.max_wait_ms if wait is None else wait,
-                        overrides=overrides,
+                        overrides=overrides, sweep=sweep,
                     )  # fmt: skip
                     if res.get("status") == "ok" and res.get("events_per_s"):
                         rates[key].append(res["events_per_s"])

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from streamproc.backends.base import Backend
 from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.rollout import RolloutScorer
@@ -29,7 +30,7 @@ from streamproc.rollout.state import Deploy, Strategy, StrategyParams, apply
 BATCH = 4096
 
 
-class Zeros:
+class Zeros(Backend):
     name = "zeros"
 
     def infer(self, x: np.ndarray) -> np.ndarray:

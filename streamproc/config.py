@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamproc.errors import ConfigError
+from streamproc.types import Severity
 
 
 class _Strict(BaseModel):
@@ -136,6 +145,131 @@ class MetricsSettings(_Strict):
     snapshot_interval_s: float = Field(10.0, gt=0)
 
 
+# --------------------------------------------------------------------- drift, alerts, rollout
+
+
+DetectorName = Literal["cusum", "psi", "ks", "adwin", "kswin", "page_hinkley", "null"]
+BinaryDetectorName = Literal["cusum", "ddm", "eddm", "hddm_a", "hddm_w", "fhddm", "adwin", "null"]
+
+
+class DriftConfig(_Strict):
+    """The ``drift:`` section (read by :mod:`streamproc.drift`); the defaults are the one
+    default configuration the benchmark measures."""
+
+    enabled: bool = True  # False: every monitor uses NullDetector
+    detector: DetectorName = "cusum"  # input and prediction drift
+    # System-wide budget: false alarms per million events, summed over all monitored
+    # features of one model version. Thresholds are designed for budget * margin so that
+    # estimation error in the reference does not push the real rate over the budget.
+    false_alarms_per_million: float = Field(1.0, gt=0)
+    calibration_margin: float = Field(0.5, gt=0, le=1)
+    target_shift_sigma: float = Field(0.5, gt=0)  # mean shift the CUSUMs are tuned for
+    target_variance_ratio: float = Field(2.0, gt=1)  # variance increase they are tuned for
+    # Share of each feature's budget: (mean up, mean down, variance up).
+    arm_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    # Hysteresis: a FIRING alert resolves after this many events without a new detection.
+    recovery_events: int = Field(2000, ge=1)
+    critical_shift_sigma: float = Field(1.0, gt=0)  # estimated shift that makes it CRITICAL
+    critical_variance_ratio: float = Field(4.0, gt=1)
+    # Reference profile built from the stream when none is stored with the model.
+    reference_events: int = Field(10_000, ge=100)
+    min_events: int = Field(1_000, ge=20)  # fewest reference rows a monitor accepts
+    # Windowed detectors (psi, ks).
+    window_events: int = Field(2_000, ge=50)
+    psi_bins: int = Field(10, ge=2)
+    ks_bins: int = Field(50, ge=2)
+    # river detectors: constructor arguments, e.g. {"delta": 0.002} for adwin.
+    river_params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # Prediction (score) drift: its own budget, one stream.
+    score_false_alarms_per_million: float = Field(0.1, gt=0)
+    # Accuracy drift.
+    accuracy_detector: BinaryDetectorName = "cusum"
+    accuracy_false_alarms_per_million: float = Field(0.1, gt=0)  # per million labels
+    target_error_ratio: float = Field(1.5, gt=1)  # error rate p0 -> p0 * ratio
+    reference_error_rate: float | None = Field(None, gt=0, lt=1)
+    accuracy_warmup_labels: int = Field(5_000, ge=100)  # estimate p0 when not given
+    accuracy_recovery_labels: int = Field(10_000, ge=1)
+    label_retention: int = Field(100_000, ge=1)  # the last N predictions, for the label join
+    # Data quality (tumbling windows).
+    quality_window_events: int = Field(1_000, ge=1)
+    quality_ratio: float = Field(3.0, ge=1)  # alert above max(ratio * ref, ref + margin)
+    quality_margin: float = Field(0.01, ge=0)
+    quality_critical_rate: float = Field(0.2, gt=0, le=1)
+    quality_recovery_windows: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftConfig:
+        if any(w < 0 for w in self.arm_weights) or sum(self.arm_weights) <= 0:
+            raise ValueError("arm_weights must be non-negative with a positive sum")
+        if self.reference_events < self.min_events:
+            raise ValueError("reference_events must be >= min_events")
+        return self
+
+    def design_arl(self, n_features: int, budget: float | None = None) -> float:
+        """In-control events between false alarms that each feature's detector must reach."""
+        b = self.false_alarms_per_million if budget is None else budget
+        return 1e6 * max(n_features, 1) / (b * self.calibration_margin)
+
+
+class AlertRules(_Strict):
+    """The ``alerts:`` section: routing rules (streamproc.pipeline.alerting.AlertRouter).
+
+    ``min_severity`` drops quieter alerts from the alerts topic (they are still counted);
+    ``webhook`` receives each routed alert as JSON."""
+
+    min_severity: Severity = Severity.INFO
+    webhook: str | None = None
+    webhook_timeout_s: float = 2.0
+
+
+class GuardrailThresholds(BaseModel):
+    """Limits a candidate must stay within; the defaults are conservative."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_events: int = Field(default=200, ge=1)  # candidate events before error rate is judged
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)  # allowed excess over stable
+    min_latency_samples: int = Field(default=100, ge=1)
+    max_p99_ratio: float = Field(default=1.5, ge=1)
+    p99_slack_ms: float = Field(default=5.0, ge=0)
+    max_p99_ms: float | None = Field(default=None, gt=0)  # absolute cap, whatever stable does
+    min_labels: int = Field(default=100, ge=1)
+    max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)
+    drift_statistic: Literal["psi", "ks"] = "psi"
+    min_drift_samples: int = Field(default=200, ge=10)
+    max_psi: float = Field(default=0.25, gt=0)
+    max_ks: float = Field(default=0.15, gt=0, le=1)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, object] | None) -> GuardrailThresholds:
+        """From a config section; :class:`ConfigError` on an unknown key or bad value."""
+        try:
+            return cls.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid guardrail thresholds: {exc}") from exc
+
+
+class RolloutSettings(_Strict):
+    """The ``rollout:`` section, read by streamproc.pipeline.rollout.live_guard_settings.
+
+    >>> r = RolloutSettings.model_validate({"guardrails": {"max_error_rate": 0.02}})
+    >>> r.guardrails.max_error_rate, sorted(r.guardrails.model_fields_set), r.decide_interval_s
+    (0.02, ['max_error_rate'], 1.0)
+    """
+
+    # Overrides of the live guard's thresholds, key by key: only the keys given here replace
+    # the live defaults (streamproc.pipeline.rollout.LIVE_THRESHOLDS).
+    guardrails: GuardrailThresholds = Field(default_factory=GuardrailThresholds)
+    # How often the guard judges the candidate; a number (not a string, not a bool).
+    decide_interval_s: float = Field(1.0, gt=0, strict=True)
+
+    @field_validator("guardrails", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # `guardrails:` with nothing under it
+
+
 class PipelineConfig(_Strict):
     name: str
     model: str  # a model directory (model.yaml + model file), relative to the config file
@@ -148,11 +282,9 @@ class PipelineConfig(_Strict):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     decoding: DecodingSettings = Field(default_factory=DecodingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    drift: dict[str, Any] = Field(default_factory=dict)  # read by streamproc.drift
-    alerts: dict[str, Any] = Field(default_factory=dict)  # routing rules
-    # guardrails (overrides of the live thresholds) and decide_interval_s, read by
-    # streamproc.pipeline.rollout.live_guard_settings
-    rollout: dict[str, Any] = Field(default_factory=dict)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    alerts: AlertRules = Field(default_factory=AlertRules)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

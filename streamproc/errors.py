@@ -39,14 +39,14 @@ class ConfigError(StreamprocError):
 
 
 class DependencyMissingError(StreamprocError):
-    """An optional dependency is missing; the message names the extra to install."""
+    """A dependency is missing; the message names the extra of pyproject.toml to install
+    (``extra`` None: a core dependency, which a plain install of streamproc brings)."""
 
-    def __init__(self, module: str, extra: str) -> None:
+    def __init__(self, module: str, extra: str | None) -> None:
         self.module = module
         self.extra = extra
-        super().__init__(
-            f"{module} is not installed; install it with: pip install 'streamproc[{extra}]'"
-        )
+        where = f"'streamproc[{extra}]'" if extra else "streamproc (a core dependency)"
+        super().__init__(f"{module} is not installed; install it with: pip install {where}")
 
 
 class LocalStackError(StreamprocError):

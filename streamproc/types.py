@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,6 +105,124 @@ class JoinedIds(Sequence[str]):
 
     def __repr__(self) -> str:
         return repr(self._list())
+
+
+class Severity(enum.StrEnum):
+    """How urgent an alert is. Members are listed in rising order: :attr:`rank` compares
+    them (the string values do not sort by urgency).
+
+    >>> Severity("INFO").rank < Severity.WARNING.rank < Severity.CRITICAL.rank
+    True
+    >>> Severity.WARNING.at_least(Severity.INFO), Severity.INFO.at_least(Severity.WARNING)
+    (True, False)
+    """
+
+    INFO = "INFO"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        """0 for the quietest, rising with urgency."""
+        return _SEVERITY_RANK[self]
+
+    def at_least(self, floor: Severity) -> bool:
+        return self.rank >= floor.rank
+
+
+_SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
+
+
+class AlertState(enum.StrEnum):
+    FIRING = "FIRING"
+    RESOLVED = "RESOLVED"
+
+
+class AlertType(enum.StrEnum):
+    INPUT_DRIFT = "input_drift"
+    PREDICTION_DRIFT = "prediction_drift"
+    DATA_QUALITY = "data_quality"
+    ACCURACY_DRIFT = "accuracy_drift"
+    NEW_SCHEMA = "new_schema"
+    ROLLBACK = "rollback"  # a rollout's candidate rolled back by its guardrails
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert state change (a drift firing or resolving, a rollback), from the monitor or
+    the rollout guard that raised it to the alerts topic and the webhook.
+
+    Identity and time are left None by whoever raises it when they do not know them; the
+    batch handler fills them in (:meth:`stamped`). :meth:`to_record` is the one place the
+    Avro ``Alert`` record is built.
+
+    >>> a = Alert(AlertType.INPUT_DRIFT, AlertState.FIRING, Severity.WARNING, "amount",
+    ...           "cusum_mean_up", 31.2, 31.0, 90, 1000, 1089, "mean shifted up")
+    >>> rec = a.stamped(model_name="fraud", model_version="1.0.0", time_ms=0,
+    ...                 alert_id="a1").to_record()
+    >>> rec["type"], rec["state"], rec["model_name"], rec["alert_id"], rec["time"]
+    ('input_drift', 'FIRING', 'fraud', 'a1', 0)
+    """
+
+    type: AlertType
+    state: AlertState
+    severity: Severity
+    feature: str | None
+    statistic: str
+    value: float
+    threshold: float
+    window_events: int
+    first_offset: int | None
+    last_offset: int | None
+    message: str
+    model_name: str | None = None  # None: the pipeline's model (stamped by the handler)
+    model_version: str | None = None
+    alert_id: str | None = None
+    time_ms: int | None = None
+
+    def stamped(self, *, model_name: str, model_version: str, time_ms: int, alert_id: str) -> Alert:
+        """This alert with its identity and time filled in where it has none."""
+        return replace(
+            self,
+            model_name=self.model_name if self.model_name is not None else model_name,
+            model_version=self.model_version if self.model_version is not None else model_version,
+            alert_id=self.alert_id or alert_id,
+            time_ms=self.time_ms if self.time_ms is not None else time_ms,
+        )
+
+    def to_record(
+        self,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        time_ms: int | None = None,
+        alert_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The Avro ``Alert`` record (``streamproc/avro_schemas/Alert.avsc``). Identity and
+        time the alert lacks come from the arguments; all must be known by then."""
+        a = self
+        if model_name is not None and model_version is not None and time_ms is not None:
+            a = self.stamped(model_name=model_name, model_version=model_version,
+                             time_ms=time_ms, alert_id=alert_id or "")  # fmt: skip
+        if a.model_name is None or a.model_version is None or a.time_ms is None:
+            raise ValueError(f"alert {a.type} has no model or time to record: stamp it first")
+        return {
+            "alert_id": a.alert_id or "",
+            "type": str(a.type),
+            "state": str(a.state),
+            "severity": str(a.severity),
+            "model_name": a.model_name,
+            "model_version": a.model_version,
+            "feature": a.feature,
+            "statistic": a.statistic,
+            "value": float(a.value),
+            "threshold": float(a.threshold),
+            "window_events": int(a.window_events),
+            "first_offset": a.first_offset,
+            "last_offset": a.last_offset,
+            "message": a.message,
+            "time": int(a.time_ms),
+        }
 
 
 @dataclass(slots=True)

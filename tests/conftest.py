@@ -22,12 +22,19 @@ from hypothesis import settings
 
 from streamproc.kafka.admin import Admin
 from streamproc.local import LocalStack, StackInfo, from_environment
+from tests.extras import absent
 
 # Property tests draw the same examples on every run, so CI is reproducible. A random
 # search (HYPOTHESIS_PROFILE=explore) is for hunting, not for gating a merge.
 settings.register_profile("ci", derandomize=True)
-settings.register_profile("explore", derandomize=False)
+settings.register_profile("explore", derandomize=False, max_examples=1_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # An optional extra a test needs: a skip with the install hint, a failure in CI.
+    for mark in item.iter_markers("requires_extra"):
+        absent(*mark.args)
 
 
 @pytest.fixture(scope="session")

@@ -5,16 +5,21 @@ row ``i`` of the output belonging to row ``i`` of the input, for any ``n >= 1`` 
 returns an empty ``(0, K)`` matrix). Backends that need fixed shapes pad and split
 internally (:mod:`streamproc.backends.buckets`); callers never see it.
 
-A backend whose device works apart from the host (a GPU) may also offer ``submit(batch)``:
-it queues the batch's work and returns at once with a :class:`Pending`, whose ``result()``
-waits for it. The pipeline decodes and encodes other batches meanwhile. :func:`submit`
-gives every backend that verb; one without it computes at once.
+A backend whose device works apart from the host (a GPU) sets ``asynchronous`` and
+overrides ``submit(batch)``: it queues the batch's work and returns at once with a
+:class:`Pending`, whose ``result()`` waits for it. The pipeline decodes and encodes other
+batches meanwhile. :func:`submit` gives every backend that verb; a synchronous one
+computes at once.
 
->>> class Double:
-...     name, device = "double", "cpu"
+Every backend subclasses :class:`Backend` explicitly, which gives it the defaults (device
+``"cpu"``, synchronous, ``close`` a no-op):
+
+>>> class Double(Backend):
+...     name = "double"
 ...     def infer(self, batch): return 2 * check_batch(batch, 2)
-...     def close(self): pass
 >>> backend: Backend = Double()
+>>> backend.device, backend.asynchronous
+('cpu', False)
 >>> backend.infer(np.ones((1, 2))).tolist()
 [[2.0, 2.0]]
 >>> submit(backend, np.ones((1, 2))).result().tolist()
@@ -31,22 +36,6 @@ import numpy.typing as npt
 from streamproc.errors import ModelError
 
 Matrix = npt.NDArray[np.float32]
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """A loaded model on one device."""
-
-    name: str  # a streamproc.models.spec.BackendName: "onnxruntime", "torch", ...
-    device: str  # "cpu", "cuda:0", ...
-
-    def infer(self, batch: Matrix) -> Matrix:
-        """Score ``batch`` ``(n, F)``; returns ``(n, K)`` float32 in input order."""
-        ...
-
-    def close(self) -> None:
-        """Release device memory, sessions and streams; the backend is unusable after."""
-        ...
 
 
 def check_batch(batch: npt.ArrayLike, n_features: int) -> Matrix:
@@ -84,16 +73,40 @@ class Done:
         return self._value
 
 
-def is_asynchronous(backend: Any) -> bool:
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model on one device. Subclass it explicitly to get the defaults."""
+
+    name: str  # a streamproc.models.spec.BackendName: "onnxruntime", "torch", ...
+    device: str = "cpu"  # "cpu", "cuda:0", ...
+    # Whether :meth:`submit` returns before the work is done (a GPU backend), so that a
+    # caller gains by doing other work before ``result()``.
+    asynchronous: bool = False
+
+    def infer(self, batch: Matrix) -> Matrix:
+        """Score ``batch`` ``(n, F)``; returns ``(n, K)`` float32 in input order."""
+        ...
+
+    def submit(self, batch: Matrix) -> Pending:
+        """Start scoring ``batch``; an asynchronous backend returns before the work is done.
+        By default: :meth:`infer` now."""
+        return Done(self.infer(batch))
+
+    def close(self) -> None:
+        """Release device memory, sessions and streams; the backend is unusable after.
+        By default: nothing to release."""
+        return None
+
+
+def is_asynchronous(backend: Backend) -> bool:
     """Whether ``backend.submit`` returns before the work is done (a GPU backend), so that a
     caller gains by doing other work before ``result()``."""
-    return bool(getattr(backend, "asynchronous", False))
+    return backend.asynchronous
 
 
-def submit(backend: Any, batch: Matrix) -> Pending:
+def submit(backend: Backend, batch: Matrix) -> Pending:
     """Start scoring ``batch``: the backend's own ``submit`` where it is asynchronous, else
     ``infer`` now (its errors raise here)."""
-    if is_asynchronous(backend):
-        pending: Pending = backend.submit(batch)
-        return pending
+    if backend.asynchronous:
+        return backend.submit(batch)
     return Done(backend.infer(batch))

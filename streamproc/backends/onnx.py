@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from streamproc.backends.base import Matrix, check_batch
+from streamproc.backends.base import Backend, Matrix, check_batch
 from streamproc.errors import DependencyMissingError, ModelError
 from streamproc.models.spec import ModelSpec
 
@@ -28,11 +28,11 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:  # a core dependency, but keep the message helpful
-        raise DependencyMissingError("onnxruntime", "onnxruntime") from exc
+        raise DependencyMissingError("onnxruntime", None) from exc
     return onnxruntime
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` on the CPU execution provider.
 
     ``intra_op_threads`` defaults to 1: a streaming worker scales by partitions and

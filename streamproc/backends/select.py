@@ -60,10 +60,11 @@ def nvidia_driver() -> str | None:
     return "libcuda"
 
 
-def missing(module: str, extra: str) -> str | None:
+def missing(module: str, extra: str | None) -> str | None:
     """The install hint when ``module`` cannot be imported, else None (imports nothing).
+    ``extra``: the pyproject.toml extra that brings it (None: a core dependency).
 
-    >>> missing("json", "core") is None
+    >>> missing("json", None) is None
     True
     >>> missing("no_such_module_xyz", "gpu")
     "no_such_module_xyz is not installed; install it with: pip install 'streamproc[gpu]'"
@@ -76,7 +77,7 @@ def missing(module: str, extra: str) -> str | None:
 
 
 def _probe_onnxruntime() -> list[str]:
-    return [m for m in (missing("onnxruntime", "onnxruntime"),) if m]
+    return [m for m in (missing("onnxruntime", None),) if m]
 
 
 def _probe_torch() -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.backends.base import Matrix, check_batch
+from streamproc.backends.base import Backend, Matrix, check_batch
 from streamproc.backends.buckets import Chunk, pipelined_batches
 from streamproc.errors import DependencyMissingError, ModelError
 from streamproc.models.spec import ModelSpec
@@ -239,7 +239,7 @@ class _Slot:
     rows: int = 0
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """A TensorRT engine on one GPU; see the module docstring."""
 
     name = "tensorrt"

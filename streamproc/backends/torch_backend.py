@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamproc.backends.base import Done, Matrix, Pending, check_batch
+from streamproc.backends.base import Backend, Done, Matrix, Pending, check_batch
 from streamproc.backends.buckets import plan
 from streamproc.errors import DependencyMissingError, ModelError
 from streamproc.models.spec import ModelSpec
@@ -156,7 +156,7 @@ def _first_tensor(out: Any) -> Any:
     return out
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """A torch module on ``cpu`` or ``cuda[:i]``.
 
     ``fp16`` runs CUDA under ``torch.autocast(float16)``; ``cuda_graphs`` (CUDA only)

@@ -152,6 +152,24 @@ def _check_in_repo(repo: Path, name: str, version: str) -> None:
         )
 
 
+# The options that mean something to only some strategies; given to another, they are refused
+# rather than ignored.
+_USED_BY = {
+    "percent": (Strategy.CANARY, Strategy.AB),
+    "steps": (Strategy.ROLLOUT,),
+    "variants": (Strategy.AB,),
+}
+
+
+def _refuse_unused(strategy: Strategy, **given: object) -> None:
+    for option, strategies in _USED_BY.items():
+        if given[option] is not None and strategy not in strategies:
+            uses = " and ".join(str(s) for s in strategies)
+            raise typer.BadParameter(
+                f"--{option} applies to {uses} only, not to {strategy}", param_hint=f"--{option}"
+            )
+
+
 def _seed_from_pipeline(d: Deps, store: ControlStore, config: Path, name: str) -> None:
     """Publish the pipeline's configured model as the stable version, as its processor
     does at start, so that a rollout can run against it before any processor started."""
@@ -177,16 +195,21 @@ def deploy(
         ),
     ] = None,
     percent: Annotated[
-        float, typer.Option(help="canary: candidate share; ab: share of the second variant")
-    ] = 10.0,
-    steps: Annotated[str, typer.Option(help="rollout: candidate share per step")] = "5,25,50,100",
+        float | None,
+        typer.Option(help="canary: candidate share; ab: share of the second variant [10]"),
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="rollout: candidate share per step [5,25,50,100]")
+    ] = None,
     step_min_seconds: Annotated[
         float, typer.Option(help="Minimum time each step runs before moving on")
     ] = 300.0,
     step_min_events: Annotated[
         int, typer.Option(help="Minimum candidate events per step before moving on")
     ] = 1000,
-    variants: Annotated[str, typer.Option(help="ab: names of stable,candidate")] = "A,B",
+    variants: Annotated[
+        str | None, typer.Option(help="ab: names of stable,candidate [A,B]")
+    ] = None,
     approval: Annotated[bool, typer.Option(help="Promotion waits for `approve`")] = False,
     guardrail: Annotated[
         list[str] | None,
@@ -211,12 +234,15 @@ def deploy(
     the stable version first (as its processor does when it starts)."""
     if check_repo:
         _check_in_repo(repo, name, version)
-    names = tuple(v.strip() for v in variants.split(","))
+    step_shares = None if steps is None else _floats(steps, "--steps")
+    _refuse_unused(strategy or Strategy.CANARY, percent=percent, steps=steps, variants=variants)
+    defaults = StrategyParams()
+    names = tuple(v.strip() for v in variants.split(",")) if variants else defaults.variants
     if len(names) != 2:
         raise typer.BadParameter(f"--variants takes two names, got {variants!r}")
     params = StrategyParams(
-        percent=percent,
-        steps=_floats(steps, "--steps"),
+        percent=defaults.percent if percent is None else percent,
+        steps=defaults.steps if step_shares is None else step_shares,
         step_min_seconds=step_min_seconds,
         step_min_events=step_min_events,
         variants=(names[0], names[1]),

@@ -116,9 +116,7 @@ def add(
             # Every bucket is timed; its rows are taken cyclically from the sample.
             return measure_performance(backend, data, spec.buckets, budget_s=budget_s)
         finally:
-            close = getattr(backend, "close", None)
-            if callable(close):
-                close()
+            backend.close()
 
     stored = repository.add(
         source, name=name, version=version, measure=measure_fn if measure else None

@@ -15,12 +15,20 @@ err = Console(stderr=True)
 @app.command("up")
 def local_up(
     kafka_port: Annotated[
-        int | None, typer.Option(help="Broker port (default: a free one)")
+        int | None,
+        typer.Option(help="Broker port (default: the remembered one, else a free one)"),
     ] = None,
-    registry_port: Annotated[int | None, typer.Option(help="Registry port")] = None,
-    fresh: Annotated[bool, typer.Option(help="Wipe the broker's data first")] = False,
+    registry_port: Annotated[
+        int | None,
+        typer.Option(help="Registry port (default: the remembered one, else a free one)"),
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(help="Wipe the broker's data and the registry's schemas; pick new ports"),
+    ] = False,
 ) -> None:
-    """Start the local stack in the background (or reuse it); print where it listens."""
+    """Start what is down of the local stack (on its remembered ports); print where it
+    listens."""
     from streamproc.local import LocalStack
 
     info = LocalStack().up(kafka_port=kafka_port, registry_port=registry_port, fresh=fresh)

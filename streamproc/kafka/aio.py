@@ -29,8 +29,8 @@ class AsyncRecordConsumer:
     ) -> None:
         try:
             from aiokafka import AIOKafkaConsumer
-        except ImportError as exc:  # pragma: no cover - aiokafka is in the dev/faust extras
-            raise DependencyMissingError("aiokafka", "faust") from exc
+        except ImportError as exc:  # pragma: no cover - aiokafka is in the dev extra
+            raise DependencyMissingError("aiokafka", "aio") from exc
         self.decoder = FramedDecoder(Registry(registry_url))
         self.where = where
         self._consumer = AIOKafkaConsumer(

@@ -15,17 +15,16 @@ from typing import Any
 
 from streamproc.kafka.aio import AsyncRecordConsumer
 from streamproc.kafka.clients import RecordConsumer
-
-SEVERITIES = ("INFO", "WARNING", "CRITICAL")
+from streamproc.types import Severity
 
 
 def alert_filter(
     severity: str | None = None, model: str | None = None
 ) -> Callable[[dict[str, Any]], bool]:
-    floor = SEVERITIES.index(severity.upper()) if severity else 0
+    floor = Severity(severity.upper()) if severity else Severity.INFO
 
     def keep(rec: dict[str, Any]) -> bool:
-        if SEVERITIES.index(rec["severity"]) < floor:
+        if not Severity(rec["severity"]).at_least(floor):
             return False
         return model is None or rec["model_name"] == model
 

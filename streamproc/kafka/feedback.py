@@ -60,11 +60,11 @@ class FeedbackReader:
     (:class:`~streamproc.codecs.decoder.BatchDecoder`, with :func:`label_spec`), as input
     events are. A record that is not a readable label gets the input's reason codes (no
     value, not framed, an unknown schema id, bytes that are not Avro of its schema, a label
-    that is not one of ``labels``) and is kept for :meth:`drain_rejected`: the pipeline
-    dead-letters it. While the registry cannot be reached (or refuses the reader), the
-    reader waits and reads the same records again. At most ``max_buffer`` labels wait for
-    :meth:`drain`; past that the oldest chunks are dropped, logged and counted in
-    :attr:`dropped`.
+    that is not one of ``labels``) and is kept for :meth:`drain_rejected`: the batch handler
+    dead-letters it (:class:`~streamproc.pipeline.processor.RejectedLabels`). While the
+    registry cannot be reached (or refuses the reader), the reader waits and reads the same
+    records again. At most ``max_buffer`` labels wait for :meth:`drain`; past that the
+    oldest chunks are dropped, logged and counted in :attr:`dropped`.
     """
 
     RETRY_S = 1.0  # the wait after a registry outage before the same records are read again

@@ -39,18 +39,31 @@ def free_ports(count: int, host: str = "127.0.0.1", exclude: Iterable[int] = ())
         return ports
 
 
-def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
-    """Raise a clear error if ``port`` is taken."""
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could listen on ``port`` now.
+
+    The test binds with SO_REUSEADDR, as the broker's and the registry's JVM servers do:
+    a port whose last connections wait in TIME-WAIT (a service just stopped or killed) is
+    free to them, though a plain bind is refused for up to two minutes.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise LocalStackError(
-                    f"port {port} for the {what} is already in use; pick another port "
-                    "or leave it out to have a free one chosen"
-                ) from exc
+                return False
             raise
+    return True
+
+
+def check_port_free(port: int, what: str, host: str = "127.0.0.1", hint: str = "") -> None:
+    """Raise a clear error if ``port`` is taken (TIME-WAIT does not count, see ``port_free``)."""
+    if not port_free(port, host):
+        raise LocalStackError(
+            f"port {port} for the {what} is already in use; "
+            + (hint or "pick another port or leave it out to have a free one chosen")
+        )
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -77,9 +90,24 @@ def pid_alive(pid: int) -> bool:
             return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+    if stat.split(")")[-1].split()[0] != "Z":
+        return True
+    # A killed JVM's main thread turns zombie before its other threads have exited, and
+    # those still hold its listening sockets: it is gone only when no thread is left.
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
+def cwd_of(pid: int) -> Path | None:
+    """The working directory of ``pid`` (Linux), or None where it cannot be read."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
 
 
 def spawn(cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:

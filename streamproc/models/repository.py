@@ -68,9 +68,22 @@ def default_root(env: dict[str, str] | None = None) -> Path:
 
 
 class Inferer(Protocol):
-    """What measuring needs from a backend."""
+    """What measuring needs from a backend: every
+    :class:`~streamproc.backends.base.Backend` is one. Subclass it explicitly to get the
+    defaults (a name from the class, no device, nothing to close)."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def device(self) -> str:
+        return ""
 
     def infer(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]: ...
+
+    def close(self) -> None:
+        return None
 
 
 class BatchPerf(BaseModel):
@@ -177,7 +190,7 @@ def measure_performance(
     (at least ``min_iterations``, at most ``max_iterations``). The output must be a finite
     ``(n, K)`` array for ``n`` input rows, else :class:`ModelError`.
 
-    >>> class Doubler:
+    >>> class Doubler(Inferer):
     ...     def infer(self, x):
     ...         return np.column_stack([x.sum(axis=1), 2 * x.sum(axis=1)])
     >>> ticks = iter(range(10_000))
@@ -219,8 +232,8 @@ def measure_performance(
             )
         )
     return PerfReport(
-        backend=backend_name or str(getattr(backend, "name", type(backend).__name__)),
-        device=device or str(getattr(backend, "device", "")),
+        backend=backend_name or backend.name,
+        device=device or backend.device,
         machine=f"{platform.machine()} {os.cpu_count()}-core {platform.system()}",
         measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         sample_rows=len(sample),

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from streamproc import schemas
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
-from streamproc.drift import DriftConfig
 from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
@@ -186,7 +185,7 @@ def build_processor(
     if monitor is None:
         # Labels are read only for the accuracy monitor: with drift off, nobody would take
         # them (or dead-letter the unreadable ones).
-        if cfg.topics.feedback and DriftConfig.model_validate(cfg.drift).enabled:
+        if cfg.topics.feedback and cfg.drift.enabled:
             feedback = FeedbackReader(
                 cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels,
                 group_id=f"{cfg.group_id}-labels-{instance}",
@@ -205,8 +204,7 @@ def build_processor(
         if stream_monitor is not None:
             if rollout.guard is not None:  # the guard judges accuracy on labels too
                 stream_monitor.on_feedback = rollout.guard.observe_feedback
-            drift = DriftConfig.model_validate(cfg.drift)
-            labels = feedback
+            drift, labels = cfg.drift, feedback
 
             def monitor_for(version: ModelSpec) -> StreamMonitor:
                 return StreamMonitor(version, drift, load_profile(version), labels)
@@ -219,8 +217,8 @@ def build_processor(
     if extra_sensor is not None:
         sensors.append(extra_sensor)
     sensor = SensorGroup(sensors)
-    device = getattr(scorer, "device", "cpu")  # a rollout: its stable version's
-    sensor.on_model(spec.name, spec.version, scorer.backend_name, str(device))
+    # a rollout: its stable version's backend and device
+    sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
     port = None
     if cfg.metrics.port is not None:
         port = prom.serve(cfg.metrics.port, cfg.metrics.host)
@@ -237,7 +235,8 @@ def build_processor(
         counters=counters,  # fed by the runner once each batch is committed
         monitor=monitor,
         snapshot_interval_s=cfg.metrics.snapshot_interval_s,
-        router=AlertRouter.from_config(cfg.alerts),
+        router=AlertRouter(cfg.alerts),
+        labels=feedback,  # its unreadable records become dead letters
     )
     eos = cfg.delivery.guarantee == "exactly-once"
     # A stable id per replica: a restarted replica fences its predecessor and aborts the

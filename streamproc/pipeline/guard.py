@@ -12,7 +12,7 @@ and publishes the result with the store. Commands carry ``if_revision``: when an
 replica already moved the state on, the store refuses the stale publish with
 :class:`~streamproc.errors.DeploymentError`, which the guard takes as "someone else already
 did it" (their alert went out; this replica's does not). A rollback that was published
-leaves its alert for :meth:`~RolloutGuard.drain_alerts` (an ``Alert`` record as a dict).
+leaves its alert for :meth:`~RolloutGuard.drain_alerts` (a :class:`~streamproc.types.Alert`).
 
 The controller counts only the events this replica scored, so a step's minimum time is also
 held from when this replica first saw the step (a replica that restarts mid-step waits a
@@ -30,7 +30,7 @@ full ``step_min_seconds`` of its own before it steps or promotes).
 >>> guard.observe(state.revision, "2.0.0", np.zeros(300), latency_ms=1.0, failed=100)
 >>> guard.check(now_ms=1_000).note, store.latest("m").status
 ('guardrail breach', <Status.ROLLED_BACK: 'rolled_back'>)
->>> [(a["type"], a["statistic"]) for a in guard.drain_alerts()], guard.drain_alerts()
+>>> [(str(a.type), a.statistic) for a in guard.drain_alerts()], guard.drain_alerts()
 ([('rollback', 'error_rate')], [])
 """
 
@@ -41,16 +41,38 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import numpy.typing as npt
 
 from streamproc.errors import DeploymentError
-from streamproc.rollout.controller import Decision, RolloutController
+from streamproc.rollout.controller import Decision, RolloutAlert, RolloutController
 from streamproc.rollout.state import DeploymentState, apply
 from streamproc.rollout.store import ControlStore
+from streamproc.types import Alert, AlertState, AlertType, Severity
 
 log = logging.getLogger(__name__)
+
+
+def rollback_alert(a: RolloutAlert) -> Alert:
+    """The alert a published rollback raises: CRITICAL, on the candidate it rolled back, with
+    an id that is the same on every replica (one alert per rollback, however many saw it).
+    Its time is the batch's that sends it, as for every alert."""
+    return Alert(
+        type=AlertType.ROLLBACK,
+        state=AlertState.FIRING,
+        severity=Severity.CRITICAL,
+        feature=None,
+        statistic=a.metric,
+        value=float(a.value),
+        threshold=float(a.threshold),
+        window_events=int(a.window_events),
+        first_offset=None,
+        last_offset=None,
+        message=a.message,
+        model_name=a.model,
+        model_version=a.version,
+        alert_id=f"rollback-{a.model}-{a.version}-r{a.revision}",
+    )
 
 
 class RolloutGuard:
@@ -73,7 +95,7 @@ class RolloutGuard:
         self._lock = threading.Lock()  # controller state: batch thread vs timer thread
         self._synced = -1  # revision the controller follows; older observations are dropped
         self._tried = -1  # revision a command was already published (or refused) for
-        self._alerts: list[dict[str, Any]] = []
+        self._alerts: list[Alert] = []
         self._seen: tuple[tuple[object, ...], int] | None = None  # (step identity, first seen)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,10 +165,10 @@ class RolloutGuard:
                     type(decision.command).__name__.lower(), decision.command.reason)  # fmt: skip
         if decision.alert is not None:
             with self._lock:
-                self._alerts.append(decision.alert.as_record())
+                self._alerts.append(rollback_alert(decision.alert))
         return decision
 
-    def drain_alerts(self) -> list[dict[str, Any]]:
+    def drain_alerts(self) -> list[Alert]:
         """Alerts of the commands this guard published since the last call."""
         with self._lock:
             out, self._alerts = self._alerts, []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,9 @@ from streamproc.drift.base import Detector
 from streamproc.drift.monitors import AlertMaker
 from streamproc.drift.window import CategoryDetector
 from streamproc.models.spec import ModelSpec
-from streamproc.types import DecodedBatch, RejectedRecord
+from streamproc.types import Alert, DecodedBatch
+
+from .processor import Monitor
 
 PROFILE_FILE = "reference_profile.json"
 
@@ -35,12 +37,15 @@ def load_profile(spec: ModelSpec) -> ReferenceProfile | None:
 
 
 class LabelSource(Protocol):
-    def drain(self) -> tuple[list[str], npt.NDArray[np.object_]]: ...
+    """Where the accuracy monitor's labels come from
+    (:class:`~streamproc.kafka.feedback.FeedbackReader`)."""
 
-    def drain_rejected(self) -> list[RejectedRecord]: ...
+    def drain(self) -> tuple[list[str], npt.NDArray[np.object_]]:
+        """The event ids and labels read since the last call."""
+        ...
 
 
-class StreamMonitor:
+class StreamMonitor(Monitor):
     """Implements :class:`streamproc.pipeline.processor.Monitor` for one model version.
 
     Without a stored profile, the first ``reference_events`` events become the reference.
@@ -106,8 +111,8 @@ class StreamMonitor:
         offsets: npt.NDArray[np.int64],
         rejects: dict[str, int],
         versions: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
-        alerts = []
+    ) -> list[Alert]:
+        alerts: list[Alert] = []
         if len(ok_rows):
             if len(ok_rows) == len(decoded):  # every event decoded: no copies
                 ok_offsets, x = offsets, decoded.features
@@ -130,11 +135,7 @@ class StreamMonitor:
         alerts += self.quality.update(len(decoded), rejects, None, sids, offsets)
         if self.feedback is not None:
             alerts += self._accuracy(decoded, ok_rows, scores, versions)
-        return [a.as_dict() for a in alerts]
-
-    def rejected_labels(self) -> list[RejectedRecord]:
-        """The feedback records that were not readable labels, since the last call."""
-        return self.feedback.drain_rejected() if self.feedback is not None else []
+        return alerts
 
     def _accuracy(
         self,
@@ -165,7 +166,7 @@ class StreamMonitor:
         return alerts
 
 
-class VersionedMonitor:
+class VersionedMonitor(Monitor):
     """A :class:`StreamMonitor` for whichever version is stable now: when ``stable()`` names
     another version (a promotion, a rollback), the next batch starts a monitor against that
     version's own reference profile, so a promoted model is judged against its own
@@ -181,6 +182,16 @@ class VersionedMonitor:
         self.current = first
         self._stable = stable
         self._build = build
+
+    @property
+    def accuracy(self) -> AccuracyMonitor:
+        """The current version's accuracy monitor."""
+        return self.current.accuracy
+
+    @property
+    def feedback(self) -> LabelSource | None:
+        """The label reader (shared by every version's monitor)."""
+        return self.current.feedback
 
     def _follow(self) -> StreamMonitor:
         spec = self._stable()
@@ -199,17 +210,18 @@ class VersionedMonitor:
         offsets: npt.NDArray[np.int64],
         rejects: dict[str, int],
         versions: Sequence[str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Alert]:
         return self._follow().observe(decoded, ok_rows, scores, offsets, rejects, versions)
-
-    def rejected_labels(self) -> list[RejectedRecord]:
-        return self.current.rejected_labels()
 
 
 def build_monitor(
-    spec: ModelSpec, drift: dict[str, Any], feedback: LabelSource | None = None
+    spec: ModelSpec,
+    drift: DriftConfig | Mapping[str, Any],
+    feedback: LabelSource | None = None,
 ) -> StreamMonitor | None:
-    config = DriftConfig.model_validate(drift)
+    """The monitor of ``spec`` under the pipeline's ``drift:`` section (or a mapping of it);
+    None when drift monitoring is off."""
+    config = drift if isinstance(drift, DriftConfig) else DriftConfig.model_validate(drift)
     if not config.enabled:
         return None
     return StreamMonitor(spec, config, load_profile(spec), feedback)

@@ -22,6 +22,8 @@ from streamproc.errors import StreamprocError
 from streamproc.kafka.runner import BatchHandlerLike
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
+    Alert,
+    AlertState,
     DecodedBatch,
     Outputs,
     OutRecord,
@@ -32,7 +34,7 @@ from streamproc.types import (
 )
 
 from .alerting import AlertRouter, AlertRules
-from .scoring import Scored, Scorer, start_scoring
+from .scoring import Scored, Scorer
 
 
 class Decoder(Protocol):
@@ -40,7 +42,8 @@ class Decoder(Protocol):
 
 
 class Monitor(Protocol):
-    """What the pipeline needs of the drift package (see :mod:`streamproc.drift`)."""
+    """What the pipeline needs of the drift package (see :mod:`streamproc.drift`): the
+    alerts a batch raised. Subclass it explicitly; the default raises none."""
 
     def observe(
         self,
@@ -50,19 +53,21 @@ class Monitor(Protocol):
         offsets: npt.NDArray[np.int64],
         rejects: dict[str, int],
         versions: Sequence[str] | None = None,  # per ok row, during a rollout only
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[Alert]:
+        return []
 
-    def rejected_labels(self) -> list[RejectedRecord]:
-        """Records of the feedback topic that were not readable labels (dead-lettered)."""
+
+class NullMonitor(Monitor):
+    """No drift monitoring: :meth:`Monitor.observe`'s default."""
+
+
+class RejectedLabels(Protocol):
+    """Where the records of the feedback topic that were not readable labels come from
+    (:class:`~streamproc.kafka.feedback.FeedbackReader`): each becomes a dead letter."""
+
+    def drain_rejected(self) -> list[RejectedRecord]:
+        """The unreadable records since the last call."""
         ...
-
-
-class NullMonitor:
-    def observe(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
-
-    def rejected_labels(self) -> list[RejectedRecord]:
-        return []
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,7 @@ class BatchHandler(BatchHandlerLike):
         monitor: Monitor | None = None,
         snapshot_interval_s: float = 10.0,
         router: AlertRouter | None = None,
+        labels: RejectedLabels | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.decoder = decoder
@@ -129,6 +135,7 @@ class BatchHandler(BatchHandlerLike):
         self.monitor: Monitor = monitor or NullMonitor()
         self.snapshot_interval_ms = snapshot_interval_s * 1000.0
         self.router = router or AlertRouter(AlertRules())
+        self.labels = labels
         self.clock_ms = clock_ms
         self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
@@ -143,7 +150,7 @@ class BatchHandler(BatchHandlerLike):
     def overlaps(self) -> bool:
         """Whether :meth:`start` leaves the model working after it returns (an asynchronous
         backend): then a caller gains by starting the next batch before finishing this one."""
-        return bool(getattr(self.scorer, "asynchronous", False))
+        return self.scorer.asynchronous
 
     def __call__(self, raw: RawBatch) -> Outputs:
         return self.finish(self.start(raw))
@@ -163,10 +170,10 @@ class BatchHandler(BatchHandlerLike):
         if len(ok_rows):
             try:
                 if len(ok_rows) == len(keys):  # the common case: no copies
-                    scoring = start_scoring(self.scorer, dec.features, keys)
+                    scoring = self.scorer.start(dec.features, keys)
                 else:
                     ok_keys = [keys[i] for i in ok_rows.tolist()]
-                    scoring = start_scoring(self.scorer, dec.features[ok_rows], ok_keys)
+                    scoring = self.scorer.start(dec.features[ok_rows], ok_keys)
             except _MODEL_ERRORS as exc:
                 infer_error = f"{type(exc).__name__}: {exc}"
         return Started(raw, dec, errors, ok_rows, scoring, infer_error,
@@ -207,9 +214,7 @@ class BatchHandler(BatchHandlerLike):
             scored.scores if scored is not None else np.zeros((0, 0), np.float32),
             raw.offsets, rejects, versions=versions,
         )  # fmt: skip
-        drain = getattr(self.scorer, "drain_alerts", None)  # a rollout scorer's rollbacks
-        if drain is not None:
-            alerts = [*alerts, *drain()]
+        alerts = [*alerts, *self.scorer.drain_alerts()]  # a rollout scorer's rollbacks
         for a in alerts:
             self._alert(a, now_ms, out)
         label_rejects = self._label_dead_letters(now_ms, out)
@@ -340,7 +345,9 @@ class BatchHandler(BatchHandlerLike):
     def _label_dead_letters(self, now_ms: int, out: Outputs) -> dict[str, int]:
         """Dead letters for the feedback records that were not readable labels."""
         rejects: dict[str, int] = {}
-        for r in self.monitor.rejected_labels():
+        if self.labels is None:
+            return rejects
+        for r in self.labels.drain_rejected():
             rejects[r.reason.name] = rejects.get(r.reason.name, 0) + 1
             self._dead_letter(out, now_ms, r.reason.name, int(r.reason), r.detail, r.topic,
                               r.partition, r.offset, r.schema_id, r.key, r.value,
@@ -381,32 +388,17 @@ class BatchHandler(BatchHandlerLike):
                                      [("streamproc-reason", reason.encode())]))  # fmt: skip
         out.n_dead_letters += 1
 
-    def _alert(self, a: dict[str, Any], now_ms: int, out: Outputs) -> None:
-        if not self.router.routes({"severity": a.get("severity", "WARNING")}):
+    def _alert(self, alert: Alert, now_ms: int, out: Outputs) -> None:
+        if not self.router.routes(alert):
             return
         spec = self.scorer.primary
-        rec = {
-            "alert_id": a.get("alert_id") or uuid.uuid4().hex,
-            "type": a["type"],
-            "state": a.get("state", "FIRING"),
-            "severity": a.get("severity", "WARNING"),
-            "model_name": a.get("model_name", spec.name),
-            "model_version": a.get("model_version", spec.version),
-            "feature": a.get("feature"),
-            "statistic": a.get("statistic", ""),
-            "value": float(a.get("value", 0.0)),
-            "threshold": float(a.get("threshold", 0.0)),
-            "window_events": int(a.get("window_events", 0)),
-            "first_offset": a.get("first_offset"),
-            "last_offset": a.get("last_offset"),
-            "message": a.get("message", ""),
-            "time": now_ms,
-        }
-        value = encode_record("Alert", self.ids.alert, rec)
-        key = f"{rec['model_name']}/{rec['type']}/{rec['feature'] or ''}".encode()
+        a = alert.stamped(model_name=spec.name, model_version=spec.version, time_ms=now_ms,
+                          alert_id=alert.alert_id or uuid.uuid4().hex)  # fmt: skip
+        value = encode_record("Alert", self.ids.alert, a.to_record())
+        key = f"{a.model_name}/{a.type}/{a.feature or ''}".encode()
         out.records.append(OutRecord(self.topics.alerts, key, value))
-        self.router.notify(rec)
-        self.sensor.on_alert(rec["type"], rec["severity"], rec["feature"], rec["state"] == "FIRING")
+        self.router.notify(a)
+        self.sensor.on_alert(str(a.type), str(a.severity), a.feature, a.state == AlertState.FIRING)
 
     def _snapshot(self, now_ms: int) -> OutRecord:
         import psutil

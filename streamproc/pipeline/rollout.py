@@ -15,7 +15,8 @@ does not see event ids).
 >>> import numpy as np
 >>> from streamproc.models.spec import FeatureSpec, ModelSpec
 >>> from streamproc.rollout.state import Deploy, Rollback, Strategy, apply
->>> class Const:
+>>> from streamproc.backends.base import Backend
+>>> class Const(Backend):
 ...     name, device = "const", "dev:0"
 ...     def __init__(self, v: float) -> None: self.v = v
 ...     def infer(self, x): return np.full((len(x), 1), self.v, np.float32)
@@ -47,63 +48,47 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.backends.base import is_asynchronous
-from streamproc.errors import ConfigError, StreamprocError
+from streamproc.backends.base import Backend
+from streamproc.config import RolloutSettings
+from streamproc.errors import StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
 from streamproc.rollout.router import assign, buckets
 from streamproc.rollout.state import DeploymentState, Status
+from streamproc.types import Alert
 
 from .guard import RolloutGuard
-from .scoring import BackendLike, Scored, SingleScorer
+from .scoring import Scored, Scorer, SingleScorer
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[str], tuple[ModelSpec, BackendLike]]
+Loader = Callable[[str], tuple[ModelSpec, Backend]]
 
 # Latency is timed per inference call inside a busy process: a call can wait a GIL switch
 # interval (5 ms) or a scheduler slice on top of its work, so the live guard's default
 # slack is wider than the package default; everything else keeps the package defaults.
 LIVE_THRESHOLDS = GuardrailThresholds(p99_slack_ms=25.0)
-ROLLOUT_KEYS = ("guardrails", "decide_interval_s")
 
 
-def live_guard_settings(section: Mapping[str, Any] | None) -> tuple[Guardrails, float]:
+def live_guard_settings(section: RolloutSettings) -> tuple[Guardrails, float]:
     """The guardrails and the decision interval from a pipeline config's ``rollout:``
-    section: its ``guardrails`` override :data:`LIVE_THRESHOLDS` key by key, and
+    section (validated with the file: :class:`~streamproc.config.RolloutSettings`): the
+    ``guardrails`` it names override :data:`LIVE_THRESHOLDS` key by key, and
     ``decide_interval_s`` (default 1 s) is how often the guard judges the candidate.
 
-    >>> guard, every = live_guard_settings({"guardrails": {"max_error_rate": 0.02}})
+    >>> section = RolloutSettings.model_validate({"guardrails": {"max_error_rate": 0.02}})
+    >>> guard, every = live_guard_settings(section)
     >>> guard.thresholds.max_error_rate, guard.thresholds.p99_slack_ms, every
     (0.02, 25.0, 1.0)
-    >>> live_guard_settings({"guardrails": {"max_eror_rate": 0.02}})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    streamproc.errors.ConfigError: invalid guardrail thresholds: ...max_eror_rate...
-    >>> live_guard_settings({"guardrail": {}})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    streamproc.errors.ConfigError: unknown key in rollout: guardrail (known: guardrails, ...)
     """
-    raw = dict(section or {})
-    unknown = sorted(set(raw) - set(ROLLOUT_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key in rollout: {', '.join(unknown)} "
-                          f"(known: {', '.join(ROLLOUT_KEYS)})")  # fmt: skip
-    overrides = raw.get("guardrails") or {}
-    if not isinstance(overrides, Mapping):
-        raise ConfigError("rollout.guardrails must be a mapping of threshold names to values")
-    guardrails = Guardrails(LIVE_THRESHOLDS).overridden(tuple(overrides.items()))
-    interval = raw.get("decide_interval_s", 1.0)
-    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
-        raise ConfigError(f"rollout.decide_interval_s must be a positive number, not {interval!r}")
-    return guardrails, float(interval)
+    given = section.guardrails.model_dump(include=section.guardrails.model_fields_set)
+    guardrails = Guardrails(LIVE_THRESHOLDS).overridden(tuple(given.items()))
+    return guardrails, float(section.decide_interval_s)
 
 
 @dataclass(frozen=True)
@@ -112,14 +97,14 @@ class Snapshot:
 
     state: DeploymentState  # as applied (a candidate that failed to load is dropped)
     specs: Mapping[str, ModelSpec]
-    backends: Mapping[str, BackendLike]
+    backends: Mapping[str, Backend]
     requested: DeploymentState  # the state as published
 
 
 def repository_loader(repo: Path, name: str) -> Loader:
     """Load ``<repo>/<name>/<version>/`` on the backend its spec prefers."""
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+    def load(version: str) -> tuple[ModelSpec, Backend]:
         from streamproc.backends.select import load_backend
 
         spec = load_model_spec(repo / name / version)
@@ -128,7 +113,7 @@ def repository_loader(repo: Path, name: str) -> Loader:
     return load
 
 
-class RolloutScorer:
+class RolloutScorer(Scorer):
     """A :class:`~streamproc.pipeline.scoring.Scorer` that follows a deployment state."""
 
     def __init__(
@@ -173,20 +158,20 @@ class RolloutScorer:
     def device(self) -> str:
         """Where the stable version runs (``"cpu"``, ``"cuda:0"``, ...)."""
         snap = self._snap
-        return str(getattr(snap.backends[snap.state.stable or ""], "device", "cpu"))
+        return snap.backends[snap.state.stable or ""].device
 
     @property
     def asynchronous(self) -> bool:
         """Whether the stable version's backend works apart from the host (a GPU running
         CUDA graphs): then :meth:`start` returns before its scores are there."""
         snap = self._snap
-        return is_asynchronous(snap.backends[snap.state.stable or ""])
+        return snap.backends[snap.state.stable or ""].asynchronous
 
     def start(
         self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
     ) -> Callable[[], Scored]:
         """Begin scoring; the returned call gives the scores (see
-        :func:`~streamproc.pipeline.scoring.start_scoring`).
+        :meth:`~streamproc.pipeline.scoring.Scorer.start`).
 
         With no rollout in progress every row goes to stable, and on an asynchronous backend
         the batch is submitted and waited for in the returned call. During a rollout the
@@ -198,7 +183,7 @@ class RolloutScorer:
         snap = self._snap  # one read: the whole batch uses one state
         stable = snap.state.stable or ""
         backend = snap.backends[stable]
-        if snap.state.in_progress or not len(features) or not is_asynchronous(backend):
+        if snap.state.in_progress or not len(features) or not backend.asynchronous:
             scored = self.score(features, keys)
             return lambda: scored
         spec = snap.specs[stable]
@@ -214,7 +199,7 @@ class RolloutScorer:
 
     def _prepare(self, state: DeploymentState, old: Snapshot | None) -> Snapshot | None:
         specs: dict[str, ModelSpec] = {}
-        backends: dict[str, BackendLike] = {}
+        backends: dict[str, Backend] = {}
         failed: set[str] = set()
         for version in state.loaded_versions:
             if old is not None and version in old.backends:
@@ -349,8 +334,8 @@ class RolloutScorer:
         s = scores if scores is not None else np.zeros(0, np.float32)
         guard.observe(snap.requested.revision, version, s, latency_ms=latency_ms, failed=failed)
 
-    def drain_alerts(self) -> list[dict[str, Any]]:
-        """Alert records (dicts) of the guard's published rollbacks since the last call."""
+    def drain_alerts(self) -> list[Alert]:
+        """The alerts of the guard's published rollbacks since the last call."""
         return self.guard.drain_alerts() if self.guard is not None else []
 
 
@@ -406,7 +391,7 @@ def build_rollout_scorer(
     configured = Path(model_dir)
     repo_load = loader or repository_loader(configured.parent.parent, spec.name)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+    def load(version: str) -> tuple[ModelSpec, Backend]:
         if loader is None and version == spec.version:
             from streamproc.backends.select import load_backend
 

@@ -3,9 +3,25 @@
 A :class:`SingleScorer` serves one version; rollouts plug in a scorer that splits rows
 between versions by key (see :mod:`streamproc.rollout`).
 
-:func:`start_scoring` begins scoring and returns what finishes it: on a scorer whose backend
+:meth:`Scorer.start` begins scoring and returns what finishes it: on a scorer whose backend
 is asynchronous (a GPU running CUDA graphs) the GPU works while the caller does other
-things; any other scorer scores at once.
+things; any other scorer scores at once (the protocol's default).
+
+Every scorer subclasses :class:`Scorer` explicitly, which gives it the defaults:
+
+>>> import numpy as np
+>>> from streamproc.models.spec import FeatureSpec
+>>> class Ones(Scorer):
+...     primary = ModelSpec(name="m", version="1.0.0", inputs=(FeatureSpec(field="x"),))
+...     backend_name = "ones"
+...     def score(self, features, keys):
+...         return Scored(np.ones((len(features), 1), np.float32),
+...                       np.zeros(len(features), np.int8), [self.primary])
+>>> s = Ones()
+>>> s.device, s.asynchronous, s.drain_alerts()
+('cpu', False, [])
+>>> s.start(np.zeros((2, 1), np.float32), [None, None])().scores.ravel().tolist()
+[1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -13,13 +29,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.backends.base import is_asynchronous, submit
+from streamproc.backends.base import Backend, submit
 from streamproc.models.spec import ModelSpec
+from streamproc.types import Alert
 
 
 @dataclass
@@ -35,25 +52,47 @@ class Scored:
 
 
 class Scorer(Protocol):
-    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored: ...
+    """What the batch handler scores with. Subclass it explicitly to get the defaults."""
 
     @property
-    def primary(self) -> ModelSpec: ...
+    def primary(self) -> ModelSpec:
+        """The version whose name and reference the pipeline reports (a rollout: stable)."""
+        ...
 
     @property
     def backend_name(self) -> str: ...
 
+    @property
+    def device(self) -> str:
+        """Where the primary version runs (``"cpu"``, ``"cuda:0"``, ...)."""
+        return "cpu"
 
-class BackendLike(Protocol):
-    name: str
+    @property
+    def asynchronous(self) -> bool:
+        """Whether :meth:`start` returns before the scores are there (then a caller gains by
+        starting the next batch before finishing this one)."""
+        return False
 
-    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
+        """Score ``features`` (one row per key) now."""
+        ...
+
+    def start(
+        self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
+    ) -> Callable[[], Scored]:
+        """Begin scoring; the returned call gives the scores. By default: :meth:`score` now."""
+        scored = self.score(features, keys)
+        return lambda: scored
+
+    def drain_alerts(self) -> list[Alert]:
+        """Alerts the scorer raised since the last call (a rollout's rollbacks)."""
+        return []
 
 
-class SingleScorer:
+class SingleScorer(Scorer):
     """Every row scored by one model version."""
 
-    def __init__(self, spec: ModelSpec, backend: BackendLike) -> None:
+    def __init__(self, spec: ModelSpec, backend: Backend) -> None:
         self.spec = spec
         self.backend = backend
 
@@ -67,11 +106,11 @@ class SingleScorer:
 
     @property
     def device(self) -> str:
-        return str(getattr(self.backend, "device", "cpu"))
+        return self.backend.device
 
     @property
     def asynchronous(self) -> bool:
-        return is_asynchronous(self.backend)
+        return self.backend.asynchronous
 
     def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
         return self.start(features, keys)()
@@ -96,15 +135,3 @@ class SingleScorer:
             )
 
         return finish
-
-
-def start_scoring(
-    scorer: Any, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]
-) -> Callable[[], Scored]:
-    """``scorer.start`` where the scorer has it, else ``scorer.score`` at once."""
-    start = getattr(scorer, "start", None)
-    if start is not None:
-        finish: Callable[[], Scored] = start(features, keys)
-        return finish
-    scored = scorer.score(features, keys)
-    return lambda: scored

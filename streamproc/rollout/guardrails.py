@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from streamproc.config import GuardrailThresholds as GuardrailThresholds  # noqa: PLC0414
 from streamproc.errors import ConfigError
 
 
@@ -206,34 +206,6 @@ def _kolmogorov_sf(lam: float) -> float:
 
 
 # ---------------------------------------------------------------------------- guardrails
-
-
-class GuardrailThresholds(BaseModel):
-    """Limits a candidate must stay within; the defaults are conservative."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_events: int = Field(default=200, ge=1)  # candidate events before error rate is judged
-    max_error_rate: float = Field(default=0.01, ge=0, le=1)  # allowed excess over stable
-    min_latency_samples: int = Field(default=100, ge=1)
-    max_p99_ratio: float = Field(default=1.5, ge=1)
-    p99_slack_ms: float = Field(default=5.0, ge=0)
-    max_p99_ms: float | None = Field(default=None, gt=0)  # absolute cap, whatever stable does
-    min_labels: int = Field(default=100, ge=1)
-    max_accuracy_drop: float = Field(default=0.05, ge=0, le=1)
-    min_accuracy: float | None = Field(default=None, ge=0, le=1)
-    drift_statistic: Literal["psi", "ks"] = "psi"
-    min_drift_samples: int = Field(default=200, ge=10)
-    max_psi: float = Field(default=0.25, gt=0)
-    max_ks: float = Field(default=0.15, gt=0, le=1)
-
-    @classmethod
-    def from_mapping(cls, raw: dict[str, object] | None) -> GuardrailThresholds:
-        """From a config section; :class:`ConfigError` on an unknown key or bad value."""
-        try:
-            return cls.model_validate(raw or {})
-        except ValidationError as exc:
-            raise ConfigError(f"invalid guardrail thresholds: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.drift import (
+    AlertState,
     BernoulliCusumDetector,
     CusumDetector,
     ReferenceProfile,
@@ -48,6 +49,15 @@ def run(det: Detector, x: np.ndarray, cuts: list[int]) -> list[tuple]:
     return out
 
 
+def fires(transitions: list[tuple], feature: int, rows: range) -> None:
+    """The unsplit run detects the drift injected into ``feature`` within ``rows``.
+
+    Without this an invariance test would also pass where nothing is ever detected.
+    """
+    firing = [t[0] for t in transitions if t[1] == feature and t[2] is AlertState.FIRING]
+    assert any(r in rows for r in firing), f"feature {feature}: no FIRING in {rows}: {firing}"
+
+
 cuts = st.lists(st.integers(1, 2_999), max_size=40)
 
 
@@ -58,7 +68,8 @@ def test_cusum_is_batch_invariant(c: list[int]) -> None:
         return CusumDetector.from_profile(PROFILE, arl=1e6, recovery=300)
 
     whole = run(make(), STREAM, [])
-    assert whole  # the stream does drift
+    fires(whole, 0, range(800, 1_500))  # the mean shift
+    fires(whole, 1, range(1_500, 2_100))  # the variance burst
     assert run(make(), STREAM, c) == whole
 
 
@@ -69,7 +80,8 @@ def test_window_detector_is_batch_invariant(c: list[int]) -> None:
         return WindowDetector.from_profile(PROFILE, kind="psi", arl=1e6, window=100, recovery=300)
 
     whole = run(make(), STREAM, [])
-    assert whole
+    fires(whole, 0, range(800, 1_500))
+    fires(whole, 1, range(1_500, 2_100))
     assert run(make(), STREAM, c) == whole
 
 
@@ -77,6 +89,7 @@ def test_window_detector_is_batch_invariant(c: list[int]) -> None:
 @given(cuts)
 def test_river_wrapper_is_batch_invariant(c: list[int]) -> None:
     whole = run(RiverDetector("page_hinkley", 2, recovery=300), STREAM, [])
+    fires(whole, 0, range(800, 1_500))
     assert run(RiverDetector("page_hinkley", 2, recovery=300), STREAM, c) == whole
 
 
@@ -84,5 +97,5 @@ def test_river_wrapper_is_batch_invariant(c: list[int]) -> None:
 @given(cuts)
 def test_bernoulli_is_batch_invariant(c: list[int]) -> None:
     whole = run(BernoulliCusumDetector(0.1, arl=1e6, recovery=300), ERRORS, [])
-    assert whole
+    fires(whole, 0, range(1_000, 1_500))  # the error rate rises from 0.1 to 0.5 at 1,000
     assert run(BernoulliCusumDetector(0.1, arl=1e6, recovery=300), ERRORS, c) == whole

@@ -119,6 +119,9 @@ def test_batch_split_does_not_change_the_result(
     x = np.concatenate([_discrete(rng, 6_000), _discrete(rng, 6_000, flag_p=0.2)])
     whole = _detector(profile)
     whole.update(x)
+    # The case tested detects something: the flag's rate rising at row 6,000.
+    assert [(t.state, t.feature) for t in whole.transitions] == [(AlertState.FIRING, 0)]
+    assert whole.transitions[0].first_offset >= 6_000
     parts = _detector(profile)
     got = []
     cuts = np.cumsum(sizes)

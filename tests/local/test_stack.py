@@ -215,6 +215,34 @@ def test_taken_port_is_reported(tmp_path):
             broker.start()
 
 
+def _time_wait_port() -> int:
+    """A port whose only socket waits in TIME-WAIT, as a server's does after it closed
+    a connection first (a broker or registry that stopped or was killed)."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as cli:
+            conn, _ = srv.accept()
+            conn.close()  # the server side closes first: it is the one left in TIME-WAIT
+            assert cli.recv(1) == b""  # the FIN arrived
+    return port
+
+
+def test_a_port_in_time_wait_is_free_to_a_server():
+    port = _time_wait_port()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # a real TIME-WAIT: a plain bind is refused
+    assert process.port_free(port)
+    process.check_port_free(port, "Kafka broker")  # does not raise
+    with socket.socket() as s:  # and a server that listens there makes it taken
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        assert not process.port_free(port)
+
+
 def test_unreachable_maven_with_empty_cache(tmp_path, monkeypatch):
     settings = tmp_path / "settings.xml"
     closed = free_port()

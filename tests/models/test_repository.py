@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from streamproc.backends.select import load_backend
 from streamproc.errors import ModelError
 from streamproc.models.repository import (
+    Inferer,
     ModelRepository,
     PerfReport,
     diff_specs,
@@ -211,7 +212,7 @@ def test_measure_checks_outputs():
 def test_measure_uses_the_injected_clock_and_cycles_the_sample():
     seen = []
 
-    class Echo:
+    class Echo(Inferer):
         def infer(self, x):
             seen.append(x.shape)
             return np.zeros((len(x), 1))

@@ -140,6 +140,7 @@ class Record:
     key: bytes | None
     headers: dict[str, bytes]
     value: dict[str, Any]
+    timestamp_ms: int = -1  # the broker's (CreateTime or LogAppendTime, per the topic)
 
 
 @pytest.fixture
@@ -165,7 +166,8 @@ def read_topic(kafka, schema_registry) -> Callable[..., list[Record]]:
                         continue
                     _, value = decoder.decode(m.value())
                     out.append(Record(m.partition(), m.offset(), m.key(),
-                                      dict(m.headers() or []), value))  # fmt: skip
+                                      dict(m.headers() or []), value,
+                                      m.timestamp()[1]))  # fmt: skip
         finally:
             c.close()
         return out

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer
 
-from streamproc import lineage, schemas, synth
+from streamproc import lineage, loadgen, schemas, synth
 from streamproc.codecs import kernel
 from streamproc.errors import StreamprocError
 from streamproc.kafka.admin import Admin
@@ -90,10 +90,26 @@ def test_happy_path_every_event_scored_once_with_lineage(
 
 
 def test_each_malformed_class_is_one_dead_letter_and_the_invariant_holds(
-    pipeline_config_factory, processor_factory, event_producer_factory, read_topic, admin
-):
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic, admin,
+    monkeypatch,
+):  # fmt: skip
     cfg = pipeline_config_factory(partitions=3)
     producer = event_producer_factory(cfg.topics.input)
+    # Record the exact bytes sent (key, value) and which values were the malformed ones.
+    sent: list[tuple[bytes, bytes]] = []
+    broken: set[bytes] = set()
+    send_raw, corrupt = producer.send_raw, loadgen.corrupt
+
+    def record_send(value, key=None, headers=None):
+        sent.append((key.encode() if isinstance(key, str) else key, value))
+        send_raw(value, key, headers)
+
+    def record_corrupt(*args):
+        broken.add(bad := corrupt(*args))
+        return bad
+
+    monkeypatch.setattr(producer, "send_raw", record_send)
+    monkeypatch.setattr(loadgen, "corrupt", record_corrupt)
     report = produce_synthetic(producer, 600, malformed=0.1, seed=5)
     assert set(report.malformed) == set(KINDS)
     running = processor_factory(cfg)
@@ -105,7 +121,13 @@ def test_each_malformed_class_is_one_dead_letter_and_the_invariant_holds(
     for d in dead:
         assert d.value["source_topic"] == cfg.topics.input
         assert d.value["detail"]
-        assert d.value["value"] is not None  # the original bytes, for replay
+    # Each dead letter carries the original key and value bytes, for replay: exactly what
+    # was produced for the malformed inputs (a multiset: some corrupt payloads are equal).
+    produced_bad = Counter((k, v) for k, v in sent if v in broken)
+    assert sum(produced_bad.values()) == sum(report.malformed.values())
+    assert Counter((d.value["key"], d.value["value"]) for d in dead) == produced_bad
+    for d in dead:
+        assert d.key == d.value["key"]  # keyed like the input
     # Invariant: per partition, the input offsets are exactly predictions + dead letters.
     ends = Admin(cfg.kafka.bootstrap).latest_offsets(cfg.topics.input)
     inputs = _input_positions(cfg.kafka.bootstrap, cfg.registry.url, cfg.topics.input,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamproc import lineage, schemas, synth
+from streamproc.backends.base import Backend
 from streamproc.backends.onnx import DEMO_MODEL
 from streamproc.backends.select import load_backend
 from streamproc.codecs.decoder import BatchDecoder
@@ -124,7 +125,7 @@ def test_new_schema_alert_only_for_a_schema_events_decode_with() -> None:
     assert new_schema_alerts(_framed(records[200:300], 8), 200) == []  # once per id
 
 
-class _Deferred:
+class _Deferred(Backend):
     """A backend that defers the work to ``result()``: what a GPU backend's ``submit`` does
     (the real one is tested on a GPU, tests/backends/test_gpu.py)."""
 

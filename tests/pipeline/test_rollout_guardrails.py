@@ -12,11 +12,11 @@ import numpy.typing as npt
 import pytest
 
 from streamproc import synth
+from streamproc.backends.base import Backend
 from streamproc.backends.select import load_backend
 from streamproc.kafka.control import KafkaControlStore, read_to_end
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.rollout import RolloutScorer, build_rollout_scorer
-from streamproc.pipeline.scoring import BackendLike
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
 from streamproc.rollout.state import (
     Approve,
@@ -35,12 +35,12 @@ pytestmark = pytest.mark.kafka
 STABLE, CANDIDATE = "1.0.0", "1.1.0"
 
 
-class _Slow:
+class _Slow(Backend):
     """Wraps a backend, adding ``delay_s`` to every call (the injected latency)."""
 
     name = "slow"
 
-    def __init__(self, inner: BackendLike, delay_s: float) -> None:
+    def __init__(self, inner: Backend, delay_s: float) -> None:
         self.inner = inner
         self.delay_s = delay_s
 
@@ -49,14 +49,12 @@ class _Slow:
         return self.inner.infer(batch)
 
 
-def _loader(
-    slow: set[str], delay_s: float = 0.05
-) -> Callable[[str], tuple[ModelSpec, BackendLike]]:
+def _loader(slow: set[str], delay_s: float = 0.05) -> Callable[[str], tuple[ModelSpec, Backend]]:
     """Every version is the same model (same scores) under its own version number."""
     base = load_model_spec(MODEL)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
-        backend: BackendLike = load_backend(base)
+    def load(version: str) -> tuple[ModelSpec, Backend]:
+        backend: Backend = load_backend(base)
         if version in slow:
             backend = _Slow(backend, delay_s)
         return base.model_copy(update={"version": version}), backend
@@ -225,7 +223,7 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     from streamproc.rollout.state import apply
     from streamproc.rollout.store import InMemoryControlStore
 
-    class Broken:
+    class Broken(Backend):
         name = "broken"
 
         def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -233,8 +231,8 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
 
     base = load_model_spec(MODEL)
 
-    def load(version: str) -> tuple[ModelSpec, BackendLike]:
-        backend: BackendLike = load_backend(base) if version == STABLE else Broken()
+    def load(version: str) -> tuple[ModelSpec, Backend]:
+        backend: Backend = load_backend(base) if version == STABLE else Broken()
         return base.model_copy(update={"version": version}), backend
 
     store = InMemoryControlStore()
@@ -255,7 +253,75 @@ def test_a_candidate_that_raises_falls_back_to_stable_and_counts_failures():
     assert decision.alert.metric == "error_rate"
     latest = store.latest("fraud")
     assert latest is not None and latest.status is Status.ROLLED_BACK
-    assert [a["type"] for a in scorer.drain_alerts()] == ["rollback"]
+    assert [a.type for a in scorer.drain_alerts()] == ["rollback"]
+
+
+class _Broken:
+    """A candidate whose every inference fails (a CUDA error, say)."""
+
+    name = "broken"
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        raise RuntimeError("CUDA error")
+
+
+def test_a_failing_candidate_is_rolled_back_on_the_control_topic(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    """The error-rate rollback live: the real broker's control topic, the pipeline's
+    scorer and controller; every event served (by stable) exactly once."""
+    cfg = pipeline_config_factory(guarantee="exactly-once", partitions=2)
+    params = StrategyParams(percent=50, step_min_seconds=3600, step_min_events=10)
+    store = _deploy(cfg, Strategy.CANARY, params)
+    rolled = threading.Event()
+
+    def on_applied(s: DeploymentState) -> None:
+        if s.status is Status.ROLLED_BACK:
+            rolled.set()
+
+    base = load_model_spec(MODEL)
+
+    def load(version: str) -> tuple[ModelSpec, BackendLike]:
+        backend: BackendLike = load_backend(base) if version == STABLE else _Broken()
+        return base.model_copy(update={"version": version}), backend
+
+    scorer = build_rollout_scorer(
+        cfg.kafka.bootstrap, cfg.topics.control, cfg.model, on_applied=on_applied,
+        loader=load, guardrails=Guardrails(GuardrailThresholds(min_events=50)),
+        decide_interval_s=0.2,
+    )  # fmt: skip
+    assert scorer is not None
+    try:
+        running = processor_factory(cfg, scorer=scorer)
+        producer = event_producer_factory(cfg.topics.input)
+        sent: list[dict] = []
+        _feed_until(producer, rolled, sent)
+        after = _produce(producer, 500, offset=len(sent))
+        sent += after
+        preds = read_topic(cfg.topics.predictions, len(sent) + 1, idle_s=5)
+        alerts = read_topic(cfg.topics.alerts, 1000, idle_s=3)
+        dead = read_topic(cfg.topics.dlq, 1, idle_s=2)
+        running.stop()
+    finally:
+        scorer.close()
+    # The control topic (not a store in memory) holds the controller's rollback.
+    final = KafkaControlStore(cfg.kafka.bootstrap, cfg.topics.control).latest("fraud")
+    assert final is not None
+    assert (final.status, final.candidate, final.stable) == (Status.ROLLED_BACK, CANDIDATE, STABLE)
+    assert final.actor == "controller" and final.revision == 3
+    assert "error rate" in final.reason
+    audited = [decode(v) for k, v in read_to_end(cfg.kafka.bootstrap, store.audit_topic)
+               if k == b"fraud" and v is not None]  # fmt: skip
+    assert [(s.revision, s.actor, s.command) for s in audited][-1] == (3, "controller", "rollback")
+    (alert,) = [a.value for a in alerts if a.value["type"] == "rollback"]
+    assert (alert["model_version"], alert["statistic"]) == (CANDIDATE, "error_rate")
+    assert alert["value"] > alert["threshold"] and alert["severity"] == "CRITICAL"
+    # The candidate's failures fell back to stable: nothing dead-lettered, nothing lost.
+    assert dead == []
+    counts = Counter(p.value["event_id"] for p in preds)
+    assert set(counts) == {r["event_id"] for r in sent}
+    assert set(counts.values()) == {1}
+    assert {p.value["model_version"] for p in preds} == {STABLE}
 
 
 def test_the_pipeline_configs_rollout_section_sets_the_live_guardrails(

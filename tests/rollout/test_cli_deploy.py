@@ -255,3 +255,75 @@ def test_a_deployment_carries_its_own_guardrail_thresholds(cli):
         assert isinstance(result.exception, DeploymentError) and match in str(result.exception)
     assert cli("deploy", "fraud", "1.1.0", "--guardrail", "oops", ok=False).exit_code == 2
     assert cli.store.latest("fraud").revision == 3  # nothing refused was published
+
+
+def test_a_strategy_without_a_stable_version_is_refused_not_ignored(cli):
+    result = cli("deploy", "fraud", "1.1.0", "--strategy", "canary", ok=False)
+    assert result.exit_code != 0
+    assert "no stable version for a canary to run against" in str(result.exception)
+    assert cli.store.latest("fraud") is None  # nothing was published
+
+
+def test_deploy_with_the_pipeline_makes_its_model_stable_then_runs_the_canary(cli, tmp_path):
+    model = tmp_path / "models" / "fraud" / "1.0.0"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "fraud", "model": str(model),
+                                        "topics": {"input": "t"}}))  # fmt: skip
+    out = cli("deploy", "fraud", "1.1.0", "--strategy", "canary", "-c", str(pipeline)).output
+    assert "stable 1.0.0, candidate 1.1.0 [canary, canary 10%]" in out
+    hist = cli.store.history("fraud")
+    assert [(h.stable, h.candidate, h.reason) for h in hist] == [
+        ("1.0.0", None, f"the configured model of {pipeline}"),
+        ("1.0.0", "1.1.0", "deploy 1.1.0 (canary)"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "option"),
+    [("shadow", "--percent=20"), ("blue-green", "--percent=20"), ("canary", "--steps=5,50"),
+     ("rollout", "--variants=X,Y"), ("canary", "--variants=X,Y")],
+)  # fmt: skip
+def test_options_a_strategy_does_not_use_are_refused(cli, strategy, option):
+    cli("deploy", "fraud", "1.0.0")
+    result = cli("deploy", "fraud", "1.1.0", "--strategy", strategy, option, ok=False)
+    assert result.exit_code == 2 and "applies to" in result.output
+    assert cli.store.latest("fraud").revision == 1
+
+
+def test_rollback_to_an_earlier_stable_version_and_not_to_others(cli):
+    cli("deploy", "fraud", "1.0.0")
+    for v in ("1.1.0", "2.0.0"):
+        cli("deploy", "fraud", v)
+        cli("promote", "fraud")
+    out = cli("rollback", "fraud", "--to", "1.0.0").output
+    assert "fraud: stable 1.0.0 (2.0.0 rolled back)" in out
+    state = cli.store.latest("fraud")
+    assert (state.stable, state.status, state.command) == ("1.0.0", Status.ROLLED_BACK, "rollback")
+    never = cli("rollback", "fraud", "--to", "3.0.0", ok=False)
+    assert "3.0.0 was never its stable version" in str(never.exception)
+    again = cli("rollback", "fraud", "--to", "1.0.0", ok=False)
+    assert "1.0.0 is already the stable version" in str(again.exception)
+
+
+def test_status_lists_what_each_replica_reports(cli):
+    from streamproc.rollout.replicas import ReplicaStatus
+
+    cli("deploy", "fraud", "1.0.0")
+    cli("deploy", "fraud", "1.1.0", "--percent", "20")
+    state = cli.store.latest("fraud")
+    now = cli.deps.clock_ms()
+    cli.store.reports += [
+        ReplicaStatus.of(state, state, pipeline="fraud", instance="r1", applied_ms=now,
+                         at_ms=now),
+        ReplicaStatus(model="fraud", pipeline="fraud", instance="r2", revision=1,
+                      stable="1.0.0", candidate=None, candidate_percent=0.0, shadow=False,
+                      requested_candidate=None, applied_ms=now - 60_000,
+                      updated_ms=now - 60_000),
+    ]  # fmt: skip
+    text = cli("status", "fraud").output
+    assert "replicas (2 reporting):" in text
+    assert "r1: serving revision 2 (stable 1.0.0, 1.1.0 at 20%), seen" in text
+    assert "r2: serving revision 1 (stable 1.0.0), SILENT for" in text
+    assert "[behind: revision 2 pending]" in text
+    data = json.loads(cli("status", "fraud", "-o", "json").output)[0]
+    assert [r["instance"] for r in data["replicas"]] == ["r1", "r2"]
