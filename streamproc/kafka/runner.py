@@ -2,7 +2,9 @@
 
 The runner knows Kafka and nothing about models: a *handler* turns a :class:`RawBatch`
 into :class:`Outputs`, and the runner writes them and commits the batch's offsets with the
-configured guarantee (see :meth:`KafkaRunner._commit`).
+configured guarantee (see :meth:`KafkaRunner._commit`). It uses its clients only through
+:class:`ConsumerLike` and :class:`ProducerLike`, built by factories (confluent-kafka's by
+default), so tests/kafka/test_runner_protocol.py drives the protocol on fakes, with no broker.
 
 A handler that ``overlaps`` (its model runs on a GPU apart from the host) also offers
 ``start(raw)`` and ``finish(started)``. The runner then keeps one batch in flight: it starts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as CkError
 
+from streamproc import synth
 from streamproc.batching import Released, WindowPolicy
 from streamproc.errors import DeliveryError, RegistryUnavailableError
 from streamproc.kafka.runner import KafkaRunner, PlainHandler, RunnerSettings, to_raw_batch
@@ -694,22 +696,42 @@ def test_an_outage_holds_back_each_partition_from_its_first_waiting_event_only(
         runner.consumer = real
 
 
-def test_a_processor_under_the_consumer_group_protocol_scores_every_event(
+def test_two_replicas_under_the_consumer_group_protocol_share_the_partitions_and_score_all(
     pipeline_config_factory: Callable[..., Any],
     processor_factory: Callable[..., Any],
     event_producer_factory: Callable[..., Any],
     read_topic: Callable[..., Any],
 ) -> None:
-    # Kafka 4's consumer protocol (KIP-848): the broker assigns partitions incrementally.
-    from streamproc import synth
-
-    cfg = pipeline_config_factory(partitions=2, kafka={"group_protocol": "consumer"})
+    # Kafka 4's consumer protocol (KIP-848): the broker changes an assignment incrementally.
+    # r1 holds all four partitions; when r2 joins, r1 gives up some and keeps the others (a
+    # revoke of those only, then an assign of nothing new). Each runner must know what it
+    # still holds, and every event is scored.
+    cfg = pipeline_config_factory(partitions=4, kafka={"group_protocol": "consumer"})
     producer = event_producer_factory(cfg.topics.input)
-    records, _ = synth.generate(200, seed=5)
-    for r in records:
+    records, _ = synth.generate(400, seed=5)
+    for r in records[:200]:
         producer.send(r, key=r["account_id"])
     producer.flush()
-    running = processor_factory(cfg)
-    preds = read_topic(cfg.topics.predictions, 200, idle_s=60)
-    running.stop()
-    assert sorted(p.value["event_id"] for p in preds) == sorted(r["event_id"] for r in records)
+
+    def held(running: Any) -> set[int]:
+        return {tp.partition for tp in running.processor.runner._assignment}
+
+    def wait(cond: Callable[[], bool], what: str) -> None:
+        for _ in range(1200):  # 120 s
+            if cond():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    r1 = processor_factory(cfg.model_copy(update={"instance_id": "r1"}))
+    wait(lambda: held(r1) == {0, 1, 2, 3}, "r1 to hold every partition")
+    r2 = processor_factory(cfg.model_copy(update={"instance_id": "r2"}))
+    wait(lambda: bool(held(r2)) and held(r1) | held(r2) == {0, 1, 2, 3}, "r2 to take a share")
+    assert held(r1) and not held(r1) & held(r2)
+    for r in records[200:]:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    preds = read_topic(cfg.topics.predictions, 400, idle_s=60)
+    r2.stop()
+    r1.stop()
+    assert {p.value["event_id"] for p in preds} == {r["event_id"] for r in records}
