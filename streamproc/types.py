@@ -5,10 +5,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from streamproc.telemetry.sensor import BatchStats
 
 
 class ReasonCode(enum.IntEnum):
@@ -319,7 +322,7 @@ class Outputs:
     blocks: list[RecordBlock] = field(default_factory=list)
     n_predictions: int = 0
     n_dead_letters: int = 0
-    stats: object | None = None  # telemetry.BatchStats, reported once committed
+    stats: BatchStats | None = None  # reported once committed
 
     def __len__(self) -> int:
         return len(self.records) + sum(len(b) for b in self.blocks)

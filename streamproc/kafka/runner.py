@@ -2,7 +2,9 @@
 
 The runner knows Kafka and nothing about models: a *handler* turns a :class:`RawBatch`
 into :class:`Outputs`, and the runner writes them and commits the batch's offsets with the
-configured guarantee (see :meth:`KafkaRunner._commit`).
+configured guarantee (see :meth:`KafkaRunner._commit`). It uses its clients only through
+:class:`ConsumerLike` and :class:`ProducerLike`, built by factories (confluent-kafka's by
+default), so tests/kafka/test_runner_protocol.py drives the protocol on fakes, with no broker.
 
 A handler that ``overlaps`` (its model runs on a GPU apart from the host) also offers
 ``start(raw)`` and ``finish(started)``. The runner then keeps one batch in flight: it starts
@@ -32,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
 from operator import length_hint
-from typing import Any, Protocol, overload
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -48,14 +50,122 @@ log = logging.getLogger(__name__)
 Handler = Callable[[RawBatch], Outputs]
 
 
-class OverlappingHandler(Protocol):
-    """A handler split in two (see the module docstring); ``overlaps`` says whether it pays."""
+class BatchHandlerLike(Protocol):
+    """What the runner asks of a handler. A class that subclasses this protocol needs only
+    ``__call__``; the defaults make it a handler that does not overlap.
 
-    overlaps: bool
+    A handler that ``overlaps`` (see the module docstring) also splits its work in two: the
+    runner calls ``start(raw)`` and, later, ``finish(started)`` instead of ``handler(raw)``.
+    """
 
-    def start(self, raw: RawBatch) -> Any: ...
+    @property
+    def overlaps(self) -> bool:
+        """Whether :meth:`start` leaves work running after it returns (then the runner keeps
+        one batch in flight)."""
+        return False
 
-    def finish(self, started: Any) -> Outputs: ...
+    def __call__(self, raw: RawBatch) -> Outputs: ...
+
+    def start(self, raw: RawBatch) -> Any:
+        return raw
+
+    def finish(self, started: Any) -> Outputs:
+        return self(started)
+
+
+class PlainHandler(BatchHandlerLike):
+    """A function as a handler that does not overlap."""
+
+    def __init__(self, fn: Handler) -> None:
+        self.fn = fn
+
+    def __call__(self, raw: RawBatch) -> Outputs:
+        return self.fn(raw)
+
+
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class ConsumerLike(Protocol):
+    """The consumer methods the runner calls: :class:`confluent_kafka.Consumer` has them;
+    a test passes a fake (``consumer_factory``)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None: ...
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+
+    def seek(self, partition: TopicPartition) -> None: ...
+
+    @overload
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: Literal[True] = ...
+    ) -> None: ...
+    @overload
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: Literal[False]
+    ) -> list[TopicPartition]: ...
+
+    def consumer_group_metadata(self) -> Any: ...
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...
+
+
+class ProducerLike(Protocol):
+    """The producer methods the runner calls: :class:`confluent_kafka.Producer` has them.
+    Its configuration carries the runner's ``on_delivery`` callback, which a fake calls for
+    a failed record as the client does."""
+
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        partition: int = -1,
+        callback: Callable[[Any, Any], None] | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None: ...
+
+    def poll(self, timeout: float = -1) -> int: ...
+
+    def flush(self, timeout: float = -1) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def init_transactions(self, timeout: float = -1) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None: ...
+
+    def commit_transaction(self, timeout: float = -1) -> None: ...
+
+    def abort_transaction(self, timeout: float = -1) -> None: ...
+
+    def close(self) -> bool: ...
+
+
+ConsumerFactory = Callable[[dict[str, Any]], ConsumerLike]
+ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
 
 
 def wall_ms() -> float:
@@ -85,7 +195,7 @@ class _Hold:
 
     offset: int
     attempt: int
-    resume_at: float  # time.monotonic()
+    resume_at: float  # KafkaRunner.monotonic()
     paused: bool = True
 
 
@@ -152,20 +262,27 @@ class KafkaRunner:
         consumer_conf: dict[str, Any],
         producer_conf: dict[str, Any],
         settings: RunnerSettings,
-        handler: Handler,
+        handler: BatchHandlerLike,
         policy: WindowPolicy,
         sensor: Sensor | None = None,
         clock_ms: Callable[[], float] = wall_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+        consumer_factory: ConsumerFactory = Consumer,
+        producer_factory: ProducerFactory = Producer,
     ) -> None:
+        """``clock_ms`` times the batch windows; ``monotonic`` (seconds) the commit interval,
+        the registry backoffs and the lag reports. The factories build the clients from
+        their configurations (a test passes fakes)."""
         self.settings = settings
         self.handler = handler
         self.sensor = sensor or Sensor()
-        self.consumer = Consumer(consumer_conf)
+        self.monotonic = monotonic
+        self.consumer: ConsumerLike = consumer_factory(consumer_conf)
         # Delivery reports for failed records only: a successful record costs no Python call.
         # Success is learnt from an empty producer queue or a flush (at-least-once,
         # _commit_if_due) or from commit_transaction (exactly-once).
         reports = {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
-        self.producer = Producer({**producer_conf, **reports})
+        self.producer: ProducerLike = producer_factory({**producer_conf, **reports})
         self.batcher: MicroBatcher[Message] = MicroBatcher(policy, clock=clock_ms)
         # When the last consume returned: what the next one returns arrived after that.
         self._looked_ms: float | None = None
@@ -177,7 +294,7 @@ class KafkaRunner:
         # last commit, failed deliveries (the runner raises on any), and the last commit.
         self._uncommitted: dict[int, int] = {}
         self._delivery_errors: list[str] = []
-        self._last_commit = time.monotonic()
+        self._last_commit = self.monotonic()
         # Partitions waiting for the registry (_handle_with_retry), and those held since the
         # records still pending here were read (_process_all drops their records).
         self._held: dict[int, _Hold] = {}
@@ -186,8 +303,7 @@ class KafkaRunner:
         # one, and the one that was in flight then (see _process_all).
         self._aborted: list[RawBatch] = []
         # An overlapping handler's started batch, not yet finished (the module docstring).
-        overlaps = getattr(handler, "overlaps", False)
-        self._overlap: OverlappingHandler | None = handler if overlaps else None  # type: ignore[assignment]
+        self._overlap: BatchHandlerLike | None = handler if handler.overlaps else None
         self._inflight: tuple[RawBatch, Any] | None = None
         if self._overlap is not None:
             log.info("one batch in flight: the next batch is decoded while the model scores")
@@ -266,7 +382,7 @@ class KafkaRunner:
             self._process_all([])  # rewinds if its transaction aborted
         if not msgs and self._uncommitted:
             self._commit_if_due()  # idle: the last batches' offsets need no new batch
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self._last_lag >= self.settings.lag_interval_s:
             self._last_lag = now
             self._report_lag()
@@ -319,9 +435,8 @@ class KafkaRunner:
 
     def _deliver(self, raw: RawBatch, out: Outputs) -> None:
         self._commit(raw, out)
-        stats = getattr(out, "stats", None)
-        if stats is not None:
-            self.sensor.on_batch(stats)
+        if out.stats is not None:
+            self.sensor.on_batch(out.stats)
 
     def _handle_with_retry(
         self, raw: RawBatch, msgs: list[Message], handle: Callable[[RawBatch], Any]
@@ -383,7 +498,7 @@ class KafkaRunner:
         # after the seek would reset it to the last record handed to us.
         self.consumer.pause([tp])
         self.consumer.seek(tp)
-        self._held[partition] = _Hold(offset, attempt, time.monotonic() + delay)
+        self._held[partition] = _Hold(offset, attempt, self.monotonic() + delay)
         self._newly_held.add(partition)
         log.warning("registry unavailable for schema id(s) %s: partition %d waits at offset %d, "
                     "retry %d in %.2fs: %s", list(exc.schema_ids), partition, offset, attempt,
@@ -409,7 +524,7 @@ class KafkaRunner:
     def _resume_due(self, idle_s: float) -> float:
         """Resume the held partitions whose backoff is over; how long an idle look may wait
         (no longer than until the next one is due)."""
-        now = time.monotonic()
+        now = self.monotonic()
         due = [p for p, h in self._held.items() if h.paused and h.resume_at <= now]
         if due:
             for p in due:
@@ -427,40 +542,56 @@ class KafkaRunner:
                                   for tp in gone])  # fmt: skip
 
     def _commit(self, raw: RawBatch, out: Outputs) -> None:
-        """The commit protocol, in order. Offsets move only after the outputs are durable."""
+        """The commit protocol for one batch, in order: produce its outputs (predictions,
+        dead letters, alerts, snapshots), have them acknowledged (a flush), then move its
+        input offsets. Offsets never move past a record whose outputs are not durable.
+
+        exactly-once: one transaction per batch; outputs and offsets become visible together.
+        at-least-once: the batch is produced now and its offsets kept; a later call (step 1),
+        a revoke or a stop flushes and then commits them (:meth:`_flush_and_commit`).
+        Every wait is bounded: the timeout of each step is in its comment.
+        """
         s = self.settings
         offsets = next_offsets(s.topic, raw)
         if s.exactly_once:
             try:
-                # 1. open a transaction for this batch
+                # 1. open a transaction for this batch (local state: no wait)
                 self.producer.begin_transaction()
-                # 2. produce predictions, dead letters, alerts and snapshots into it
+                # 2. produce predictions, dead letters, alerts and snapshots into it; no wait
+                #    unless the producer's queue is full (_backpressure: 50 ms a look)
                 self._produce_all(out)
-                # 3. add the input offsets to the same transaction
+                # 3. add the input offsets to the same transaction: waits for the group
+                #    coordinator, up to flush_timeout_s
                 self.producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), s.flush_timeout_s
                 )
-                # 4. commit: flushes and makes outputs and offsets visible atomically;
-                #    bounded by flush_timeout_s, after which the broker aborts it anyway.
+                # 4. flush and commit: waits up to flush_timeout_s for every record to be
+                #    acknowledged and for outputs and offsets to become visible atomically. A
+                #    failed record makes it abortable (_abort_and_rewind); a timeout is not:
+                #    it raises, and the broker aborts the transaction after its timeout.
                 self.producer.commit_transaction(s.flush_timeout_s)
             except KafkaException as exc:
                 self._abort_and_rewind(raw, exc)
                 return
         else:
-            # 1. if a commit is due, commit the offsets of the batches produced before this
-            #    one once all their records are acknowledged (_commit_if_due)
+            # 1. if a commit is due, flush and commit the offsets of the batches produced
+            #    before this one (_commit_if_due: no wait when the producer's queue is
+            #    empty; a flush of up to flush_timeout_s when it stayed busy)
             self._commit_if_due()
-            # 2. produce predictions, dead letters, alerts and snapshots; nothing waits here,
-            #    and only a failed record reports back (_on_delivery)
+            # 2. produce predictions, dead letters, alerts and snapshots; no wait unless the
+            #    producer's queue is full (_backpressure: 50 ms a look); only a failed record
+            #    reports back (_on_delivery)
             self._produce_all(out)
             # 3. remember the batch's input offsets until a commit covers its records
             for tp in offsets:
                 self._uncommitted[tp.partition] = tp.offset
-            # 4. serve the reports that have arrived (failures only), without waiting; a
-            #    failed record stops the runner before any later offset moves
+            # 4. serve the reports that have arrived (failures only), without waiting
+            #    (timeout 0); a failed record stops the runner before any later offset moves
             self.producer.poll(0)
             self._raise_on_failed_delivery()
-            # 5. backpressure: while too many records await acknowledgement, serve them
+            # 5. backpressure: while too many records await acknowledgement, serve reports
+            #    10 ms at a time, until a stop at the latest: a record the client gives up
+            #    on (message.timeout.ms) leaves the queue and fails the next batch's step 4
             while len(self.producer) > s.max_pending and not self.stop_event.is_set():
                 self.producer.poll(0.01)
             return
@@ -473,7 +604,7 @@ class KafkaRunner:
         interval is flushed instead: the loop waits until every record in flight is
         acknowledged."""
         s = self.settings
-        waited = time.monotonic() - self._last_commit
+        waited = self.monotonic() - self._last_commit
         if waited < s.commit_interval_s or not self._uncommitted:
             return
         self.producer.poll(0)  # serves failed records' reports: len() counts unserved ones
@@ -497,7 +628,7 @@ class KafkaRunner:
         # Bounded by flush_timeout_s; records not acknowledged by then are still retried by
         # the client (up to its message.timeout.ms) and fail through _on_delivery if lost.
         remaining = self.producer.flush(s.flush_timeout_s)
-        self._last_commit = time.monotonic()
+        self._last_commit = self.monotonic()
         self._raise_on_failed_delivery()
         if remaining:
             if periodic:  # a slow broker: keep the offsets, try again at the next interval
@@ -603,27 +734,44 @@ class KafkaRunner:
 
     # -- group membership ------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        self._assignment = list(parts)
-        log.info("assigned %s", [p.partition for p in parts])
+    # Both group protocols: under the classic one (eager) ``parts`` is the whole assignment,
+    # given after a revoke of the whole previous one; under Kafka 4's consumer protocol
+    # (KIP-848, incremental) it is only what is added or taken away, possibly nothing, and
+    # the other partitions stay ours and keep flowing. The client itself applies the change
+    # (assign or incremental_assign) when a callback returns. So the assignment grows and
+    # shrinks by ``parts``, and a revoke rewinds the partitions that stay.
 
-    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # Finish what we hold for these partitions and commit it before they move, so
-        # the next owner starts exactly after it. Records of partitions waiting for the
-        # registry are not here (_drop_held): their commit stops before the waiting event.
+    def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        have = {tp.partition for tp in self._assignment}
+        self._assignment += [tp for tp in parts if tp.partition not in have]
+        log.info("assigned %s (added %s)", sorted(tp.partition for tp in self._assignment),
+                 [tp.partition for tp in parts])  # fmt: skip
+
+    def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        # Finish what we hold and commit it before these partitions move, so the next owner
+        # starts exactly after it (what we hold of the partitions that stay goes out now
+        # too). Records of partitions waiting for the registry are not here (_drop_held):
+        # their commit stops before the waiting event.
         self._process_all(self.batcher.release_all(ReleaseReason.REBALANCE))
         # A batch in flight is decoded and scored already: finish and commit it too (it came
         # before any batch that waits for the registry).
         self._finish_inflight()
-        self._aborted = []  # its transaction aborted: the next owner reads it from the commit
         self._flush_and_commit()
+        gone = {tp.partition for tp in parts}
+        self._assignment = [tp for tp in self._assignment if tp.partition not in gone]
+        if self._aborted:
+            # Its transaction aborted: the next owner of a revoked partition reads it from
+            # the commit; a partition that stays is read again from it here.
+            self._rewind(self._aborted, [])
+            self._aborted = []
         self._release_holds(parts)
-        self._assignment = []
-        log.info("revoked %s", [p.partition for p in parts])
+        log.info("revoked %s, kept %s", sorted(gone),
+                 sorted(tp.partition for tp in self._assignment))  # fmt: skip
 
-    def _on_lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Any, parts: list[TopicPartition]) -> None:
         # Ownership is already gone: committing would fail. Drop what we hold; the new
-        # owner replays it from the last committed offset.
+        # owner replays it from the last committed offset. The client loses the whole
+        # assignment at once under either protocol, and so does the runner.
         self.batcher.release_all(ReleaseReason.REBALANCE)
         self._inflight = None  # started, never produced: replayed like the rest
         self._aborted = []

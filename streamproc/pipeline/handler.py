@@ -19,6 +19,7 @@ import numpy.typing as npt
 from streamproc import lineage
 from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
+from streamproc.kafka.runner import BatchHandlerLike
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
     Alert,
@@ -106,7 +107,7 @@ class Started:
     submit_s: float
 
 
-class BatchHandler:
+class BatchHandler(BatchHandlerLike):
     def __init__(
         self,
         *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,9 +13,10 @@ import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as CkError
 
+from streamproc import synth
 from streamproc.batching import Released, WindowPolicy
 from streamproc.errors import DeliveryError, RegistryUnavailableError
-from streamproc.kafka.runner import KafkaRunner, RunnerSettings, to_raw_batch
+from streamproc.kafka.runner import KafkaRunner, PlainHandler, RunnerSettings, to_raw_batch
 from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
 
 
@@ -40,8 +42,8 @@ def runner_factory(kafka: str) -> Iterator[Callable[..., KafkaRunner]]:
                            **(consumer_conf or {})},
             producer_conf={"bootstrap.servers": kafka, "linger.ms": 5, **(producer_conf or {})},
             settings=settings or RunnerSettings(topic=topic),
-            **{"handler": _not_called, "policy": WindowPolicy(max_size=100, max_wait_ms=5),
-               **kwargs},
+            **{"handler": PlainHandler(_not_called),
+               "policy": WindowPolicy(max_size=100, max_wait_ms=5), **kwargs},
         )  # fmt: skip
         made.append(runner)
         return runner
@@ -249,7 +251,7 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
     runner = runner_factory(
         topic,
         consumer_conf={"auto.offset.reset": "earliest"},
-        handler=handler,
+        handler=PlainHandler(handler),
         policy=WindowPolicy(max_size=2, max_wait_ms=5),
         clock_ms=lambda: now[0],
     )
@@ -451,7 +453,7 @@ def test_an_aborted_transaction_replays_its_batch_and_every_later_one_once(
             records.append(OutRecord(small, None, os.urandom(5000)))  # refused by the broker
         return Outputs(records=records)
 
-    runner = _eos_runner(runner_factory, topic, handler)
+    runner = _eos_runner(runner_factory, topic, PlainHandler(handler))
     runner._process_all(_six_released_at_once(runner))
     assert failed == [[b"C", b"D"]]
     _replayed_once(runner, topic, out, consumer_factory)
@@ -692,3 +694,44 @@ def test_an_outage_holds_back_each_partition_from_its_first_waiting_event_only(
         assert set(runner._held) == {2}
     finally:
         runner.consumer = real
+
+
+def test_two_replicas_under_the_consumer_group_protocol_share_the_partitions_and_score_all(
+    pipeline_config_factory: Callable[..., Any],
+    processor_factory: Callable[..., Any],
+    event_producer_factory: Callable[..., Any],
+    read_topic: Callable[..., Any],
+) -> None:
+    # Kafka 4's consumer protocol (KIP-848): the broker changes an assignment incrementally.
+    # r1 holds all four partitions; when r2 joins, r1 gives up some and keeps the others (a
+    # revoke of those only, then an assign of nothing new). Each runner must know what it
+    # still holds, and every event is scored.
+    cfg = pipeline_config_factory(partitions=4, kafka={"group_protocol": "consumer"})
+    producer = event_producer_factory(cfg.topics.input)
+    records, _ = synth.generate(400, seed=5)
+    for r in records[:200]:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+
+    def held(running: Any) -> set[int]:
+        return {tp.partition for tp in running.processor.runner._assignment}
+
+    def wait(cond: Callable[[], bool], what: str) -> None:
+        for _ in range(1200):  # 120 s
+            if cond():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    r1 = processor_factory(cfg.model_copy(update={"instance_id": "r1"}))
+    wait(lambda: held(r1) == {0, 1, 2, 3}, "r1 to hold every partition")
+    r2 = processor_factory(cfg.model_copy(update={"instance_id": "r2"}))
+    wait(lambda: bool(held(r2)) and held(r1) | held(r2) == {0, 1, 2, 3}, "r2 to take a share")
+    assert held(r1) and not held(r1) & held(r2)
+    for r in records[200:]:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    preds = read_topic(cfg.topics.predictions, 400, idle_s=60)
+    r2.stop()
+    r1.stop()
+    assert {p.value["event_id"] for p in preds} == {r["event_id"] for r in records}
