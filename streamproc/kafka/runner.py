@@ -171,6 +171,7 @@ class KafkaRunner:
         self._looked_ms: float | None = None
         self.stop_event = threading.Event()
         self._assignment: list[TopicPartition] = []
+        self._joined = False  # the group assigned this replica its share (maybe none) once
         self._last_lag = 0.0
         self.batches_committed = 0
         # at-least-once: the next input offset per partition of the batches produced since the
@@ -603,8 +604,15 @@ class KafkaRunner:
 
     # -- group membership ------------------------------------------------------------------
 
+    @property
+    def assigned_partitions(self) -> list[int] | None:
+        """The input partitions this replica owns now; None until the group first gave it
+        its share (an empty share: more replicas than partitions, waiting for one)."""
+        return [tp.partition for tp in self._assignment] if self._joined else None
+
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self._assignment = list(parts)
+        self._joined = True
         log.info("assigned %s", [p.partition for p in parts])
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
