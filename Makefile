@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: demo test lint typecheck unit bench clean install
+.PHONY: demo test lint typecheck unit rules bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+# Alert rules: syntax, then their unit tests. promtool comes with Debian's `prometheus`
+# package (`apt-get install prometheus`); .ci/run installs it.
+PROMTOOL ?= promtool
+rules:
+	$(PROMTOOL) check rules deploy/prometheus/streamproc.rules.yml
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) test rules deploy/prometheus/*_test.yml
+
+test: lint typecheck rules unit
 
 demo: $(STAMP)
 	$(BIN)/python -m streamproc.demo
