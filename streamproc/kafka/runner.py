@@ -642,6 +642,7 @@ class KafkaRunner:
 
     def _report_lag(self) -> None:
         if not self._assignment:
+            self.sensor.on_lag(self.settings.topic, {})  # none owned: none behind here
             return
         try:
             positions = self.consumer.position(self._assignment)

@@ -14,6 +14,10 @@
 2.0
 >>> p.registry.get_sample_value("streamproc_end_to_end_latency_ms_sum", labels)
 15.0
+>>> p.on_lag("tx", {0: 5, 1: 7}); p.on_lag("tx", {1: 2})  # partition 0 moved away
+>>> lag = {"pipeline": "demo", "topic": "tx"}
+>>> [p.registry.get_sample_value("streamproc_consumer_lag", {**lag, "partition": n}) for n in "01"]
+[None, 2.0]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class _ProcessCollector(Collector):
         yield m
 
 
-class _GpuCollector(Collector):
+class GpuCollector(Collector):
     """Memory and utilisation of each GPU, read at scrape time from ``stats`` (the
     :func:`~streamproc.backends.nvml.gpu_stats` shape: a dict per GPU)."""
 
@@ -142,11 +146,12 @@ class PrometheusSensor(Sensor):
             self.alerts_firing.labels(pipeline, type_)
         self._firing: dict[tuple[str, str | None], bool] = {}
         self._server: HealthServer | None = None
+        self._lag_parts: dict[str, set[int]] = {}  # topic -> partitions with a lag series
         self.gauges: dict[str, Gauge] = {}
         self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r.register(_ProcessCollector(pipeline))
         if gpu_stats is not None:
-            r.register(_GpuCollector(pipeline, gpu_stats))
+            r.register(GpuCollector(pipeline, gpu_stats))
 
     def _child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds
@@ -193,8 +198,15 @@ class PrometheusSensor(Sensor):
         hist._sum.inc(float(values.sum()))  # type: ignore[attr-defined]
 
     def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        """The lag of the partitions this replica owns now; the series of those it no longer
+        owns go (else a moved partition's last value would stay and count twice in a sum
+        over replicas)."""
         for part, n in lag.items():
             self.lag.labels(self.pipeline, topic, str(part)).set(n)
+        gone = self._lag_parts.get(topic, set()) - set(lag)
+        for part in gone:
+            self.lag.remove(self.pipeline, topic, str(part))
+        self._lag_parts[topic] = set(lag)
 
     def on_model(self, name: str, version: str, backend: str, device: str) -> None:
         self.model_info.labels(self.pipeline).info(
