@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 # figure less about two points, README.md "Testing"). Raise it as tests are added.
 COV_FLOOR ?= 82
 
-.PHONY: demo test test-explore lint typecheck unit bench clean install
+.PHONY: demo test test-explore lint typecheck unit rules bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,15 @@ test-explore: $(STAMP)
 		tests/backends tests/batching tests/codecs tests/drift tests/models tests/rollout \
 		tests/telemetry tests/test_synth.py
 
-test: lint typecheck unit
+# Alert rules: syntax, then their unit tests. promtool comes with Debian's `prometheus`
+# package (`apt-get install prometheus`); .ci/run installs it.
+PROMTOOL ?= promtool
+rules:
+	$(PROMTOOL) check rules deploy/prometheus/streamproc.rules.yml
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) test rules deploy/prometheus/*_test.yml
+
+test: lint typecheck rules unit
 
 demo: $(STAMP)
 	$(BIN)/python -m streamproc.demo

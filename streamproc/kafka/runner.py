@@ -288,6 +288,7 @@ class KafkaRunner:
         self._looked_ms: float | None = None
         self.stop_event = threading.Event()
         self._assignment: list[TopicPartition] = []
+        self._joined = False  # the group assigned this replica its share (maybe none) once
         self._last_lag = 0.0
         self.batches_committed = 0
         # at-least-once: the next input offset per partition of the batches produced since the
@@ -734,6 +735,12 @@ class KafkaRunner:
 
     # -- group membership ------------------------------------------------------------------
 
+    @property
+    def assigned_partitions(self) -> list[int] | None:
+        """The input partitions this replica owns now; None until the group first gave it
+        its share (an empty share: more replicas than partitions, waiting for one)."""
+        return [tp.partition for tp in self._assignment] if self._joined else None
+
     # Both group protocols: under the classic one (eager) ``parts`` is the whole assignment,
     # given after a revoke of the whole previous one; under Kafka 4's consumer protocol
     # (KIP-848, incremental) it is only what is added or taken away, possibly nothing, and
@@ -742,6 +749,7 @@ class KafkaRunner:
     # shrinks by ``parts``, and a revoke rewinds the partitions that stay.
 
     def _on_assign(self, consumer: Any, parts: list[TopicPartition]) -> None:
+        self._joined = True
         have = {tp.partition for tp in self._assignment}
         self._assignment += [tp for tp in parts if tp.partition not in have]
         log.info("assigned %s (added %s)", sorted(tp.partition for tp in self._assignment),
@@ -782,6 +790,7 @@ class KafkaRunner:
 
     def _report_lag(self) -> None:
         if not self._assignment:
+            self.sensor.on_lag(self.settings.topic, {})  # none owned: none behind here
             return
         try:
             positions = self.consumer.position(self._assignment)

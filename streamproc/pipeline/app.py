@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamproc import schemas
+from streamproc.backends.nvml import gpu_stats as gpus
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
 from streamproc.errors import StreamprocError
@@ -23,6 +24,7 @@ from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
 from streamproc.rollout.store import audit_topic
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
+from streamproc.telemetry.health import ProcessorReadiness
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
@@ -172,9 +174,18 @@ def build_processor(
 ) -> Processor:
 
     instance = cfg.instance_id or socket.gethostname()
-    ensure_topics(cfg)
     t = cfg.topics
     registry = Registry(registry_config(cfg.registry))
+    # Served before the slow steps (topics, schemas, the model) so that /healthz answers while
+    # they run and /readyz says which one is missing; the GPUs are read only where it scores.
+    ready = ProcessorReadiness(lambda: registry.latest_id(schemas.subject_for(t.input)))
+    prom = PrometheusSensor(pipeline=cfg.name, gpu_stats=lambda: gpus() if cuda else [])
+    port: int | None = None
+    cuda = False
+    if cfg.metrics.port is not None:
+        port = prom.serve(cfg.metrics.port, cfg.metrics.host, readiness=ready)
+        log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", cfg.metrics.host, port)
+    ensure_topics(cfg)
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
     closers: list[Callable[[], None]] = []
@@ -209,18 +220,15 @@ def build_processor(
 
             # Drift is judged against the reference of the version that is stable now.
             monitor = VersionedMonitor(stream_monitor, lambda: rollout.primary, monitor_for)
+    ready.model_loaded(scorer.primary.name, scorer.primary.version)
+    cuda = scorer.device.startswith("cuda")
     counters = CountingSensor()
-    prom = PrometheusSensor(pipeline=cfg.name)
     sensors: list[Sensor] = [counters, prom]
     if extra_sensor is not None:
         sensors.append(extra_sensor)
     sensor = SensorGroup(sensors)
     # a rollout: its stable version's backend and device
     sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
-    port = None
-    if cfg.metrics.port is not None:
-        port = prom.serve(cfg.metrics.port, cfg.metrics.host)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, port)
     decoder = build_decoder(cfg, spec, registry, sensor)
     handler = BatchHandler(
         decoder=decoder,
@@ -261,4 +269,6 @@ def build_processor(
         ),
         sensor=sensor,
     )
+    ready.partitions = lambda: runner.assigned_partitions
+    closers.append(prom.close)
     return Processor(cfg, runner, handler, counters, prom, port, closers)

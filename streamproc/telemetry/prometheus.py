@@ -14,19 +14,24 @@
 2.0
 >>> p.registry.get_sample_value("streamproc_end_to_end_latency_ms_sum", labels)
 15.0
+>>> p.on_lag("tx", {0: 5, 1: 7}); p.on_lag("tx", {1: 2})  # partition 0 moved away
+>>> lag = {"pipeline": "demo", "topic": "tx"}
+>>> [p.registry.get_sample_value("streamproc_consumer_lag", {**lag, "partition": n}) for n in "01"]
+[None, 2.0]
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from streamproc.telemetry.health import HealthServer, Readiness, health_app
 from streamproc.telemetry.sensor import BatchStats, Sensor
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -56,8 +61,47 @@ class _ProcessCollector(Collector):
         yield m
 
 
+class GpuCollector(Collector):
+    """Memory and utilisation of each GPU, read at scrape time from ``stats`` (the
+    :func:`~streamproc.backends.nvml.gpu_stats` shape: a dict per GPU)."""
+
+    def __init__(self, pipeline: str, stats: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        self._pipeline = pipeline
+        self._stats = stats
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        lg = ["pipeline", "gpu"]
+        families = {
+            "memory_used_bytes": GaugeMetricFamily("streamproc_gpu_memory_used_bytes",
+                                                   "GPU memory in use", labels=lg),
+            "memory_total_bytes": GaugeMetricFamily("streamproc_gpu_memory_total_bytes",
+                                                    "GPU memory", labels=lg),
+            "utilization_pct": GaugeMetricFamily("streamproc_gpu_utilization_percent",
+                                                 "GPU busy time", labels=lg),
+        }  # fmt: skip
+        for gpu in self._stats():
+            for key, family in families.items():
+                if gpu.get(key) is not None:
+                    family.add_metric([self._pipeline, str(gpu["index"])], float(gpu[key]))
+        yield from families.values()
+
+
+# Alert types whose series exist from the start (at 0), so that a rule's ``increase`` sees
+# the first one (a series born at 1 has no increase) and a dashboard shows 0, not nothing.
+_DRIFT_TYPES = ("input_drift", "prediction_drift", "accuracy_drift")
+
+
 class PrometheusSensor(Sensor):
-    def __init__(self, pipeline: str, registry: CollectorRegistry | None = None) -> None:
+    """The processor's metrics. ``gpu_stats`` (a callable returning one dict per GPU, as
+    :func:`~streamproc.backends.nvml.gpu_stats` does) adds the GPUs' memory and utilisation,
+    read at scrape time."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        registry: CollectorRegistry | None = None,
+        gpu_stats: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -95,9 +139,19 @@ class PrometheusSensor(Sensor):
                                     [*lp, "schema_id"], registry=r)  # fmt: skip
         self.alerts = Counter("streamproc_alerts", "Alerts raised",
                               [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
+        self.alerts_firing = Gauge("streamproc_alerts_firing", "Alerts firing now (not resolved)",
+                                   [*lp, "type"], registry=r)  # fmt: skip
+        self.alerts.labels(pipeline, "rollback", "CRITICAL", "firing")
+        for type_ in _DRIFT_TYPES:
+            self.alerts_firing.labels(pipeline, type_)
+        self._firing: dict[tuple[str, str | None], bool] = {}
+        self._server: HealthServer | None = None
+        self._lag_parts: dict[str, set[int]] = {}  # topic -> partitions with a lag series
         self.gauges: dict[str, Gauge] = {}
         self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r.register(_ProcessCollector(pipeline))
+        if gpu_stats is not None:
+            r.register(GpuCollector(pipeline, gpu_stats))
 
     def _child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds
@@ -144,8 +198,15 @@ class PrometheusSensor(Sensor):
         hist._sum.inc(float(values.sum()))  # type: ignore[attr-defined]
 
     def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
+        """The lag of the partitions this replica owns now; the series of those it no longer
+        owns go (else a moved partition's last value would stay and count twice in a sum
+        over replicas)."""
         for part, n in lag.items():
             self.lag.labels(self.pipeline, topic, str(part)).set(n)
+        gone = self._lag_parts.get(topic, set()) - set(lag)
+        for part in gone:
+            self.lag.remove(self.pipeline, topic, str(part))
+        self._lag_parts[topic] = set(lag)
 
     def on_model(self, name: str, version: str, backend: str, device: str) -> None:
         self.model_info.labels(self.pipeline).info(
@@ -163,6 +224,15 @@ class PrometheusSensor(Sensor):
 
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         self.alerts.labels(self.pipeline, type_, severity, "firing" if firing else "resolved").inc()
+        if type_ == "rollback":  # an event, never resolved: the counter says it happened
+            return
+        # Firing and resolving come once per state change of a (type, feature) detector; a
+        # repeat of the same state changes nothing, so the gauge never drifts below zero.
+        key = (type_, feature)
+        if self._firing.get(key, False) != firing:
+            self._firing[key] = firing
+            g = self.alerts_firing.labels(self.pipeline, type_)
+            g.inc() if firing else g.dec()
 
     def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         g = self.gauges.get(name)
@@ -171,7 +241,15 @@ class PrometheusSensor(Sensor):
             self.gauges[name] = g
         g.labels(self.pipeline, *labels.values()).set(value)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve /metrics over HTTP; returns the bound port (pass 0 for a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+    def serve(self, port: int, host: str = "127.0.0.1", readiness: Readiness | None = None) -> int:
+        """Serve /metrics, /healthz and /readyz (from ``readiness``: see
+        :mod:`~streamproc.telemetry.health`) over HTTP from a daemon thread; returns the bound
+        port (pass 0 for a free one)."""
+        self._server = HealthServer(health_app(self.registry, readiness), port, host)
+        return self._server.port
+
+    def close(self) -> None:
+        """Stop serving (nothing when :meth:`serve` was not called)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
