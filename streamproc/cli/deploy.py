@@ -257,18 +257,33 @@ def deploy(
     _run(ctx, store, command)
 
 
-@app.command("promote")
-def promote(
-    ctx: typer.Context,
-    name: NameArg,
-    reason: ReasonOpt = "",
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-    topic: TopicOpt = None,
-) -> None:
-    """Make the candidate stable (with --approval set at deploy: wait for `approve`)."""
-    at = get_deps(ctx).clock_ms()
-    _run(ctx, _store(ctx, config, bootstrap, topic), Promote(name, at_ms=at, reason=reason))
+def _simple(verb: str, command: type[Promote | Approve | Step], doc: str) -> None:
+    """Register a command that applies ``command`` to a model: NAME, --reason and where."""
+
+    def run(
+        ctx: typer.Context,
+        name: NameArg,
+        reason: ReasonOpt = "",
+        config: ConfigOpt = None,
+        bootstrap: BootstrapOpt = None,
+        topic: TopicOpt = None,
+    ) -> None:
+        at = get_deps(ctx).clock_ms()
+        _run(ctx, _store(ctx, config, bootstrap, topic), command(name, at_ms=at, reason=reason))
+
+    run.__doc__ = doc
+    app.command(verb)(run)
+
+
+_simple(
+    "promote",
+    Promote,
+    "Make the candidate stable (with --approval set at deploy: wait for `approve`).",
+)
+_simple("approve", Approve, "Promote a rollout that awaits approval.")
+_simple(
+    "step", Step, "Move a gradual rollout to its next step now, without waiting for its minimums."
+)
 
 
 @app.command("rollback")
@@ -300,34 +315,6 @@ def rollback(
             _check_in_repo(repo, name, to)
     at = get_deps(ctx).clock_ms()
     _run(ctx, store, Rollback(name, at_ms=at, reason=reason, to=to))
-
-
-@app.command("approve")
-def approve(
-    ctx: typer.Context,
-    name: NameArg,
-    reason: ReasonOpt = "",
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-    topic: TopicOpt = None,
-) -> None:
-    """Promote a rollout that awaits approval."""
-    at = get_deps(ctx).clock_ms()
-    _run(ctx, _store(ctx, config, bootstrap, topic), Approve(name, at_ms=at, reason=reason))
-
-
-@app.command("step")
-def step(
-    ctx: typer.Context,
-    name: NameArg,
-    reason: ReasonOpt = "",
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-    topic: TopicOpt = None,
-) -> None:
-    """Move a gradual rollout to its next step now, without waiting for its minimums."""
-    at = get_deps(ctx).clock_ms()
-    _run(ctx, _store(ctx, config, bootstrap, topic), Step(name, at_ms=at, reason=reason))
 
 
 def _replica_dicts(store: ControlStore, model: str) -> list[dict[str, Any]]:
