@@ -42,7 +42,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -554,8 +554,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "## Scaling (replicas on one input)",
         "",
         f"Written by `python benchmarks/scaling.py{summary['argv']}` on {summary['when']} "
-        f"(took {summary['took_s']:.0f} s). Method: benchmarks/README.md, \"Scaling: "
-        "replicas on one input\".",
+        f'(took {summary["took_s"]:.0f} s). Method: benchmarks/README.md, "Scaling: '
+        'replicas on one input".',
         "",
         f"* Machine: {summary['machine']}, shared with other work. Load average at start "
         f"{summary['load_start']}, at end {summary['load_end']}.",
@@ -591,8 +591,9 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
         for r, x in leaves:
             per = ", ".join(f"{p}: {s:.2f}" for p, s in x["per_partition_s"].items())
-            lines.append(f"| {r['replicas']} | {x['how']} | {x['held']} | {x['rebalance_s']:.2f} "
-                         f"| {per} | {x['others_reassigned_s']} | {r['paced_missing']} |")  # fmt: skip
+            lines.append(f"| {r['replicas']} | {x['how']} | {x['held']} "
+                         f"| {x['rebalance_s']:.2f} | {per} | {x['others_reassigned_s']} "
+                         f"| {r['paced_missing']} |")  # fmt: skip
     lines += ["", *summary.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--results")
     summary = {
         "argv": f" {shown}" if shown else "",
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "took_s": time.monotonic() - started,
         "machine": machine(),
         "load_start": load_start,
