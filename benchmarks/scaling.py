@@ -442,13 +442,17 @@ def leave(
           "every partition to be scored before the stop")  # fmt: skip
     held = gone.held() or []
     sizes = {r.instance: r.log.stat().st_size for r in rest}
+    exit_box: dict[str, int] = {}
+    reaper = threading.Thread(
+        target=lambda: exit_box.update(code=gone.proc.wait(), at=_ms()), daemon=True
+    )
     t_stop = _ms()
     gone.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    reaper.start()
     _wait(lambda: set(held) <= watch.first_after(t_stop).keys(), deadline_s,
           f"the partitions of {gone.instance} to be consumed again")  # fmt: skip
     first = watch.first_after(t_stop)
-    exit_code = gone.proc.wait(120)
-    exited = (time.time() * 1000 - t_stop) / 1000  # an upper bound: measured after the wait
+    reaper.join(120)
 
     def reassigned() -> float | None:
         # When the last of the others logged an assignment that covers all partitions.
@@ -469,9 +473,9 @@ def leave(
         "rebalance_s": round(rebalance_s(first, t_stop, held), 2),
         "per_partition_s": {p: round((first[p] - t_stop) / 1000, 2) for p in sorted(held)},
         "others_reassigned_s": reassigned(),
-        "exit_code": exit_code,
+        "exit_code": exit_box.get("code"),
         "stopped_line_events_in": stopped_count(gone.text()),
-        "exited_within_s": round(exited, 2),
+        "exited_after_s": round((exit_box["at"] - t_stop) / 1000, 2) if exit_box else None,
     }
 
 
@@ -595,13 +599,13 @@ def markdown(summary: dict[str, Any]) -> str:
             "events/s (rebalance: from the signal to the first prediction, per partition it "
             "held, of an event sent after the signal; the largest of those):",
             "",
-            "| replicas | how | it held | rebalance s | per partition s | others reassigned s "
-            "| missing after |",
-            "|---|---|---|---|---|---|---|",
+            "| replicas | how | it held | its process exited s | rebalance s | per partition s "
+            "| others reassigned s | missing after |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r, x in leaves:
             per = ", ".join(f"{p}: {s:.2f}" for p, s in x["per_partition_s"].items())
-            lines.append(f"| {r['replicas']} | {x['how']} | {x['held']} "
+            lines.append(f"| {r['replicas']} | {x['how']} | {x['held']} | {x['exited_after_s']} "
                          f"| {x['rebalance_s']:.2f} | {per} | {x['others_reassigned_s']} "
                          f"| {r['paced_missing']} |")  # fmt: skip
     lines += ["", *summary.get("notes", [])]
