@@ -17,7 +17,8 @@ at-least-once):
    0``), read after the drain.
 3. With k >= 2, events flow at a paced rate (event_time = the send time); one replica is
    stopped with SIGTERM (a clean stop) and the rebalance time is from the signal to the
-   earliest processing time of a prediction of an event sent after it, per partition the
+   earliest processing time of a prediction of an event sent after it and made after the
+   stopped process exited (a clean stop finishes its batch first), per partition the
    stopped replica held (the largest of those). With k >= 3 a second replica is then
    killed with SIGKILL and measured the same way. At the end every event sent is checked
    for a prediction (at-least-once: duplicates allowed, none missing).
@@ -390,15 +391,16 @@ class Watch:
         finally:
             self.consumer.close()
 
-    def first_after(self, t_ms: int) -> dict[int, int]:
-        """Per partition: the earliest processing time of an event sent after ``t_ms``."""
+    def first_after(self, t_ms: int, processed_after_ms: int = 0) -> dict[int, int]:
+        """Per partition: the earliest processing time (after ``processed_after_ms``) of an
+        event sent after ``t_ms``."""
         out: dict[int, int] = {}
         with self.lock:
             items = list(self.seen.items())
         for i, preds in items:
             p = i % self.partitions
             for et, pt in preds:
-                if et > t_ms and (p not in out or pt < out[p]):
+                if et > t_ms and pt > processed_after_ms and (p not in out or pt < out[p]):
                     out[p] = pt
         return out
 
@@ -449,10 +451,14 @@ def leave(
     t_stop = _ms()
     gone.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
     reaper.start()
-    _wait(lambda: set(held) <= watch.first_after(t_stop).keys(), deadline_s,
-          f"the partitions of {gone.instance} to be consumed again")  # fmt: skip
-    first = watch.first_after(t_stop)
+    # A replica stopped cleanly finishes its batch first, maybe with events sent after the
+    # signal: only predictions made after its exit are the others' (the first for kill -9).
     reaper.join(120)
+    if not exit_box:
+        raise TimeoutError(f"{gone.instance} did not exit within 120 s of its {how}")
+    _wait(lambda: set(held) <= watch.first_after(t_stop, exit_box["at"]).keys(), deadline_s,
+          f"the partitions of {gone.instance} to be consumed again")  # fmt: skip
+    first = watch.first_after(t_stop, exit_box["at"])
 
     def reassigned() -> float | None:
         # When the last of the others logged an assignment that covers all partitions.
@@ -475,7 +481,7 @@ def leave(
         "others_reassigned_s": reassigned(),
         "exit_code": exit_box.get("code"),
         "stopped_line_events_in": stopped_count(gone.text()),
-        "exited_after_s": round((exit_box["at"] - t_stop) / 1000, 2) if exit_box else None,
+        "exited_after_s": round((exit_box["at"] - t_stop) / 1000, 2),
     }
 
 
@@ -579,17 +585,20 @@ def markdown(summary: dict[str, Any]) -> str:
         f"* {summary['events']:,} events backlog per replica count, {summary['partitions']} "
         "input partitions (event i to partition i % P), the demo model "
         "(deploy/models/fraud/1.0.0), at-least-once, the default Kafka settings (classic "
-        "group protocol, static membership, session 2 s, heartbeat 0.5 s).",
+        "group protocol, static membership, session 2 s, heartbeat 0.5 s). *send s*: how "
+        "long the backlog took to send (at full speed, while the replicas consume it: it is "
+        "inside the drain).",
         "",
-        "| replicas | partitions held | events in per replica | balanced | drain s | "
+        "| replicas | partitions held | events in per replica | balanced | send s | drain s | "
         "events/s (all) | events/s per replica |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["runs"]:
         held = "; ".join(f"{k} {v}" for k, v in r["held"].items())
         counts = ", ".join(f"{c:,}" for c in r["events_in"].values())
         per = ", ".join(f"{c:,}" for c in r["events_per_s_per_replica"].values())
-        lines.append(f"| {r['replicas']} | {held} | {counts} | {'yes' if r['balanced'] else 'NO'} "
+        ok = "yes" if r["balanced"] else "NO"
+        lines.append(f"| {r['replicas']} | {held} | {counts} | {ok} | {r['produce_s']:.2f} "
                      f"| {r['drain_s']:.2f} | {r['events_per_s']:,} | {per} |")  # fmt: skip
     leaves = [(r, x) for r in summary["runs"] for x in r.get("leave", [])]
     if leaves:
@@ -597,7 +606,8 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
             f"One replica leaves while events flow at {summary['runs'][-1]['paced_rate']:.0f} "
             "events/s (rebalance: from the signal to the first prediction, per partition it "
-            "held, of an event sent after the signal; the largest of those):",
+            "held, of an event sent after the signal, made after its process exited; the "
+            "largest of those):",
             "",
             "| replicas | how | it held | its process exited s | rebalance s | per partition s "
             "| others reassigned s | missing after |",
@@ -615,7 +625,7 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--replicas", help="replica counts, comma-separated (default 1,2,3)")
-    ap.add_argument("--events", type=int, default=300_000, help="backlog per replica count")
+    ap.add_argument("--events", type=int, default=1_000_000, help="backlog per replica count")
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--rate", type=float, default=300.0, help="paced events/s for the leave")
     ap.add_argument("--quick", action="store_true", help="20,000 events; replicas 1,2 by default")
