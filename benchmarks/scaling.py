@@ -188,7 +188,9 @@ def stack_up(home: Path) -> tuple[Any, Any, bool]:
     return stack.up(), stack, not was_up
 
 
-def make_pipeline(info: Any, partitions: int, workdir: Path) -> tuple[Any, Path]:
+def make_pipeline(
+    info: Any, partitions: int, workdir: Path, kafka: Mapping[str, Any] | None = None
+) -> tuple[Any, Path]:
     """A fresh pipeline shaped like deploy/pipelines/fraud.yaml: its topics, schemas and
     a config file for `streamproc run`."""
     import yaml
@@ -201,7 +203,8 @@ def make_pipeline(info: Any, partitions: int, workdir: Path) -> tuple[Any, Path]
     raw: dict[str, Any] = {
         "name": f"scaling-{run}",
         "model": str(MODEL),
-        "kafka": {"bootstrap": info.bootstrap, "client_id": f"streamproc-scaling-{run}"},
+        "kafka": {"bootstrap": info.bootstrap, "client_id": f"streamproc-scaling-{run}",
+                  **(kafka or {})},
         "registry": {"url": info.schema_registry},
         "topics": {"input": f"scaling-{run}", "predictions": f"scaling-{run}.predictions",
                    "dlq": f"scaling-{run}.dlq", "metrics": f"scaling-{run}.metrics",
@@ -488,7 +491,7 @@ def leave(
 def run_k(
     k: int, info: Any, bodies: list[bytes], args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
-    cfg, path = make_pipeline(info, args.partitions, workdir)
+    cfg, path = make_pipeline(info, args.partitions, workdir, json.loads(args.kafka or "{}"))
     n, parts = len(bodies), args.partitions
     replicas = [Replica(path, f"r{i}", workdir) for i in range(1, k + 1)]
     out: dict[str, Any] = {"replicas": k, "pipeline": cfg.name, "events": n}
@@ -585,7 +588,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"* {summary['events']:,} events backlog per replica count, {summary['partitions']} "
         "input partitions (event i to partition i % P), the demo model "
         "(deploy/models/fraud/1.0.0), at-least-once, the default Kafka settings (classic "
-        "group protocol, static membership, session 2 s, heartbeat 0.5 s). *send s*: how "
+        "group protocol, static membership, session 2 s, heartbeat 0.5 s"
+        + (f"; changed: {json.dumps(summary['kafka'])}" if summary.get("kafka") else "")
+        + "). *send s*: how "
         "long the backlog took to send (at full speed, while the replicas consume it: it is "
         "inside the drain).",
         "",
@@ -630,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=300.0, help="paced events/s for the leave")
     ap.add_argument("--quick", action="store_true", help="20,000 events; replicas 1,2 by default")
     ap.add_argument("--no-leave", action="store_true", help="skip the rebalance measurement")
+    ap.add_argument("--kafka", help="other Kafka settings, JSON: '{\"static_membership\": false}'")
     ap.add_argument("--deadline", type=float, default=300.0, help="seconds per wait")
     ap.add_argument("--home", type=Path, default=None,
                     help="stack home (default $STREAMPROC_HOME/stack, else /tmp/streamproc-"
@@ -670,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "events": args.events,
         "partitions": args.partitions,
+        "kafka": json.loads(args.kafka or "{}"),
         "runs": runs,
     }
     print(json.dumps(summary, indent=2))
