@@ -17,11 +17,12 @@ at-least-once):
    0``), read after the drain.
 3. With k >= 2, events flow at a paced rate (event_time = the send time); one replica is
    stopped with SIGTERM (a clean stop) and the rebalance time is from the signal to the
-   earliest processing time of a prediction of an event sent after it and made after the
-   stopped process exited (a clean stop finishes its batch first), per partition the
-   stopped replica held (the largest of those). With k >= 3 a second replica is then
-   killed with SIGKILL and measured the same way. At the end every event sent is checked
-   for a prediction (at-least-once: duplicates allowed, none missing).
+   earliest processing time of a prediction of an event sent after it and made after one
+   of the others logged an assignment that includes the partition (a clean stop finishes
+   its batch first), per partition the stopped replica held (the largest of those). With
+   k >= 3 a second replica is then killed with SIGKILL and measured the same way. At the
+   end every event sent is checked for a prediction (at-least-once: duplicates allowed,
+   none missing).
 
 Method and figures: benchmarks/README.md ("Scaling: replicas on one input") and
 benchmarks/RESULTS.md ("Scaling (replicas on one input)").
@@ -148,6 +149,25 @@ def balanced(counts: Mapping[str, int], per_partition: float) -> bool:
     False
     """
     return max(counts.values()) - min(counts.values()) <= per_partition
+
+
+def taken_at(logs: Sequence[str], held: Sequence[int]) -> dict[int, int]:
+    """Per partition in ``held``: when (epoch ms) one of the others first logged an
+    assignment that includes it, in their log text written after the stop.
+
+    >>> r2 = ("2026-11-28 04:10:02,000 INFO streamproc.kafka.runner assigned [3]\\n"
+    ...       "2026-11-28 04:10:02,500 INFO streamproc.kafka.runner assigned [0, 3]\\n")
+    >>> r3 = "2026-11-28 04:10:02,250 INFO streamproc.kafka.runner assigned [0, 1, 2]\\n"
+    >>> {p: t % 60_000 for p, t in taken_at([r2, r3], [0, 1]).items()}
+    {0: 2250, 1: 2250}
+    """
+    out: dict[int, int] = {}
+    for text in logs:
+        for when, parts in assignments(text):
+            ms = round(when * 1000)
+            for p in set(parts) & set(held):
+                out[p] = min(out.get(p, ms), ms)
+    return out
 
 
 def rebalance_s(first_after: Mapping[int, int], since_ms: int, held: Sequence[int]) -> float:
@@ -394,16 +414,17 @@ class Watch:
         finally:
             self.consumer.close()
 
-    def first_after(self, t_ms: int, processed_after_ms: int = 0) -> dict[int, int]:
-        """Per partition: the earliest processing time (after ``processed_after_ms``) of an
-        event sent after ``t_ms``."""
+    def first_after(self, t_ms: int, not_before: Mapping[int, int] | None = None) -> dict[int, int]:
+        """Per partition: the earliest processing time of an event sent after ``t_ms`` (and,
+        for a partition in ``not_before``, processed at or after the time it names)."""
         out: dict[int, int] = {}
+        floor = not_before or {}
         with self.lock:
             items = list(self.seen.items())
         for i, preds in items:
             p = i % self.partitions
             for et, pt in preds:
-                if et > t_ms and pt > processed_after_ms and (p not in out or pt < out[p]):
+                if et > t_ms and pt >= floor.get(p, 0) and (p not in out or pt < out[p]):
                     out[p] = pt
         return out
 
@@ -454,14 +475,23 @@ def leave(
     t_stop = _ms()
     gone.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
     reaper.start()
+
     # A replica stopped cleanly finishes its batch first, maybe with events sent after the
-    # signal: only predictions made after its exit are the others' (the first for kill -9).
+    # signal: a partition counts as consumed again from the first prediction made after
+    # one of the others logged an assignment that includes it.
+    def taken() -> dict[int, int]:
+        return taken_at([r.log.read_bytes()[sizes[r.instance] :].decode(errors="replace")
+                         for r in rest], held)  # fmt: skip
+
+    def consumed_again() -> bool:
+        floor = taken()
+        return set(held) <= floor.keys() and set(held) <= watch.first_after(t_stop, floor).keys()
+
+    _wait(consumed_again, deadline_s, f"the partitions of {gone.instance} to be consumed again")
+    first = watch.first_after(t_stop, taken())
     reaper.join(120)
     if not exit_box:
         raise TimeoutError(f"{gone.instance} did not exit within 120 s of its {how}")
-    _wait(lambda: set(held) <= watch.first_after(t_stop, exit_box["at"]).keys(), deadline_s,
-          f"the partitions of {gone.instance} to be consumed again")  # fmt: skip
-    first = watch.first_after(t_stop, exit_box["at"])
 
     def reassigned() -> float | None:
         # When the last of the others logged an assignment that covers all partitions.
@@ -481,6 +511,7 @@ def leave(
         "held": held,
         "rebalance_s": round(rebalance_s(first, t_stop, held), 2),
         "per_partition_s": {p: round((first[p] - t_stop) / 1000, 2) for p in sorted(held)},
+        "taken_s": {p: round((t - t_stop) / 1000, 2) for p, t in sorted(taken().items())},
         "others_reassigned_s": reassigned(),
         "exit_code": exit_box.get("code"),
         "stopped_line_events_in": stopped_count(gone.text()),
@@ -611,8 +642,8 @@ def markdown(summary: dict[str, Any]) -> str:
             "",
             f"One replica leaves while events flow at {summary['runs'][-1]['paced_rate']:.0f} "
             "events/s (rebalance: from the signal to the first prediction, per partition it "
-            "held, of an event sent after the signal, made after its process exited; the "
-            "largest of those):",
+            "held, of an event sent after the signal, made after one of the others was assigned "
+            "the partition; the largest of those):",
             "",
             "| replicas | how | it held | its process exited s | rebalance s | per partition s "
             "| others reassigned s | missing after |",

@@ -63,3 +63,11 @@ def test_the_rebalance_is_the_slowest_of_the_left_partitions():
     first = {0: 5_000, 1: 1_200, 2: 9_999, 3: 3_000}
     assert scaling.rebalance_s(first, 1_000, [1, 3]) == 2.0
     assert scaling.rebalance_s(first, 1_000, [0]) == 4.0
+
+
+def test_a_partition_counts_as_taken_only_once_another_replica_logs_it():
+    line = "2026-11-28 04:10:0{s},000 INFO streamproc.kafka.runner assigned {parts}\n"
+    r2 = line.format(s=1, parts=[3]) + line.format(s=4, parts=[0, 3])
+    taken = scaling.taken_at([r2, line.format(s=3, parts=[1])], [0, 1, 2])
+    assert sorted(taken) == [0, 1]  # 2: no other replica holds it yet
+    assert taken[0] - taken[1] == 1_000
