@@ -541,17 +541,26 @@ def run_k(
         # The drain: from the first send of the backlog to N predictions in the topic.
         t0 = time.monotonic()
         box: dict[str, float] = {}
-        sender = threading.Thread(
-            target=lambda: box.update(s=produce_backlog(info, cfg.topics.input, bodies, parts))
-        )
+
+        def send() -> None:
+            box["s"] = produce_backlog(info, cfg.topics.input, bodies, parts)
+            # What the replicas had left when the sender was done: from there on they
+            # drained alone (a backlog they kept up with leaves nearly nothing).
+            box["left"] = len(warm) + n - sum(end_offsets(info, cfg.topics.predictions, parts))
+            box["at"] = time.monotonic()
+
+        sender = threading.Thread(target=send)
         sender.start()
         _wait(lambda: sum(end_offsets(info, cfg.topics.predictions, parts)) >= len(warm) + n,
               args.deadline, "every prediction of the backlog")  # fmt: skip
         drain = time.monotonic() - t0
         sender.join()
         counts = {r.instance: r.events_in() - before[r.instance] for r in replicas}
+        alone = drain - (box["at"] - t0)
         out.update({
             "produce_s": round(box["s"], 2),
+            "left_at_send_end": int(box["left"]),
+            "alone_events_per_s": round(box["left"] / alone) if alone > 0.5 else None,
             "drain_s": round(drain, 2),
             "events_per_s": round(n / drain),
             "events_in": counts,
@@ -623,19 +632,23 @@ def markdown(summary: dict[str, Any]) -> str:
         + (f"; changed: {json.dumps(summary['kafka'])}" if summary.get("kafka") else "")
         + "). *send s*: how "
         "long the backlog took to send (at full speed, while the replicas consume it: it is "
-        "inside the drain).",
+        "inside the drain). *left at send end*: predictions still to come when the sender "
+        "was done; *events/s after it*: the rate at which the replicas drained those, alone "
+        "with the broker (none when that lasted under 0.5 s).",
         "",
         "| replicas | partitions held | events in per replica | balanced | send s | drain s | "
-        "events/s (all) | events/s per replica |",
-        "|---|---|---|---|---|---|---|---|",
+        "events/s (all) | events/s per replica | left at send end | events/s after it |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["runs"]:
         held = "; ".join(f"{k} {v}" for k, v in r["held"].items())
         counts = ", ".join(f"{c:,}" for c in r["events_in"].values())
         per = ", ".join(f"{c:,}" for c in r["events_per_s_per_replica"].values())
         ok = "yes" if r["balanced"] else "NO"
+        alone = f"{r['alone_events_per_s']:,}" if r["alone_events_per_s"] else "-"
         lines.append(f"| {r['replicas']} | {held} | {counts} | {ok} | {r['produce_s']:.2f} "
-                     f"| {r['drain_s']:.2f} | {r['events_per_s']:,} | {per} |")  # fmt: skip
+                     f"| {r['drain_s']:.2f} | {r['events_per_s']:,} | {per} "
+                     f"| {r['left_at_send_end']:,} | {alone} |")  # fmt: skip
     leaves = [(r, x) for r in summary["runs"] for x in r.get("leave", [])]
     if leaves:
         lines += [
