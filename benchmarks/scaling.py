@@ -623,8 +623,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"* Machine: {summary['machine']}, shared with other work. Load average at start "
         f"{summary['load_start']}, at end {summary['load_end']}.",
         "* **The broker, the registry, the load generator and every replica share those two "
-        "cores**, so more replicas cannot add throughput here: these figures show the "
-        "partitions' balance and the rebalance time, not scale-out.",
+        "cores**, so replicas cannot scale throughput out here (at most they fill the two "
+        "cores): these figures show the partitions' balance and the rebalance time, not "
+        "scale-out.",
         f"* {summary['events']:,} events backlog per replica count, {summary['partitions']} "
         "input partitions (event i to partition i % P), the demo model "
         "(deploy/models/fraud/1.0.0), at-least-once, the default Kafka settings (classic "
