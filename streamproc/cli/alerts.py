@@ -32,7 +32,7 @@ def tail(
 
     cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
     seen = 0
-    sub = AlertSubscription(cfg.kafka.bootstrap, cfg.registry.url, topic or cfg.topics.alerts,
+    sub = AlertSubscription(cfg.kafka, cfg.registry, topic or cfg.topics.alerts,
                             severity=severity, model=model)  # fmt: skip
     with sub:
         while seen < count:

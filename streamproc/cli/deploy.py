@@ -71,7 +71,7 @@ def _store(
     if d.store is not None:
         return d.store
     resolved = d.pipeline(config, bootstrap, need=("kafka.bootstrap",))
-    return d.store_factory(resolved.config.kafka.bootstrap, topic or resolved.config.topics.control)
+    return d.store_factory(resolved.config.kafka, topic or resolved.config.topics.control)
 
 
 def _iso(ms: int) -> str:

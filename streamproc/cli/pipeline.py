@@ -123,7 +123,7 @@ def produce(
     from streamproc.loadgen import produce_synthetic
 
     cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
-    with EventProducer(cfg.kafka.bootstrap, cfg.registry.url, topic or cfg.topics.input) as p:
+    with EventProducer(cfg.kafka, cfg.registry, topic or cfg.topics.input) as p:
         report = produce_synthetic(p, count, rate=rate, malformed=malformed,
                                    shift=shift, seed=seed)  # fmt: skip
     print(json.dumps(report.as_dict()))
@@ -155,7 +155,7 @@ def tail(
 
     cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
     seen = 0
-    with RecordConsumer(cfg.kafka.bootstrap, cfg.registry.url, topic) as consumer:
+    with RecordConsumer(cfg.kafka, cfg.registry, topic) as consumer:
         while seen < count:
             batch = consumer.poll_batch(count - seen, timeout_s=timeout)
             if not batch:

@@ -16,11 +16,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from streamproc.errors import KafkaError
+from streamproc.kafka.configuration import Connection, client_config
 
 
-def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
-    """True when the cluster at ``bootstrap`` answers a metadata request."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+def metadata_ok(conn: Connection, timeout_s: float = 1.0) -> bool:
+    """True when the cluster at ``conn`` answers a metadata request."""
+    client = AdminClient({**client_config(conn), "log_level": 0})
     try:
         md = client.list_topics(timeout=timeout_s)
     except KafkaException:
@@ -32,9 +33,9 @@ class Admin:
     """Thin wrapper over AdminClient that raises :class:`KafkaError`."""
 
     def __init__(
-        self, bootstrap: str, extra: Mapping[str, str | int | float] | None = None
+        self, conn: Connection, extra: Mapping[str, str | int | float] | None = None
     ) -> None:
-        self._client = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+        self._client = AdminClient({**client_config(conn), **(extra or {})})
 
     def ensure_topics(
         self,
