@@ -63,9 +63,11 @@ class Deps:
         registry: str | None = None,
         need: tuple[str, ...] = ("kafka.bootstrap", "registry.url"),
         strict: bool = True,
+        kafka_config: Path | None = None,
     ) -> Resolved:
-        return resolve_pipeline(config, bootstrap=bootstrap, registry=registry, env=self.env,
-                                stack=self.stack, need=need, strict=strict)  # fmt: skip
+        return resolve_pipeline(config, bootstrap=bootstrap, registry=registry,
+                                kafka_config=kafka_config, env=self.env, stack=self.stack,
+                                need=need, strict=strict)  # fmt: skip
 
     def control_store(self, kafka: KafkaSettings | str, topic: str) -> ControlStore:
         return self.store if self.store is not None else self.store_factory(kafka, topic)

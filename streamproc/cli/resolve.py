@@ -13,6 +13,21 @@ only), the built-in default. :class:`Resolved` keeps where each effective value 
 ('http://r:8081', 'env STREAMPROC_SCHEMA_REGISTRY_URL')
 >>> resolve_pipeline(None, bootstrap="b:9", env=env, stack=lambda: None).sources["kafka.bootstrap"]
 'option --bootstrap'
+
+A Kafka properties file (``--kafka-config``) beats the pipeline file and loses to the options
+and the environment:
+
+>>> import tempfile
+>>> props = Path(tempfile.mkdtemp()) / "client.properties"
+>>> _ = props.write_text("bootstrap.servers=p:1\nsecurity.protocol=SASL_SSL\nacks=all\n")
+>>> r = resolve_pipeline(None, kafka_config=props, env=env, stack=lambda: None)
+>>> r.config.kafka.bootstrap, r.config.kafka.security_protocol, r.config.kafka.extra
+('p:1', 'SASL_SSL', {'acks': 'all'})
+>>> r.sources["kafka.security_protocol"] == f"file {props}"
+True
+>>> resolve_pipeline(None, bootstrap="b:9", kafka_config=props, env=env,
+...                  stack=lambda: None).config.kafka.bootstrap
+'b:9'
 """
 
 from __future__ import annotations
@@ -27,9 +42,11 @@ from pydantic import BaseModel, SecretStr
 
 from streamproc.config import ENV_SETTINGS, PipelineConfig, read_raw, validate
 from streamproc.errors import ConfigError
+from streamproc.kafka.configuration import read_properties
 from streamproc.local.stack import StackInfo
 
 StackLookup = Callable[[], StackInfo | None]
+_KAFKA_CONFIG_VAR = "STREAMPROC_KAFKA_CONFIG"
 
 # The pipeline the commands assume without ``-c``: the demo's topics and model.
 DEFAULT_PIPELINE: dict[str, Any] = {
@@ -109,6 +126,7 @@ def resolve_pipeline(
     *,
     bootstrap: str | None = None,
     registry: str | None = None,
+    kafka_config: Path | None = None,
     env: Mapping[str, str],
     stack: StackLookup,
     need: tuple[str, ...] = ("kafka.bootstrap", "registry.url"),
@@ -120,13 +138,18 @@ def resolve_pipeline(
     local stack, and a :class:`ConfigError` naming every way to give one is raised when
     none does (``strict=False``: the address is left at its default and marked unset). The
     stack is looked up only when an option, the environment and the file leave a needed
-    address unset.
+    address unset. ``kafka_config`` (else ``$STREAMPROC_KAFKA_CONFIG``) is a librdkafka
+    properties file merged into the ``kafka`` section over the pipeline file's.
     """
     origin = str(path) if path is not None else "(built-in demo pipeline)"
     raw = read_raw(path) if path is not None else copy.deepcopy(DEFAULT_PIPELINE)
     sources = {k: f"file {path}" for k in _file_keys(raw)} if path is not None else {}
     options = {("kafka", "bootstrap"): ("--bootstrap", bootstrap),
                ("registry", "url"): ("--registry", registry)}  # fmt: skip
+    props_file = kafka_config or (Path(env[_KAFKA_CONFIG_VAR]) if env.get(_KAFKA_CONFIG_VAR)
+                                  else None)  # fmt: skip
+    if props_file is not None:
+        _merge_properties(raw, sources, props_file)
     for var, section, key in ENV_SETTINGS:
         option, given = options.get((section, key), ("", None))
         if given:
@@ -154,6 +177,18 @@ def resolve_pipeline(
         raw.setdefault(section, {})[key] = getattr(info, attr)
         sources[dotted] = "local stack"
     return Resolved(validate(raw, origin), sources, origin)
+
+
+def _merge_properties(raw: dict[str, Any], sources: dict[str, str], path: Path) -> None:
+    """The properties file's settings over the ``kafka`` section of ``raw``."""
+    kafka = raw.setdefault("kafka", {})
+    for key, value in read_properties(path).items():
+        if key == "extra":
+            kafka["extra"] = {**kafka.get("extra", {}), **value}
+            sources.update({f"kafka.extra.{k}": f"file {path}" for k in value})
+        else:
+            kafka[key] = value
+            sources[f"kafka.{key}"] = f"file {path}"
 
 
 def resolve_control_topic(option: str | None, resolved: Resolved) -> str:
