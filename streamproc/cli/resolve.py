@@ -1,4 +1,4 @@
-"""One resolution of addresses and settings for every command.
+r"""One resolution of addresses and settings for every command.
 
 Each setting comes from the first of: the command's option, the environment
 (:data:`streamproc.config.ENV_SETTINGS`), the pipeline file, the running local stack (addresses
