@@ -13,6 +13,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ClusterMetadata,
     NewTopic,
     OffsetSpec,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 
 from streamproc.errors import KafkaError
@@ -104,6 +107,20 @@ class Admin:
             return {tp.partition: fut.result().offset for tp, fut in res.items()}
         except KafkaException as exc:
             raise KafkaError(f"list_offsets failed: {exc}", topic=topic) from exc
+
+    def upsert_scram_user(
+        self, user: str, password: str, mechanism: str = "SCRAM-SHA-512", timeout_s: float = 30.0
+    ) -> None:
+        """Create or replace ``user``'s SCRAM credential (KIP-554)."""
+        mech = ScramMechanism[mechanism.replace("-", "_")]
+        upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 8192),
+                                              password.encode())  # fmt: skip
+        futures = self._client.alter_user_scram_credentials([upsert], request_timeout=timeout_s)
+        for fut in futures.values():
+            try:
+                fut.result(timeout=timeout_s)
+            except KafkaException as exc:
+                raise KafkaError(f"could not set the SCRAM credential of {user}: {exc}") from exc
 
     def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
         """Delete the topics and return once the broker's metadata no longer lists them.
