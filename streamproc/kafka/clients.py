@@ -21,6 +21,7 @@ from streamproc import lineage, schemas
 from streamproc.codecs.wire import classify_read_error
 from streamproc.config import RegistrySettings
 from streamproc.errors import CodecError, DeliveryError, KafkaError
+from streamproc.kafka.admin import check_secured
 from streamproc.kafka.configuration import Connection, client_config, registry_config
 from streamproc.kafka.registry import Registry
 
@@ -82,6 +83,7 @@ class EventProducer:
         schema: str | dict[str, Any] = "Transaction",
         **conf: Any,
     ) -> None:
+        check_secured(bootstrap)  # a refused login fails here, not as a flush timeout
         text = schemas.schema_text(schema) if isinstance(schema, str) else json.dumps(schema)
         self.topic = topic
         self.registry = make_registry(registry_url)
@@ -204,6 +206,7 @@ class RecordConsumer:
         from_beginning: bool = True,
         **conf: Any,
     ) -> None:
+        check_secured(bootstrap)  # the consumer would retry a refused login silently
         self.topic = topic
         self.decoder = FramedDecoder(make_registry(registry_url))
         self.consumer = Consumer({

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from streamproc.errors import DeploymentError, KafkaError
-from streamproc.kafka.admin import Admin
+from streamproc.kafka.admin import Admin, check_secured
 from streamproc.kafka.configuration import Connection, client_config
 from streamproc.rollout.replicas import ReplicaStatus, replicas_topic
 from streamproc.rollout.replicas import decode as decode_replica
@@ -117,6 +117,7 @@ class KafkaControlStore(ControlStore):
     def __init__(
         self, conn: Connection, topic: str, timeout_s: float = 10.0, audit: str | None = None
     ) -> None:
+        check_secured(conn)  # a refused login fails here, not as a read timeout
         self.conn = conn
         self.topic = topic
         self.audit_topic = audit or audit_topic(topic)
