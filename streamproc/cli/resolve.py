@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ from streamproc.local.stack import StackInfo
 
 StackLookup = Callable[[], StackInfo | None]
 _KAFKA_CONFIG_VAR = "STREAMPROC_KAFKA_CONFIG"
+# Pass-through settings (kafka.extra, e.g. from a properties file) that hold secrets by name:
+# sasl.oauthbearer.client.secret, ssl.keystore.password, ssl.key.pem, ...
+_SECRET = re.compile(r"password|secret|token|\.pem$|credential", re.IGNORECASE)
 
 # The pipeline the commands assume without ``-c``: the demo's topics and model.
 DEFAULT_PIPELINE: dict[str, Any] = {
@@ -88,7 +92,8 @@ def _flatten(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(value, SecretStr):
             out.append((key, "**********"))
         elif isinstance(value, dict) and value:
-            out += [(f"{key}.{k}", _text(v)) for k, v in sorted(_dotted(value).items())]
+            out += [(f"{key}.{k}", "**********" if _SECRET.search(k) else _text(v))
+                    for k, v in sorted(_dotted(value).items())]  # fmt: skip
         else:
             out.append((key, _text(value)))
     return out

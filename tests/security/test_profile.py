@@ -49,3 +49,16 @@ def test_a_kcat_properties_file_round_trips(tmp_path: Path) -> None:
     aio = aiokafka_config(KafkaSettings.model_validate(
         {**read_properties(f), "ssl_ca_location": None, "extra": {}}))  # fmt: skip
     assert aio["sasl_plain_password"] == "p=w#rd" and aio["security_protocol"] == "SASL_SSL"
+
+
+def test_config_show_masks_every_secret_of_a_properties_file(tmp_path: Path) -> None:
+    from streamproc.cli.resolve import resolve_pipeline
+
+    f = tmp_path / "client.properties"
+    f.write_text("bootstrap.servers=b:1\nsasl.password=pw-1\nssl.key.password=pw-2\n"
+                 "sasl.oauthbearer.client.secret=pw-3\nssl.keystore.password=pw-4\n")  # fmt: skip
+    rows = resolve_pipeline(None, kafka_config=f, env={"STREAMPROC_SCHEMA_REGISTRY_URL": "http://r"},
+                            stack=lambda: None).settings()  # fmt: skip
+    text = repr(rows)
+    assert "kafka.sasl_password" in text and "kafka.extra.ssl.keystore.password" in text
+    assert not any(f"pw-{i}" in text for i in range(1, 5)), text

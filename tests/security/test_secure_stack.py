@@ -201,3 +201,29 @@ def test_the_secure_listener_refuses_a_client_without_credentials(
     with pytest.raises(Exception, match="no answer from Kafka"):
         admin.list_topics(timeout_s=3)
     assert time.monotonic() - t0 < 15
+
+
+def test_the_asyncio_client_over_sasl_ssl(
+    secure_stack: tuple[StackInfo, Path], props: Path
+) -> None:
+    import asyncio
+
+    from streamproc.kafka.aio import AsyncRecordConsumer
+
+    info, _ = secure_stack
+    cfg = resolve_pipeline(None, kafka_config=props, env={}, stack=lambda: info).config
+    topic = f"aio-{uuid.uuid4().hex[:8]}"
+    Admin(cfg.kafka).ensure_topics([topic])
+    with EventProducer(cfg.kafka, cfg.registry, topic) as p:
+        sent = produce_synthetic(p, 5).produced
+
+    async def read() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async with AsyncRecordConsumer(cfg.kafka, cfg.registry, topic) as c:
+            async for _, rec in c:
+                got.append(rec)
+                if len(got) == sent:
+                    return got
+        return got
+
+    assert len(asyncio.run(asyncio.wait_for(read(), 60))) == sent == 5
