@@ -42,6 +42,15 @@ class KafkaSettings(_Strict):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (security_protocol SSL or SASL_SSL): PEM files. The CA verifies the brokers; the
+    # certificate and key are the client's own, for brokers that require one (mutual TLS).
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    # False turns off the check that a broker's certificate names its host: only for
+    # certificates made without the host's name, never across a network one does not own.
+    ssl_endpoint_identification: bool = True
     # Failure detection in the processors' consumer group (README.md, "Guarantees";
     # benchmarks/README.md, "Failover after kill -9"). "classic": the client sets the session
     # and heartbeat below, within the broker's group.min.session.timeout.ms; "consumer"
@@ -62,6 +71,7 @@ class RegistrySettings(_Strict):
     url: str = "http://127.0.0.1:8081"
     username: str | None = None
     password: SecretStr | None = None
+    ssl_ca_location: Path | None = None  # a PEM CA bundle for an https registry
     # A registry outage is retried with exponential backoff between these bounds; the
     # affected partitions are paused meanwhile, never dead-lettered.
     retry_initial_ms: int = Field(100, gt=0)

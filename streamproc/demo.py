@@ -22,7 +22,8 @@ from rich.table import Table
 
 from streamproc.config import load_config
 from streamproc.kafka.admin import Admin
-from streamproc.kafka.clients import EventProducer, RecordConsumer
+from streamproc.kafka.clients import EventProducer, RecordConsumer, RegistryConnection
+from streamproc.kafka.configuration import Connection, registry_config
 from streamproc.kafka.registry import Registry
 from streamproc.loadgen import ProduceReport, produce_synthetic
 from streamproc.local import LocalStack, from_environment
@@ -48,7 +49,9 @@ def _progress(report: ProduceReport, proc: Any, started: float) -> Table:
     return t
 
 
-def _count(bootstrap: str, registry: str, topic: str, n: int) -> list[dict[str, Any]]:
+def _count(
+    bootstrap: Connection, registry: RegistryConnection, topic: str, n: int
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     with RecordConsumer(bootstrap, registry, topic) as consumer:
         while len(out) < n:
@@ -92,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics=cfg.metrics.model_copy(update={"port": 0}),
     )
     t = cfg.topics
-    admin = Admin(cfg.kafka.bootstrap)
+    admin = Admin(cfg.kafka)
     # A clean slate, so the summary accounts for this run alone.
     admin.delete_topics([t.input, t.predictions, t.dlq, t.alerts, t.metrics, t.shadow])
     del admin  # AdminClient has no close(): freeing it stops its reconnects to the broker
     console.print("[bold]2.[/] applying schemas")
-    apply_schemas(Registry(cfg.registry.url), cfg)
+    apply_schemas(Registry(registry_config(cfg.registry)), cfg)
     console.print("[bold]3.[/] starting the fraud processor")
     proc = build_processor(cfg)
     console.print(f"   metrics on http://127.0.0.1:{proc.metrics_port}/metrics")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console.print(f"[bold]4.[/] producing {args.events:,} events at {args.rate:,.0f}/s "
                   f"({args.malformed:.0%} malformed)")  # fmt: skip
-    producer = EventProducer(cfg.kafka.bootstrap, cfg.registry.url, t.input)
+    producer = EventProducer(cfg.kafka, cfg.registry, t.input)
     report = ProduceReport()
     started = time.monotonic()
     with Live(_progress(report, proc, started), console=console, refresh_per_second=4) as live:
@@ -139,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     runner.join(60)
 
     console.print("[bold]5.[/] reading back the output topics (read_committed)")
-    preds = _count(cfg.kafka.bootstrap, cfg.registry.url, t.predictions, report.good)
-    dead = _count(cfg.kafka.bootstrap, cfg.registry.url, t.dlq, sum(report.malformed.values()))
+    preds = _count(cfg.kafka, cfg.registry, t.predictions, report.good)
+    dead = _count(cfg.kafka, cfg.registry, t.dlq, sum(report.malformed.values()))
     reasons = Counter(d["reason"] for d in dead)
-    alerts = _count(cfg.kafka.bootstrap, cfg.registry.url, t.alerts, 10_000)
+    alerts = _count(cfg.kafka, cfg.registry, t.alerts, 10_000)
     expected = report.expected_rejects()
     summary = Table(title="summary: every event accounted for")
     summary.add_column("")

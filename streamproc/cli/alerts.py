@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from streamproc.cli.deps import deps as get_deps
-from streamproc.cli.options import BootstrapOpt, ConfigOpt, RegistryOpt
+from streamproc.cli.options import BootstrapOpt, ConfigOpt, KafkaConfigOpt, RegistryOpt
 
 app = typer.Typer(no_args_is_help=True, help="Drift, data-quality and rollout alerts.")
 
@@ -25,14 +25,15 @@ def tail(
     timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds")] = 5.0,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Print alerts as JSON lines, oldest first."""
     from streamproc.kafka.alerts import AlertSubscription
 
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     seen = 0
-    sub = AlertSubscription(cfg.kafka.bootstrap, cfg.registry.url, topic or cfg.topics.alerts,
+    sub = AlertSubscription(cfg.kafka, cfg.registry, topic or cfg.topics.alerts,
                             severity=severity, model=model)  # fmt: skip
     with sub:
         while seen < count:

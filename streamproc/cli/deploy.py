@@ -25,6 +25,7 @@ from streamproc.cli.options import (
     BootstrapOpt,
     ConfigOpt,
     JsonOpt,
+    KafkaConfigOpt,
     Output,
     OutputOpt,
     emit,
@@ -65,13 +66,17 @@ HEARTBEAT_MS = 5_000
 
 
 def _store(
-    ctx: typer.Context, config: Path | None, bootstrap: str | None, topic: str | None
+    ctx: typer.Context,
+    config: Path | None,
+    bootstrap: str | None,
+    topic: str | None,
+    kafka_config: Path | None = None,
 ) -> ControlStore:
     d = get_deps(ctx)
     if d.store is not None:
         return d.store
-    resolved = d.pipeline(config, bootstrap, need=("kafka.bootstrap",))
-    return d.store_factory(resolved.config.kafka.bootstrap, topic or resolved.config.topics.control)
+    resolved = d.pipeline(config, bootstrap, need=("kafka.bootstrap",), kafka_config=kafka_config)
+    return d.store_factory(resolved.config.kafka, topic or resolved.config.topics.control)
 
 
 def _iso(ms: int) -> str:
@@ -226,6 +231,7 @@ def deploy(
     repo: RepoOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     topic: TopicOpt = None,
 ) -> None:
     """Roll out VERSION of NAME against its stable version (by default a canary).
@@ -250,7 +256,7 @@ def deploy(
         guardrails=_guardrails(guardrail),
     )
     d = get_deps(ctx)
-    store = _store(ctx, config, bootstrap, topic)
+    store = _store(ctx, config, bootstrap, topic, kafka_config)
     if strategy is not None and config is not None and store.latest(name) is None:
         _seed_from_pipeline(d, store, config, name)
     command = Deploy(name, version, strategy, params, at_ms=d.clock_ms(), reason=reason)
@@ -266,10 +272,12 @@ def _simple(verb: str, command: type[Promote | Approve | Step], doc: str) -> Non
         reason: ReasonOpt = "",
         config: ConfigOpt = None,
         bootstrap: BootstrapOpt = None,
+        kafka_config: KafkaConfigOpt = None,
         topic: TopicOpt = None,
     ) -> None:
         at = get_deps(ctx).clock_ms()
-        _run(ctx, _store(ctx, config, bootstrap, topic), command(name, at_ms=at, reason=reason))
+        store = _store(ctx, config, bootstrap, topic, kafka_config)
+        _run(ctx, store, command(name, at_ms=at, reason=reason))
 
     run.__doc__ = doc
     app.command(verb)(run)
@@ -301,10 +309,11 @@ def rollback(
     repo: RepoOpt = DEFAULT_ROOT,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     topic: TopicOpt = None,
 ) -> None:
     """Drop the candidate, or go back to the previous (or --to an earlier) stable version."""
-    store = _store(ctx, config, bootstrap, topic)
+    store = _store(ctx, config, bootstrap, topic, kafka_config)
     if to is not None:
         earlier = [s.stable for s in store.history(name) if s.stable]
         if to not in earlier:
@@ -344,10 +353,11 @@ def status(
     json_flag: JsonOpt = False,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     topic: TopicOpt = None,
 ) -> None:
     """One model's deployment and what each replica serves, or a line per model."""
-    store = _store(ctx, config, bootstrap, topic)
+    store = _store(ctx, config, bootstrap, topic, kafka_config)
     names = [name] if name else store.names()
     states = []
     for n in names:
@@ -399,12 +409,13 @@ def history(
     json_flag: JsonOpt = False,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     topic: TopicOpt = None,
 ) -> None:
     """Every recorded state of a model's deployment, oldest first.
 
     Read from the audit topic, ``<control topic>.audit``, which compaction never shortens."""
-    states = _store(ctx, config, bootstrap, topic).history(name)
+    states = _store(ctx, config, bootstrap, topic, kafka_config).history(name)
     if not states:
         raise DeploymentError(f"{name} has never been deployed")
     if wants_json(output, json_flag):
@@ -477,10 +488,11 @@ def ab_report_cmd(
     json_flag: JsonOpt = False,
     repo: RepoOpt = DEFAULT_ROOT,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     topic: TopicOpt = None,
 ) -> None:
     """Compare the two variants of a rollout: rates, scores, accuracy, latency, significance."""
-    state = _store(ctx, config, bootstrap, topic).latest(name)
+    state = _store(ctx, config, bootstrap, topic, kafka_config).latest(name)
     if state is None or state.candidate is None or state.stable is None:
         raise DeploymentError(f"{name} has no candidate to compare with its stable version")
     d = get_deps(ctx)
@@ -492,7 +504,8 @@ def ab_report_cmd(
             raise typer.BadParameter("give --predictions FILE or --config PIPELINE.yaml")
         from streamproc.kafka.control import make_ab_source
 
-        source = make_ab_source(d.pipeline(config, bootstrap).config, name)
+        cfg = d.pipeline(config, bootstrap, kafka_config=kafka_config).config
+        source = make_ab_source(cfg, name)
     a, b = source.variants(state)
     report = ab_report(a, b, alpha=alpha)
     if wants_json(output, json_flag):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from streamproc.config import KafkaSettings
 from streamproc.local.stack import StackInfo
 from streamproc.models.performance import Inferer
 from streamproc.models.spec import ModelSpec
@@ -31,10 +32,10 @@ def _running_stack() -> StackInfo | None:
     return LocalStack().status()
 
 
-def _kafka_store(bootstrap: str, topic: str) -> ControlStore:
+def _kafka_store(kafka: KafkaSettings | str, topic: str) -> ControlStore:
     from streamproc.kafka.control import make_store
 
-    return make_store(bootstrap, topic)
+    return make_store(kafka, topic)
 
 
 def _load_backend(spec: ModelSpec, prefer: Sequence[str] | None) -> Inferer:
@@ -49,7 +50,7 @@ class Deps:
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     stack: Callable[[], StackInfo | None] = _running_stack
-    store_factory: Callable[[str, str], ControlStore] = _kafka_store
+    store_factory: Callable[[KafkaSettings | str, str], ControlStore] = _kafka_store
     store: ControlStore | None = None  # one store for every command (tests)
     ab_source: ABSource | None = None
     clock_ms: Callable[[], int] = _now_ms
@@ -62,12 +63,14 @@ class Deps:
         registry: str | None = None,
         need: tuple[str, ...] = ("kafka.bootstrap", "registry.url"),
         strict: bool = True,
+        kafka_config: Path | None = None,
     ) -> Resolved:
-        return resolve_pipeline(config, bootstrap=bootstrap, registry=registry, env=self.env,
-                                stack=self.stack, need=need, strict=strict)  # fmt: skip
+        return resolve_pipeline(config, bootstrap=bootstrap, registry=registry,
+                                kafka_config=kafka_config, env=self.env, stack=self.stack,
+                                need=need, strict=strict)  # fmt: skip
 
-    def control_store(self, bootstrap: str, topic: str) -> ControlStore:
-        return self.store if self.store is not None else self.store_factory(bootstrap, topic)
+    def control_store(self, kafka: KafkaSettings | str, topic: str) -> ControlStore:
+        return self.store if self.store is not None else self.store_factory(kafka, topic)
 
 
 def deps(ctx: typer.Context) -> Deps:

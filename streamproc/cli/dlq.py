@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from streamproc.cli.deps import deps as get_deps
-from streamproc.cli.options import BootstrapOpt, ConfigOpt, Output, OutputOpt, RegistryOpt
+from streamproc.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    KafkaConfigOpt,
+    Output,
+    OutputOpt,
+    RegistryOpt,
+)
 
 if TYPE_CHECKING:
     from streamproc.config import PipelineConfig
@@ -31,6 +38,7 @@ def inspect(
     ctx: typer.Context,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
@@ -49,7 +57,7 @@ def inspect(
 
     kind = output.value
     selection = Selection.build(reason, since, until)
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     summary = dlq.inspect(cfg, selection, sample=max(0, sample), timeout_s=timeout)
     d = summary.as_dict(bucket)
     print(json.dumps(d) if kind == "json" else format_summary(d, cfg.topics.dlq))
@@ -83,6 +91,7 @@ def replay(
     ctx: typer.Context,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
@@ -107,7 +116,7 @@ def replay(
     if force and skip_failing:
         raise typer.BadParameter("--force and --skip-failing exclude each other")
     selection = Selection.build(reason, since, until)
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     report = dlq.replay(cfg, selection, _checker(cfg), dry_run=dry_run, force=force,
                         skip_failing=skip_failing, timeout_s=timeout)  # fmt: skip
     d = report.as_dict()

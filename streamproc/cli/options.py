@@ -24,6 +24,14 @@ BootstrapOpt = Annotated[
         "file, the local stack)"
     ),
 ]
+KafkaConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kafka-config",
+        help="librdkafka properties file (key=value, as kcat -F reads): security, SASL, TLS "
+        "(else $STREAMPROC_KAFKA_CONFIG); its settings beat the pipeline file's",
+    ),
+]
 RegistryOpt = Annotated[
     str | None,
     typer.Option(

@@ -17,6 +17,7 @@ from streamproc.cli.options import (
     BootstrapOpt,
     ConfigOpt,
     JsonOpt,
+    KafkaConfigOpt,
     Output,
     OutputOpt,
     RegistryOpt,
@@ -35,13 +36,16 @@ def config_show(
     ctx: typer.Context,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
     output: OutputOpt = Output.TEXT,
     json_flag: JsonOpt = False,
 ) -> None:
     """Every effective setting of a pipeline and where it came from (option, environment,
     file, local stack, default). Secrets are masked."""
-    resolved = get_deps(ctx).pipeline(config, bootstrap, registry, strict=False)
+    resolved = get_deps(ctx).pipeline(
+        config, bootstrap, registry, strict=False, kafka_config=kafka_config
+    )
     rows = resolved.settings()
     if wants_json(output, json_flag):
         emit({"pipeline": resolved.origin,
@@ -56,6 +60,7 @@ def schemas_apply(
     ctx: typer.Context,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Register the input and output schemas of a pipeline (BACKWARD on the input)."""
@@ -63,7 +68,7 @@ def schemas_apply(
     from streamproc.kafka.registry import Registry
     from streamproc.pipeline.app import apply_schemas
 
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     print(json.dumps(apply_schemas(Registry(registry_config(cfg.registry)), cfg)))
 
 
@@ -71,6 +76,7 @@ def run(
     ctx: typer.Context,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
     instance: Annotated[str | None, typer.Option(help="Replica id (unique per replica)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: free)")] = None,
@@ -83,7 +89,7 @@ def run(
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("httpx", "httpx2", "httpcore"):  # one line per registry request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     changes: dict[str, Any] = {}
     if instance:
         changes["instance_id"] = instance
@@ -116,14 +122,15 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Produce synthetic Transaction events through the registry; print a JSON report."""
     from streamproc.kafka.clients import EventProducer
     from streamproc.loadgen import produce_synthetic
 
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
-    with EventProducer(cfg.kafka.bootstrap, cfg.registry.url, topic or cfg.topics.input) as p:
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
+    with EventProducer(cfg.kafka, cfg.registry, topic or cfg.topics.input) as p:
         report = produce_synthetic(p, count, rate=rate, malformed=malformed,
                                    shift=shift, seed=seed)  # fmt: skip
     print(json.dumps(report.as_dict()))
@@ -148,14 +155,15 @@ def tail(
     timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds")] = 5.0,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Print decoded records of a topic as JSON lines (from the beginning)."""
     from streamproc.kafka.clients import RecordConsumer
 
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry).config
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     seen = 0
-    with RecordConsumer(cfg.kafka.bootstrap, cfg.registry.url, topic) as consumer:
+    with RecordConsumer(cfg.kafka, cfg.registry, topic) as consumer:
         while seen < count:
             batch = consumer.poll_batch(count - seen, timeout_s=timeout)
             if not batch:

@@ -1,4 +1,4 @@
-"""One resolution of addresses and settings for every command.
+r"""One resolution of addresses and settings for every command.
 
 Each setting comes from the first of: the command's option, the environment
 (:data:`streamproc.config.ENV_SETTINGS`), the pipeline file, the running local stack (addresses
@@ -13,11 +13,27 @@ only), the built-in default. :class:`Resolved` keeps where each effective value 
 ('http://r:8081', 'env STREAMPROC_SCHEMA_REGISTRY_URL')
 >>> resolve_pipeline(None, bootstrap="b:9", env=env, stack=lambda: None).sources["kafka.bootstrap"]
 'option --bootstrap'
+
+A Kafka properties file (``--kafka-config``) beats the pipeline file and loses to the options
+and the environment:
+
+>>> import tempfile
+>>> props = Path(tempfile.mkdtemp()) / "client.properties"
+>>> _ = props.write_text("bootstrap.servers=p:1\nsecurity.protocol=SASL_SSL\nacks=all\n")
+>>> r = resolve_pipeline(None, kafka_config=props, env=env, stack=lambda: None)
+>>> r.config.kafka.bootstrap, r.config.kafka.security_protocol, r.config.kafka.extra
+('p:1', 'SASL_SSL', {'acks': 'all'})
+>>> r.sources["kafka.security_protocol"] == f"file {props}"
+True
+>>> resolve_pipeline(None, bootstrap="b:9", kafka_config=props, env=env,
+...                  stack=lambda: None).config.kafka.bootstrap
+'b:9'
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +43,14 @@ from pydantic import BaseModel, SecretStr
 
 from streamproc.config import ENV_SETTINGS, PipelineConfig, read_raw, validate
 from streamproc.errors import ConfigError
+from streamproc.kafka.configuration import read_properties
 from streamproc.local.stack import StackInfo
 
 StackLookup = Callable[[], StackInfo | None]
+_KAFKA_CONFIG_VAR = "STREAMPROC_KAFKA_CONFIG"
+# Pass-through settings (kafka.extra, e.g. from a properties file) that hold secrets by name:
+# sasl.oauthbearer.client.secret, ssl.keystore.password, ssl.key.pem, ...
+_SECRET = re.compile(r"password|secret|token|\.pem$|credential", re.IGNORECASE)
 
 # The pipeline the commands assume without ``-c``: the demo's topics and model.
 DEFAULT_PIPELINE: dict[str, Any] = {
@@ -71,7 +92,8 @@ def _flatten(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(value, SecretStr):
             out.append((key, "**********"))
         elif isinstance(value, dict) and value:
-            out += [(f"{key}.{k}", _text(v)) for k, v in sorted(_dotted(value).items())]
+            out += [(f"{key}.{k}", "**********" if _SECRET.search(k) else _text(v))
+                    for k, v in sorted(_dotted(value).items())]  # fmt: skip
         else:
             out.append((key, _text(value)))
     return out
@@ -109,6 +131,7 @@ def resolve_pipeline(
     *,
     bootstrap: str | None = None,
     registry: str | None = None,
+    kafka_config: Path | None = None,
     env: Mapping[str, str],
     stack: StackLookup,
     need: tuple[str, ...] = ("kafka.bootstrap", "registry.url"),
@@ -120,13 +143,18 @@ def resolve_pipeline(
     local stack, and a :class:`ConfigError` naming every way to give one is raised when
     none does (``strict=False``: the address is left at its default and marked unset). The
     stack is looked up only when an option, the environment and the file leave a needed
-    address unset.
+    address unset. ``kafka_config`` (else ``$STREAMPROC_KAFKA_CONFIG``) is a librdkafka
+    properties file merged into the ``kafka`` section over the pipeline file's.
     """
     origin = str(path) if path is not None else "(built-in demo pipeline)"
     raw = read_raw(path) if path is not None else copy.deepcopy(DEFAULT_PIPELINE)
     sources = {k: f"file {path}" for k in _file_keys(raw)} if path is not None else {}
     options = {("kafka", "bootstrap"): ("--bootstrap", bootstrap),
                ("registry", "url"): ("--registry", registry)}  # fmt: skip
+    props_file = kafka_config or (Path(env[_KAFKA_CONFIG_VAR]) if env.get(_KAFKA_CONFIG_VAR)
+                                  else None)  # fmt: skip
+    if props_file is not None:
+        _merge_properties(raw, sources, props_file)
     for var, section, key in ENV_SETTINGS:
         option, given = options.get((section, key), ("", None))
         if given:
@@ -154,6 +182,18 @@ def resolve_pipeline(
         raw.setdefault(section, {})[key] = getattr(info, attr)
         sources[dotted] = "local stack"
     return Resolved(validate(raw, origin), sources, origin)
+
+
+def _merge_properties(raw: dict[str, Any], sources: dict[str, str], path: Path) -> None:
+    """The properties file's settings over the ``kafka`` section of ``raw``."""
+    kafka = raw.setdefault("kafka", {})
+    for key, value in read_properties(path).items():
+        if key == "extra":
+            kafka["extra"] = {**kafka.get("extra", {}), **value}
+            sources.update({f"kafka.extra.{k}": f"file {path}" for k in value})
+        else:
+            kafka[key] = value
+            sources[f"kafka.{key}"] = f"file {path}"
 
 
 def resolve_control_topic(option: str | None, resolved: Resolved) -> str:

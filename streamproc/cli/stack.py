@@ -26,12 +26,21 @@ def local_up(
         bool,
         typer.Option(help="Wipe the broker's data and the registry's schemas; pick new ports"),
     ] = False,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="Add a SASL_SSL listener (SCRAM-SHA-512, a generated CA) with ACLs enforced; "
+            "print the admin user's client properties file (kcat -F, --kafka-config)"
+        ),
+    ] = False,
 ) -> None:
     """Start what is down of the local stack (on its remembered ports); print where it
     listens."""
     from streamproc.local import LocalStack
 
-    info = LocalStack().up(kafka_port=kafka_port, registry_port=registry_port, fresh=fresh)
+    info = LocalStack().up(
+        kafka_port=kafka_port, registry_port=registry_port, fresh=fresh, secure=secure
+    )
     print(json.dumps(info.public()))
 
 

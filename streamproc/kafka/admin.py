@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError as CkKafkaError
 from confluent_kafka import KafkaException, TopicPartition
@@ -13,14 +14,26 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     ClusterMetadata,
     NewTopic,
     OffsetSpec,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
 )
 
 from streamproc.errors import KafkaError
+from streamproc.kafka.configuration import Connection, client_config, kafka_settings
+
+# Errors after which a client only retries the same thing forever: a wrong password, a
+# certificate the client does not trust. The admin client reports them at once.
+_FATAL = {CkKafkaError._AUTHENTICATION: "authentication", CkKafkaError._SSL: "TLS"}
+_FIX = {
+    "authentication": "check sasl.username and sasl.password (--kafka-config)",
+    "TLS": "check ssl.ca.location and the broker's address (--kafka-config)",
+}
 
 
-def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
-    """True when the cluster at ``bootstrap`` answers a metadata request."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+def metadata_ok(conn: Connection, timeout_s: float = 1.0) -> bool:
+    """True when the cluster at ``conn`` answers a metadata request."""
+    client = AdminClient({**client_config(conn), "log_level": 0})
     try:
         md = client.list_topics(timeout=timeout_s)
     except KafkaException:
@@ -28,13 +41,63 @@ def metadata_ok(bootstrap: str, timeout_s: float = 1.0) -> bool:
     return bool(md.brokers)
 
 
+def check_connection(conn: Connection, timeout_s: float = 10.0) -> None:
+    """Raise :class:`KafkaError` naming the principal and the fix when the cluster refuses
+    ``conn``'s credentials or certificate, within seconds; return once it answers."""
+    Admin(conn).list_topics(timeout_s=timeout_s)
+
+
+def check_secured(conn: Connection, timeout_s: float = 10.0) -> None:
+    """:func:`check_connection` for a SASL or TLS profile; nothing for PLAINTEXT.
+
+    The data clients (consumers, producers) retry a refused login without end and report
+    it nowhere their callers look: they call this first."""
+    if kafka_settings(conn).security_protocol != "PLAINTEXT":
+        check_connection(conn, timeout_s)
+
+
 class Admin:
-    """Thin wrapper over AdminClient that raises :class:`KafkaError`."""
+    """Thin wrapper over AdminClient that raises :class:`KafkaError`; a refused login or
+    an untrusted certificate fails its calls at once, naming the principal."""
 
     def __init__(
-        self, bootstrap: str, extra: Mapping[str, str | int | float] | None = None
+        self, conn: Connection, extra: Mapping[str, str | int | float] | None = None
     ) -> None:
-        self._client = AdminClient({"bootstrap.servers": bootstrap, **(extra or {})})
+        self._settings = kafka_settings(conn)
+        self._fatal: str | None = None
+        conf: dict[str, Any] = {**client_config(conn), **(extra or {})}
+        conf["error_cb"] = self._on_error
+        self._client = AdminClient(conf)
+
+    def _on_error(self, err: CkKafkaError) -> None:
+        if err.code() in _FATAL and self._fatal is None:
+            self._fatal = f"{_FATAL[err.code()]}: {err.str()}"
+
+    def _raise_fatal(self) -> None:
+        self._client.poll(0)  # serves error_cb
+        if self._fatal is None:
+            return
+        what, _, reason = self._fatal.partition(": ")
+        k = self._settings
+        who = f"User:{k.sasl_username}" if k.sasl_username else "the client"
+        how = f" (SASL {k.sasl_mechanism})" if k.sasl_mechanism else ""
+        raise KafkaError(f"Kafka {what} failed for {who}{how} at {k.bootstrap}: {reason}; "
+                         f"{_FIX[what]}")  # fmt: skip
+
+    def list_topics(self, topic: str | None = None, timeout_s: float = 10.0) -> ClusterMetadata:
+        """The cluster's metadata; asked in short slices, so that a refused login is
+        reported after the first attempt instead of at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._raise_fatal()
+            left = deadline - time.monotonic()
+            try:
+                return self._client.list_topics(topic, timeout=max(0.05, min(0.5, left)))
+            except KafkaException as exc:
+                self._raise_fatal()
+                if time.monotonic() >= deadline:
+                    raise KafkaError(f"no answer from Kafka at {self._settings.bootstrap} "
+                                     f"within {timeout_s:g}s: {exc}") from exc  # fmt: skip
 
     def ensure_topics(
         self,
@@ -50,7 +113,7 @@ class Admin:
         the metadata request that followed its successful creation (a CI run of
         ``tests/kafka/test_admin.py``).
         """
-        existing = set(self._client.list_topics(timeout=timeout_s).topics)
+        existing = set(self.list_topics(timeout_s=timeout_s).topics)
         new = [
             NewTopic(n, num_partitions=partitions, replication_factor=1,
                               config=dict(config or {}))
@@ -80,13 +143,13 @@ class Admin:
     ) -> None:
         """Ask for the cluster's metadata until ``left(metadata)`` names no topic."""
         deadline = time.monotonic() + timeout_s
-        while waiting := left(self._client.list_topics(timeout=timeout_s)):
+        while waiting := left(self.list_topics(timeout_s=timeout_s)):
             if time.monotonic() > deadline:
                 raise KafkaError(f"topics {what} {timeout_s:g}s later: {sorted(waiting)}")
             time.sleep(0.05)  # a bounded wait for the metadata, checked each time
 
     def partitions(self, topic: str, timeout_s: float = 10.0) -> int:
-        md = self._client.list_topics(topic, timeout=timeout_s)
+        md = self.list_topics(topic, timeout_s)
         t = md.topics.get(topic)
         if t is None or t.error is not None:
             raise KafkaError("topic does not exist", topic=topic)
@@ -103,6 +166,20 @@ class Admin:
             return {tp.partition: fut.result().offset for tp, fut in res.items()}
         except KafkaException as exc:
             raise KafkaError(f"list_offsets failed: {exc}", topic=topic) from exc
+
+    def upsert_scram_user(
+        self, user: str, password: str, mechanism: str = "SCRAM-SHA-512", timeout_s: float = 30.0
+    ) -> None:
+        """Create or replace ``user``'s SCRAM credential (KIP-554)."""
+        mech = ScramMechanism[mechanism.replace("-", "_")]
+        upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(mech, 8192),
+                                              password.encode())  # fmt: skip
+        futures = self._client.alter_user_scram_credentials([upsert], request_timeout=timeout_s)
+        for fut in futures.values():
+            try:
+                fut.result(timeout=timeout_s)
+            except KafkaException as exc:
+                raise KafkaError(f"could not set the SCRAM credential of {user}: {exc}") from exc
 
     def delete_topics(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
         """Delete the topics and return once the broker's metadata no longer lists them.

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from streamproc.errors import DependencyMissingError
-from streamproc.kafka.clients import FramedDecoder
-from streamproc.kafka.registry import Registry
+from streamproc.kafka.clients import FramedDecoder, RegistryConnection, make_registry
+from streamproc.kafka.configuration import Connection, aiokafka_config
 
 
 class AsyncRecordConsumer:
@@ -20,8 +20,8 @@ class AsyncRecordConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
-        registry_url: str,
+        bootstrap: Connection,
+        registry_url: RegistryConnection,
         topic: str,
         group_id: str | None = None,
         from_beginning: bool = True,
@@ -31,11 +31,11 @@ class AsyncRecordConsumer:
             from aiokafka import AIOKafkaConsumer
         except ImportError as exc:  # pragma: no cover - aiokafka is in the dev extra
             raise DependencyMissingError("aiokafka", "aio") from exc
-        self.decoder = FramedDecoder(Registry(registry_url))
+        self.decoder = FramedDecoder(make_registry(registry_url))
         self.where = where
         self._consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=bootstrap,
+            **aiokafka_config(bootstrap),
             group_id=group_id or f"streamproc-aio-{uuid.uuid4().hex[:8]}",
             auto_offset_reset="earliest" if from_beginning else "latest",
             isolation_level="read_committed",

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamproc.kafka.aio import AsyncRecordConsumer
-from streamproc.kafka.clients import RecordConsumer
+from streamproc.kafka.clients import RecordConsumer, RegistryConnection
+from streamproc.kafka.configuration import Connection
 from streamproc.types import Severity
 
 
@@ -36,8 +37,8 @@ class AlertSubscription(RecordConsumer):
 
     def __init__(
         self,
-        bootstrap: str,
-        registry_url: str,
+        bootstrap: Connection,
+        registry_url: RegistryConnection,
         topic: str = "streamproc.alerts",
         *,
         severity: str | None = None,
@@ -61,8 +62,8 @@ class AsyncAlertSubscription(AsyncRecordConsumer):
 
     def __init__(
         self,
-        bootstrap: str,
-        registry_url: str,
+        bootstrap: Connection,
+        registry_url: RegistryConnection,
         topic: str = "streamproc.alerts",
         *,
         severity: str | None = None,

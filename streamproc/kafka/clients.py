@@ -19,10 +19,22 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from streamproc import lineage, schemas
 from streamproc.codecs.wire import classify_read_error
+from streamproc.config import RegistrySettings
 from streamproc.errors import CodecError, DeliveryError, KafkaError
+from streamproc.kafka.admin import check_secured
+from streamproc.kafka.configuration import Connection, client_config, registry_config
 from streamproc.kafka.registry import Registry
 
 _HEADER = struct.Struct(">bI")
+
+
+RegistryConnection = RegistrySettings | str
+"""The pipeline's registry settings, or a bare URL."""
+
+
+def make_registry(conn: RegistryConnection) -> Registry:
+    """A registry client for settings (their auth, CA, timeout) or for a bare URL."""
+    return Registry(conn if isinstance(conn, str) else registry_config(conn))
 
 
 class FramedDecoder:
@@ -65,21 +77,22 @@ class EventProducer:
 
     def __init__(
         self,
-        bootstrap: str,
-        registry_url: str,
+        bootstrap: Connection,
+        registry_url: RegistryConnection,
         topic: str,
         schema: str | dict[str, Any] = "Transaction",
         **conf: Any,
     ) -> None:
+        check_secured(bootstrap)  # a refused login fails here, not as a flush timeout
         text = schemas.schema_text(schema) if isinstance(schema, str) else json.dumps(schema)
         self.topic = topic
-        self.registry = Registry(registry_url)
+        self.registry = make_registry(registry_url)
         self.schema_id = self.registry.register(schemas.subject_for(topic), text)
         self._parsed = fastavro.parse_schema(json.loads(text))
         self._prefix = _HEADER.pack(0, self.schema_id)
         self._errors: list[str] = []
         self.producer = Producer({
-            "bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+            **client_config(bootstrap), "linger.ms": 5, "enable.idempotence": True,
             "on_delivery": self._on_delivery, "delivery.report.only.error": True, **conf,
         })  # fmt: skip
 
@@ -186,17 +199,18 @@ class RecordConsumer:
 
     def __init__(
         self,
-        bootstrap: str,
-        registry_url: str,
+        bootstrap: Connection,
+        registry_url: RegistryConnection,
         topic: str,
         group_id: str | None = None,
         from_beginning: bool = True,
         **conf: Any,
     ) -> None:
+        check_secured(bootstrap)  # the consumer would retry a refused login silently
         self.topic = topic
-        self.decoder = FramedDecoder(Registry(registry_url))
+        self.decoder = FramedDecoder(make_registry(registry_url))
         self.consumer = Consumer({
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "group.id": group_id or f"streamproc-reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "isolation.level": "read_committed",

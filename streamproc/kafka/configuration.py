@@ -20,23 +20,145 @@ False
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from streamproc.config import KafkaSettings, RegistrySettings
+from streamproc.errors import ConfigError
+
+# KafkaSettings field -> librdkafka property: the one map, both ways (``client_config``
+# writes it, ``read_properties`` reads a properties file with it).
+_SECURITY_PROPERTIES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+    "ssl_ca_location": "ssl.ca.location",
+    "ssl_certificate_location": "ssl.certificate.location",
+    "ssl_key_location": "ssl.key.location",
+    "ssl_key_password": "ssl.key.password",
+}
+# Spellings a properties file may use for the same settings (librdkafka's aliases).
+_ALIASES = {"sasl.mechanisms": "sasl_mechanism", "bootstrap.servers": "bootstrap",
+            "metadata.broker.list": "bootstrap", "client.id": "client_id"}  # fmt: skip
+
+Connection = KafkaSettings | str
+"""What every client takes: the pipeline's :class:`KafkaSettings` (the connection
+profile), or a bare bootstrap address (a PLAINTEXT cluster)."""
+
+
+def kafka_settings(conn: Connection) -> KafkaSettings:
+    """``conn`` as settings: a bootstrap string becomes PLAINTEXT settings with it.
+
+    >>> kafka_settings("b:1").bootstrap, kafka_settings(KafkaSettings(bootstrap="c:2")).bootstrap
+    ('b:1', 'c:2')
+    """
+    return KafkaSettings(bootstrap=conn) if isinstance(conn, str) else conn
+
+
+def client_config(conn: Connection) -> dict[str, Any]:
+    """The connection profile of every Kafka client the project makes: the bootstrap
+    address, the client id, security (SASL, TLS) and ``extra``.
+
+    >>> from pydantic import SecretStr
+    >>> k = KafkaSettings(bootstrap="b:9093", security_protocol="SASL_SSL",
+    ...     sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password=SecretStr("pw"),
+    ...     ssl_ca_location="/ca.pem", ssl_endpoint_identification=False)
+    >>> conf = client_config(k)
+    >>> conf["security.protocol"], conf["sasl.mechanism"], conf["sasl.password"]
+    ('SASL_SSL', 'SCRAM-SHA-512', 'pw')
+    >>> conf["ssl.ca.location"], conf["ssl.endpoint.identification.algorithm"]
+    ('/ca.pem', 'none')
+    >>> client_config("b:9092")
+    {'bootstrap.servers': 'b:9092', 'client.id': 'streamproc', 'security.protocol': 'PLAINTEXT'}
+    """
+    k = kafka_settings(conn)
+    conf: dict[str, Any] = {"bootstrap.servers": k.bootstrap, "client.id": k.client_id}
+    for field, prop in _SECURITY_PROPERTIES.items():
+        value = getattr(k, field)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        conf[prop] = str(value)
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        conf["ssl.endpoint.identification.algorithm"] = (
+            "https" if k.ssl_endpoint_identification else "none"
+        )
+    conf.update(k.extra)
+    return conf
 
 
 def common_config(k: KafkaSettings) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": k.bootstrap,
-        "client.id": k.client_id,
-        "security.protocol": k.security_protocol,
-    }
+    """:func:`client_config` (kept for the callers that know it by this name)."""
+    return client_config(k)
+
+
+def read_properties(path: Path) -> dict[str, Any]:
+    r"""A librdkafka-style properties file (``key=value`` lines, ``#`` comments: the format
+    ``kcat -F`` reads) as the ``kafka`` section of a pipeline: the settings
+    :class:`KafkaSettings` names, and every other property in ``extra``.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "client.properties"
+    >>> _ = f.write_text("# x\nsecurity.protocol=SASL_SSL\nsasl.mechanisms = SCRAM-SHA-512\n"
+    ...                  "ssl.endpoint.identification.algorithm=none\nsocket.timeout.ms=5000\n")
+    >>> read_properties(f)  # doctest: +NORMALIZE_WHITESPACE
+    {'security_protocol': 'SASL_SSL', 'sasl_mechanism': 'SCRAM-SHA-512',
+     'ssl_endpoint_identification': False, 'extra': {'socket.timeout.ms': '5000'}}
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the Kafka properties file {path}: {exc}") from exc
+    by_prop = {prop: field for field, prop in _SECURITY_PROPERTIES.items()} | _ALIASES
+    out: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{n}: expected key=value")  # the line may hold a secret
+        key, value = key.strip(), value.strip()
+        if key == "ssl.endpoint.identification.algorithm":
+            out["ssl_endpoint_identification"] = value.lower() not in ("", "none")
+        elif key in by_prop:
+            out[by_prop[key]] = value
+        else:
+            extra[key] = value
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def aiokafka_config(conn: Connection) -> dict[str, Any]:
+    """The same profile as :func:`client_config`, in aiokafka's keyword arguments."""
+    import ssl
+
+    k = kafka_settings(conn)
+    conf: dict[str, Any] = {"bootstrap_servers": k.bootstrap, "client_id": k.client_id,
+                            "security_protocol": k.security_protocol}  # fmt: skip
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(
+            cafile=str(k.ssl_ca_location) if k.ssl_ca_location else None
+        )
+        ctx.check_hostname = k.ssl_endpoint_identification
+        if k.ssl_certificate_location:
+            ctx.load_cert_chain(
+                str(k.ssl_certificate_location),
+                str(k.ssl_key_location) if k.ssl_key_location else None,
+                k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
+            )
+        conf["ssl_context"] = ctx
     if k.sasl_mechanism:
-        conf["sasl.mechanism"] = k.sasl_mechanism
-    if k.sasl_username:
-        conf["sasl.username"] = k.sasl_username
-    if k.sasl_password is not None:
-        conf["sasl.password"] = k.sasl_password.get_secret_value()
+        conf["sasl_mechanism"] = k.sasl_mechanism
+        conf["sasl_plain_username"] = k.sasl_username
+        if k.sasl_password is not None:
+            conf["sasl_plain_password"] = k.sasl_password.get_secret_value()
     return conf
 
 
@@ -88,11 +210,16 @@ def producer_config(k: KafkaSettings, transactional_id: str | None = None) -> di
     return conf
 
 
-def registry_config(r: RegistrySettings) -> dict[str, Any]:
+def registry_config(r: RegistrySettings | str) -> dict[str, Any]:
     """The schema registry client's configuration. ``timeout`` bounds one HTTP request; a
     lookup of a writer schema is one request (Registry sets ``max.retries`` 0 for it), and
-    the runner retries with backoff between ``retry_initial_ms`` and ``retry_max_ms``."""
+    the runner retries with backoff between ``retry_initial_ms`` and ``retry_max_ms``.
+    A bare URL stands for default settings with it."""
+    if isinstance(r, str):
+        r = RegistrySettings(url=r)
     conf: dict[str, Any] = {"url": r.url, "timeout": r.request_timeout_s}
     if r.username and r.password is not None:
         conf["basic.auth.user.info"] = f"{r.username}:{r.password.get_secret_value()}"
+    if r.ssl_ca_location is not None:
+        conf["ssl.ca.location"] = str(r.ssl_ca_location)
     return conf

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from streamproc.errors import DeploymentError, KafkaError
-from streamproc.kafka.admin import Admin
+from streamproc.kafka.admin import Admin, check_secured
+from streamproc.kafka.configuration import Connection, client_config
 from streamproc.rollout.replicas import ReplicaStatus, replicas_topic
 from streamproc.rollout.replicas import decode as decode_replica
 from streamproc.rollout.replicas import encode as encode_replica
@@ -42,9 +43,9 @@ log = logging.getLogger(__name__)
 Record = tuple[bytes | None, bytes | None]
 
 
-def _consumer(bootstrap: str) -> Consumer:
+def _consumer(conn: Connection) -> Consumer:
     return Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"control-{uuid.uuid4().hex[:12]}",
+        **client_config(conn), "group.id": f"control-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
     })  # fmt: skip
@@ -61,9 +62,9 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     return sorted(tm.partitions)
 
 
-def read_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Record]:
+def read_to_end(conn: Connection, topic: str, timeout_s: float = 10.0) -> list[Record]:
     """Every ``(key, value)`` of ``topic`` from the beginning to its end offsets now."""
-    c = _consumer(bootstrap)
+    c = _consumer(conn)
     try:
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
@@ -114,9 +115,10 @@ class KafkaControlStore(ControlStore):
     the replicas' reports."""
 
     def __init__(
-        self, bootstrap: str, topic: str, timeout_s: float = 10.0, audit: str | None = None
+        self, conn: Connection, topic: str, timeout_s: float = 10.0, audit: str | None = None
     ) -> None:
-        self.bootstrap = bootstrap
+        check_secured(conn)  # a refused login fails here, not as a read timeout
+        self.conn = conn
         self.topic = topic
         self.audit_topic = audit or audit_topic(topic)
         self.timeout_s = timeout_s
@@ -125,7 +127,7 @@ class KafkaControlStore(ControlStore):
 
     def records(self) -> list[Record]:
         """Every ``(key, value)`` on the topic, from the beginning to the current end."""
-        return read_to_end(self.bootstrap, self.topic, self.timeout_s)
+        return read_to_end(self.conn, self.topic, self.timeout_s)
 
     def states(self) -> dict[str, DeploymentState]:
         return converge(self.records())
@@ -137,7 +139,7 @@ class KafkaControlStore(ControlStore):
         """Every revision of the model, from the audit topic and whatever the control
         topic still holds (states published before the audit topic existed)."""
         by_revision: dict[int, DeploymentState] = {}
-        audit = read_to_end(self.bootstrap, self.audit_topic, self.timeout_s)
+        audit = read_to_end(self.conn, self.audit_topic, self.timeout_s)
         for k, v in [*audit, *self.records()]:
             if v is None or k is None or k.decode(errors="replace") != name:
                 continue
@@ -159,7 +161,7 @@ class KafkaControlStore(ControlStore):
                 f"(the control topic holds revision {current.revision})"
             )
         if not self._audit_ready:  # once per store: publishing is rare, creating is not free
-            Admin(self.bootstrap).ensure_topics(
+            Admin(self.conn).ensure_topics(
                 [self.audit_topic], config=AUDIT_TOPIC_CONFIG, timeout_s=self.timeout_s
             )
             self._audit_ready = True
@@ -200,7 +202,7 @@ class KafkaControlStore(ControlStore):
     def _transactional_producer(self) -> Producer:
         if self._producer is None:
             p = Producer({
-                "bootstrap.servers": self.bootstrap, "acks": "all",
+                **client_config(self.conn), "acks": "all",
                 # One id per store: publishers never fence each other (a publish is a whole
                 # transaction, and a stale one is refused by revision before it starts).
                 "transactional.id": f"streamproc-control-{uuid.uuid4().hex}",
@@ -216,12 +218,12 @@ class KafkaControlStore(ControlStore):
         return sorted(self.states())
 
     def replicas(self) -> list[ReplicaStatus]:
-        return read_replicas(self.bootstrap, self.topic, self.timeout_s)
+        return read_replicas(self.conn, self.topic, self.timeout_s)
 
 
-def make_store(bootstrap: str, topic: str) -> ControlStore:
+def make_store(conn: Connection, topic: str) -> ControlStore:
     """The control store the CLI uses."""
-    return KafkaControlStore(bootstrap, topic)
+    return KafkaControlStore(conn, topic)
 
 
 class ControlWatcher:
@@ -234,7 +236,7 @@ class ControlWatcher:
 
     def __init__(
         self,
-        bootstrap: str,
+        conn: Connection,
         topic: str,
         on_state: Callable[[DeploymentState], None],
         *,
@@ -244,7 +246,7 @@ class ControlWatcher:
         self._on_state = on_state
         self._poll_s = poll_s
         self._stop = threading.Event()
-        self._consumer = _consumer(bootstrap)
+        self._consumer = _consumer(conn)
         self._states: dict[str, DeploymentState] = {}
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"watch-{topic}")
         self._started = False
@@ -308,7 +310,7 @@ class ReplicaReporter:
 
     def __init__(
         self,
-        bootstrap: str,
+        conn: Connection,
         control_topic: str,
         current: Callable[[], ReplicaStatus],
         *,
@@ -317,7 +319,7 @@ class ReplicaReporter:
         self.topic = replicas_topic(control_topic)
         self._current = current
         self._interval_s = interval_s
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+        self._producer = Producer({**client_config(conn), "linger.ms": 0})
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"report-{self.topic}")
@@ -360,12 +362,12 @@ class ReplicaReporter:
 
 
 def read_replicas(
-    bootstrap: str, control_topic: str, timeout_s: float = 10.0
+    conn: Connection, control_topic: str, timeout_s: float = 10.0
 ) -> list[ReplicaStatus]:
     """The latest report of every replica that has not stopped cleanly, by model and
     instance."""
     latest: dict[bytes, ReplicaStatus | None] = {}
-    for k, v in read_to_end(bootstrap, replicas_topic(control_topic), timeout_s):
+    for k, v in read_to_end(conn, replicas_topic(control_topic), timeout_s):
         if k is None:
             continue
         if v is None:
@@ -395,9 +397,7 @@ class KafkaABSource:
 
         decoder = FramedDecoder(Registry(registry_config(self.cfg.registry)))
         preds: list[dict[str, Any]] = []
-        for _, value in read_to_end(
-            self.cfg.kafka.bootstrap, self.cfg.topics.predictions, self.timeout_s
-        ):
+        for _, value in read_to_end(self.cfg.kafka, self.cfg.topics.predictions, self.timeout_s):
             if value is None:
                 continue
             _, rec = decoder.decode(value)

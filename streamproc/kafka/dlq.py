@@ -38,6 +38,7 @@ from streamproc.deadletters import (
     replay_headers,
 )
 from streamproc.errors import CodecError, KafkaError
+from streamproc.kafka.admin import check_secured
 from streamproc.kafka.clients import FramedDecoder
 from streamproc.kafka.configuration import common_config, producer_config, registry_config
 from streamproc.kafka.registry import Registry
@@ -65,6 +66,7 @@ class DlqReader:
     """Committed records of the pipeline's DLQ topic, decoded through the registry."""
 
     def __init__(self, cfg: PipelineConfig, group_id: str | None = None, timeout_s: float = 10.0):
+        check_secured(cfg.kafka)
         self.topic = cfg.topics.dlq
         self.timeout_s = timeout_s
         self.decoder = FramedDecoder(Registry(registry_config(cfg.registry)))

@@ -16,6 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from streamproc import schemas
 from streamproc.codecs.decoder import BatchDecoder
 from streamproc.errors import SchemaRegistryError
+from streamproc.kafka.configuration import Connection, client_config
 from streamproc.kafka.registry import Registry
 from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.types import ReasonCode, RejectedRecord
@@ -74,7 +75,7 @@ class FeedbackReader:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Connection,
         registry: Registry,
         topic: str,
         labels: Sequence[str] = ("legit", "fraud"),
@@ -86,7 +87,7 @@ class FeedbackReader:
         self.decoder = BatchDecoder(label_spec(labels), schemas.schema_dict("Label"), registry)
         self._symbols = np.array(list(labels), dtype=object)
         self.consumer = Consumer({
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "group.id": self.group_id,
             "auto.offset.reset": "earliest",  # labels sent before the start too
             "enable.auto.commit": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import secrets
 import shlex
 import subprocess
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 from streamproc.errors import JavaNotFoundError, ServiceStartError
 from streamproc.local import artifacts, process
 from streamproc.local.java import find_java, java_major
+from streamproc.local.tls import BrokerTls, ensure_broker_tls
 
 # Sized for a 2-core, 24 GB machine running the broker, the registry and the tests.
 HEAP = ["-Xms256m", "-Xmx1g"]
@@ -119,18 +121,57 @@ group.consumer.heartbeat.interval.ms=500
 """
 
 
-def _server_properties(data: Path, port: int, controller_port: int, cores: int) -> str:
+ADMIN_USER = "admin"
+
+
+def _secure_properties(tls: BrokerTls) -> str:
+    """The SASL_SSL listener (SCRAM-SHA-512 over TLS) and KRaft's standard authorizer.
+
+    ``User:ANONYMOUS`` is the principal of the PLAINTEXT and CONTROLLER listeners: the
+    broker itself (its controller and inter-broker traffic) and the schema registry's
+    storage. It is a super user so that those keep working under the authorizer; the
+    PLAINTEXT listener stays bound to 127.0.0.1. Everyone else needs an ACL.
+    """
+    p = "listener.name.sasl_ssl."
+    return f"""\
+{p}sasl.enabled.mechanisms=SCRAM-SHA-512
+{p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+{p}ssl.keystore.type=PKCS12
+{p}ssl.keystore.location={tls.keystore}
+{p}ssl.keystore.password={tls.keystore_password}
+{p}ssl.key.password={tls.keystore_password}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:{ADMIN_USER}
+allow.everyone.if.no.acl.found=false
+"""
+
+
+def _server_properties(
+    data: Path,
+    port: int,
+    controller_port: int,
+    cores: int,
+    secure_port: int | None = None,
+    tls: BrokerTls | None = None,
+) -> str:
     threads = "".join(f"{k}={v}\n" for k, v in thread_settings(cores).items())
+    listeners = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    secure = ""
+    if secure_port is not None and tls is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure_port}"
+        protocols += ",SASL_SSL:SASL_SSL"
+        secure = _secure_properties(tls)
     return f"""\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners={listeners}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data}
+listener.security.protocol.map={protocols}
+{secure}log.dirs={data}
 num.partitions=1
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
@@ -160,10 +201,22 @@ class KafkaBroker:
     home: Path
     port: int
     controller_port: int
+    # With a port: a SASL_SSL listener there too, ACLs enforced (``_secure_properties``).
+    secure_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str | None:
+        return None if self.secure_port is None else f"127.0.0.1:{self.secure_port}"
+
+    @property
+    def client_properties(self) -> Path:
+        """The admin user's client properties for the SASL_SSL listener (kcat -F, the
+        streamproc commands' --kafka-config)."""
+        return self.home / "client.properties"
 
     @property
     def log(self) -> Path:
@@ -181,9 +234,14 @@ class KafkaBroker:
         data = self.home / "data"
         self.home.mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
-        props.write_text(
-            _server_properties(data, self.port, self.controller_port, available_cores())
-        )
+        tls = None
+        if self.secure_port is not None:
+            process.check_port_free(self.secure_port, "Kafka SASL_SSL listener")
+            tls = ensure_broker_tls(self.home / "tls")
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds secrets
+        with os.fdopen(fd, "w") as f:
+            f.write(_server_properties(data, self.port, self.controller_port,
+                                       available_cores(), self.secure_port, tls))  # fmt: skip
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
         opts = [*jvm_options(os.environ, java_major(java) or 17),
@@ -205,7 +263,34 @@ class KafkaBroker:
         gc_log = f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=10m"
         pid = process.spawn([java, gc_log, *opts, "kafka.Kafka", str(props)], self.log, self.home)
         process.wait_ready("Kafka broker", pid, self.log, self.ready, timeout_s)
+        if tls is not None:
+            self._admin_credential(tls)
         return pid
+
+    def _admin_credential(self, tls: BrokerTls) -> None:
+        """The admin user's SCRAM credential (set over the PLAINTEXT listener, whose
+        principal is a super user) and the client properties file that uses it. The
+        password is made once and kept in that file (mode 0600)."""
+        from streamproc.kafka.admin import Admin
+        from streamproc.kafka.configuration import read_properties
+
+        path = self.client_properties
+        old = read_properties(path) if path.exists() else {}
+        password = old.get("sasl_password") or secrets.token_urlsafe(24)
+        Admin(self.bootstrap).upsert_scram_user(ADMIN_USER, password)
+        text = (
+            "# The secure local broker's admin user (a super user): kcat -F FILE, or\n"
+            "# streamproc ... --kafka-config FILE\n"
+            f"bootstrap.servers={self.secure_bootstrap}\n"
+            "security.protocol=SASL_SSL\n"
+            "sasl.mechanisms=SCRAM-SHA-512\n"
+            f"sasl.username={ADMIN_USER}\n"
+            f"sasl.password={password}\n"
+            f"ssl.ca.location={tls.ca_pem}\n"
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
     def ready(self) -> bool:
         """True once the broker answers a metadata request."""

@@ -43,9 +43,18 @@ class StackInfo:
     controller_port: int | None = None
     registry_port: int | None = None
     management_port: int | None = None
+    # The secure stack (``up(secure=True)``): its SASL_SSL listener and the admin user's
+    # client properties file for it.
+    secure_port: int | None = None
+    secure_bootstrap: str | None = None
+    client_properties: str | None = None
 
     def public(self) -> dict[str, str]:
-        return {"bootstrap": self.bootstrap, "schema_registry": self.schema_registry}
+        out = {"bootstrap": self.bootstrap, "schema_registry": self.schema_registry}
+        if self.secure_bootstrap and self.client_properties:
+            out |= {"secure_bootstrap": self.secure_bootstrap,
+                    "client_properties": self.client_properties}  # fmt: skip
+        return out
 
 
 def from_environment() -> StackInfo | None:
@@ -82,6 +91,7 @@ class LocalStack:
         kafka_port: int | None = None,
         registry_port: int | None = None,
         fresh: bool = False,
+        secure: bool = False,
     ) -> StackInfo:
         """Start what is not running (or reuse what is) and return where the stack listens.
 
@@ -90,6 +100,9 @@ class LocalStack:
         schemas with it) or an explicit port says otherwise. A service that fails to start
         leaves the other as it was: a running broker is not stopped because the registry
         could not start, nor the other way round.
+
+        ``secure`` adds the broker's SASL_SSL listener with ACLs enforced (see
+        :mod:`streamproc.local.kafka`); a stack once started secure stays so until ``fresh``.
         """
         if fresh:
             self.down()
@@ -98,11 +111,15 @@ class LocalStack:
         old = old or StackInfo(bootstrap="", schema_registry="")
         self.home.mkdir(parents=True, exist_ok=True)
         broker, registry = self._plan(old, kafka_port, registry_port)
+        if secure or old.secure_port:
+            ports = [broker.port, broker.controller_port, registry.port, registry.management_port]
+            broker.secure_port = old.secure_port or process.free_ports(1, exclude=ports)[0]
         kafka_alive = self._running(old.kafka_pid, "kafka")
         registry_alive = self._running(old.registry_pid, "registry")
-        keep_broker = kafka_alive and (old.kafka_port, old.controller_port) == (
+        keep_broker = kafka_alive and (old.kafka_port, old.controller_port, old.secure_port) == (
             broker.port,
             broker.controller_port,
+            broker.secure_port,
         )
         # A registry outlives its broker's restart on the same address: its Kafka clients
         # reconnect by themselves.
@@ -119,7 +136,7 @@ class LocalStack:
         # Ports of a running service that is replaced are freed before its successor starts.
         moving: set[int | None] = set()
         if kafka_alive and not keep_broker:
-            moving |= {old.kafka_port, old.controller_port}
+            moving |= {old.kafka_port, old.controller_port, old.secure_port}
         if registry_alive and not keep_registry:
             moving |= {old.registry_port, old.management_port}
         hint = "pass --{} or --fresh to have another chosen, or stop what holds it"
@@ -127,6 +144,8 @@ class LocalStack:
         if not keep_broker:
             wanted.append((broker.port, "Kafka broker", hint.format("kafka-port")))
             wanted.append((broker.controller_port, "Kafka controller", ""))
+            if broker.secure_port:
+                wanted.append((broker.secure_port, "Kafka SASL_SSL listener", ""))
         if not keep_registry:
             wanted.append((registry.port, "schema registry", hint.format("registry-port")))
             wanted.append((registry.management_port, "schema registry's health interface", ""))
@@ -152,6 +171,9 @@ class LocalStack:
                 kafka_start_s=round(time.monotonic() - t0, 2),
                 kafka_port=broker.port,
                 controller_port=broker.controller_port,
+                secure_port=broker.secure_port,
+                secure_bootstrap=broker.secure_bootstrap,
+                client_properties=str(broker.client_properties) if broker.secure_port else None,
             )
             self._save(info)
         if not keep_registry:

@@ -78,7 +78,7 @@ def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
 
 def ensure_topics(cfg: PipelineConfig) -> None:
     t = cfg.topics
-    admin = Admin(cfg.kafka.bootstrap)
+    admin = Admin(cfg.kafka)
     admin.ensure_topics([t.input, t.predictions, t.dlq, t.shadow], partitions=t.partitions)
     admin.ensure_topics([t.alerts, t.metrics], partitions=1)
     admin.ensure_topics([t.control], partitions=1, config={"cleanup.policy": "compact"})
@@ -196,7 +196,7 @@ def build_processor(
         # them (or dead-letter the unreadable ones).
         if cfg.topics.feedback and cfg.drift.enabled:
             feedback = FeedbackReader(
-                cfg.kafka.bootstrap, registry, cfg.topics.feedback, spec.outputs.labels,
+                cfg.kafka, registry, cfg.topics.feedback, spec.outputs.labels,
                 group_id=f"{cfg.group_id}-labels-{instance}",
             ).start()  # fmt: skip
             closers.append(feedback.stop)
@@ -205,7 +205,7 @@ def build_processor(
         from .rollout_scorer import build_rollout_scorer, live_guard_settings
 
         guardrails, every = live_guard_settings(cfg.rollout)
-        rollout = build_rollout_scorer(cfg.kafka.bootstrap, t.control, cfg.model,
+        rollout = build_rollout_scorer(cfg.kafka, t.control, cfg.model,
                                        guardrails=guardrails, decide_interval_s=every,
                                        pipeline=cfg.name, instance=instance)  # fmt: skip
         closers.append(rollout.close)

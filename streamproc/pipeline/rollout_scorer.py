@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.backends.base import Backend
-from streamproc.config import RolloutSettings
+from streamproc.config import KafkaSettings, RolloutSettings
 from streamproc.errors import StreamprocError
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
@@ -340,7 +340,7 @@ class RolloutScorer(Scorer):
 
 
 def build_rollout_scorer(
-    bootstrap: str,
+    bootstrap: KafkaSettings | str,
     topic: str,
     model_dir: str | Path,
     *,
