@@ -19,7 +19,7 @@ from confluent_kafka import TopicPartition
 from streamproc.backends.select import load_backend
 from streamproc.loadgen import produce_synthetic
 from streamproc.models.spec import ModelSpec, load_model_spec
-from streamproc.pipeline.scoring import Scored, SingleScorer
+from streamproc.pipeline.scoring import Scored, Scorer, SingleScorer
 from streamproc.telemetry.sensor import Sensor
 from tests.pipeline.conftest import MODEL
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.kafka
 BACKLOG = 1_000
 
 
-class GatedScorer:
+class GatedScorer(Scorer):
     """Scores with the demo model; once armed, the next batch waits until released."""
 
     def __init__(self) -> None:
