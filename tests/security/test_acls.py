@@ -149,3 +149,52 @@ def test_a_processor_with_the_planned_acls_runs_and_a_consumer_cannot_write(
     [err] = failures
     assert err is not None and err.code() == CkError.TOPIC_AUTHORIZATION_FAILED, err
     assert "authorization" in str(err).lower(), err
+
+
+# Not yet: without READ on its input the runner logs TOPIC_AUTHORIZATION_FAILED as a
+# consumer error and keeps polling (streamproc.kafka.runner), so only a missing write is here.
+@pytest.mark.parametrize("missing", ["WRITE predictions"])
+def test_a_processor_missing_one_planned_acl_stops_clearly(
+    secure_stack: tuple[StackInfo, Path], tmp_path: Path, missing: str
+) -> None:
+    info, _ = secure_stack
+    assert info.client_properties
+    run = uuid.uuid4().hex[:8]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "name": f"fraud-{run}", "model": str(MODEL),
+        "topics": {"input": f"tx-{run}", "alerts": f"alerts-{run}", "metrics": f"metrics-{run}",
+                   "control": f"control-{run}", "partitions": 1},
+        "batching": {"max_batch_size": 64, "max_wait_ms": 5},
+        "delivery": {"flush_timeout_s": 10},
+    }))  # fmt: skip
+    props = Path(info.client_properties)
+    admin = resolve_pipeline(pipeline, kafka_config=props, env={}, stack=lambda: info).config
+    ensure_topics(admin)
+    apply_schemas(Registry(admin.registry.url), admin)
+    user = f"proc-{run}"
+    cfg = _as_user(admin, user, _user(admin, user)).with_overrides(instance_id="acl-2")
+    op, which = missing.split()
+    gone = getattr(admin.topics, which)
+    acls = [e for e in aclplan.plan(admin, f"User:{user}") if (e.operation, e.name) != (op, gone)]
+    create_acls(admin.kafka, acls)
+    with EventProducer(admin.kafka, admin.registry, admin.topics.input) as events:
+        for r in synth.generate(5, seed=1)[0]:
+            events.send(r, key=r["account_id"])
+    errors: list[BaseException] = []
+    t0 = time.monotonic()
+
+    def target() -> None:
+        try:
+            build_processor(cfg).run()
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True, name="acl-missing")
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), f"the processor without {missing} did not stop"
+    assert time.monotonic() - t0 < 60
+    assert errors and "authoriz" in str(errors[0]).lower(), errors
+    assert gone in str(errors[0]), errors
+    print(errors[0])  # the message, for -s
