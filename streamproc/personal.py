@@ -22,6 +22,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from streamproc.config import PersonalDataSettings
 
@@ -40,17 +41,22 @@ class Redactor:
 
     @classmethod
     def from_settings(
-        cls, settings: PersonalDataSettings, env: Mapping[str, str] | None = None
+        cls,
+        settings: PersonalDataSettings,
+        schema: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Redactor | None:
-        """``None`` when nothing is marked personal. The hash key comes from the variable
-        the settings name; without it, a random key for this process: values are still
-        hidden, but hashes match only within one process's dead letters."""
-        if not settings.fields and not settings.key:
+        """``None`` when nothing is marked personal, in the settings or (``"personal":
+        true`` on a field) in the input's Avro ``schema``. The hash key comes from the
+        variable the settings name; without it, a random key for this process: values are
+        still hidden, but hashes match only within one process's dead letters."""
+        fields = list(dict.fromkeys([*settings.fields, *personal_fields(schema or {})]))
+        if not fields and not settings.key:
             return None
         env = os.environ if env is None else env
         text = env.get(settings.hash_key_env, "")
         secret = text.encode() if text else secrets.token_bytes(32)
-        return cls(tuple(settings.fields), settings.key, secret)
+        return cls(tuple(fields), settings.key, secret)
 
     def hash(self, data: bytes) -> bytes:
         return _HASH_PREFIX + hmac.new(self.secret, data, hashlib.sha256).hexdigest().encode()
@@ -69,8 +75,23 @@ class Redactor:
         return f"{REDACTED} (personal: {what}; {self.hash(value).decode()}): {detail}"
 
 
+def personal_fields(schema: Mapping[str, Any]) -> list[str]:
+    """The fields of an Avro record schema marked ``"personal": true`` (nested records
+    give dotted names)."""
+    out: list[str] = []
+    for f in schema.get("fields") or ():
+        if not isinstance(f, Mapping):
+            continue
+        if f.get("personal") is True:
+            out.append(str(f["name"]))
+        sub = f.get("type")
+        if isinstance(sub, Mapping) and sub.get("type") == "record":
+            out += [f"{f['name']}.{n}" for n in personal_fields(sub)]
+    return out
+
+
 def is_redacted(detail: str) -> bool:
     return detail.startswith(REDACTED)
 
 
-__all__ = ["REDACTED", "Redactor", "is_redacted"]
+__all__ = ["REDACTED", "Redactor", "is_redacted", "personal_fields"]

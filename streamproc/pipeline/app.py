@@ -244,7 +244,7 @@ def build_processor(
         snapshot_interval_s=cfg.metrics.snapshot_interval_s,
         router=AlertRouter(cfg.alerts),
         labels=feedback,  # its unreadable records become dead letters
-        redactor=Redactor.from_settings(cfg.personal_data),
+        redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
     )
     eos = cfg.delivery.guarantee == "exactly-once"
     # A stable id per replica: a restarted replica fences its predecessor and aborts the

@@ -10,11 +10,30 @@ import pytest
 from confluent_kafka import Consumer
 
 from streamproc import loadgen, synth
+from streamproc.config import PersonalDataSettings
+from streamproc.deadletters import Outcome, Selection
+from streamproc.kafka import dlq as dlq_tools
 from streamproc.kafka.clients import FramedDecoder
 from streamproc.kafka.registry import Registry
-from streamproc.personal import REDACTED
+from streamproc.personal import REDACTED, Redactor, personal_fields
 
-pytestmark = pytest.mark.kafka
+
+def test_personal_fields_come_from_the_config_and_the_avro_schema() -> None:
+    schema = {"type": "record", "name": "T", "fields": [
+        {"name": "account_id", "type": "string", "personal": True},
+        {"name": "amount", "type": "double"},
+        {"name": "card", "type": {"type": "record", "name": "C", "fields": [
+            {"name": "pan", "type": "string", "personal": True}]}},
+    ]}  # fmt: skip
+    assert personal_fields(schema) == ["account_id", "card.pan"]
+    assert Redactor.from_settings(PersonalDataSettings(), {"fields": []}) is None
+    r = Redactor.from_settings(PersonalDataSettings(fields=["email"]), schema, env={})
+    assert r is not None and r.fields == ("email", "account_id", "card.pan")
+    keyed = Redactor.from_settings(
+        PersonalDataSettings(key=True), env={"STREAMPROC_PERSONAL_DATA_KEY": "k"}
+    )
+    assert keyed is not None and keyed.key(b"acct-1") == keyed.key(b"acct-1") != b"acct-1"
+    assert keyed.key(None) is None and r.key(b"acct-1") == b"acct-1"  # key not marked
 
 
 def _raw_records(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, bytes, list]]:
@@ -35,6 +54,7 @@ def _raw_records(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, bytes,
     return out
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("redact", [True, False], ids=["personal", "unmarked"])
 def test_dead_letters_hold_no_raw_personal_value(
     redact, kafka, schema_registry, pipeline_config_factory, processor_factory,
@@ -74,3 +94,6 @@ def test_dead_letters_hold_no_raw_personal_value(
         assert key.startswith(b"hmac-sha256:") and rec["key"] == key
     # Equal keys hash equal under one hash key: one account's dead letters stay together.
     assert len({k for k, _, _ in dlq}) == n_bad
+    # Replay has nothing to resend: even forced, a redacted dead letter is passed, not sent.
+    report = dlq_tools.replay(cfg, Selection.build(), lambda dl: None, force=True)
+    assert report.sent == 0 and report.total(Outcome.PASSED_FAILING) == n_bad, report.as_dict()
