@@ -38,7 +38,7 @@ def create_acls(conn: Connection, entries: Iterable[AclEntry], timeout_s: float 
     entries = list(entries)
     if not entries:
         return 0
-    client = Admin(conn)._client
+    client = Admin(conn).client
     futures = client.create_acls([_binding(e) for e in entries], request_timeout=timeout_s)
     for binding, fut in futures.items():
         try:
@@ -53,7 +53,7 @@ def delete_acls(conn: Connection, entries: Iterable[AclEntry], timeout_s: float 
     entries = list(entries)
     if not entries:
         return 0
-    client = Admin(conn)._client
+    client = Admin(conn).client
     futures = client.delete_acls([_filter(e) for e in entries], request_timeout=timeout_s)
     n = 0
     for filt, fut in futures.items():
