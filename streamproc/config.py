@@ -275,6 +275,15 @@ class RolloutSettings(_Strict):
         return {} if value is None else value  # `guardrails:` with nothing under it
 
 
+class PersonalDataSettings(_Strict):
+    """Fields of the input that hold personal data: a dead letter then never carries the
+    event's raw value, and its key is hashed when ``key`` is set (streamproc.personal)."""
+
+    fields: list[str] = Field(default_factory=list)
+    key: bool = False  # the record key is personal (the demo keys events by account_id)
+    hash_key_env: str = "STREAMPROC_PERSONAL_DATA_KEY"  # the HMAC key's variable
+
+
 class PipelineConfig(_Strict):
     name: str
     model: str  # a model directory (model.yaml + model file), relative to the config file
@@ -290,6 +299,7 @@ class PipelineConfig(_Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertRules = Field(default_factory=AlertRules)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

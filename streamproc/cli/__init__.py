@@ -9,7 +9,7 @@ from rich.console import Console
 
 from streamproc.errors import StreamprocError
 
-from . import alerts, deploy, dlq, models, pipeline, stack
+from . import acls, alerts, deploy, dlq, models, pipeline, stack
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -24,6 +24,7 @@ app.add_typer(models.app, name="models")
 app.registered_commands.extend(deploy.app.registered_commands)
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(acls.app, name="acls")
 
 __all__ = ["Deps", "app", "main"]
 

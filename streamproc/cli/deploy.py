@@ -79,6 +79,27 @@ def _store(
     return d.store_factory(resolved.config.kafka, topic or resolved.config.topics.control)
 
 
+def _actor(
+    ctx: typer.Context, config: Path | None, bootstrap: str | None, kafka_config: Path | None
+) -> str:
+    """Who issues a command: the authenticated principal when the connection profile logs
+    in with SASL (``User:<sasl_username>``, as the broker's ACLs name it), else the OS user
+    (a PLAINTEXT cluster authenticates no one)."""
+    import getpass
+
+    d = get_deps(ctx)
+    if d.actor is not None:
+        return d.actor
+    profile = d.pipeline(config, bootstrap, need=(), strict=False, kafka_config=kafka_config)
+    k = profile.config.kafka
+    if k.security_protocol.startswith("SASL") and k.sasl_username:
+        return f"User:{k.sasl_username}"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "operator"
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
@@ -259,7 +280,8 @@ def deploy(
     store = _store(ctx, config, bootstrap, topic, kafka_config)
     if strategy is not None and config is not None and store.latest(name) is None:
         _seed_from_pipeline(d, store, config, name)
-    command = Deploy(name, version, strategy, params, at_ms=d.clock_ms(), reason=reason)
+    command = Deploy(name, version, strategy, params, at_ms=d.clock_ms(), reason=reason,
+                     actor=_actor(ctx, config, bootstrap, kafka_config))  # fmt: skip
     _run(ctx, store, command)
 
 
@@ -277,7 +299,8 @@ def _simple(verb: str, command: type[Promote | Approve | Step], doc: str) -> Non
     ) -> None:
         at = get_deps(ctx).clock_ms()
         store = _store(ctx, config, bootstrap, topic, kafka_config)
-        _run(ctx, store, command(name, at_ms=at, reason=reason))
+        actor = _actor(ctx, config, bootstrap, kafka_config)
+        _run(ctx, store, command(name, at_ms=at, reason=reason, actor=actor))
 
     run.__doc__ = doc
     app.command(verb)(run)
@@ -323,7 +346,8 @@ def rollback(
         if check_repo:
             _check_in_repo(repo, name, to)
     at = get_deps(ctx).clock_ms()
-    _run(ctx, store, Rollback(name, at_ms=at, reason=reason, to=to))
+    actor = _actor(ctx, config, bootstrap, kafka_config)
+    _run(ctx, store, Rollback(name, at_ms=at, reason=reason, to=to, actor=actor))
 
 
 def _replica_dicts(store: ControlStore, model: str) -> list[dict[str, Any]]:

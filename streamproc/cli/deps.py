@@ -55,6 +55,9 @@ class Deps:
     ab_source: ABSource | None = None
     clock_ms: Callable[[], int] = _now_ms
     loader: Callable[[ModelSpec, Sequence[str] | None], Inferer] = _load_backend
+    # Who the deployment commands record as the actor; None: the profile's SASL principal,
+    # else the OS user (streamproc.cli.deploy).
+    actor: str | None = None
 
     def pipeline(
         self,

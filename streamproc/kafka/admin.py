@@ -69,6 +69,11 @@ class Admin:
         conf["error_cb"] = self._on_error
         self._client = AdminClient(conf)
 
+    @property
+    def client(self) -> AdminClient:
+        """The underlying client, for the calls this wrapper does not name (ACLs)."""
+        return self._client
+
     def _on_error(self, err: CkKafkaError) -> None:
         if err.code() in _FATAL and self._fatal is None:
             self._fatal = f"{_FATAL[err.code()]}: {err.str()}"

@@ -42,6 +42,7 @@ from streamproc.kafka.admin import check_secured
 from streamproc.kafka.clients import FramedDecoder
 from streamproc.kafka.configuration import common_config, producer_config, registry_config
 from streamproc.kafka.registry import Registry
+from streamproc.personal import is_redacted
 
 if TYPE_CHECKING:
     from streamproc.config import PipelineConfig
@@ -272,6 +273,14 @@ def replay(
     """
     report = ReplayReport(dry_run=dry_run)
     group = replay_group(cfg)
+
+    def guarded(dl: DeadLetter) -> str | None:
+        # A redacted dead letter (personal fields configured) no longer holds the event:
+        # refused even with --force; it is resent from its source.
+        if is_redacted(dl.detail):
+            return "value redacted (personal data): resend the event from its source"
+        return check(dl)
+
     producer = None if dry_run else _ReplayProducer(cfg, group, timeout_s)
     try:
         with DlqReader(cfg, group_id=group, timeout_s=timeout_s) as reader:
@@ -299,7 +308,9 @@ def replay(
                 if isinstance(item, Unreadable):
                     trackers[item.partition].scanned_to = item.offset + 1
                     continue
-                outcome, why = trackers[item.partition].step(item, check)
+                outcome, why = trackers[item.partition].step(item, guarded)
+                if outcome == Outcome.FORCED and is_redacted(item.detail):
+                    outcome = Outcome.PASSED_FAILING  # nothing to send
                 report.add(item, outcome, why)
                 if outcome.sends and producer is not None:
                     producer.send(item)

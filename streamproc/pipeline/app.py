@@ -21,6 +21,7 @@ from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings
 from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.personal import Redactor
 from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
 from streamproc.rollout.store import audit_topic
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
@@ -243,6 +244,7 @@ def build_processor(
         snapshot_interval_s=cfg.metrics.snapshot_interval_s,
         router=AlertRouter(cfg.alerts),
         labels=feedback,  # its unreadable records become dead letters
+        redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
     )
     eos = cfg.delivery.guarantee == "exactly-once"
     # A stable id per replica: a restarted replica fences its predecessor and aborts the

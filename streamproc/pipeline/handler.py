@@ -20,6 +20,7 @@ from streamproc import lineage
 from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
 from streamproc.kafka.runner import BatchHandlerLike
+from streamproc.personal import Redactor
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
     Alert,
@@ -123,6 +124,7 @@ class BatchHandler(BatchHandlerLike):
         snapshot_interval_s: float = 10.0,
         router: AlertRouter | None = None,
         labels: RejectedLabels | None = None,
+        redactor: Redactor | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.decoder = decoder
@@ -137,6 +139,7 @@ class BatchHandler(BatchHandlerLike):
         self.snapshot_interval_ms = snapshot_interval_s * 1000.0
         self.router = router or AlertRouter(AlertRules())
         self.labels = labels
+        self.redactor = redactor  # personal fields configured: dead letters hold no raw value
         self.clock_ms = clock_ms
         self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
@@ -359,7 +362,8 @@ class BatchHandler(BatchHandlerLike):
 
     def _dead_letter(self, out: Outputs, now_ms: int, rejected: records.Rejected) -> None:
         rec = records.dead_letter(rejected, topic=self.topics.dlq, schema_id=self.ids.dead_letter,
-                                  processor=self.processor_id, now_ms=now_ms)  # fmt: skip
+                                  processor=self.processor_id, now_ms=now_ms,
+                                  redactor=self.redactor)  # fmt: skip
         out.records.append(rec)
         out.n_dead_letters += 1
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from streamproc.codecs.encoder import encode_record
 from streamproc.models.spec import ModelSpec
+from streamproc.personal import Redactor
 from streamproc.telemetry import CountingSensor
 from streamproc.types import Alert, OutRecord
 
@@ -30,27 +31,38 @@ class Rejected:
 
 
 def dead_letter(
-    rejected: Rejected, *, topic: str, schema_id: int, processor: str, now_ms: int
+    rejected: Rejected,
+    *,
+    topic: str,
+    schema_id: int,
+    processor: str,
+    now_ms: int,
+    redactor: Redactor | None = None,
 ) -> OutRecord:
     """The ``DeadLetter`` for ``rejected``, keyed like the original, with the reason in a
-    ``streamproc-reason`` header too (a consumer can route without decoding)."""
+    ``streamproc-reason`` header too (a consumer can route without decoding). With a
+    ``redactor`` (personal fields configured) the original value is dropped and a personal
+    key hashed, on the record and in it (streamproc.personal)."""
     r = rejected
+    detail, key, value = r.detail or r.reason, r.key, r.value
+    if redactor is not None:
+        detail, key, value = redactor.detail(detail, value), redactor.key(key), None
     rec = {
         "reason": r.reason,
         "reason_code": r.code,
-        "detail": r.detail or r.reason,
+        "detail": detail,
         "source_topic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "schema_id": r.schema_id,
-        "key": r.key,
-        "value": r.value,
+        "key": key,
+        "value": value,
         "headers": [{"key": k, "value": v} for k, v in r.headers],
         "processor": processor,
         "time": now_ms,
     }
-    value = encode_record("DeadLetter", schema_id, rec)
-    return OutRecord(topic, r.key, value, [("streamproc-reason", r.reason.encode())])
+    out = encode_record("DeadLetter", schema_id, rec)
+    return OutRecord(topic, key, out, [("streamproc-reason", r.reason.encode())])
 
 
 def alert(stamped: Alert, *, topic: str, schema_id: int) -> OutRecord:

@@ -41,7 +41,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def cli(repo):
     store = InMemoryControlStore()
-    deps = Deps(store=store, clock_ms=Clock())
+    deps = Deps(store=store, clock_ms=Clock(), actor="operator")
     runner = CliRunner()
 
     def invoke(*args, ok=True):

@@ -62,3 +62,16 @@ def test_config_show_masks_every_secret_of_a_properties_file(tmp_path: Path) -> 
     text = repr(rows)
     assert "kafka.sasl_password" in text and "kafka.extra.ssl.keystore.password" in text
     assert not any(f"pw-{i}" in text for i in range(1, 5)), text
+
+
+def test_the_readme_personal_data_example_loads() -> None:
+    from streamproc.personal import Redactor
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(personal_data:\n.*?)```", text, re.S)
+    assert block is not None
+    cfg = PipelineConfig.model_validate(
+        {"name": "p", "model": "m", "topics": {"input": "t"}, **yaml.safe_load(block.group(1))}
+    )
+    r = Redactor.from_settings(cfg.personal_data, env={})
+    assert r is not None and r.fields == ("account_id",) and r.key_personal

@@ -1,0 +1,115 @@
+"""Least privilege from the pipeline config: the Kafka ACLs each role needs, and no more.
+
+Pure: :func:`plan` reads a :class:`~streamproc.config.PipelineConfig` and returns
+:class:`AclEntry` rows; :mod:`streamproc.kafka.acls` creates them on the cluster.
+
+- ``processor`` (``streamproc run``): reads its input and feedback topics, writes its
+  predictions, dead letters, shadow predictions, alerts and metrics, reads and writes the
+  control topic with its audit and replicas topics (a guard's rollback is published there,
+  each replica reports there); its consumer group and the groups derived from it (the label
+  reader's ``<group>-labels-<instance>``, by prefix); the control reader's ``control-``
+  groups; its transactional ids for exactly-once (``<group>-<instance>``, by prefix, or the
+  configured one) and the control store's ``streamproc-control-`` prefix. No Create: the
+  topics exist before it runs (``--create-topics`` adds Create on them by name). No cluster
+  IdempotentWrite: since Kafka 3.0 (KIP-679) Write on a topic lets an idempotent producer
+  start.
+- ``consumer``: reads the predictions topic, in groups with the given prefix (the CLI's and
+  Python readers' default ``streamproc-reader-``).
+- ``alerts``: reads the alerts topic, in groups with the given prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from streamproc.config import PipelineConfig
+from streamproc.errors import ConfigError
+from streamproc.rollout.replicas import replicas_topic
+from streamproc.rollout.store import audit_topic
+
+Role = Literal["processor", "consumer", "alerts"]
+Operation = Literal["READ", "WRITE", "DESCRIBE", "CREATE", "IDEMPOTENT_WRITE"]
+ROLES: tuple[Role, ...] = ("processor", "consumer", "alerts")
+READER_GROUP_PREFIX = "streamproc-reader-"
+CONTROL_GROUP_PREFIX = "control-"
+CONTROL_TXN_PREFIX = "streamproc-control-"
+
+
+@dataclass(frozen=True, order=True)
+class AclEntry:
+    """One ALLOW ACL: ``principal`` may do ``operation`` on the resource."""
+
+    resource_type: Literal["TOPIC", "GROUP", "TRANSACTIONAL_ID", "CLUSTER"]
+    name: str
+    pattern_type: Literal["LITERAL", "PREFIXED"]
+    operation: Operation
+    principal: str
+    host: str = "*"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.principal} ALLOW {self.operation} on {self.resource_type} "
+                f"{self.pattern_type} {self.name}")  # fmt: skip
+
+
+def _check_principal(principal: str) -> None:
+    kind, _, name = principal.partition(":")
+    if not kind or not name:
+        raise ConfigError(f"principal {principal!r}: expected TYPE:NAME, e.g. User:fraud-processor")
+
+
+def plan(
+    cfg: PipelineConfig,
+    principal: str,
+    role: Role = "processor",
+    *,
+    group_prefix: str = READER_GROUP_PREFIX,
+    create_topics: bool = False,
+) -> list[AclEntry]:
+    """The ACLs ``principal`` needs to act as ``role`` for the pipeline, sorted, unique."""
+    _check_principal(principal)
+    t = cfg.topics
+    out: set[AclEntry] = set()
+
+    def topic(name: str, *ops: Operation) -> None:
+        for op in ops:
+            out.add(AclEntry("TOPIC", name, "LITERAL", op, principal))
+
+    def group(name: str, pattern: Literal["LITERAL", "PREFIXED"]) -> None:
+        out.add(AclEntry("GROUP", name, pattern, "READ", principal))
+
+    if role == "processor":
+        topic(t.input, "READ", "DESCRIBE")
+        if t.feedback:
+            topic(t.feedback, "READ", "DESCRIBE")
+        for name in (t.predictions, t.dlq, t.shadow, t.alerts, t.metrics):
+            topic(name, "WRITE", "DESCRIBE")
+        for name in (t.control, audit_topic(t.control), replicas_topic(t.control)):
+            topic(name, "READ", "WRITE", "DESCRIBE")
+        if create_topics:
+            names = [t.input, t.predictions, t.dlq, t.shadow, t.alerts, t.metrics, t.control,
+                     audit_topic(t.control), replicas_topic(t.control)]  # fmt: skip
+            for name in [*names, *([t.feedback] if t.feedback else [])]:
+                topic(name, "CREATE")
+        group(cfg.group_id, "LITERAL")
+        group(f"{cfg.group_id}-", "PREFIXED")  # <group>-labels-<instance>
+        group(CONTROL_GROUP_PREFIX, "PREFIXED")
+        txns: list[tuple[str, Literal["LITERAL", "PREFIXED"]]] = [(CONTROL_TXN_PREFIX, "PREFIXED")]
+        if cfg.delivery.guarantee == "exactly-once":
+            txn = cfg.delivery.transactional_id
+            txns.append((txn, "LITERAL") if txn else (f"{cfg.group_id}-", "PREFIXED"))
+        for name, pattern in txns:
+            out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "WRITE", principal))
+            out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "DESCRIBE", principal))
+    elif role in ("consumer", "alerts"):
+        topic(t.predictions if role == "consumer" else t.alerts, "READ", "DESCRIBE")
+        group(group_prefix, "PREFIXED")
+    else:
+        raise ConfigError(f"role {role!r}: choose one of {', '.join(ROLES)}")
+    return sorted(out)
+
+
+__all__ = ["ROLES", "AclEntry", "Operation", "Role", "plan"]
