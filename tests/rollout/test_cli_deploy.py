@@ -155,8 +155,8 @@ def test_store_factory_gets_bootstrap_and_topic(repo):
     seen = []
     store = InMemoryControlStore()
 
-    def factory(bootstrap, topic):
-        seen.append((bootstrap, topic))
+    def factory(kafka, topic):  # the pipeline's whole connection profile, and the topic
+        seen.append((kafka.bootstrap, topic))
         return store
 
     result = CliRunner().invoke(
