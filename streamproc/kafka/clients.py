@@ -125,8 +125,10 @@ class EventProducer:
                 raise KafkaError(f"produce failed: {exc}", topic=self.topic) from exc
 
     def _on_delivery(self, err: Any, msg: Message) -> None:
+        # Only the error is read: on some failures (an authorization error) the client's
+        # Message accessors raise SystemError inside this callback, which would hide it.
         if err is not None:
-            self._errors.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            self._errors.append(f"{self.topic}: {err}")
 
     def flush(self, timeout_s: float = 30.0) -> None:
         left = self.producer.flush(timeout_s)

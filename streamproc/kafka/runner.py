@@ -47,6 +47,12 @@ from streamproc.types import Outputs, RawBatch, ReleaseReason
 
 log = logging.getLogger(__name__)
 
+# Consumer errors a retry cannot cure: the principal lacks an ACL or its credentials fail.
+_DENIED = frozenset({
+    CkError.TOPIC_AUTHORIZATION_FAILED, CkError.GROUP_AUTHORIZATION_FAILED,
+    CkError.CLUSTER_AUTHORIZATION_FAILED, CkError._AUTHENTICATION,
+})  # fmt: skip
+
 Handler = Callable[[RawBatch], Outputs]
 
 
@@ -372,6 +378,12 @@ class KafkaRunner:
                 if err.fatal():
                     raise KafkaError(f"consumer error: {err}", topic=m.topic(),
                                      partition=m.partition())  # fmt: skip
+                if err.code() in _DENIED:  # retrying never grants an ACL: stop, say which
+                    raise KafkaError(
+                        f"not allowed to read {m.topic()}: {err.str()}; the principal needs "
+                        "the ACLs of `streamproc acls plan -c PIPELINE --principal ...`",
+                        topic=m.topic(), partition=m.partition(),
+                    )  # fmt: skip
                 # Transient (a topic not there yet, a broker going away): the client retries.
                 log.warning("consumer error on %s[%s]: %s", m.topic(), m.partition(), err)
         if good:

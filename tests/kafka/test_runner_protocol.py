@@ -570,3 +570,15 @@ def test_an_abort_during_an_incremental_revoke_rewinds_the_partitions_that_stay(
     assert handler.log[1:] == [("finish", b"ACBD"), ("start", b"AC"), ("finish", b"AC")]
     assert broker.values("preds") == [b"A", b"C"]
     assert broker.committed == {0: 2} and broker.violations == []
+
+
+def test_a_denied_read_stops_the_runner_naming_the_topic_and_the_fix() -> None:
+    # The broker refuses the input topic (no Read ACL): retrying never helps, so the runner
+    # stops with the topic and `acls plan`, not a warning a second forever.
+    broker = Broker(b"AB")
+    denied = CkError(CkError.TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed")
+    broker.log[0].insert(0, Message(topic=TOPIC, partition=0, offset=0, error=denied))
+    runner = _runner(broker, Echo())
+    with pytest.raises(KafkaError, match=rf"not allowed to read {TOPIC}: .*acls plan"):
+        _run_until_idle(broker, runner)
+    assert broker.committed == {} and broker.values("preds") == []
