@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +28,11 @@ from streamproc.kafka.admin import Admin
 from streamproc.kafka.clients import EventProducer, RecordConsumer
 from streamproc.kafka.configuration import client_config
 from streamproc.kafka.registry import Registry
-from streamproc.local.stack import LocalStack, StackInfo
+from streamproc.local.stack import StackInfo
 from streamproc.pipeline.app import apply_schemas, build_processor, ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
-
-
-@pytest.fixture(scope="module")
-def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StackInfo, Path]]:
-    home = tmp_path_factory.mktemp("acl-home")
-    stack = LocalStack(home=home / "stack")
-    info = stack.up(secure=True)
-    try:
-        yield info, home
-    finally:
-        stack.down()
 
 
 def _as_user(cfg: PipelineConfig, user: str, password: str) -> PipelineConfig:

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,11 @@ from streamproc.kafka.admin import Admin
 from streamproc.kafka.clients import EventProducer, RecordConsumer
 from streamproc.kafka.configuration import read_properties
 from streamproc.loadgen import produce_synthetic
-from streamproc.local.stack import LocalStack, StackInfo
+from streamproc.local.stack import StackInfo
 from streamproc.pipeline.app import build_processor
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
-
-
-@pytest.fixture(scope="module")
-def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StackInfo, Path]]:
-    home = tmp_path_factory.mktemp("secure-home")
-    stack = LocalStack(home=home / "stack")
-    info = stack.up(secure=True)
-    try:
-        yield info, home
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")
