@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 
 # Coverage of streamproc by the suite; `make unit` fails below this floor (the measured
 # figure less about two points, README.md "Testing"). Raise it as tests are added.
-COV_FLOOR ?= 82
+COV_FLOOR ?= 83
 
 .PHONY: demo test test-explore lint typecheck unit rules bench clean install
 
