@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -332,3 +332,29 @@ class Outputs:
         for b in self.blocks:
             yield from b.records()
         yield from self.records
+
+
+# ---------------------------------------------------------------- the handler contract
+
+
+class BatchHandlerLike(Protocol):
+    """What the runner asks of a handler. A class that subclasses this protocol needs only
+    ``__call__``; the defaults make it a handler that does not overlap.
+
+    A handler that ``overlaps`` (see the module docstring) also splits its work in two: the
+    runner calls ``start(raw)`` and, later, ``finish(started)`` instead of ``handler(raw)``.
+    """
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether :meth:`start` leaves work running after it returns (then the runner keeps
+        one batch in flight)."""
+        return False
+
+    def __call__(self, raw: RawBatch) -> Outputs: ...
+
+    def start(self, raw: RawBatch) -> Any:
+        return raw
+
+    def finish(self, started: Any) -> Outputs:
+        return self(started)

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError as CkError
 from streamproc.batching import MicroBatcher, Released, WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError, RegistryUnavailableError
 from streamproc.telemetry import Sensor
-from streamproc.types import Outputs, RawBatch, ReleaseReason
+from streamproc.types import BatchHandlerLike, Outputs, RawBatch, ReleaseReason
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +54,6 @@ _DENIED = frozenset({
 })  # fmt: skip
 
 Handler = Callable[[RawBatch], Outputs]
-
-
-class BatchHandlerLike(Protocol):
-    """What the runner asks of a handler. A class that subclasses this protocol needs only
-    ``__call__``; the defaults make it a handler that does not overlap.
-
-    A handler that ``overlaps`` (see the module docstring) also splits its work in two: the
-    runner calls ``start(raw)`` and, later, ``finish(started)`` instead of ``handler(raw)``.
-    """
-
-    @property
-    def overlaps(self) -> bool:
-        """Whether :meth:`start` leaves work running after it returns (then the runner keeps
-        one batch in flight)."""
-        return False
-
-    def __call__(self, raw: RawBatch) -> Outputs: ...
-
-    def start(self, raw: RawBatch) -> Any:
-        return raw
-
-    def finish(self, started: Any) -> Outputs:
-        return self(started)
 
 
 class PlainHandler(BatchHandlerLike):

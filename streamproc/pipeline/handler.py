@@ -19,12 +19,12 @@ import numpy.typing as npt
 from streamproc import lineage
 from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
-from streamproc.kafka.runner import BatchHandlerLike
 from streamproc.personal import Redactor
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
     Alert,
     AlertState,
+    BatchHandlerLike,
     DecodedBatch,
     Outputs,
     OutRecord,

@@ -15,8 +15,8 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 from streamproc.batching import WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError
-from streamproc.kafka.runner import BatchHandlerLike, KafkaRunner, PlainHandler, RunnerSettings
-from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock
+from streamproc.kafka.runner import KafkaRunner, PlainHandler, RunnerSettings
+from streamproc.types import BatchHandlerLike, Outputs, OutRecord, RawBatch, RecordBlock
 
 TOPIC = "in"
 
