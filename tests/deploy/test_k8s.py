@@ -5,6 +5,7 @@ KEDA's CRD schema, and the settings that must agree with the pipeline do."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -126,10 +127,15 @@ def test_the_manifests_agree_with_the_pipeline(overlay: str) -> None:
     assert {"secretRef": {"name": secret["metadata"]["name"]}} in c["envFrom"]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (optional)")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_renderer_matches_kubectl_kustomize(overlay: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)],
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:  # the project's machines ship it; CI must not lose this check
+        msg = "no `kubectl` (its `kustomize` is the reference renderer)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run this test: {msg}")
+        pytest.skip(msg)
+    out = subprocess.run([kubectl, "kustomize", str(K8S / overlay)],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
 
     def key(d: dict[str, Any]) -> tuple[str, str]:
