@@ -284,6 +284,12 @@ class PersonalDataSettings(_Strict):
     hash_key_env: str = "STREAMPROC_PERSONAL_DATA_KEY"  # the HMAC key's variable
 
 
+class OutputSettings(_Strict):
+    # Predictions carry the model's inputs (a map of column name to value): training data
+    # and an audit trail of every decision, at the cost of larger records.
+    include_features: bool = False
+
+
 class PipelineConfig(_Strict):
     name: str
     model: str  # a model directory (model.yaml + model file), relative to the config file
@@ -300,6 +306,7 @@ class PipelineConfig(_Strict):
     alerts: AlertRules = Field(default_factory=AlertRules)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

@@ -35,6 +35,8 @@ class ReasonCode(enum.IntEnum):
     TRAILING_BYTES = 11  # bytes left over after the record
     INFERENCE_FAILED = 12  # the backend raised on this event's batch
     NULL_VALUE = 13  # a tombstone (no value) on an input topic
+    MISSING_KEY = 14  # windowed features: the event has no (or an empty) feature key
+    MISSING_EVENT_TIME = 15  # windowed features: the event's time field is null
 
 
 class ReleaseReason(enum.StrEnum):
@@ -290,7 +292,7 @@ class RejectedRecord:
 class OutRecord:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a compacted topic's deleted key)
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None  # None: the partitioner decides (by key)
 
@@ -323,6 +325,10 @@ class Outputs:
     n_predictions: int = 0
     n_dead_letters: int = 0
     stats: BatchStats | None = None  # reported once committed
+    # Changelog entries of the batch's window state (streamproc.pipeline.features). Under
+    # exactly-once they go in the batch's transaction; under at-least-once the runner
+    # produces them only once the outputs they follow are acknowledged (KafkaRunner._commit).
+    state: list[OutRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records) + sum(len(b) for b in self.blocks)
@@ -358,3 +364,11 @@ class BatchHandlerLike(Protocol):
 
     def finish(self, started: Any) -> Outputs:
         return self(started)
+
+    def assigned(self, partitions: list[int]) -> None:
+        """The group gave these input partitions to this replica (before any of their
+        records is consumed): a stateful handler restores their state here."""
+
+    def revoked(self, partitions: list[int]) -> None:
+        """These input partitions were taken away, after their last batch was produced and
+        committed (or lost: nothing was committed): a stateful handler forgets them."""

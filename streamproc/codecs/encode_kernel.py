@@ -51,10 +51,11 @@ def _string(out, w, src, start, stop):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def encode_predictions(  # type: ignore[no-untyped-def]
     header, ids, id_ends, keys, key_ends, key_present, model, scores, score_index,
-    labels, label_ends, label_idx, event_time, processed_time, out, out_ends,
+    labels, label_ends, label_idx, event_time, processed_time, tail, out, out_ends,
 ):  # fmt: skip
     """Write each record (header, event_id, key, model name+version, score, scores,
-    label, event_time, processed_time, latency_ms); returns the bytes written."""
+    label, event_time, processed_time, latency_ms, then ``tail``: row ``i`` of it, or its
+    only row for every record: the ``features`` field); returns the bytes written."""
     tmp = np.zeros(8, np.uint8)
     f64 = tmp.view(np.float64)
     f32 = tmp[:4].view(np.float32)
@@ -99,6 +100,10 @@ def encode_predictions(  # type: ignore[no-untyped-def]
         f64[0] = np.float64(processed_time - t)
         for j in range(8):
             out[w] = tmp[j]
+            w += 1
+        r = i if tail.shape[0] > 1 else 0
+        for j in range(tail.shape[1]):
+            out[w] = tail[r, j]
             w += 1
         out_ends[i] = w
     return w

@@ -33,6 +33,48 @@ from streamproc.codecs.wire import HEADER_SIZE, frame, header, unframe
 from streamproc.types import JoinedIds
 
 _DOUBLE = struct.Struct("<d")
+_NULL_TAIL = np.zeros((1, 1), np.uint8)  # the features field when off: union branch null
+
+
+class Features:
+    """The ``features`` field of a batch's predictions: column names and one row of values
+    per event (``outputs.include_features``).
+
+    >>> f = Features(["a", "b"], np.array([[1.0, 2.0]]))
+    >>> want = b"\\x02\\x04" + b"\\x02a" + _DOUBLE.pack(1.0) + b"\\x02b" + _DOUBLE.pack(2.0)
+    >>> f.tail().tobytes() == want + b"\\x00"
+    True
+    """
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, names: Sequence[str], values: npt.NDArray[np.floating[Any]]) -> None:
+        self.names = list(names)
+        self.values = np.asarray(values, dtype=np.float64)
+        if self.values.ndim != 2 or self.values.shape[1] != len(self.names):
+            raise ValueError("features: one value per name and event")
+
+    def tail(self) -> npt.NDArray[np.uint8]:
+        """Each event's encoded field, one fixed-width row per event: union branch 1, one
+        map block of every name with its double, the end of the map."""
+        n, k = self.values.shape
+        keys = [avro_string(name) for name in self.names]
+        head = b"\x02" + (zigzag_varint(k) if k else b"")
+        width = len(head) + sum(len(b) + 8 for b in keys) + 1
+        out = np.zeros((n, width), np.uint8)
+        out[:, : len(head)] = np.frombuffer(head, np.uint8)
+        col = len(head)
+        doubles = self.values.astype("<f8").view(np.uint8).reshape(n, 8 * k)
+        for j, kb in enumerate(keys):
+            out[:, col : col + len(kb)] = np.frombuffer(kb, np.uint8)
+            col += len(kb)
+            out[:, col : col + 8] = doubles[:, 8 * j : 8 * j + 8]
+            col += 8
+        out[:, col] = 0
+        return out
+
+    def record(self, i: int) -> dict[str, float]:
+        return dict(zip(self.names, self.values[i].tolist(), strict=True))
 
 
 def zigzag_varint(n: int) -> bytes:
@@ -195,6 +237,7 @@ class PredictionEncoder:
         labels: Sequence[str],
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
+        features: Features | None = None,
     ) -> list[bytes]:
         """One framed Prediction per event; ``latency_ms = processed_time - event_time``.
 
@@ -235,23 +278,25 @@ class PredictionEncoder:
         ):
             return self.encode_python(
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
-                event_time_ms, processed_time_ms,
+                event_time_ms, processed_time_ms, features,
             )  # fmt: skip
         if None in keys:
             present = np.fromiter((x is not None for x in keys), np.bool_, n)
         else:
             present = np.ones(n, np.bool_)
         model = self._model_bytes(model_name, model_version)
+        tail = _NULL_TAIL if features is None else _rows(features, n).tail()
         # header, 6 varints, union index, score, array end, latency: an exact upper bound
         per_event = HEADER_SIZE + 10 * 6 + 1 + 8 + 1 + 8 + len(model) + 4 * k
         # every label fits in all the names joined: a bound for an index into them
         label_room = len(labels_b) * (n if isinstance(labels, IndexedLabels) else 1)
+        per_event += tail.shape[1]
         out = np.empty(n * per_event + len(ids_b) + len(keys_b) + label_room, np.uint8)
         out_ends = np.empty(n, np.int64)
         written = enc_kernel.encode_predictions(
             self._header_arr, bufs[0], ends[0], bufs[1], ends[1], present,
             np.frombuffer(model, np.uint8), scores, score_index, bufs[2], label_ends, label_idx,
-            times, int(processed_time_ms), out, out_ends,
+            times, int(processed_time_ms), tail, out, out_ends,
         )  # fmt: skip
         return split_records(out[:written], out_ends)
 
@@ -266,6 +311,7 @@ class PredictionEncoder:
         labels: Sequence[str],
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
+        features: Features | None = None,
     ) -> list[bytes]:
         """The same bytes as :meth:`encode`, built with numpy and ``bytes.join``."""
         scores = np.ascontiguousarray(scores, dtype=np.float32)
@@ -288,6 +334,11 @@ class PredictionEncoder:
         model = self._model_bytes(model_name, model_version)
         proc = zigzag_varint(int(processed_time_ms))
         times = np.asarray(event_time_ms, dtype=np.int64).tolist()
+        if features is None:
+            tails = [b"\x00"] * n
+        else:
+            rows = _rows(features, n).tail()
+            tails = [r.tobytes() for r in rows]
         out: list[bytes] = []
         label_bytes = self._label
         pack = _DOUBLE.pack
@@ -305,6 +356,7 @@ class PredictionEncoder:
                         zigzag_varint(t),
                         proc,
                         pack(float(processed_time_ms - t)),
+                        tails[i],
                     )
                 )
             )
@@ -321,6 +373,7 @@ class PredictionEncoder:
         labels: Sequence[str],
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
+        features: Features | None = None,
     ) -> list[bytes]:
         """The same records written by fastavro (slower; the reference for tests)."""
         out = []
@@ -340,9 +393,16 @@ class PredictionEncoder:
                 "event_time": t,
                 "processed_time": int(processed_time_ms),
                 "latency_ms": float(processed_time_ms - t),
+                "features": None if features is None else features.record(i),
             }
             out.append(encode_record("Prediction", self.schema_id, record))
         return out
+
+
+def _rows(features: Features, n: int) -> Features:
+    if len(features.values) != n:
+        raise ValueError(f"features for {len(features.values)} events, {n} expected")
+    return features
 
 
 def encode_record(schema_name: str, schema_id: int, record: dict[str, Any]) -> bytes:
@@ -386,6 +446,7 @@ def _plain(schema_name: str) -> Any:
 
 
 __all__ = [
+    "Features",
     "IndexedLabels",
     "PredictionEncoder",
     "avro_string",

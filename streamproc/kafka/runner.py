@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError as CkError
 from streamproc.batching import MicroBatcher, Released, WindowPolicy
 from streamproc.errors import DeliveryError, KafkaError, RegistryUnavailableError
 from streamproc.telemetry import Sensor
-from streamproc.types import BatchHandlerLike, Outputs, RawBatch, ReleaseReason
+from streamproc.types import BatchHandlerLike, Outputs, OutRecord, RawBatch, ReleaseReason
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,9 @@ class KafkaRunner:
         # at-least-once: the next input offset per partition of the batches produced since the
         # last commit, failed deliveries (the runner raises on any), and the last commit.
         self._uncommitted: dict[int, int] = {}
+        # at-least-once: the handler's state records (Outputs.state) of those batches, the
+        # latest per (topic, partition, key), produced once their outputs are acknowledged.
+        self._state: dict[tuple[str, int | None, bytes | None], OutRecord] = {}
         self._delivery_errors: list[str] = []
         self._last_commit = self.monotonic()
         # Partitions waiting for the registry (_handle_with_retry), and those held since the
@@ -536,9 +539,14 @@ class KafkaRunner:
         dead letters, alerts, snapshots), have them acknowledged (a flush), then move its
         input offsets. Offsets never move past a record whose outputs are not durable.
 
-        exactly-once: one transaction per batch; outputs and offsets become visible together.
+        exactly-once: one transaction per batch; outputs (the handler's state records too)
+        and offsets become visible together.
         at-least-once: the batch is produced now and its offsets kept; a later call (step 1),
-        a revoke or a stop flushes and then commits them (:meth:`_flush_and_commit`).
+        a revoke or a stop flushes and then commits them (:meth:`_flush_and_commit`). The
+        handler's state records (``Outputs.state``, a window store's changelog) are kept
+        until that flush has acknowledged the outputs they follow, then produced and flushed
+        themselves before the offsets move: state that is durable never holds an event whose
+        prediction is not.
         Every wait is bounded: the timeout of each step is in its comment.
         """
         s = self.settings
@@ -547,9 +555,10 @@ class KafkaRunner:
             try:
                 # 1. open a transaction for this batch (local state: no wait)
                 self.producer.begin_transaction()
-                # 2. produce predictions, dead letters, alerts and snapshots into it; no wait
-                #    unless the producer's queue is full (_backpressure: 50 ms a look)
+                # 2. produce predictions, dead letters, alerts, snapshots and state into it;
+                #    no wait unless the producer's queue is full (_backpressure: 50 ms a look)
                 self._produce_all(out)
+                self._produce_records(out.state)
                 # 3. add the input offsets to the same transaction: waits for the group
                 #    coordinator, up to flush_timeout_s
                 self.producer.send_offsets_to_transaction(
@@ -572,9 +581,12 @@ class KafkaRunner:
             #    producer's queue is full (_backpressure: 50 ms a look); only a failed record
             #    reports back (_on_delivery)
             self._produce_all(out)
-            # 3. remember the batch's input offsets until a commit covers its records
+            # 3. remember the batch's input offsets (and state records) until a commit
+            #    covers its records
             for tp in offsets:
                 self._uncommitted[tp.partition] = tp.offset
+            for r in out.state:
+                self._state[(r.topic, r.partition, r.key)] = r
             # 4. serve the reports that have arrived (failures only), without waiting
             #    (timeout 0); a failed record stops the runner before any later offset moves
             self.producer.poll(0)
@@ -628,6 +640,15 @@ class KafkaRunner:
             raise DeliveryError(
                 f"{remaining} records unacknowledged after {s.flush_timeout_s}s", topic=s.topic
             )
+        if self._state:
+            # The outputs are acknowledged: now the state that follows them, then offsets.
+            state, self._state = list(self._state.values()), {}
+            self._produce_records(state)
+            remaining = self.producer.flush(s.flush_timeout_s)
+            self._raise_on_failed_delivery()
+            if remaining:
+                raise DeliveryError(f"{remaining} state records unacknowledged after "
+                                    f"{s.flush_timeout_s}s", topic=s.topic)  # fmt: skip
         offsets = [TopicPartition(s.topic, p, o) for p, o in self._uncommitted.items()]
         self._uncommitted = {}
         try:
@@ -689,7 +710,11 @@ class KafkaRunner:
                     i = len(b.values) - length_hint(values) - 1
                     values, keys = iter(b.values[i:]), iter(b.keys[i:])
                     self._backpressure()
-        for r in out.records:
+        self._produce_records(out.records)
+
+    def _produce_records(self, records: list[OutRecord]) -> None:
+        produce = self.producer.produce
+        for r in records:
             extra = {} if r.partition is None else {"partition": r.partition}
             while True:
                 try:
@@ -743,6 +768,9 @@ class KafkaRunner:
         self._assignment += [tp for tp in parts if tp.partition not in have]
         log.info("assigned %s (added %s)", sorted(tp.partition for tp in self._assignment),
                  [tp.partition for tp in parts])  # fmt: skip
+        # A stateful handler restores the added partitions' state before any of their records
+        # is consumed (the client applies the assignment once this returns).
+        self.handler.assigned(sorted(tp.partition for tp in parts))
 
     def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
         # Finish what we hold and commit it before these partitions move, so the next owner
@@ -762,6 +790,7 @@ class KafkaRunner:
             self._rewind(self._aborted, [])
             self._aborted = []
         self._release_holds(parts)
+        self.handler.revoked(sorted(gone))  # their last batch and state are committed
         log.info("revoked %s, kept %s", sorted(gone),
                  sorted(tp.partition for tp in self._assignment))  # fmt: skip
 
@@ -774,7 +803,9 @@ class KafkaRunner:
         self._aborted = []
         self._release_holds(parts)
         self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
+        self._state = {}  # never produced: the new owner restores what the changelog holds
         self._assignment = []
+        self.handler.revoked(sorted(tp.partition for tp in parts))
         log.warning("partitions lost %s", [p.partition for p in parts])
 
     def _report_lag(self) -> None:

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamproc.errors import ModelError
+from streamproc.features.spec import FeaturesSpec
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -97,6 +98,9 @@ class ModelSpec(BaseModel):
     id_field: str = "event_id"
     time_field: str = "event_time"
     changelog: str = ""
+    # Windowed features per key (streamproc.features): an input whose ``field`` is one of
+    # their names takes the computed value instead of an event field.
+    features: FeaturesSpec | None = None
     home: Path | None = Field(None, exclude=True)  # directory the spec was loaded from
 
     @field_validator("version")
@@ -112,6 +116,20 @@ class ModelSpec(BaseModel):
         if not v or any(b < 1 for b in v) or list(v) != sorted(set(v)):
             raise ValueError("buckets must be positive and strictly increasing")
         return v
+
+    @model_validator(mode="after")
+    def _features(self) -> ModelSpec:
+        names = set(self.features.names) if self.features is not None else set()
+        for f in self.inputs:
+            if f.field in names and (f.encoding != "value" or f.length):
+                raise ValueError(f"input {f.field!r} is a windowed feature: encoding value only")
+        return self
+
+    @property
+    def feature_inputs(self) -> list[FeatureSpec]:
+        """The inputs the window store computes (their ``field`` is a feature name)."""
+        names = set(self.features.names) if self.features is not None else set()
+        return [f for f in self.inputs if f.field in names]
 
     @property
     def columns(self) -> list[str]:

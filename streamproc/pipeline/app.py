@@ -13,7 +13,7 @@ from streamproc import schemas
 from streamproc.backends.nvml import gpu_stats as gpus
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
-from streamproc.errors import StreamprocError
+from streamproc.errors import ModelError, StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
 from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
@@ -29,6 +29,7 @@ from streamproc.telemetry.health import ProcessorReadiness
 from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
+from .features import FeatureStage
 from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
 from .scoring import Scorer
@@ -166,6 +167,40 @@ def build_decoder(
     return decoder
 
 
+def build_features(
+    cfg: PipelineConfig, spec: ModelSpec, sensor: Sensor, closers: list[Callable[[], None]]
+) -> FeatureStage | None:
+    """The window-store stage of a model with a ``features`` section: its store, and the
+    compacted changelog topic behind it (as many partitions as the input)."""
+    if spec.features is None:
+        return None
+    from streamproc.features.factory import open_store
+    from streamproc.kafka.changelog import ChangelogReader, changelog_topic, ensure_changelog
+
+    check_feature_fields(spec)
+    t = cfg.topics
+    topic = changelog_topic(cfg.group_id, spec.name)
+    ensure_changelog(cfg.kafka, topic, Admin(cfg.kafka).partitions(t.input))
+    reader = ChangelogReader(cfg.kafka, topic, input_topic=t.input, group_id=cfg.group_id)
+    closers.append(reader.close)
+    return FeatureStage(spec, open_store(spec.features), changelog_topic=topic, source=reader,
+                        sensor=sensor)  # fmt: skip
+
+
+def check_feature_fields(spec: ModelSpec) -> None:
+    """The features' value fields and the time field must be fields of the reader schema
+    (the event inputs are checked by the decoder)."""
+    from streamproc.codecs import tree as avro_tree
+    from streamproc.codecs.features import resolve_path
+
+    assert spec.features is not None
+    reader = avro_tree.build(reader_schema(spec))
+    for name in [*spec.features.value_fields, *spec.features.key, spec.time_field]:
+        if resolve_path(reader, name) is None:
+            raise ModelError(f"model {spec.name}: feature field {name!r} is not a field of "
+                             f"the reader schema {reader.name}")  # fmt: skip
+
+
 def build_processor(
     cfg: PipelineConfig,
     *,
@@ -230,7 +265,9 @@ def build_processor(
     sensor = SensorGroup(sensors)
     # a rollout: its stable version's backend and device
     sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
-    decoder = build_decoder(cfg, spec, registry, sensor)
+    features = build_features(cfg, spec, sensor, closers)
+    decoder = build_decoder(cfg, spec if features is None else features.decoder_spec,
+                            registry, sensor)  # fmt: skip
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,
@@ -245,6 +282,8 @@ def build_processor(
         router=AlertRouter(cfg.alerts),
         labels=feedback,  # its unreadable records become dead letters
         redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
+        features=features,
+        include_features=cfg.outputs.include_features,
     )
     eos = cfg.delivery.guarantee == "exactly-once"
     # A stable id per replica: a restarted replica fences its predecessor and aborts the

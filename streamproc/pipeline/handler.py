@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from streamproc import lineage
-from streamproc.codecs.encoder import IndexedLabels, PredictionEncoder
+from streamproc.codecs.encoder import Features, IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
 from streamproc.personal import Redactor
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
@@ -36,6 +36,7 @@ from streamproc.types import (
 
 from . import records
 from .alerting import AlertRouter, AlertRules
+from .features import FeatureStage
 from .scoring import Scored, Scorer
 
 
@@ -106,6 +107,7 @@ class Started:
     infer_error: str  # the model failed already when scoring started
     decode_s: float
     submit_s: float
+    state: list[OutRecord] = field(default_factory=list)  # window-state changelog entries
 
 
 class BatchHandler(BatchHandlerLike):
@@ -126,6 +128,8 @@ class BatchHandler(BatchHandlerLike):
         labels: RejectedLabels | None = None,
         redactor: Redactor | None = None,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        features: FeatureStage | None = None,
+        include_features: bool = False,
     ) -> None:
         self.decoder = decoder
         self.scorer = scorer
@@ -141,6 +145,9 @@ class BatchHandler(BatchHandlerLike):
         self.labels = labels
         self.redactor = redactor  # personal fields configured: dead letters hold no raw value
         self.clock_ms = clock_ms
+        # Windowed features (the decoder then reads the event fields only: see .features).
+        self.features = features
+        self.include_features = include_features  # predictions carry the model's inputs
         self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
 
@@ -159,15 +166,31 @@ class BatchHandler(BatchHandlerLike):
     def __call__(self, raw: RawBatch) -> Outputs:
         return self.finish(self.start(raw))
 
+    def assigned(self, partitions: list[int]) -> None:
+        if self.features is not None:
+            self.features.assigned(partitions)
+
+    def revoked(self, partitions: list[int]) -> None:
+        if self.features is not None:
+            self.features.revoked(partitions)
+
     def start(self, raw: RawBatch) -> Started:
         """Decode ``raw`` and start scoring its valid events. Raises only what decoding
         raises (a registry outage: the caller retries); a model error is kept for
         :meth:`finish`, which dead-letters the batch."""
         t0 = time.perf_counter()
         dec = self.decoder.decode(raw.values)
+        state: list[OutRecord] = []
+        skip = None
+        if self.features is not None:  # between decode and scoring: the window store
+            fb = self.features.apply(raw, dec)
+            dec, state, skip = fb.dec, fb.state, fb.skip
         t1 = time.perf_counter()
         errors = dec.errors.copy()
-        ok_rows = np.flatnonzero(errors == 0)
+        ok = errors == 0
+        if skip is not None and skip.any():  # already in the state: no output (.features)
+            ok &= ~skip
+        ok_rows = np.flatnonzero(ok)
         keys = raw.keys
         scoring: Callable[[], Scored] | None = None
         infer_error = ""
@@ -181,7 +204,7 @@ class BatchHandler(BatchHandlerLike):
             except _MODEL_ERRORS as exc:
                 infer_error = f"{type(exc).__name__}: {exc}"
         return Started(raw, dec, errors, ok_rows, scoring, infer_error,
-                       t1 - t0, time.perf_counter() - t1)  # fmt: skip
+                       t1 - t0, time.perf_counter() - t1, state)  # fmt: skip
 
     def finish(self, started: Started) -> Outputs:
         """Wait for the scores of a :meth:`start`-ed batch and build its outputs."""
@@ -202,7 +225,7 @@ class BatchHandler(BatchHandlerLike):
             scored = None
         t2 = time.perf_counter()
         now_ms = int(self.clock_ms())
-        out = Outputs()
+        out = Outputs(state=started.state)
         primary = self.scorer.primary
         by_version: dict[str, int] = {}
         if scored is not None and len(ok_rows):
@@ -294,6 +317,9 @@ class BatchHandler(BatchHandlerLike):
         else:
             idx = rows.tolist()
             keys, ids = [raw.keys[i] for i in idx], [dec.event_ids[i] for i in idx]
+        feats = None
+        if self.include_features:  # the version's own column names, the matrix it scored
+            feats = Features(spec.columns, dec.features[rows])
         values = self._encoder(spec.version).encode(
             ids,
             keys,
@@ -304,6 +330,7 @@ class BatchHandler(BatchHandlerLike):
             labels,
             dec.event_time_ms[rows],
             now_ms,
+            feats,
         )
         # Lineage, the same on every record of a block: model, version, batch and writer
         # schema id, packed in one header (streamproc.lineage: each header costs the client

@@ -107,5 +107,15 @@ def metrics_snapshot(
         "cpu_seconds": cpu.user + cpu.system,
         "rss_bytes": proc.memory_info().rss,
     }
+    if c.feature_state or c.feature_restore_records or c.feature_late:  # windowed features
+        state = list(c.feature_state.values())
+        rec.update({
+            "feature_state_keys": sum(s[0] for s in state),
+            "feature_state_bytes": sum(s[1] for s in state),
+            "feature_evicted_keys": sum(s[2] for s in state),
+            "feature_late_events": c.feature_late,
+            "feature_restore_records": c.feature_restore_records,
+            "feature_restore_seconds": c.feature_restore_seconds,
+        })  # fmt: skip
     value = encode_record("MetricsSnapshot", schema_id, rec)
     return OutRecord(topic, processor.encode(), value)

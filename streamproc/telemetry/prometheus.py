@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -141,6 +142,27 @@ class PrometheusSensor(Sensor):
                               [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
         self.alerts_firing = Gauge("streamproc_alerts_firing", "Alerts firing now (not resolved)",
                                    [*lp, "type"], registry=r)  # fmt: skip
+        fp = [*lp, "partition"]
+        self.feature_keys = Gauge("streamproc_feature_state_keys",
+                                  "Windowed features: keys in a partition's state", fp,
+                                  registry=r)  # fmt: skip
+        self.feature_bytes = Gauge("streamproc_feature_state_bytes",
+                                   "Windowed features: estimated bytes of a partition's state",
+                                   fp, registry=r)  # fmt: skip
+        self.feature_evicted = Gauge("streamproc_feature_evicted_keys",
+                                     "Windowed features: keys evicted since the partition "
+                                     "was assigned", fp, registry=r)  # fmt: skip
+        self.feature_restore_s = Gauge("streamproc_feature_restore_seconds",
+                                       "Windowed features: time of the partition's last restore",
+                                       fp, registry=r)  # fmt: skip
+        self.feature_restore_records = Gauge("streamproc_feature_restore_records",
+                                             "Windowed features: changelog records read by the "
+                                             "partition's last restore", fp,
+                                             registry=r)  # fmt: skip
+        self.feature_late = Counter("streamproc_feature_late_events",
+                                    "Windowed features: events past the allowed lateness "
+                                    "(scored, not added to the windows)", lp,
+                                    registry=r)  # fmt: skip
         self.alerts.labels(pipeline, "rollback", "CRITICAL", "firing")
         for type_ in _DRIFT_TYPES:
             self.alerts_firing.labels(pipeline, type_)
@@ -240,6 +262,24 @@ class PrometheusSensor(Sensor):
             g = Gauge(name, name, ["pipeline", *labels], registry=self.registry)
             self.gauges[name] = g
         g.labels(self.pipeline, *labels.values()).set(value)
+
+    def on_feature_state(self, partition: int, keys: int, size: int, evicted: int) -> None:
+        part = str(partition)
+        if not (keys or size or evicted):  # revoked: its series go (another replica has it)
+            for g in (self.feature_keys, self.feature_bytes, self.feature_evicted):
+                with contextlib.suppress(KeyError):
+                    g.remove(self.pipeline, part)
+            return
+        self.feature_keys.labels(self.pipeline, part).set(keys)
+        self.feature_bytes.labels(self.pipeline, part).set(size)
+        self.feature_evicted.labels(self.pipeline, part).set(evicted)
+
+    def on_feature_restore(self, partition: int, records: int, seconds: float) -> None:
+        self.feature_restore_s.labels(self.pipeline, str(partition)).set(seconds)
+        self.feature_restore_records.labels(self.pipeline, str(partition)).set(records)
+
+    def on_feature_late(self, events: int) -> None:
+        self.feature_late.labels(self.pipeline).inc(events)
 
     def serve(self, port: int, host: str = "127.0.0.1", readiness: Readiness | None = None) -> int:
         """Serve /metrics, /healthz and /readyz (from ``readiness``: see

@@ -67,6 +67,16 @@ class Sensor:
     def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         """A free-form gauge (GPU telemetry, drift statistics)."""
 
+    def on_feature_state(self, partition: int, keys: int, size: int, evicted: int) -> None:
+        """Windowed features: a partition's state now (keys, estimated bytes, keys evicted
+        since it was assigned); zeros once it is revoked."""
+
+    def on_feature_restore(self, partition: int, records: int, seconds: float) -> None:
+        """Windowed features: a partition's state was restored from its changelog."""
+
+    def on_feature_late(self, events: int) -> None:
+        """Windowed features: events later than the allowed lateness (scored, not added)."""
+
 
 class SensorGroup(Sensor):
     """Fan one call out to several sensors."""
@@ -106,6 +116,18 @@ class SensorGroup(Sensor):
         for s in self.sensors:
             s.on_gauge(name, value, labels)
 
+    def on_feature_state(self, partition: int, keys: int, size: int, evicted: int) -> None:
+        for s in self.sensors:
+            s.on_feature_state(partition, keys, size, evicted)
+
+    def on_feature_restore(self, partition: int, records: int, seconds: float) -> None:
+        for s in self.sensors:
+            s.on_feature_restore(partition, records, seconds)
+
+    def on_feature_late(self, events: int) -> None:
+        for s in self.sensors:
+            s.on_feature_late(events)
+
 
 class CountingSensor(Sensor):
     """In-memory totals: feeds MetricsSnapshot records and the demo's live view."""
@@ -119,6 +141,11 @@ class CountingSensor(Sensor):
         self.lag: dict[int, int] = {}
         self._lat = np.zeros(latency_window)
         self._lat_n = 0
+        # Windowed features: per partition (keys, bytes, evicted), restores, late events.
+        self.feature_state: dict[int, tuple[int, int, int]] = {}
+        self.feature_restore_records = 0
+        self.feature_restore_seconds = 0.0
+        self.feature_late = 0
 
     def on_batch(self, stats: BatchStats) -> None:
         self.events_in += stats.size
@@ -140,6 +167,19 @@ class CountingSensor(Sensor):
 
     def on_lag(self, topic: str, lag: Mapping[int, int]) -> None:
         self.lag.update(lag)
+
+    def on_feature_state(self, partition: int, keys: int, size: int, evicted: int) -> None:
+        if keys or size or evicted:
+            self.feature_state[partition] = (keys, size, evicted)
+        else:
+            self.feature_state.pop(partition, None)
+
+    def on_feature_restore(self, partition: int, records: int, seconds: float) -> None:
+        self.feature_restore_records += records
+        self.feature_restore_seconds += seconds
+
+    def on_feature_late(self, events: int) -> None:
+        self.feature_late += events
 
     def latency_quantiles(self) -> tuple[float, float]:
         """(p50, p99) of recent end-to-end latencies in ms; zeros before any prediction."""

@@ -135,7 +135,12 @@ def test_encode_record_metrics_snapshot():
         "cpu_seconds": 0.5,
         "rss_bytes": 100,
     }
-    assert decode_record("MetricsSnapshot", encode_record("MetricsSnapshot", 1, rec)) == rec
+    # The windowed-feature fields (appended, optional) default to null.
+    added = ["feature_state_keys", "feature_state_bytes", "feature_evicted_keys",
+             "feature_late_events", "feature_restore_records",
+             "feature_restore_seconds"]  # fmt: skip
+    want = {**rec, **dict.fromkeys(added)}
+    assert decode_record("MetricsSnapshot", encode_record("MetricsSnapshot", 1, rec)) == want
 
 
 @pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 2**31, -(2**63), 2**63 - 1])
