@@ -1,0 +1,300 @@
+"""Windowed features in the live pipeline: between decoding and scoring, the window store
+(:func:`streamproc.features.factory.open_store`) computes each event's feature values.
+
+The decoder reads the event fields only (:func:`decoder_spec`: the model's event inputs,
+then each definition's value field and the time field, as plain values where a null is
+NaN). :meth:`FeatureStage.apply` then, per input partition of the batch (events in offset
+order), gives the store the events that decoded, with the Kafka record key as the feature
+key and the model's time field as event time; an event without a key or a time is a dead
+letter (MISSING_KEY, MISSING_EVENT_TIME). The model's input matrix is assembled in
+``spec.columns`` order. A NaN feature value (an empty window's mean, a first event's
+``since_last``) follows the input's own ``null`` rule: ``impute`` takes its impute value,
+``nan`` passes NaN to the model, ``reject`` (the default) makes the event a
+MISSING_FEATURE dead letter; ``min``/``max`` apply as to any input.
+
+State: after each batch the store's changes become changelog records
+(:mod:`streamproc.kafka.changelog`) in the batch's outputs (``Outputs.state``). On
+assignment a partition's state is restored from its changelog before any of its events is
+processed; on revoke the store forgets it. Keys the changelog holds *ahead* of the committed
+input offset (at-least-once: written before a crash, the offsets not committed yet) are
+not given their replayed events again: those events are dropped, with no prediction (their
+predictions were acknowledged before the state was written, see ``KafkaRunner._commit``).
+A batch that starts before the offset the state reached (exactly-once: a transaction
+aborted and its batches are read again) restores the partition from the changelog first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from streamproc.errors import ModelError
+from streamproc.features.api import ClosedWindow, WindowStore
+from streamproc.features.spec import FeaturesSpec
+from streamproc.models.spec import FeatureSpec, ModelSpec
+from streamproc.telemetry import Sensor
+from streamproc.types import DecodedBatch, OutRecord, RawBatch, ReasonCode
+
+log = logging.getLogger(__name__)
+
+_VALUE_NAME = "\x00value:"  # never an Avro field name: the derived inputs' own columns
+
+
+class RestoredPartition(Protocol):
+    """What :class:`ChangelogSource` gives for one partition (see
+    :class:`streamproc.kafka.changelog.Restored`)."""
+
+    entries: list[tuple[bytes, bytes | None]]  # the store's, in changelog order
+    ahead: dict[bytes, int]  # keys whose state is past the committed input offset
+    records: int
+    seconds: float
+
+
+class ChangelogSource(Protocol):
+    def read(self, partitions: list[int]) -> Mapping[int, RestoredPartition]: ...
+
+
+def decoder_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec the decoder reads with: the model's event inputs, then each value field of
+    the features and the time field as plain numbers (null: NaN)."""
+    assert spec.features is not None
+    names = set(spec.features.names)
+    event = [f for f in spec.inputs if f.field not in names]
+    extra = [
+        FeatureSpec(field=v, null="nan", allow_nan=True)
+        for v in [*spec.features.value_fields, spec.time_field]
+    ]
+    return spec.model_copy(update={"inputs": tuple(event + extra), "features": None})
+
+
+@dataclass
+class FeatureBatch:
+    """The decoded batch with the model's input matrix, and what the stage adds."""
+
+    dec: DecodedBatch
+    skip: npt.NDArray[np.bool_]  # events already in the state (dropped, no output)
+    state: list[OutRecord] = field(default_factory=list)
+    closed: list[ClosedWindow] = field(default_factory=list)
+    late: int = 0
+
+
+class FeatureStage:
+    """Computes the feature columns of a batch with a window store, keeps its changelog."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        store: WindowStore,
+        *,
+        changelog_topic: str,
+        source: ChangelogSource | None = None,
+        sensor: Sensor | None = None,
+    ) -> None:
+        if spec.features is None:
+            raise ModelError(f"model {spec.name} has no features section")
+        fs: FeaturesSpec = spec.features
+        if fs.key:
+            # Repartitioning through an internal topic is not built: state must be
+            # partitioned like the input.
+            raise ModelError(
+                f"model {spec.name}: features keyed by {list(fs.key)} need the input topic "
+                "keyed by those fields; key the input records by them and leave "
+                "features.key empty (the Kafka record key is the feature key)"
+            )
+        self.spec = spec
+        self.fspec = fs
+        self.store = store
+        self.changelog_topic = changelog_topic
+        self.source = source
+        self.sensor = sensor or Sensor()
+        self.decoder_spec = decoder_spec(spec)
+        # Where each model column comes from: ("event", column in the decoded matrix) or
+        # ("feature", definition index).
+        feature_index = {n: j for j, n in enumerate(fs.names)}
+        event_cols = 0
+        self._plan: list[tuple[FeatureSpec, str, int, int]] = []  # (input, kind, src, width)
+        for f in spec.inputs:
+            width = len(f.columns)
+            if f.field in feature_index:
+                self._plan.append((f, "feature", feature_index[f.field], width))
+            else:
+                self._plan.append((f, "event", event_cols, width))
+                event_cols += width
+        self._value_col = {v: event_cols + i for i, v in enumerate(fs.value_fields)}
+        self._time_col = event_cols + len(fs.value_fields)
+        self._next: dict[int, int] = {}  # the input offset each partition's state reached
+        self._ahead: dict[int, dict[bytes, int]] = {}  # see the module docstring
+        self._ahead_max: dict[int, int] = {}
+
+    # -- partitions ------------------------------------------------------------------------
+
+    def assigned(self, partitions: list[int]) -> None:
+        """Restore each partition's state from its changelog (before any of its events)."""
+        if self.source is None or not partitions:
+            for p in partitions:
+                self.store.revoke(p)
+            return
+        got = self.source.read(sorted(partitions))
+        for p in sorted(partitions):
+            r = got[p]
+            n = self.store.restore(p, r.entries)
+            self._next.pop(p, None)
+            self._ahead[p] = r.ahead
+            self._ahead_max[p] = max(r.ahead.values(), default=-1)
+            st = self.store.stats(p)
+            log.info("partition %d: state of %d keys restored from %d changelog records in "
+                     "%.3fs (%d keys ahead of the committed offset)", p, st.keys, n, r.seconds,
+                     len(r.ahead))  # fmt: skip
+            self.sensor.on_feature_restore(p, r.records, r.seconds)
+            self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
+
+    def revoked(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.store.revoke(p)
+            self._next.pop(p, None)
+            self._ahead.pop(p, None)
+            self._ahead_max.pop(p, None)
+            self.sensor.on_feature_state(p, 0, 0, 0)
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def apply(self, raw: RawBatch, dec: DecodedBatch) -> FeatureBatch:
+        n = len(raw)
+        fs = self.fspec
+        decoded = dec.features
+        errors = dec.errors.copy()
+        details = list(dec.details)
+        matrix = np.zeros((n, self.spec.n_features), np.float32)
+        values = np.full((n, len(fs.definitions)), np.nan, np.float64)
+        skip = np.zeros(n, np.bool_)
+        keys = raw.keys
+        out = FeatureBatch(dec, skip)
+        times_missing = np.isnan(decoded[:, self._time_col]) if n else np.zeros(0, np.bool_)
+        for p in np.unique(raw.partitions).tolist():
+            in_p = raw.partitions == p
+            rows = np.flatnonzero(in_p & (errors == 0))
+            first = int(raw.offsets[in_p].min())
+            reached = self._next.get(p)
+            if reached is not None and first < reached and self.source is not None:
+                # Read again from before what the state holds (an aborted transaction):
+                # back to what the changelog holds.
+                log.info("partition %d read again from offset %d (state at %d): restoring",
+                         p, first, reached)  # fmt: skip
+                self.assigned([p])
+            good: list[int] = []
+            for i in rows.tolist():
+                k = keys[i]
+                if not k:
+                    errors[i] = ReasonCode.MISSING_KEY
+                    details[i] = "the event has no key (the Kafka record key is the feature key)"
+                elif times_missing[i]:
+                    errors[i] = ReasonCode.MISSING_EVENT_TIME
+                    details[i] = f"{self.spec.time_field} is null"
+                else:
+                    good.append(i)
+            good = self._drop_ahead(p, raw, good, skip)
+            self._next[p] = int(raw.offsets[in_p].max()) + 1
+            if not good:
+                continue
+            idx = np.asarray(good, np.intp)
+            res = self.store.process(
+                p,
+                [keys[i] or b"" for i in good],
+                dec.event_time_ms[idx],
+                {v: decoded[idx, c].astype(np.float64) for v, c in self._value_col.items()},
+            )
+            values[idx] = res.values
+            late = int(res.late.sum())
+            out.late += late
+            out.closed.extend(res.closed)
+            reached_at = self._next[p]
+            for key, state in self.store.changes(p):
+                out.state.append(OutRecord(self.changelog_topic, key,
+                                           _frame(reached_at, state), partition=p))  # fmt: skip
+            st = self.store.stats(p)
+            self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
+        if out.late:
+            self.sensor.on_feature_late(out.late)
+        self._assemble(decoded, values, matrix, errors, details)
+        out.dec = DecodedBatch(
+            features=matrix,
+            event_ids=dec.event_ids,
+            event_time_ms=dec.event_time_ms,
+            errors=errors,
+            details=details,
+            schema_ids=dec.schema_ids,
+            raw_columns=dec.raw_columns,
+        )
+        return out
+
+    def _drop_ahead(self, p: int, raw: RawBatch, good: list[int], skip: npt.NDArray[np.bool_]
+                    ) -> list[int]:  # fmt: skip
+        """The events whose key's restored state already holds them are dropped."""
+        ahead = self._ahead.get(p)
+        if not ahead:
+            return good
+        keep = []
+        for i in good:
+            o = int(raw.offsets[i])
+            k = raw.keys[i] or b""
+            if o < ahead.get(k, -1):
+                skip[i] = True
+            else:
+                keep.append(i)
+        last = int(raw.offsets[raw.partitions == p].max())
+        if last + 1 >= self._ahead_max.get(p, -1):  # past every key ahead: done
+            self._ahead.pop(p, None)
+        return keep
+
+    def _assemble(
+        self,
+        decoded: npt.NDArray[np.float32],
+        values: npt.NDArray[np.float64],
+        matrix: npt.NDArray[np.float32],
+        errors: npt.NDArray[np.uint8],
+        details: list[str],
+    ) -> None:
+        col = 0
+        for f, kind, src, width in self._plan:
+            if kind == "event":
+                matrix[:, col : col + width] = decoded[:, src : src + width]
+            else:
+                matrix[:, col] = self._feature_column(f, values[:, src], errors, details)
+            col += width
+
+    def _feature_column(
+        self,
+        f: FeatureSpec,
+        v: npt.NDArray[np.float64],
+        errors: npt.NDArray[np.uint8],
+        details: list[str],
+    ) -> npt.NDArray[np.float64]:
+        ok = errors == 0
+        undefined = np.isnan(v)
+        if undefined.any():
+            if f.null == "impute":
+                v = np.where(undefined, f.impute, v)
+            elif f.null == "reject":
+                for i in np.flatnonzero(undefined & ok).tolist():
+                    errors[i] = ReasonCode.MISSING_FEATURE
+                    details[i] = f"{f.field} is undefined (no event of the key in its window)"
+        lo = -math.inf if f.min is None else f.min
+        hi = math.inf if f.max is None else f.max
+        with np.errstate(invalid="ignore"):
+            bad = (v < lo) | (v > hi)
+        for i in np.flatnonzero(bad & (errors == 0)).tolist():
+            errors[i] = ReasonCode.OUT_OF_RANGE
+            details[i] = f"{f.field}={v[i]} is outside [{f.min}, {f.max}]"
+        return v
+
+
+def _frame(offset: int, state: bytes | None) -> bytes | None:
+    # The kafka layer's framing, without importing it here (the pipeline layer stays free
+    # of the Kafka client): 8 bytes of offset, big-endian, then the state.
+    return None if state is None else offset.to_bytes(8, "big", signed=True) + state
