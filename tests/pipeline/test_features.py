@@ -1,0 +1,308 @@
+"""Windowed features in the live pipeline (issue #27), on the real local stack.
+
+The oracle is :class:`~streamproc.features.reference.ReferenceStore` run over the input
+topic as it ended up (per partition, in offset order): every prediction's ``features`` map
+(``outputs.include_features``) must hold the value the reference gives its event, whatever
+happened to the processors in between (kill -9, a replica stopping, exactly-once aborts).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+import pytest
+import yaml
+
+from streamproc import schemas
+from streamproc.features.reference import ReferenceStore
+from streamproc.models.spec import ModelSpec, load_model_spec
+from streamproc.pipeline.features import FeatureStage, decoder_spec
+from streamproc.types import RawBatch, ReasonCode
+from tests.pipeline.conftest import MODEL
+from tests.pipeline.trickle import Trickle
+
+FEATURES = {
+    "allowed_lateness": "1m",
+    "definitions": [
+        {"name": "txn_count_1h", "agg": "count", "window": {"size": "1h"}},
+        {"name": "txn_count_24h", "agg": "count", "window": {"size": "24h"}},
+        {"name": "avg_amount_7d", "agg": "mean", "value": "amount", "window": {"size": "7d"}},
+        {"name": "minutes_since_last_txn", "agg": "since_last", "unit": "min",
+         "window": {"size": "30d"}},
+    ],
+}  # fmt: skip
+NAMES = [d["name"] for d in FEATURES["definitions"]]  # type: ignore[index]
+
+
+def _nullable_time_schema() -> dict[str, Any]:
+    """Transaction with a nullable event time (to send an event without one)."""
+    s = copy.deepcopy(schemas.schema_dict("Transaction"))
+    for f in s["fields"]:
+        if f["name"] == "event_time":
+            f["type"] = ["null", f["type"]]
+            f["default"] = None
+    return s
+
+
+@pytest.fixture
+def feature_model(tmp_path: Path) -> Path:
+    """The fraud model with four of its inputs computed by the window store."""
+    d = tmp_path / "fraud-features"
+    shutil.copytree(MODEL, d)
+    raw = yaml.safe_load((d / "model.yaml").read_text())
+    (d / "Transaction.avsc").write_text(json.dumps(_nullable_time_schema()))
+    raw["reader_schema"] = "Transaction.avsc"
+    raw["features"] = FEATURES
+    for f in raw["inputs"]:
+        if f["field"] in ("avg_amount_7d", "minutes_since_last_txn"):
+            f.update({"null": "impute", "impute": 0.0})  # a first event's window is empty
+    (d / "model.yaml").write_text(yaml.safe_dump(raw))
+    return d
+
+
+def expected_values(spec: ModelSpec, events: list[Any]) -> dict[str, list[float]]:
+    """event_id -> the model's feature values, from the reference over the input topic."""
+    assert spec.features is not None
+    ref = ReferenceStore(spec.features)
+    by_input = {f.field: f for f in spec.inputs}
+    out: dict[str, list[float]] = {}
+    for p in sorted({e.partition for e in events}):
+        evs = sorted((e for e in events if e.partition == p), key=lambda e: e.offset)
+        res = ref.process(
+            p, [e.key for e in evs], np.array([e.value["event_time"] for e in evs], np.int64),
+            {"amount": np.array([e.value["amount"] for e in evs], np.float32).astype(np.float64)},
+        )  # fmt: skip
+        for e, row in zip(evs, res.values.tolist(), strict=True):
+            vals = []
+            for name, v in zip(spec.features.names, row, strict=True):
+                f = by_input[name]
+                if np.isnan(v) and f.null == "impute":
+                    v = f.impute
+                vals.append(float(np.float32(v)))
+            out[e.value["event_id"]] = vals
+    return out
+
+
+def check_predictions(spec: ModelSpec, events: list[Any], predictions: list[Any]) -> int:
+    """Every prediction carries the reference's values; returns how many were checked."""
+    want = expected_values(spec, events)
+    wrong = []
+    for p in predictions:
+        got = p.value["features"]
+        assert got is not None, "include_features is on"
+        vals = [got[n] for n in NAMES]
+        if vals != want[p.value["event_id"]]:
+            wrong.append((p.value["event_id"], vals, want[p.value["event_id"]]))
+    assert not wrong, f"{len(wrong)} wrong feature values, e.g. {wrong[:3]}"
+    return len(predictions)
+
+
+# -- without Kafka: the stage between a real decoder and the reference ------------------------
+
+
+def test_stage_equals_reference_and_rejects_missing_key_and_time(feature_model):
+    from streamproc.codecs.decoder import BatchDecoder
+    from streamproc.codecs.source import DictSchemaSource
+    from streamproc.codecs.wire import frame
+    from streamproc.synth import generate
+
+    spec = load_model_spec(feature_model)
+    reader = _nullable_time_schema()
+    dspec = decoder_spec(spec)
+    assert [f.field for f in dspec.inputs][-2:] == ["amount", "event_time"]
+    dec = BatchDecoder(dspec, reader, DictSchemaSource({1: reader}))
+    assert spec.features is not None
+    stage = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    records, _ = generate(300, seed=5)
+    for i, r in enumerate(records):
+        r["event_time"] = 1_700_000_000_000 + 1000 * (i // 3)  # ties, in order
+        r["account_id"] = f"acct-{i % 17}"  # keys with history
+    records[7]["event_time"] = None
+    keys: list[bytes | None] = [r["account_id"].encode() for r in records]
+    keys[11] = None
+    keys[12] = b""
+    parsed = fastavro.parse_schema(reader)
+
+    def encode(r: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, r)
+        return frame(1, buf.getvalue())
+
+    values: list[bytes | None] = [encode(r) for r in records]
+    n = len(values)
+    raw = RawBatch("t", values, keys, np.zeros(n, np.int32), np.arange(n, dtype=np.int64),
+                   [None] * n)  # fmt: skip
+    fb = stage.apply(raw, dec.decode(values))
+    errors = fb.dec.errors
+    assert errors[7] == ReasonCode.MISSING_EVENT_TIME and "event_time" in fb.dec.details[7]
+    assert errors[11] == errors[12] == ReasonCode.MISSING_KEY
+    assert (np.flatnonzero(errors) == [7, 11, 12]).all()
+    # The oracle: the reference over the valid events.
+    ok = [i for i in range(n) if i not in (7, 11, 12)]
+    ref = ReferenceStore(spec.features)
+    res = ref.process(0, [keys[i] or b"" for i in ok],
+                      np.array([records[i]["event_time"] for i in ok], np.int64),
+                      {"amount": np.array([records[i]["amount"] for i in ok],
+                                          np.float32).astype(np.float64)})  # fmt: skip
+    cols = [spec.columns.index(name) for name in NAMES]
+    got = fb.dec.features[ok][:, cols]
+    want = res.values.copy()
+    for j, name in enumerate(NAMES):
+        f = next(f for f in spec.inputs if f.field == name)
+        if f.null == "impute":
+            want[np.isnan(want[:, j]), j] = f.impute
+    assert np.array_equal(got, want.astype(np.float32))
+    assert got[:, 0].max() >= 2  # some keys have history: the windows are not all empty
+    # Event inputs land in their own columns.
+    a = spec.columns.index("amount")
+    assert np.array_equal(fb.dec.features[ok, a], [np.float32(records[i]["amount"]) for i in ok])
+    # One changelog record per key touched (and the store's own), framed with the offset.
+    assert fb.state and all(r.partition == 0 and r.topic == "cl" for r in fb.state)
+    assert {r.value[:8] for r in fb.state if r.value} == {n.to_bytes(8, "big")}
+
+
+def test_nan_feature_follows_the_inputs_null_rule(feature_model):
+    raw = yaml.safe_load((feature_model / "model.yaml").read_text())
+    for f in raw["inputs"]:
+        if f["field"] == "avg_amount_7d":
+            f["null"] = "reject"
+    spec = ModelSpec.model_validate(raw)
+    assert spec.features is not None
+    stage = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    errors = np.zeros(2, np.uint8)
+    details = ["", ""]
+    col = stage._feature_column(spec.inputs[6], np.array([np.nan, 3.0]), errors, details)
+    assert errors.tolist() == [ReasonCode.MISSING_FEATURE, 0] and "undefined" in details[0]
+    assert col[1] == 3.0
+
+
+def test_features_keyed_by_fields_are_refused(feature_model):
+    raw = yaml.safe_load((feature_model / "model.yaml").read_text())
+    raw["features"] = {**FEATURES, "key": ["account_id"]}
+    spec = ModelSpec.model_validate(raw)
+    assert spec.features is not None
+    with pytest.raises(Exception, match="keyed by"):
+        FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+
+
+# -- on the real stack ------------------------------------------------------------------------
+
+pytestmark = pytest.mark.kafka
+
+
+def _cfg(factory, model: Path, guarantee: str = "at-least-once", partitions: int = 2):
+    return factory(guarantee=guarantee, partitions=partitions, model=str(model),
+                   outputs={"include_features": True})  # fmt: skip
+
+
+def _wait_for(n: int, read, topic: str, deadline_s: float = 120.0) -> list[Any]:
+    """Read ``topic`` until it holds ``n`` distinct event ids (a condition, with a deadline)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        out = read(topic, 10**9, idle_s=3)
+        if len({r.value["event_id"] for r in out}) >= n or time.monotonic() > end:
+            return out
+
+
+def test_pipeline_features_equal_the_reference(
+    feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = _cfg(pipeline_config_factory, feature_model)
+    producer = event_producer_factory(cfg.topics.input, schema=_nullable_time_schema())
+    from streamproc.loadgen import produce_synthetic
+
+    produce_synthetic(producer, 600, seed=3)
+    # Bad input: no key, no event time.
+    rec = produce_one(producer, seed=4)
+    producer.send_raw(producer.encode({**rec, "event_id": "no-key"}), None)
+    producer.send_raw(producer.encode({**rec, "event_id": "no-time", "event_time": None}),
+                      rec["account_id"])  # fmt: skip
+    producer.flush()
+    running = processor_factory(cfg)
+    preds = _wait_for(600, read_topic, cfg.topics.predictions)
+    dlq = read_topic(cfg.topics.dlq, 2, idle_s=30)
+    running.stop()
+    spec = load_model_spec(feature_model)
+    events = read_topic(cfg.topics.input, 602, idle_s=5, committed=False)
+    assert check_predictions(spec, [e for e in events if e.value["event_id"] not in
+                                    ("no-key", "no-time")], preds) == 600  # fmt: skip
+    assert max(p.value["features"]["txn_count_24h"] for p in preds) >= 1
+    reasons = sorted(d.value["reason"] for d in dlq)
+    assert reasons == ["MISSING_EVENT_TIME", "MISSING_KEY"]
+    # The state went to the compacted changelog, one partition per input partition.
+    cl = read_topic(f"{cfg.group_id}.fraud.features-changelog", 10**9, idle_s=3)
+    assert cl and {r.partition for r in cl} <= {0, 1}
+
+
+def produce_one(producer, seed: int) -> dict[str, Any]:
+    from streamproc.synth import generate
+
+    records, _ = generate(1, seed=seed)
+    r = dict(records[0])
+    r["event_time"] = int(time.time() * 1000)
+    return r
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_kill_9_and_restart_keep_feature_values(
+    guarantee, feature_model, pipeline_config_factory, subprocess_factory,
+    event_producer_factory, read_topic,
+):  # fmt: skip
+    cfg = _cfg(pipeline_config_factory, feature_model, guarantee)
+    producer = event_producer_factory(cfg.topics.input)
+    trickle = Trickle(producer, seed=31)
+    first = subprocess_factory(cfg, instance="p1")
+    read_topic(cfg.topics.predictions, 300, idle_s=90, committed=False)
+    assert first.poll() is None, "processor died on its own"
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert trickle.running, "the input stopped before the kill: not a kill mid-stream"
+    second = subprocess_factory(cfg, instance="p1")
+    n = trickle.stop()
+    preds = _wait_for(n, read_topic, cfg.topics.predictions, deadline_s=180)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(60) == 0
+    ids = [p.value["event_id"] for p in preds]
+    assert set(ids) == {f"ev-31-{i:010d}" for i in range(n)}  # every event has a prediction
+    if guarantee == "exactly-once":
+        assert len(ids) == n  # read_committed: exactly one each
+    events = read_topic(cfg.topics.input, n, idle_s=5, committed=False)
+    assert check_predictions(load_model_spec(feature_model), events, preds) == len(preds)
+
+
+def test_a_stopped_replicas_state_is_restored_on_the_other(
+    feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = _cfg(pipeline_config_factory, feature_model, partitions=4)
+    producer = event_producer_factory(cfg.topics.input)
+    trickle = Trickle(producer, seed=41)
+    a = processor_factory(cfg.with_overrides(instance_id="a"))
+    b = processor_factory(cfg.with_overrides(instance_id="b"))
+    end = time.monotonic() + 120
+    while not (a.processor.runner.assigned_partitions and b.processor.runner.assigned_partitions):
+        assert time.monotonic() < end, "the two replicas never shared the partitions"
+        time.sleep(0.1)
+    read_topic(cfg.topics.predictions, 400, idle_s=60, committed=False)
+    b_parts = list(b.processor.runner.assigned_partitions or [])
+    b.stop()
+    end = time.monotonic() + 120
+    while set(a.processor.runner.assigned_partitions or []) != {0, 1, 2, 3}:
+        assert time.monotonic() < end, "the partitions never moved to the other replica"
+        time.sleep(0.1)
+    restored = a.processor.counters.feature_restore_records
+    n = trickle.stop()
+    preds = _wait_for(n, read_topic, cfg.topics.predictions, deadline_s=180)
+    a.stop()
+    assert b_parts and restored > 0  # b's partitions came with their state
+    assert {p.value["event_id"] for p in preds} == {f"ev-41-{i:010d}" for i in range(n)}
+    events = read_topic(cfg.topics.input, n, idle_s=5, committed=False)
+    check_predictions(load_model_spec(feature_model), events, preds)
