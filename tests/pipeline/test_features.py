@@ -351,3 +351,101 @@ def test_a_stopped_replicas_state_is_restored_on_the_other(
     assert {p.value["event_id"] for p in preds} == {f"ev-41-{i:010d}" for i in range(n)}
     events = read_topic(cfg.topics.input, n, idle_s=5, committed=False)
     check_predictions(load_model_spec(feature_model), events, preds)
+
+
+# -- restore paths without Kafka: a changelog kept in memory ----------------------------------
+
+
+class MemoryChangelog:
+    """What ChangelogReader gives, from changelog records kept here (``committed``: the
+    group's committed input offset)."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self.committed: int | None = None
+
+    def read(self, partitions: list[int]) -> dict[int, Any]:
+        from streamproc.kafka.changelog import Restored, unframe_state
+
+        out = {}
+        for p in partitions:
+            r = Restored(committed=self.committed)
+            for rec in self.records:
+                if rec.partition != p:
+                    continue
+                offset, state = unframe_state(rec.value)
+                r.entries.append((rec.key, state))
+                r.records += 1
+                if state is None:
+                    r.ahead.pop(rec.key, None)
+                elif self.committed is None or offset > self.committed:
+                    r.ahead[rec.key] = offset
+            out[p] = r
+        return out
+
+
+def _batches(feature_model: Path, n: int, size: int) -> tuple[Any, list[RawBatch], Any]:
+    from streamproc.codecs.decoder import BatchDecoder
+    from streamproc.codecs.source import DictSchemaSource
+    from streamproc.codecs.wire import frame
+    from streamproc.synth import generate
+
+    spec = load_model_spec(feature_model)
+    reader = _nullable_time_schema()
+    dec = BatchDecoder(decoder_spec(spec), reader, DictSchemaSource({1: reader}))
+    parsed = fastavro.parse_schema(reader)
+    records, _ = generate(n, seed=9)
+    values: list[bytes | None] = []
+    keys: list[bytes | None] = []
+    for i, r in enumerate(records):
+        r["event_time"] = 1_700_000_000_000 + 5000 * i
+        r["account_id"] = f"acct-{i % 23}"
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, r)
+        values.append(frame(1, buf.getvalue()))
+        keys.append(r["account_id"].encode())
+    batches = []
+    for s in range(0, n, size):
+        m = min(size, n - s)
+        batches.append(RawBatch("t", values[s : s + m], keys[s : s + m], np.zeros(m, np.int32),
+                                np.arange(s, s + m, dtype=np.int64), [None] * m))  # fmt: skip
+    return spec, batches, dec
+
+
+def test_replayed_events_already_in_the_state_are_dropped(feature_model):
+    """at-least-once: the changelog holds a batch whose offsets were not committed (some
+    keys' records of it only: a crash mid-flush); its replay gives the uninterrupted values
+    to the events not in the state and drops the others, then the stream goes on exactly."""
+    spec, batches, dec = _batches(feature_model, 300, 100)
+    assert spec.features is not None
+    first = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    runs = [first.apply(b, dec.decode(b.values)) for b in batches]
+    want = [r.dec.features for r in runs]
+    log = MemoryChangelog()
+    log.records = runs[0].state + runs[1].state[::2]  # half of batch 2's keys made it
+    log.committed = 100  # batch 2's offsets were not committed
+    second = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl", source=log)
+    second.assigned([0])
+    replay = second.apply(batches[1], dec.decode(batches[1].values))
+    kept = ~replay.skip
+    assert replay.skip.any() and kept.any()
+    assert np.array_equal(replay.dec.features[kept], want[1][kept])
+    after = second.apply(batches[2], dec.decode(batches[2].values))
+    assert not after.skip.any()
+    assert np.array_equal(after.dec.features, want[2])
+
+
+def test_a_batch_read_again_restores_the_partition_first(feature_model):
+    """exactly-once: a transaction aborted, its batch is read again: the state goes back to
+    what the changelog holds (the committed batches) before the batch is processed."""
+    spec, batches, dec = _batches(feature_model, 200, 100)
+    assert spec.features is not None
+    log = MemoryChangelog()
+    stage = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl", source=log)
+    stage.assigned([0])
+    one = stage.apply(batches[0], dec.decode(batches[0].values))
+    log.records, log.committed = one.state, 100  # batch 1 committed
+    two = stage.apply(batches[1], dec.decode(batches[1].values))  # its transaction aborts
+    again = stage.apply(batches[1], dec.decode(batches[1].values))
+    assert not again.skip.any()
+    assert np.array_equal(again.dec.features, two.dec.features)
