@@ -582,3 +582,73 @@ def test_a_denied_read_stops_the_runner_naming_the_topic_and_the_fix() -> None:
     with pytest.raises(KafkaError, match=rf"not allowed to read {TOPIC}: .*acls plan"):
         _run_until_idle(broker, runner)
     assert broker.committed == {} and broker.values("preds") == []
+
+
+# -- a stateful handler (windowed features): state records and rebalance hooks ---------------
+
+
+class Stateful(Echo):
+    """Echo with a state record per batch (``Outputs.state``) and a log of rebalance hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks: list[tuple[str, list[int]]] = []
+
+    def __call__(self, raw: RawBatch) -> Outputs:
+        out = super().__call__(raw)
+        joined = b"".join(v or b"" for v in raw.values)
+        out.state = [OutRecord("state", b"k", b"state-" + joined, partition=0)]
+        return out
+
+    def assigned(self, partitions: list[int]) -> None:
+        self.hooks.append(("assigned", partitions))
+
+    def revoked(self, partitions: list[int]) -> None:
+        self.hooks.append(("revoked", partitions))
+
+
+def test_at_least_once_state_follows_the_acknowledged_outputs_then_offsets_move() -> None:
+    # State records are held until the outputs they follow are acknowledged (a flush), then
+    # produced and flushed themselves (the latest per key only) before the offsets commit:
+    # durable state never holds an event whose prediction is not.
+    broker = Broker(b"ABCD")
+    broker.deliver_on_poll = False  # records wait in the queue until a flush
+    runner = _runner(broker, Stateful())
+    _run_until_idle(broker, runner)
+    calls = [(c[0], c[1] if c[0] == "produce" else None) for c in broker.calls
+             if c[0] in ("produce", "flush", "commit")]  # fmt: skip
+    first_state = calls.index(("produce", "state"))
+    assert ("flush", None) in calls[:first_state]  # the outputs were acknowledged first
+    assert all(t != "state" for _, t in calls[:first_state])
+    assert calls[first_state + 1 :][:2] == [("flush", None), ("commit", None)]
+    assert broker.values("state") == [b"state-CD"]  # the latest of key k only
+    assert broker.committed == {0: 4} and broker.violations == []
+
+
+def test_exactly_once_state_goes_in_the_batchs_transaction() -> None:
+    broker = Broker(b"ABCD")
+    runner = _runner(broker, Stateful(), exactly_once=True)
+    _run_until_idle(broker, runner)
+    per_batch = ["begin_transaction", "produce", "produce", "produce", "produce",
+                 "send_offsets", "commit_transaction"]  # fmt: skip
+    kinds = broker.kinds("begin_transaction", "produce", "send_offsets", "commit_transaction")
+    assert kinds == per_batch * 2
+    assert broker.values("state") == [b"state-AB", b"state-CD"]
+
+
+def test_the_handler_hears_of_assignments_and_revokes() -> None:
+    broker = Broker(b"ABCDE")
+    handler = Stateful()
+    runner = _runner(broker, handler, max_size=2)
+    _steps(runner, 1)  # assigned [0]
+    broker.rebalances.append(("revoke", [0]))
+    _steps(runner, 1)
+    # The revoke reaches the handler after its last batch and state were committed.
+    assert handler.hooks == [("assigned", [0]), ("revoked", [0])]
+    assert broker.values("state") == [b"state-AB"] and broker.committed == {0: 2}
+    broker.rebalances.append(("assign", [0]))
+    _steps(runner, 1)
+    broker.rebalances.append(("lost", [0]))
+    _steps(runner, 1)
+    assert handler.hooks[2:] == [("assigned", [0]), ("revoked", [0])]
+    assert runner._state == {}  # never produced: the next owner restores the changelog

@@ -100,9 +100,8 @@ def expected_values(spec: ModelSpec, events: list[Any]) -> dict[str, list[float]
             vals = []
             for name, v in zip(spec.features.names, row, strict=True):
                 f = by_input[name]
-                if np.isnan(v) and f.null == "impute":
-                    v = f.impute
-                vals.append(float(np.float32(v)))
+                x = f.impute if np.isnan(v) and f.null == "impute" else v
+                vals.append(float(np.float32(x)))
             out[e.value["event_id"]] = vals
     return out
 
