@@ -168,7 +168,11 @@ def build_decoder(
 
 
 def build_features(
-    cfg: PipelineConfig, spec: ModelSpec, sensor: Sensor, closers: list[Callable[[], None]]
+    cfg: PipelineConfig,
+    spec: ModelSpec,
+    sensor: Sensor,
+    closers: list[Callable[[], None]],
+    registry: Registry,
 ) -> FeatureStage | None:
     """The window-store stage of a model with a ``features`` section: its store, and the
     compacted changelog topic behind it (as many partitions as the input)."""
@@ -181,10 +185,15 @@ def build_features(
     t = cfg.topics
     topic = changelog_topic(cfg.group_id, spec.name)
     ensure_changelog(cfg.kafka, topic, Admin(cfg.kafka).partitions(t.input))
+    closed_id = None
+    if spec.features.closed_topic:  # closed tumbling/hopping windows' aggregates
+        Admin(cfg.kafka).ensure_topics([spec.features.closed_topic], partitions=t.partitions)
+        closed_id = registry.register(schemas.subject_for(spec.features.closed_topic),
+                                      schemas.schema_text("WindowAggregate"))  # fmt: skip
     reader = ChangelogReader(cfg.kafka, topic, input_topic=t.input, group_id=cfg.group_id)
     closers.append(reader.close)
     return FeatureStage(spec, open_store(spec.features), changelog_topic=topic, source=reader,
-                        sensor=sensor)  # fmt: skip
+                        sensor=sensor, closed_schema_id=closed_id)  # fmt: skip
 
 
 def check_feature_fields(spec: ModelSpec) -> None:
@@ -265,7 +274,7 @@ def build_processor(
     sensor = SensorGroup(sensors)
     # a rollout: its stable version's backend and device
     sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
-    features = build_features(cfg, spec, sensor, closers)
+    features = build_features(cfg, spec, sensor, closers, registry)
     decoder = build_decoder(cfg, spec if features is None else features.decoder_spec,
                             registry, sensor)  # fmt: skip
     handler = BatchHandler(

@@ -34,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from streamproc.codecs.encoder import encode_record
 from streamproc.errors import ModelError
 from streamproc.features.api import ClosedWindow, WindowStore
 from streamproc.features.spec import FeaturesSpec
@@ -81,6 +82,7 @@ class FeatureBatch:
     skip: npt.NDArray[np.bool_]  # events already in the state (dropped, no output)
     state: list[OutRecord] = field(default_factory=list)
     closed: list[ClosedWindow] = field(default_factory=list)
+    records: list[OutRecord] = field(default_factory=list)  # closed windows, to their topic
     late: int = 0
 
 
@@ -95,7 +97,10 @@ class FeatureStage:
         changelog_topic: str,
         source: ChangelogSource | None = None,
         sensor: Sensor | None = None,
+        closed_schema_id: int | None = None,
     ) -> None:
+        """``closed_schema_id``: the registry id of ``WindowAggregate`` on the features'
+        ``closed_topic``; with it, closed tumbling/hopping windows go out there."""
         if spec.features is None:
             raise ModelError(f"model {spec.name} has no features section")
         fs: FeaturesSpec = spec.features
@@ -114,6 +119,7 @@ class FeatureStage:
         self.source = source
         self.sensor = sensor or Sensor()
         self.decoder_spec = decoder_spec(spec)
+        self.closed_schema_id = closed_schema_id
         # Where each model column comes from: ("event", column in the decoded matrix) or
         # ("feature", definition index).
         feature_index = {n: j for j, n in enumerate(fs.names)}
@@ -221,6 +227,9 @@ class FeatureStage:
             self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
         if out.late:
             self.sensor.on_feature_late(out.late)
+        if out.closed and fs.closed_topic and self.closed_schema_id is not None:
+            out.records = [self._closed_record(w, fs.closed_topic, self.closed_schema_id)
+                           for w in out.closed]  # fmt: skip
         self._assemble(decoded, values, matrix, errors, details)
         out.dec = DecodedBatch(
             features=matrix,
@@ -232,6 +241,19 @@ class FeatureStage:
             raw_columns=dec.raw_columns,
         )
         return out
+
+    def _closed_record(self, w: ClosedWindow, topic: str, schema_id: int) -> OutRecord:
+        rec = {
+            "feature": w.feature,
+            "key": w.key.decode("utf-8", "replace"),
+            "model_name": self.spec.name,
+            "model_version": self.spec.version,
+            "window_start": w.start_ms,
+            "window_end": w.end_ms,
+            "value": float(w.value),
+            "events": int(w.events),
+        }
+        return OutRecord(topic, w.key, encode_record("WindowAggregate", schema_id, rec))
 
     def _drop_ahead(self, p: int, raw: RawBatch, good: list[int], skip: npt.NDArray[np.bool_]
                     ) -> list[int]:  # fmt: skip

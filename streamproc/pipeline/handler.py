@@ -108,6 +108,7 @@ class Started:
     decode_s: float
     submit_s: float
     state: list[OutRecord] = field(default_factory=list)  # window-state changelog entries
+    closed: list[OutRecord] = field(default_factory=list)  # closed windows' aggregates
 
 
 class BatchHandler(BatchHandlerLike):
@@ -181,10 +182,11 @@ class BatchHandler(BatchHandlerLike):
         t0 = time.perf_counter()
         dec = self.decoder.decode(raw.values)
         state: list[OutRecord] = []
+        closed: list[OutRecord] = []
         skip = None
         if self.features is not None:  # between decode and scoring: the window store
             fb = self.features.apply(raw, dec)
-            dec, state, skip = fb.dec, fb.state, fb.skip
+            dec, state, skip, closed = fb.dec, fb.state, fb.skip, fb.records
         t1 = time.perf_counter()
         errors = dec.errors.copy()
         ok = errors == 0
@@ -204,7 +206,7 @@ class BatchHandler(BatchHandlerLike):
             except _MODEL_ERRORS as exc:
                 infer_error = f"{type(exc).__name__}: {exc}"
         return Started(raw, dec, errors, ok_rows, scoring, infer_error,
-                       t1 - t0, time.perf_counter() - t1, state)  # fmt: skip
+                       t1 - t0, time.perf_counter() - t1, state, closed)  # fmt: skip
 
     def finish(self, started: Started) -> Outputs:
         """Wait for the scores of a :meth:`start`-ed batch and build its outputs."""
@@ -225,7 +227,7 @@ class BatchHandler(BatchHandlerLike):
             scored = None
         t2 = time.perf_counter()
         now_ms = int(self.clock_ms())
-        out = Outputs(state=started.state)
+        out = Outputs(records=list(started.closed), state=started.state)
         primary = self.scorer.primary
         by_version: dict[str, int] = {}
         if scored is not None and len(ok_rows):

@@ -220,3 +220,25 @@ def test_joined_ids_encode_like_their_strings(joined):
     out = enc.encode(ids, *args)
     assert out == enc.encode(list(ids), *args) == enc.encode_reference(list(ids), *args)
     assert [decode_prediction(p)["event_id"] for p in out] == list(ids)
+
+
+@pytest.mark.parametrize("k", [0, 1, 5])
+def test_prediction_features_map_compiled_python_and_reference_agree(k):
+    """``outputs.include_features``: the map of the model's inputs is the same bytes on the
+    three paths and reads back; without it the field is null."""
+    ids, keys, scores, labels, times = _batch(7, 2, seed=k)
+    names = [f"col-{j}" for j in range(k - 1)] + (["é=POS"] if k else [])
+    values = np.random.default_rng(k).normal(size=(7, k))
+    values[0, :] = np.nan if k else values[0, :]
+    feats = encoder.Features(names, values)
+    enc = PredictionEncoder(3)
+    args = (ids, keys, "fraud", "2.0.0", scores, 1, labels, times, 1_700_000_009_000)
+    out = enc.encode(*args, feats)
+    assert out == enc.encode_python(*args, feats) == enc.encode_reference(*args, feats)
+    for i, p in enumerate(out):
+        got = decode_prediction(p)["features"]
+        assert list(got) == names
+        assert np.array_equal(list(got.values()), values[i], equal_nan=True)
+    assert all(decode_prediction(p)["features"] is None for p in enc.encode(*args))
+    with pytest.raises(ValueError, match="features for 6 events"):
+        enc.encode(*args, encoder.Features(names, values[:6]))

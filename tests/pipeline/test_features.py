@@ -244,6 +244,23 @@ def test_pipeline_features_equal_the_reference(
     running = processor_factory(cfg)
     preds = _wait_for(600, read_topic, cfg.topics.predictions)
     dlq = read_topic(cfg.topics.dlq, 2, idle_s=30)
+    # Observability: state size per partition and the restores, on /metrics ...
+    reg = running.processor.prometheus.registry
+
+    def sample(name: str, part: int) -> float | None:
+        v = reg.get_sample_value(name, {"pipeline": cfg.name, "partition": str(part)})
+        return None if v is None else float(v)
+
+    for part in (0, 1):
+        assert (sample("streamproc_feature_state_keys", part) or 0) > 0
+        assert (sample("streamproc_feature_state_bytes", part) or 0) > 0
+        assert sample("streamproc_feature_restore_seconds", part) is not None
+        assert sample("streamproc_feature_restore_records", part) == 0  # a new changelog
+    # ... and on the metrics topic.
+    end = time.monotonic() + 60
+    while not any((m.value.get("feature_state_keys") or 0) > 0
+                  for m in read_topic(cfg.topics.metrics, 10**6, idle_s=2)):  # fmt: skip
+        assert time.monotonic() < end, "no metrics snapshot with the feature state"
     running.stop()
     spec = load_model_spec(feature_model)
     events = read_topic(cfg.topics.input, 602, idle_s=5, committed=False)
@@ -448,3 +465,31 @@ def test_a_batch_read_again_restores_the_partition_first(feature_model):
     again = stage.apply(batches[1], dec.decode(batches[1].values))
     assert not again.skip.any()
     assert np.array_equal(again.dec.features, two.dec.features)
+
+
+def test_closed_windows_go_to_their_topic(feature_model):
+    from streamproc.codecs.encoder import decode_record
+
+    raw = yaml.safe_load((feature_model / "model.yaml").read_text())
+    spend = {"name": "spend_1m", "agg": "sum", "value": "amount",
+             "window": {"type": "tumbling", "size": "1m"}}  # fmt: skip
+    raw["features"] = {**FEATURES, "closed_topic": "closed",
+                       "definitions": [*FEATURES["definitions"], spend]}  # type: ignore[misc]
+    (feature_model / "model.yaml").write_text(yaml.safe_dump(raw))
+    spec, batches, dec = _batches(feature_model, 120, 40)  # 5 s apart: 12 per minute
+    assert spec.features is not None
+    stage = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl",
+                         closed_schema_id=7)  # fmt: skip
+    ref = ReferenceStore(spec.features)
+    got, want = [], []
+    for b in batches:
+        d = dec.decode(b.values)
+        out = stage.apply(b, d)
+        got += [decode_record("WindowAggregate", r.value) for r in out.records if r.value]
+        amounts = d.features[:, -2].astype(np.float64)
+        want += ref.process(0, list(b.keys), d.event_time_ms, {"amount": amounts}).closed
+    assert got and len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert (g["feature"], g["key"].encode(), g["value"], g["events"]) == (
+            w.feature, w.key, w.value, w.events)  # fmt: skip
+        assert _ms(g["window_end"]) - _ms(g["window_start"]) == 60_000
