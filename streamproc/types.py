@@ -368,7 +368,9 @@ class BatchHandlerLike(Protocol):
     def assigned(self, partitions: list[int]) -> None:
         """The group gave these input partitions to this replica (before any of their
         records is consumed): a stateful handler restores their state here."""
+        return None  # a default, not an abstract method
 
     def revoked(self, partitions: list[int]) -> None:
         """These input partitions were taken away, after their last batch was produced and
         committed (or lost: nothing was committed): a stateful handler forgets them."""
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -110,13 +111,36 @@ class Processor:
     prometheus: PrometheusSensor
     metrics_port: int | None
     closers: list[Callable[[], None]] = field(default_factory=list)  # run on exit of run()
+    # Runners ahead of this one, in threads of their own (the repartition stage).
+    upstream: list[KafkaRunner] = field(default_factory=list)
 
     def run(self) -> None:
+        errors: list[BaseException] = []
+        threads = [self._start(r, errors) for r in self.upstream]
         try:
             self.runner.run()
         finally:
+            for r in self.upstream:
+                r.request_stop()
+            for t in threads:
+                t.join()
             for close in self.closers:
                 close()
+        if errors:
+            raise errors[0]
+
+    def _start(self, runner: KafkaRunner, errors: list[BaseException]) -> threading.Thread:
+        def target() -> None:
+            try:
+                runner.run()
+            except BaseException as exc:  # stops the processor, raised by run()
+                log.exception("the repartition stage failed")
+                errors.append(exc)
+                self.runner.request_stop()
+
+        t = threading.Thread(target=target, daemon=True, name="repartition")
+        t.start()
+        return t
 
     def stop(self) -> None:
         self.runner.request_stop()
@@ -173,6 +197,7 @@ def build_features(
     sensor: Sensor,
     closers: list[Callable[[], None]],
     registry: Registry,
+    input_topic: str,
 ) -> FeatureStage | None:
     """The window-store stage of a model with a ``features`` section: its store, and the
     compacted changelog topic behind it (as many partitions as the input)."""
@@ -190,10 +215,44 @@ def build_features(
         Admin(cfg.kafka).ensure_topics([spec.features.closed_topic], partitions=t.partitions)
         closed_id = registry.register(schemas.subject_for(spec.features.closed_topic),
                                       schemas.schema_text("WindowAggregate"))  # fmt: skip
-    reader = ChangelogReader(cfg.kafka, topic, input_topic=t.input, group_id=cfg.group_id)
+    reader = ChangelogReader(cfg.kafka, topic, input_topic=input_topic, group_id=cfg.group_id)
     closers.append(reader.close)
     return FeatureStage(spec, open_store(spec.features), changelog_topic=topic, source=reader,
-                        sensor=sensor, closed_schema_id=closed_id)  # fmt: skip
+                        sensor=sensor, closed_schema_id=closed_id,
+                        repartitioned=input_topic != t.input)  # fmt: skip
+
+
+def build_repartition(
+    cfg: PipelineConfig, spec: ModelSpec, registry: Registry, instance: str, txn_id: str
+) -> tuple[str, KafkaRunner]:
+    """The stage that re-keys the input by the feature key (``features.key`` names event
+    fields): the topic it writes, and its runner (see :mod:`.repartition`)."""
+    from streamproc.kafka.clients import FramedDecoder
+
+    from .repartition import RepartitionHandler, repartition_topic
+
+    assert spec.features is not None
+    t = cfg.topics
+    admin = Admin(cfg.kafka)
+    topic = repartition_topic(t.input, spec.name)
+    admin.ensure_topics([topic], partitions=admin.partitions(t.input))
+    eos = cfg.delivery.guarantee == "exactly-once"
+    group = f"{cfg.group_id}.repartition"
+    runner = KafkaRunner(
+        consumer_conf=consumer_config(cfg.kafka, group, eos, instance_id=f"{instance}.repartition"),
+        producer_conf=producer_config(cfg.kafka, f"{txn_id}.repartition" if eos else None),
+        settings=RunnerSettings(topic=t.input, exactly_once=eos,
+                                flush_timeout_s=cfg.delivery.flush_timeout_s,
+                                commit_interval_s=cfg.delivery.commit_interval_ms / 1000.0,
+                                max_pending=cfg.delivery.max_pending,
+                                registry_retry_initial_s=cfg.registry.retry_initial_ms / 1000.0,
+                                registry_retry_max_s=cfg.registry.retry_max_ms / 1000.0),
+        handler=RepartitionHandler(FramedDecoder(registry), spec.features.key, topic),
+        policy=WindowPolicy(max_size=cfg.batching.max_batch_size,
+                            max_wait_ms=cfg.batching.max_wait_ms),
+    )  # fmt: skip
+    log.info("repartitioning %s by %s into %s", t.input, list(spec.features.key), topic)
+    return topic, runner
 
 
 def check_feature_fields(spec: ModelSpec) -> None:
@@ -274,7 +333,16 @@ def build_processor(
     sensor = SensorGroup(sensors)
     # a rollout: its stable version's backend and device
     sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
-    features = build_features(cfg, spec, sensor, closers, registry)
+    eos = cfg.delivery.guarantee == "exactly-once"
+    # A stable id per replica: a restarted replica fences its predecessor and aborts the
+    # transaction it left open, instead of waiting for the transaction timeout.
+    txn_id = cfg.delivery.transactional_id or f"{cfg.group_id}-{instance}"
+    source = t.input  # what the processor reads: the input, or its repartition topic
+    upstream: list[KafkaRunner] = []
+    if spec.features is not None and spec.features.key:
+        source, stage = build_repartition(cfg, spec, registry, instance, txn_id)
+        upstream.append(stage)
+    features = build_features(cfg, spec, sensor, closers, registry, source)
     decoder = build_decoder(cfg, spec if features is None else features.decoder_spec,
                             registry, sensor)  # fmt: skip
     handler = BatchHandler(
@@ -294,15 +362,11 @@ def build_processor(
         features=features,
         include_features=cfg.outputs.include_features,
     )
-    eos = cfg.delivery.guarantee == "exactly-once"
-    # A stable id per replica: a restarted replica fences its predecessor and aborts the
-    # transaction it left open, instead of waiting for the transaction timeout.
-    txn_id = cfg.delivery.transactional_id or f"{cfg.group_id}-{instance}"
     runner = KafkaRunner(
         consumer_conf=consumer_config(cfg.kafka, cfg.group_id, eos, instance_id=instance),
         producer_conf=producer_config(cfg.kafka, txn_id if eos else None),
         settings=RunnerSettings(
-            topic=t.input,
+            topic=source,
             exactly_once=eos,
             flush_timeout_s=cfg.delivery.flush_timeout_s,
             commit_interval_s=cfg.delivery.commit_interval_ms / 1000.0,
@@ -321,4 +385,4 @@ def build_processor(
     )
     ready.partitions = lambda: runner.assigned_partitions
     closers.append(prom.close)
-    return Processor(cfg, runner, handler, counters, prom, port, closers)
+    return Processor(cfg, runner, handler, counters, prom, port, closers, upstream)

@@ -98,19 +98,20 @@ class FeatureStage:
         source: ChangelogSource | None = None,
         sensor: Sensor | None = None,
         closed_schema_id: int | None = None,
+        repartitioned: bool = False,
     ) -> None:
         """``closed_schema_id``: the registry id of ``WindowAggregate`` on the features'
-        ``closed_topic``; with it, closed tumbling/hopping windows go out there."""
+        ``closed_topic``; with it, closed tumbling/hopping windows go out there.
+        ``repartitioned``: the input was re-keyed by ``features.key`` (.repartition)."""
         if spec.features is None:
             raise ModelError(f"model {spec.name} has no features section")
         fs: FeaturesSpec = spec.features
-        if fs.key:
-            # Repartitioning through an internal topic is not built: state must be
-            # partitioned like the input.
+        if fs.key and not repartitioned:
+            # State must be partitioned like the input: the processor reads the input
+            # re-keyed by these fields (streamproc.pipeline.repartition).
             raise ModelError(
                 f"model {spec.name}: features keyed by {list(fs.key)} need the input topic "
-                "keyed by those fields; key the input records by them and leave "
-                "features.key empty (the Kafka record key is the feature key)"
+                "keyed by those fields (the processor repartitions it)"
             )
         self.spec = spec
         self.fspec = fs

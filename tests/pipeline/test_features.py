@@ -199,13 +199,14 @@ def test_nan_feature_follows_the_inputs_null_rule(feature_model):
     assert col[1] == 3.0
 
 
-def test_features_keyed_by_fields_are_refused(feature_model):
+def test_features_keyed_by_fields_need_the_repartitioned_input(feature_model):
     raw = yaml.safe_load((feature_model / "model.yaml").read_text())
     raw["features"] = {**FEATURES, "key": ["account_id"]}
     spec = ModelSpec.model_validate(raw)
     assert spec.features is not None
     with pytest.raises(Exception, match="keyed by"):
         FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl", repartitioned=True)
 
 
 # -- on the real stack ------------------------------------------------------------------------
@@ -473,8 +474,11 @@ def test_closed_windows_go_to_their_topic(feature_model):
     raw = yaml.safe_load((feature_model / "model.yaml").read_text())
     spend = {"name": "spend_1m", "agg": "sum", "value": "amount",
              "window": {"type": "tumbling", "size": "1m"}}  # fmt: skip
-    raw["features"] = {**FEATURES, "closed_topic": "closed",
-                       "definitions": [*FEATURES["definitions"], spend]}  # type: ignore[misc]
+    raw["features"] = {
+        **FEATURES,
+        "closed_topic": "closed",
+        "definitions": [*FEATURES["definitions"], spend],
+    }  # type: ignore[misc]
     (feature_model / "model.yaml").write_text(yaml.safe_dump(raw))
     spec, batches, dec = _batches(feature_model, 120, 40)  # 5 s apart: 12 per minute
     assert spec.features is not None
@@ -493,3 +497,35 @@ def test_closed_windows_go_to_their_topic(feature_model):
         assert (g["feature"], g["key"].encode(), g["value"], g["events"]) == (
             w.feature, w.key, w.value, w.events)  # fmt: skip
         assert _ms(g["window_end"]) - _ms(g["window_start"]) == 60_000
+
+
+def test_an_input_keyed_by_something_else_is_repartitioned(
+    feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    """features.key names account_id; the input is keyed by the event id (or not at all):
+    the processor re-keys it through <input>.repartition.<model> and the features are the
+    reference's per account."""
+    raw = yaml.safe_load((feature_model / "model.yaml").read_text())
+    raw["features"] = {**FEATURES, "key": ["account_id"]}
+    (feature_model / "model.yaml").write_text(yaml.safe_dump(raw))
+    cfg = _cfg(pipeline_config_factory, feature_model)
+    producer = event_producer_factory(cfg.topics.input)
+    from streamproc.synth import generate
+
+    records, _ = generate(400, seed=8)
+    now = int(time.time() * 1000)
+    for i, r in enumerate(records):
+        r["event_time"] = now + 10 * i
+        r["account_id"] = f"acct-{i % 31}"  # keys with history
+        producer.send_raw(producer.encode(r), None if i % 2 else r["event_id"])
+    producer.flush()
+    running = processor_factory(cfg)
+    preds = _wait_for(400, read_topic, cfg.topics.predictions)
+    running.stop()
+    internal = f"{cfg.topics.input}.repartition.fraud"
+    events = read_topic(internal, 400, idle_s=5, committed=False)
+    assert len(events) == 400
+    assert all(e.key == e.value["account_id"].encode() for e in events)
+    spec = load_model_spec(feature_model)
+    assert check_predictions(spec, events, preds) == 400
+    assert max(p.value["features"]["txn_count_24h"] for p in preds) >= 5
