@@ -183,6 +183,7 @@ class FeatureStage:
         keys = raw.keys
         out = FeatureBatch(dec, skip)
         times_missing = np.isnan(decoded[:, self._time_col]) if n else np.zeros(0, np.bool_)
+        keyless = np.fromiter(map(_no_key, keys), np.bool_, n)  # None or empty
         for p in np.unique(raw.partitions).tolist():
             in_p = raw.partitions == p
             rows = np.flatnonzero(in_p & (errors == 0))
@@ -194,18 +195,16 @@ class FeatureStage:
                 log.info("partition %d read again from offset %d (state at %d): restoring",
                          p, first, reached)  # fmt: skip
                 self.assigned([p])
-            good: list[int] = []
-            for i in rows.tolist():
-                k = keys[i]
-                if not k:
-                    errors[i] = ReasonCode.MISSING_KEY
-                    details[i] = "the event has no key (the Kafka record key is the feature key)"
-                elif times_missing[i]:
-                    errors[i] = ReasonCode.MISSING_EVENT_TIME
-                    details[i] = f"{self.spec.time_field} is null"
-                else:
-                    good.append(i)
-            good = self._drop_ahead(p, raw, good, skip)
+            no_key = rows[keyless[rows]]
+            no_time = rows[~keyless[rows] & times_missing[rows]]
+            for i in no_key.tolist():
+                errors[i] = ReasonCode.MISSING_KEY
+                details[i] = "the event has no key (the Kafka record key is the feature key)"
+            for i in no_time.tolist():
+                errors[i] = ReasonCode.MISSING_EVENT_TIME
+                details[i] = f"{self.spec.time_field} is null"
+            ok = rows[~keyless[rows] & ~times_missing[rows]]
+            good = self._drop_ahead(p, raw, ok.tolist(), skip)
             self._next[p] = int(raw.offsets[in_p].max()) + 1
             if not good:
                 continue
@@ -315,6 +314,10 @@ class FeatureStage:
             errors[i] = ReasonCode.OUT_OF_RANGE
             details[i] = f"{f.field}={v[i]} is outside [{f.min}, {f.max}]"
         return v
+
+
+def _no_key(key: bytes | None) -> bool:
+    return not key
 
 
 def _frame(offset: int, state: bytes | None) -> bytes | None:

@@ -211,9 +211,6 @@ def test_features_keyed_by_fields_need_the_repartitioned_input(feature_model):
 
 # -- on the real stack ------------------------------------------------------------------------
 
-pytestmark = pytest.mark.kafka
-
-
 def _cfg(factory, model: Path, guarantee: str = "at-least-once", partitions: int = 2):
     return factory(guarantee=guarantee, partitions=partitions, model=str(model),
                    outputs={"include_features": True})  # fmt: skip
@@ -228,6 +225,7 @@ def _wait_for(n: int, read, topic: str, deadline_s: float = 120.0) -> list[Any]:
             return out
 
 
+@pytest.mark.kafka
 def test_pipeline_features_equal_the_reference(
     feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
 ):
@@ -314,6 +312,7 @@ def produce_one(producer, seed: int) -> dict[str, Any]:
     return r
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_kill_9_and_restart_keep_feature_values(
     guarantee, feature_model, pipeline_config_factory, subprocess_factory,
@@ -341,6 +340,7 @@ def test_kill_9_and_restart_keep_feature_values(
     assert check_predictions(load_model_spec(feature_model), events, preds) == len(preds)
 
 
+@pytest.mark.kafka
 def test_a_stopped_replicas_state_is_restored_on_the_other(
     feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
 ):
@@ -499,6 +499,7 @@ def test_closed_windows_go_to_their_topic(feature_model):
         assert _ms(g["window_end"]) - _ms(g["window_start"]) == 60_000
 
 
+@pytest.mark.kafka
 def test_an_input_keyed_by_something_else_is_repartitioned(
     feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
 ):
