@@ -21,12 +21,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from confluent_kafka import (  # type: ignore[attr-defined]  # IsolationLevel: not in __all__
     OFFSET_BEGINNING,
     Consumer,
     IsolationLevel,
     KafkaException,
+    Message,
     TopicPartition,
 )
 from confluent_kafka import KafkaError as CkError
@@ -65,6 +67,10 @@ def frame_state(offset: int, state: bytes | None) -> bytes | None:
     (42, b'abc')
     """
     return None if state is None else _OFFSET.pack(offset) + state
+
+
+def _state_of(value: bytes | None) -> bytes | None:
+    return None if value is None else value[_OFFSET.size :]
 
 
 def unframe_state(value: bytes | None) -> tuple[int, bytes | None]:
@@ -118,6 +124,37 @@ class ChangelogReader:
     def close(self) -> None:
         self._consumer.close()
 
+    def _errors(self, msgs: list[Message], left: set[int]) -> list[Message]:
+        """The records among ``msgs``; an end-of-partition event ends its partition."""
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() == CkError._PARTITION_EOF:
+                left.discard(m.partition() or 0)
+            elif err.fatal():
+                raise KafkaError(f"changelog read failed: {err}", topic=self.topic)
+            else:
+                log.warning("changelog %s[%s]: %s", self.topic, m.partition(), err)
+        return good
+
+    @staticmethod
+    def _take(r: Restored, msgs: list[Message], floor: bytes) -> None:
+        """Add a partition's records to what it restores (the per-record work in C: map)."""
+        # The pipeline writes every changelog record with a key (the store's).
+        keys = cast(list[bytes], list(map(Message.key, msgs)))
+        values = list(map(Message.value, msgs))
+        r.records += len(msgs)
+        r.entries.extend(zip(keys, map(_state_of, values), strict=True))
+        ahead = r.ahead
+        for k, v in zip(keys, values, strict=True):
+            if v is None:
+                if ahead:
+                    ahead.pop(k, None)
+            elif v[:8] > floor:
+                ahead[k] = _OFFSET.unpack_from(v)[0]
+
     def _stable_ends(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
         out: dict[int, list[int]] = {p: [0, 0] for p in partitions}
         try:
@@ -154,11 +191,8 @@ class ChangelogReader:
         left = {p for p, (lo, hi) in ends.items() if hi > lo}
         if left:
             self._read(out, left, ends)
-        for p, r in out.items():
+        for r in out.values():
             r.seconds = time.perf_counter() - t0
-            # Only keys written past the commit matter; the rest are not kept.
-            c = committed[p]
-            r.ahead = {k: o for k, o in r.ahead.items() if c is None or o > c}
         return out
 
     def _read(
@@ -167,32 +201,27 @@ class ChangelogReader:
         c = self._consumer
         c.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(left)])
         deadline = time.monotonic() + self.timeout_s
+        # A value's first 8 bytes (big-endian, non-negative) compare as bytes as the offsets
+        # do: a key is ahead when they exceed the committed offset's (b"": none committed,
+        # every key is ahead).
+        floor = {p: b"" if r.committed is None else _OFFSET.pack(r.committed)
+                 for p, r in out.items()}  # fmt: skip
         try:
             while left:
                 if time.monotonic() > deadline:
                     raise KafkaError(f"changelog partitions {sorted(left)} not read to their end "
                                      f"within {self.timeout_s:g}s", topic=self.topic)  # fmt: skip
-                for m in c.consume(num_messages=10_000, timeout=0.1):
-                    p = m.partition() or 0
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == CkError._PARTITION_EOF:
-                            left.discard(p)
-                            continue
-                        if err.fatal():
-                            raise KafkaError(f"changelog read failed: {err}", topic=self.topic)
-                        log.warning("changelog %s[%s]: %s", self.topic, p, err)
-                        continue
-                    r = out[p]
-                    r.records += 1
-                    key = m.key() or b""
-                    offset, state = unframe_state(m.value())
-                    r.entries.append((key, state))
-                    if state is None:
-                        r.ahead.pop(key, None)
-                    else:
-                        r.ahead[key] = offset
-                    if (m.offset() or 0) + 1 >= ends[p][1]:
+                msgs = c.consume(num_messages=10_000, timeout=0.1)
+                if any(map(Message.error, msgs)):
+                    msgs = self._errors(msgs, left)
+                # Per partition, the records of this call (one partition at a time, mostly).
+                parts = list(map(Message.partition, msgs))
+                for q in set(parts):
+                    mine = msgs if len(set(parts)) == 1 else [
+                        m for m, o in zip(msgs, parts, strict=True) if o == q]  # fmt: skip
+                    p = q or 0
+                    self._take(out[p], mine, floor[p])
+                    if (mine[-1].offset() or 0) + 1 >= ends[p][1]:
                         left.discard(p)
                 if left:  # markers and aborted records end a partition without a record
                     for tp in c.position([TopicPartition(self.topic, p) for p in left]):
