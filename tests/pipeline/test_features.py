@@ -211,6 +211,7 @@ def test_features_keyed_by_fields_need_the_repartitioned_input(feature_model):
 
 # -- on the real stack ------------------------------------------------------------------------
 
+
 def _cfg(factory, model: Path, guarantee: str = "at-least-once", partitions: int = 2):
     return factory(guarantee=guarantee, partitions=partitions, model=str(model),
                    outputs={"include_features": True})  # fmt: skip
