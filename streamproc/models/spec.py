@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamproc.errors import ModelError
+from streamproc.features.spec import FeaturesSpec
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -97,6 +98,7 @@ class ModelSpec(BaseModel):
     id_field: str = "event_id"
     time_field: str = "event_time"
     changelog: str = ""
+    features: FeaturesSpec | None = None
     home: Path | None = Field(None, exclude=True)  # directory the spec was loaded from
 
     @field_validator("version")
