@@ -71,7 +71,7 @@ DAY_MS = 86_400_000
 _N_MERCHANTS = 50_000
 _EPISODES_PER_DAY = 0.015  # compromise episodes per account and day
 _LEGIT_CHANNEL_P = (0.60, 0.28, 0.08, 0.04)
-_FRAUD_CHANNEL_P = (0.25, 0.55, 0.10, 0.10)
+_FRAUD_CHANNEL_P = (0.40, 0.42, 0.10, 0.08)
 _MAX_AMOUNT = 1e6
 
 
@@ -132,16 +132,16 @@ def generate_columns(
     # The event's own fields: one generator for the whole stream, drawn in time order.
     rng = np.random.default_rng([seed, n_accounts, 1])
     legit_amount = log_mean[a_] + 0.5 * rng.standard_normal(n)
-    fraud_amount = log_mean[a_] + 1.6 + 0.6 * rng.standard_normal(n)
+    fraud_amount = log_mean[a_] + 1.2 + 0.6 * rng.standard_normal(n)
     amount = np.round(np.clip(np.exp(np.where(f_, fraud_amount, legit_amount)), 0.01,
                               _MAX_AMOUNT), 2)  # fmt: skip
-    merchant_risk = np.where(f_, rng.beta(2.5, 8.0, n), rng.beta(2.0, 10.0, n))
-    intl = rng.random(n) < np.where(f_, 0.20, 0.05)
-    distance = np.exp(1.5 + 1.3 * rng.standard_normal(n) + np.where(f_, 0.8, 0.0))
+    merchant_risk = np.where(f_, rng.beta(2.3, 9.0, n), rng.beta(2.0, 10.0, n))
+    intl = rng.random(n) < np.where(f_, 0.10, 0.05)
+    distance = np.exp(1.5 + 1.3 * rng.standard_normal(n) + np.where(f_, 0.4, 0.0))
     distance = np.clip(distance * np.where(intl, 40.0, 1.0), 0.0, 20_000.0)
-    failed = rng.poisson(np.where(f_, 0.4, 0.08)).astype(np.int32)
-    trust = np.where(f_, rng.beta(4.0, 3.0, n), rng.beta(6.0, 2.0, n))
-    trust[rng.random(n) < np.where(f_, 0.2, 0.1)] = np.nan
+    failed = rng.poisson(np.where(f_, 0.2, 0.08)).astype(np.int32)
+    trust = np.where(f_, rng.beta(5.0, 2.5, n), rng.beta(6.0, 2.0, n))
+    trust[rng.random(n) < np.where(f_, 0.15, 0.1)] = np.nan
     u = rng.random(n)
     legit_ch = np.searchsorted(np.cumsum(_LEGIT_CHANNEL_P), u, side="right")
     fraud_ch = np.searchsorted(np.cumsum(_FRAUD_CHANNEL_P), u, side="right")
