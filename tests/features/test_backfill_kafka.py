@@ -81,8 +81,8 @@ def _oracle(spec: Any, events: dict[int, list[tuple[int, Any, Any]]], lo: dict[i
         if not ok:
             continue
         values = {f: np.array([float(r[f]) for _, _, r in ok]) for f in spec.features.value_fields}
-        res = ref.process(p, [k for _, k, _ in ok],
-                          np.array([_ms(r["event_time"]) for _, _, r in ok], np.int64), values)  # fmt: skip
+        times = np.array([_ms(r["event_time"]) for _, _, r in ok], np.int64)
+        res = ref.process(p, [k for _, k, _ in ok], times, values)
         late += int(res.late.sum())
         for (o, _, _), row in zip(ok, res.values.tolist(), strict=True):
             out[p, o] = row
