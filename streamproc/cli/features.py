@@ -133,6 +133,14 @@ def backfill(
             "reject, as the pipeline does"
         ),
     ] = True,
+    warmup: Annotated[
+        bool,
+        typer.Option(
+            help="Build each partition's state from its earliest retained offset "
+            "(rows only for the range), so the first rows see the history before "
+            "them as the pipeline did"
+        ),
+    ] = True,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr")] = True,
     bootstrap: BootstrapOpt = None,
     kafka_config: KafkaConfigOpt = None,
@@ -198,7 +206,7 @@ def backfill(
                                start_offsets=start, end_offsets=end,
                                since_ms=_time_ms(since, "--since"),
                                until_ms=_time_ms(until, "--until"),
-                               reader_schema=event_schema)  # fmt: skip
+                               reader_schema=event_schema, warmup=warmup)  # fmt: skip
         total = history.total
         events = history
         source = f"{name} " + ", ".join(f"{p}:[{a},{b})" for p, a, b in history.ranges)
@@ -219,8 +227,9 @@ def backfill(
 
     try:
         with bar:
+            emit_from = history.emit_from if history is not None and warmup else None
             rows = backfill_rows(spec, counted(events), check_inputs=check_inputs,
-                                 labels=label_map, report=report)  # fmt: skip
+                                 labels=label_map, report=report, emit_from=emit_from)  # fmt: skip
             if out.suffix == ".avro":
                 schema = output_schema(event_schema, spec.features.names,
                                        "label" if label_map is not None else None)  # fmt: skip
@@ -243,7 +252,9 @@ def backfill(
         emit(summary)
         return
     typer.echo(
-        f"{summary['model']}: {report.events_read:,} events read from {source}, "
+        f"{summary['model']}: {report.events_read:,} events read from {source}"
+        + (f" (after {report.warmup_events:,} of warm-up)" if report.warmup_events else "")
+        + ", "
         f"{report.rows:,} rows written to {out} ({len(spec.features.names)} features), "
         f"{report.late_events:,} late, {sum(report.dead_letters.values()):,} dead letters"
         + (f" {dict(sorted(report.dead_letters.items()))}" if report.dead_letters else "")

@@ -25,6 +25,10 @@ What enters the state is what the pipeline scores:
 A late event (below the partition's watermark less the allowed lateness) still gets a row,
 with the values of the state as it stood; it is counted and not added.
 
+A range that starts after a partition's first event starts with the state empty unless the
+events before it are given too, as a warm-up (``emit_from``): the pipeline's state held
+them, so only then are the first rows' values the ones the pipeline computed.
+
 >>> from streamproc.features.spec import FeaturesSpec
 >>> spec = FeaturesSpec.model_validate({"definitions": [
 ...     {"name": "n_1m", "agg": "count", "window": {"size": "1m"}},
@@ -44,7 +48,7 @@ import csv
 import datetime as dt
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +95,8 @@ class BackfillReport:
     """What a backfill read and wrote; ``partitions``: partition -> [first offset, last
     offset, events read]."""
 
-    events_read: int = 0
+    events_read: int = 0  # in the range asked for (warm-up events apart)
+    warmup_events: int = 0
     rows: int = 0
     late_events: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
@@ -100,6 +105,7 @@ class BackfillReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "events_read": self.events_read,
+            "warmup_events": self.warmup_events,
             "rows_written": self.rows,
             "late_events": self.late_events,
             "dead_letters": sum(self.dead_letters.values()),
@@ -175,7 +181,7 @@ def _input_error(feat: FeatureSpec, record: Mapping[str, Any]) -> str | None:
 
 @dataclass
 class _Pending:
-    events: list[tuple[SourceEvent, bytes, int]] = field(default_factory=list)
+    events: list[tuple[SourceEvent, bytes, int, bool]] = field(default_factory=list)
 
 
 def backfill_rows(
@@ -188,14 +194,18 @@ def backfill_rows(
     label_column: str = "label",
     batch_size: int = 4096,
     report: BackfillReport | None = None,
-    on_event: Callable[[int], None] | None = None,
+    emit_from: Mapping[int, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Rows (the record's fields, the features, ``_partition`` and ``_offset``, and with
     ``labels`` the label of the record's ``event_id`` or None) for ``events``, each
     partition's in offset order. A :class:`ModelSpec` brings its ``features``, its
     ``time_field`` and its input constraints (``check_inputs``); a bare
-    :class:`FeaturesSpec` reads ``time_field`` and checks nothing else. ``on_event(n)`` is
-    told of every ``n`` events read (a progress bar)."""
+    :class:`FeaturesSpec` reads ``time_field`` and checks nothing else.
+
+    ``emit_from`` (partition -> offset): a partition's events before that offset are a
+    warm-up: they enter the state as any event does, so that the first rows see the
+    history before them as the pipeline did, but they give no row and count only as
+    ``warmup_events`` (their dead letters and late events are not counted)."""
     model = spec if isinstance(spec, ModelSpec) else None
     if model is not None:
         if model.features is None:
@@ -213,16 +223,19 @@ def backfill_rows(
 
     def flush(partition: int) -> Iterator[dict[str, Any]]:
         batch = pending.pop(partition).events
-        keys = [k for _, k, _ in batch]
-        times = np.fromiter((t for _, _, t in batch), np.int64, len(batch))
+        keys = [k for _, k, _, _ in batch]
+        times = np.fromiter((t for _, _, t, _ in batch), np.int64, len(batch))
         values = {f: np.fromiter((_number(e.record.get(f) if e.record else None)
-                                  for e, _, _ in batch), np.float64, len(batch))
+                                  for e, _, _, _ in batch), np.float64, len(batch))
                   for f in features.value_fields}  # fmt: skip
         result = store.process(partition, keys, times, values)
-        report.late_events += int(result.late.sum())
         names = features.names
-        for (e, _, _), row in zip(batch, result.values.tolist(), strict=True):
+        late = result.late.tolist()
+        for (e, _, _, warm), row, is_late in zip(batch, result.values.tolist(), late, strict=True):
+            if warm:
+                continue
             assert e.record is not None
+            report.late_events += is_late
             out = dict(e.record)
             out.update(zip(names, row, strict=True))
             out[PARTITION_COLUMN], out[OFFSET_COLUMN] = e.partition, e.offset
@@ -232,17 +245,20 @@ def backfill_rows(
             yield out
 
     for e in events:
-        report.events_read += 1
-        if on_event is not None:
-            on_event(1)
-        seen = report.partitions.setdefault(e.partition, [e.offset, e.offset, 0])
-        seen[1], seen[2] = e.offset, seen[2] + 1
         if last_offset.get(e.partition, -1) >= e.offset:
             raise ValueError(f"partition {e.partition}: offset {e.offset} came after "
                              f"{last_offset[e.partition]}: not in offset order")  # fmt: skip
         last_offset[e.partition] = e.offset
+        warm = emit_from is not None and e.offset < emit_from.get(e.partition, 0)
+        if warm:
+            report.warmup_events += 1
+        else:
+            report.events_read += 1
+            seen = report.partitions.setdefault(e.partition, [e.offset, e.offset, 0])
+            seen[1], seen[2] = e.offset, seen[2] + 1
         if e.record is None:
-            report.dead_letters[e.reason or "CORRUPT"] += 1
+            if not warm:
+                report.dead_letters[e.reason or "CORRUPT"] += 1
             continue
         key = record_key(e.record, features.key) if features.key else e.key
         t = event_time_ms(e.record.get(time_field))
@@ -252,11 +268,12 @@ def backfill_rows(
             else next((r for f in checked if (r := _input_error(f, e.record))), None)
         )  # fmt: skip
         if reason is not None:
-            report.dead_letters[reason] += 1
+            if not warm:
+                report.dead_letters[reason] += 1
             continue
         assert key is not None and t is not None
         p = pending.setdefault(e.partition, _Pending())
-        p.events.append((e, key, t))
+        p.events.append((e, key, t, warm))
         if len(p.events) >= batch_size:
             yield from flush(e.partition)
     for partition in sorted(pending):

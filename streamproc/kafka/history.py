@@ -41,7 +41,10 @@ class TopicHistory:
     partition; end exclusive) and
     ``since_ms`` / ``until_ms`` (Kafka record timestamps, until exclusive) narrow the
     default range, each partition to the narrowest of them. ``reader_schema`` (the model's)
-    is what records are decoded to; None: each record's writer schema. Reading stops with
+    is what records are decoded to; None: each record's writer schema. With ``warmup``,
+    each partition is read from its earliest retained offset, and :attr:`emit_from` says
+    where its range starts (for :func:`~streamproc.features.offline.backfill_rows`: the
+    events before only build the state, as they did in the pipeline). Reading stops with
     :class:`KafkaError` when no partition moves for ``idle_timeout_s`` (say, a transaction
     left open holds read_committed back).
     """
@@ -58,10 +61,13 @@ class TopicHistory:
         since_ms: int | None = None,
         until_ms: int | None = None,
         reader_schema: Mapping[str, Any] | None = None,
+        warmup: bool = False,
         idle_timeout_s: float = 30.0,
         timeout_s: float = 10.0,
     ) -> None:
         self.topic = topic
+        self.warmup = warmup
+        self.earliest: dict[int, int] = {}
         self.idle_timeout_s = idle_timeout_s
         self.registry = make_registry(registry)
         self._reader = None if reader_schema is None else fastavro.parse_schema(dict(reader_schema))
@@ -82,10 +88,22 @@ class TopicHistory:
             raise
 
     @property
+    def emit_from(self) -> dict[int, int]:
+        """Partition -> the first offset of its range."""
+        return {p: start for p, start, _ in self.ranges}
+
+    def _reads(self) -> list[tuple[int, int, int]]:
+        """What is read: the ranges, from the earliest offset with ``warmup``."""
+        if not self.warmup:
+            return self.ranges
+        return [(p, min(self.earliest.get(p, start), start) if start < end else start, end)
+                for p, start, end in self.ranges]  # fmt: skip
+
+    @property
     def total(self) -> int:
-        """Offsets in the ranges: an upper bound of the records (transaction markers and
-        compacted records take offsets too)."""
-        return sum(end - start for _, start, end in self.ranges)
+        """Offsets read: an upper bound of the records (transaction markers and compacted
+        records take offsets too)."""
+        return sum(end - start for _, start, end in self._reads())
 
     def _plan(
         self,
@@ -113,6 +131,7 @@ class TopicHistory:
         for p in chosen:
             lo, hi = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p),
                                                          timeout=timeout_s)  # fmt: skip
+            self.earliest[p] = lo
             start, end = max(lo, _at(start_offsets, p, lo)), min(hi, _at(end_offsets, p, hi))
             if since_ms is not None:
                 start = max(start, self._offset_at(p, since_ms, hi, timeout_s))
@@ -128,11 +147,11 @@ class TopicHistory:
         return high if tp.offset < 0 else int(tp.offset)
 
     def __iter__(self) -> Iterator[SourceEvent]:
-        left = {p: end for p, start, end in self.ranges if start < end}
+        reads = [(p, start, end) for p, start, end in self._reads() if start < end]
+        left = {p: end for p, _, end in reads}
         if not left:
             return
-        self.consumer.assign([TopicPartition(self.topic, p, start)
-                              for p, start, end in self.ranges if start < end])  # fmt: skip
+        self.consumer.assign([TopicPartition(self.topic, p, start) for p, start, _ in reads])
         moved = time.monotonic()
         while left:
             msgs = self.consumer.consume(1000, timeout=0.5)

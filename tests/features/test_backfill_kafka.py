@@ -68,24 +68,30 @@ def _read_all(bootstrap: str, registry: str, topic: str) -> dict[int, list[tuple
     return out
 
 
+Values = dict[tuple[int, int], list[float]]
+
+
 def _oracle(spec: Any, events: dict[int, list[tuple[int, Any, Any]]], lo: dict[int, int],
-            hi: dict[int, int]) -> tuple[dict[tuple[int, int], list[float]], int]:  # fmt: skip
-    """The reference store per partition over the events in [lo, hi) that have a record,
-    a key and an event time."""
+            hi: dict[int, int], warmup: bool) -> tuple[Values, int]:  # fmt: skip
+    """The reference store per partition over the events in [lo, hi) (with ``warmup``:
+    [0, hi), values kept for [lo, hi)) that have a record, a key and an event time."""
     ref = ReferenceStore(spec.features)
     out: dict[tuple[int, int], list[float]] = {}
     late = 0
     for p, evs in sorted(events.items()):
-        ok = [(o, k, r) for o, k, r in evs if lo.get(p, 0) <= o < hi.get(p, 1 << 62)
+        first = 0 if warmup else lo.get(p, 0)
+        ok = [(o, k, r) for o, k, r in evs if first <= o < hi.get(p, 1 << 62)
               and r is not None and k is not None]  # fmt: skip
         if not ok:
             continue
         values = {f: np.array([float(r[f]) for _, _, r in ok]) for f in spec.features.value_fields}
         times = np.array([_ms(r["event_time"]) for _, _, r in ok], np.int64)
         res = ref.process(p, [k for _, k, _ in ok], times, values)
-        late += int(res.late.sum())
-        for (o, _, _), row in zip(ok, res.values.tolist(), strict=True):
-            out[p, o] = row
+        for (o, _, _), row, is_late in zip(ok, res.values.tolist(), res.late.tolist(),
+                                           strict=True):  # fmt: skip
+            if o >= lo.get(p, 0):
+                out[p, o] = row
+                late += is_late
     return out, late
 
 
@@ -124,9 +130,12 @@ def payments_topic(kafka: str, schema_registry: str, topic_factory: Any) -> tupl
     return topic, len(records) + len(late)
 
 
+@pytest.mark.parametrize("warmup", [True, False])
 def test_topic_range_backfill_equals_the_reference_per_partition(
-    kafka: str, schema_registry: str, payments_topic: tuple[str, int]
+    kafka: str, schema_registry: str, payments_topic: tuple[str, int], warmup: bool
 ):
+    """The range's rows equal the reference over the same events; with warm-up, over the
+    partition from its start (the state the pipeline had), rows only for the range."""
     topic, sent = payments_topic
     spec = load_model_spec(MODEL_2)
     everything = _read_all(kafka, schema_registry, topic)
@@ -135,13 +144,14 @@ def test_topic_range_backfill_equals_the_reference_per_partition(
     lo, hi = {0: 4}, {1: ends[1] - 5}  # a range: part of partition 0 skipped, 1 cut short
 
     with TopicHistory(kafka, schema_registry, topic, start_offsets=lo, end_offsets=hi,
-                      reader_schema=json.loads(spec.reader_schema_path.read_text())  # type: ignore[union-attr]
-                      ) as history:  # fmt: skip
+                      reader_schema=json.loads(spec.reader_schema_path.read_text()),  # type: ignore[union-attr]
+                      warmup=warmup) as history:  # fmt: skip
         assert {p: (a, b) for p, a, b in history.ranges}[0][0] == 4
         report = BackfillReport()
-        rows = list(backfill_rows(spec, history, report=report))
+        emit_from = history.emit_from if warmup else None
+        rows = list(backfill_rows(spec, history, report=report, emit_from=emit_from))
 
-    expected, late = _oracle(spec, everything, lo, hi)
+    expected, late = _oracle(spec, everything, lo, hi, warmup)
     got = {(r[PARTITION_COLUMN], r[OFFSET_COLUMN]): [r[n] for n in spec.features.names]  # type: ignore[union-attr]
            for r in rows}  # fmt: skip
     assert got.keys() == expected.keys()
@@ -151,6 +161,7 @@ def test_topic_range_backfill_equals_the_reference_per_partition(
     in_range = sum(1 for p, evs in everything.items() for o, _, _ in evs
                    if lo.get(p, 0) <= o < hi.get(p, 1 << 62))  # fmt: skip
     assert report.events_read == in_range
+    assert report.warmup_events == (4 if warmup else 0)
     # the bad records sit in the first half; partition 0's first offsets may hold one
     assert sum(report.dead_letters.values()) == in_range - len(expected)
     assert set(report.dead_letters) <= {"BAD_MAGIC", "NULL_VALUE", "MISSING_KEY"}

@@ -163,6 +163,22 @@ def test_dead_letters_never_enter_the_state():
     assert report.events_read == len(bad) + len(good) and report.rows == len(good)
 
 
+def test_warmup_events_build_the_state_and_give_no_row():
+    events = _stream(3, 150, 2)
+    emit_from = {0: events[60].offset, 1: 10**9}  # partition 1: all warm-up
+    report = BackfillReport()
+    rows = list(backfill_rows(SPEC, events, emit_from=emit_from, report=report))
+    full = _expected(SPEC, events)
+    want = {k: v for k, v in full.items() if k[0] == 0 and k[1] >= emit_from[0]}
+    _assert_same(_got(rows, SPEC), want)
+    assert report.rows == report.events_read == len(want)
+    assert report.warmup_events == len(events) - len(want)
+    # Cold, the same range's first values differ: the history before it is missing.
+    cold = [e for e in events if e.partition == 0 and e.offset >= emit_from[0]]
+    cold_values = _expected(SPEC, cold)
+    assert any(not _same(cold_values[k], want[k]) for k in want)
+
+
 def test_offsets_out_of_order_are_refused():
     evs = [SourceEvent(0, 5, b"a", {"event_time": 1, "x": 1.0, "m": 0}),
            SourceEvent(0, 5, b"a", {"event_time": 2, "x": 1.0, "m": 0})]  # fmt: skip
