@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streamproc import synth_payments
 from streamproc.config import load_config
 from streamproc.features.offline import backfill_rows
 from streamproc.kafka.admin import Admin
@@ -33,16 +32,14 @@ from streamproc.kafka.clients import EventProducer
 from streamproc.kafka.configuration import registry_config
 from streamproc.kafka.history import TopicHistory
 from streamproc.kafka.registry import Registry
-from streamproc.loadgen import KINDS, ProduceReport, corrupt
+from streamproc.loadgen import ProduceReport, produce_payments
 from streamproc.local import StackInfo
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.app import apply_schemas, build_processor, ensure_topics
 
-# Payments per account and day, on average (synth_payments' rate plus its shopping trips).
-_PER_ACCOUNT_DAY = 3.9
 # Features shown for the burst, with their column headings.
-_SHOWN = {"txn_count_1h": "n 1h", "distinct_merchants_24h": "merch. 24h",
-          "avg_amount_7d": "avg 7d", "minutes_since_last_txn": "min. since"}  # fmt: skip
+_SHOWN = {"txn_count_1h": "n 1h", "distinct_merchants_24h": "merch 24h",
+          "avg_amount_7d": "avg 7d", "minutes_since_last_txn": "min since"}  # fmt: skip
 
 
 def _auc(scores: list[float], labels: list[int]) -> float:
@@ -102,41 +99,19 @@ def run_payments(args: argparse.Namespace, info: StackInfo, console: Console) ->
     runner = threading.Thread(target=proc.run, daemon=True)
     runner.start()
 
-    day_ms = synth_payments.DAY_MS
-    accounts = max(10, round(args.events / (args.days * _PER_ACCOUNT_DAY)))
-    start_ms = int(time.time() * 1000) - int(args.days * day_ms)
-    cols = synth_payments.generate_columns(accounts, days=args.days, seed=42, start_ms=start_ms)
-    records = synth_payments.to_records(cols)[: args.events]
-    truth = dict(zip(cols["event_id"].tolist(), cols[synth_payments.LABEL].tolist(),
-                     strict=True))  # fmt: skip
-    console.print(f"[bold]4.[/] producing {len(records):,} payments of {accounts:,} accounts "
-                  f"over {args.days:g} days of event time at {args.rate:,.0f}/s "
-                  f"({args.malformed:.0%} malformed), keyed by account")  # fmt: skip
-    report = ProduceReport()
-    rng = np.random.default_rng(43)
+    console.print(f"[bold]4.[/] producing {args.events:,} payments over {args.days:g} days of "
+                  f"event time at {args.rate:,.0f}/s ({args.malformed:.0%} malformed), keyed "
+                  "by account")  # fmt: skip
     started = time.monotonic()
     with (
         EventProducer(cfg.kafka, cfg.registry, t.input, schema="Payment") as producer,
-        Live(_progress(report, proc, started), console=console, refresh_per_second=4) as live,
-    ):
-        k = 0
-        for i, rec in enumerate(records):
-            value = producer.encode(rec)
-            if rng.random() < args.malformed:
-                kind = KINDS[k % len(KINDS)]
-                k += 1
-                value = corrupt(kind, value, rec, producer.encode)
-                report.malformed[kind] += 1
-            else:
-                report.good += 1
-            producer.send_raw(value, rec["account_id"])
-            report.produced = i + 1
-            if report.produced % 1000 == 0:
-                live.update(_progress(report, proc, started))
-                ahead = report.produced / args.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)  # pacing to the target rate
-        producer.flush()
+        Live(_progress(ProduceReport(), proc, started), console=console,
+             refresh_per_second=4) as live,
+    ):  # fmt: skip
+        report, records, truth = produce_payments(
+            producer, args.events, days=args.days, rate=args.rate, malformed=args.malformed,
+            seed=42, on_progress=lambda r: live.update(_progress(r, proc, started)),
+        )  # fmt: skip
         deadline = time.monotonic() + 120
         while proc.counters.events_in < report.produced and time.monotonic() < deadline:
             live.update(_progress(report, proc, started))
@@ -229,7 +204,7 @@ def _burst(
 ) -> Table:
     """The largest burst of a compromised account and the payments just before it."""
     t = Table(title="windowed features at work: a compromised account")
-    for col in ("time", "amount", "merchant", *_SHOWN.values(), "score", "truth"):
+    for col in ("time", "amount", *_SHOWN.values(), "score", "truth"):
         t.add_column(col, justify="right", no_wrap=True)
     bursts = Counter(r["account_id"] for r in records if truth[r["event_id"]])
     if not bursts:
@@ -242,7 +217,7 @@ def _burst(
         feats = online.get(e) or offline.get(e, {})
         score = preds[e]["score"] if e in preds else math.nan
         when = time.strftime("%d %H:%M", time.gmtime(r["event_time"] / 1000))
-        t.add_row(when, f"{r['amount']:,.2f}", str(r["merchant_id"]),
+        t.add_row(when, f"{r['amount']:,.0f}",
                   *[f"{feats.get(n, math.nan):,.1f}" for n in _SHOWN],
                   f"{score:.3f}", "fraud" if truth[e] else "")  # fmt: skip
     return t

@@ -68,6 +68,7 @@ FIELDS: tuple[str, ...] = (
 )
 LABEL = "label"
 DAY_MS = 86_400_000
+PAYMENTS_PER_ACCOUNT_DAY = 3.9  # on average: the payment rate plus shopping trips
 _N_MERCHANTS = 50_000
 _EPISODES_PER_DAY = 0.015  # compromise episodes per account and day
 _LEGIT_CHANNEL_P = (0.60, 0.28, 0.08, 0.04)
