@@ -195,3 +195,26 @@ def test_cli_backfill_of_a_topic_with_labels(
     assert len(rows) == sent
     labelled = [r for r in rows if r["label"] is not None]  # type: ignore[call-overload,index]
     assert [(r["event_id"], r["label"]) for r in labelled] == [(first, "fraud")]  # type: ignore[call-overload,index]
+
+
+def test_produce_payments_then_backfill_with_the_payments_pipeline(
+    kafka: str, schema_registry: str, topic_factory: Any, tmp_path: Path
+):
+    """`produce -c payments.yaml` sends raw payments (the model reads Payment); backfill
+    over them accounts for every one."""
+    topic = topic_factory("pay-cli", partitions=2)
+    pipeline = str(MODEL_2.parents[2] / "pipelines" / "payments.yaml")
+    where = ["-c", pipeline, "--topic", topic, "--bootstrap", kafka, "--registry", schema_registry]
+    deps = Deps(env={}, stack=lambda: None)
+    produced = CliRunner().invoke(app, ["produce", *where, "-n", "600", "--days", "3",
+                                        "--malformed", "0.03"], obj=deps)  # fmt: skip
+    assert produced.exit_code == 0, (produced.output, produced.exception)
+    report = json.loads(produced.output)
+    out = tmp_path / "train.csv"
+    result = CliRunner().invoke(app, ["features", "backfill", *where, "--out", str(out),
+                                      "--no-progress", "-o", "json"], obj=deps)  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = json.loads(result.output)
+    assert summary["events_read"] == report["produced"] == 600
+    assert summary["rows_written"] == report["good"]
+    assert summary["dead_letters"] == sum(report["malformed"].values()) > 0

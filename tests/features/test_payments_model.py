@@ -73,3 +73,16 @@ def test_model_2_scores_backfilled_history():
     pos = y.astype(bool)
     auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
     assert auc > 0.95
+
+
+def test_the_payments_pipeline_registers_payment_on_its_input():
+    from streamproc.config import load_config
+    from streamproc.pipeline.app import input_schema_text
+
+    root = MODEL_2.parents[2]
+    payments = load_config(root / "pipelines" / "payments.yaml")
+    assert load_model_spec(payments.model).version == "2.0.0"
+    assert '"name": "Payment"' in input_schema_text(payments)
+    assert '"name": "Transaction"' in input_schema_text(
+        load_config(root / "pipelines" / "fraud.yaml")
+    )
