@@ -9,9 +9,10 @@ calls does not change a value.
 
 What enters the state is what the pipeline scores:
 
-* the key: the ``features.key`` fields of the record joined (:func:`record_key`), else the
-  Kafka record key (a source without one, such as Avro container files, supplies the
-  model's ``key_field`` as the key: :func:`avro_file_events`);
+* the key: the ``features.key`` fields of the record joined (:func:`record_key`, as the
+  pipeline's repartitioning joins them), else the Kafka record key (a source without one,
+  such as Avro container files, supplies the model's ``key_field`` as the key:
+  :func:`avro_file_events`); an empty key is no key;
 * the event time: the model's ``time_field`` (a long of ms, or the datetime fastavro reads
   for ``timestamp-millis``);
 * an event without a key (``MISSING_KEY``) or an event time (``MISSING_EVENT_TIME``), one
@@ -75,7 +76,7 @@ __all__ = [
 
 PARTITION_COLUMN = "_partition"  # where each row's event came from (Avro files: 0)
 OFFSET_COLUMN = "_offset"  # (Avro files: the record's position in the files, from 0)
-KEY_SEPARATOR = b"\x1f"  # ASCII unit separator between the fields of a composite key
+KEY_SEPARATOR = "|"  # between the fields of a composite key, as the pipeline joins them
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,21 +119,24 @@ class BackfillReport:
 
 
 def record_key(record: Mapping[str, Any], fields: Sequence[str]) -> bytes | None:
-    """The feature key of a record: its ``fields``' values as text (UTF-8), joined by
-    :data:`KEY_SEPARATOR`; None when one of them is null or absent.
+    """The feature key of a record as the pipeline's repartitioning makes it: its ``fields``'
+    values (dotted paths for nested records) as text, joined by ``|``, UTF-8; None when one
+    is null, absent or empty.
 
-    >>> record_key({"account_id": "acct-1", "card": 7}, ["account_id", "card"])
-    b'acct-1\\x1f7'
+    >>> record_key({"account_id": "acct-1", "card": {"n": 7}}, ["account_id", "card.n"])
+    b'acct-1|7'
     >>> record_key({"account_id": None}, ["account_id"]) is None
     True
     """
-    parts: list[bytes] = []
-    for f in fields:
-        v = record.get(f)
-        if v is None:
+    parts: list[str] = []
+    for dotted in fields:
+        v: Any = record
+        for name in dotted.split("."):
+            v = v.get(name) if isinstance(v, Mapping) else None
+        if v is None or v in ("", b""):
             return None
-        parts.append(v if isinstance(v, bytes) else str(v).encode())
-    return KEY_SEPARATOR.join(parts)
+        parts.append(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+    return KEY_SEPARATOR.join(parts).encode()
 
 
 def event_time_ms(value: Any) -> int | None:
@@ -263,7 +267,7 @@ def backfill_rows(
         key = record_key(e.record, features.key) if features.key else e.key
         t = event_time_ms(e.record.get(time_field))
         reason = (
-            "MISSING_KEY" if key is None
+            "MISSING_KEY" if not key
             else "MISSING_EVENT_TIME" if t is None
             else next((r for f in checked if (r := _input_error(f, e.record))), None)
         )  # fmt: skip
@@ -271,7 +275,7 @@ def backfill_rows(
             if not warm:
                 report.dead_letters[reason] += 1
             continue
-        assert key is not None and t is not None
+        assert key and t is not None
         p = pending.setdefault(e.partition, _Pending())
         p.events.append((e, key, t, warm))
         if len(p.events) >= batch_size:

@@ -198,7 +198,15 @@ def test_composite_key_from_fields():
                                      for i, r in enumerate(recs)], report=report))  # fmt: skip
     assert [r["n"] for r in rows] == [0.0, 0.0, 1.0]
     assert report.dead_letters == {"MISSING_KEY": 1}
-    assert record_key(recs[0], ["account_id", "card"]) == b"a\x1f1"
+    assert record_key(recs[0], ["account_id", "card"]) == b"a|1"  # as repartitioning joins
+
+
+def test_an_empty_kafka_key_is_no_key():
+    report = BackfillReport()
+    evs = [SourceEvent(0, 0, b"", {"event_time": 1, "x": 1.0, "m": 0}),
+           SourceEvent(0, 1, b"a", {"event_time": 2, "x": 1.0, "m": 0})]  # fmt: skip
+    assert len(list(backfill_rows(SPEC, evs, report=report))) == 1
+    assert report.dead_letters == {"MISSING_KEY": 1}
 
 
 def _payments(n_accounts: int, days: float, seed: int) -> list[dict[str, Any]]:
