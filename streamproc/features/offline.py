@@ -21,7 +21,8 @@ What enters the state is what the pipeline scores:
   ``NAN_FEATURE``, ``OUT_OF_RANGE``, ``UNKNOWN_ENUM``, as the decoder checks them) is a dead
   letter: counted, given no row and never added to the state;
 * a value field that is null (or absent) reads as NaN (absent for that definition); a
-  boolean as 0/1.
+  boolean as 0/1; every value is rounded to float32 first (:data:`VALUE_DTYPE`), as the
+  pipeline's decoder reads it.
 
 A late event (below the partition's watermark less the allowed lateness) still gets a row,
 with the values of the state as it stood; it is counted and not added.
@@ -76,6 +77,10 @@ __all__ = [
 
 PARTITION_COLUMN = "_partition"  # where each row's event came from (Avro files: 0)
 OFFSET_COLUMN = "_offset"  # (Avro files: the record's position in the files, from 0)
+# The pipeline's decoder reads the value fields into its float32 matrix, and the store gets
+# them widened from there: the same rounding here, so that sums and means are the pipeline's
+# to the bit (a double such as 297.54 is 297.53997802734375 after it).
+VALUE_DTYPE = np.float32
 KEY_SEPARATOR = "|"  # between the fields of a composite key, as the pipeline joins them
 
 
@@ -230,8 +235,8 @@ def backfill_rows(
         keys = [k for _, k, _, _ in batch]
         times = np.fromiter((t for _, _, t, _ in batch), np.int64, len(batch))
         values = {f: np.fromiter((_number(e.record.get(f) if e.record else None)
-                                  for e, _, _, _ in batch), np.float64, len(batch))
-                  for f in features.value_fields}  # fmt: skip
+                                  for e, _, _, _ in batch), VALUE_DTYPE, len(batch))
+                  .astype(np.float64) for f in features.value_fields}  # fmt: skip
         result = store.process(partition, keys, times, values)
         names = features.names
         late = result.late.tolist()

@@ -84,7 +84,9 @@ def _oracle(spec: Any, events: dict[int, list[tuple[int, Any, Any]]], lo: dict[i
               and r is not None and k is not None]  # fmt: skip
         if not ok:
             continue
-        values = {f: np.array([float(r[f]) for _, _, r in ok]) for f in spec.features.value_fields}
+        # float32 first, as the pipeline's decoder reads value fields
+        values = {f: np.array([float(r[f]) for _, _, r in ok], np.float32).astype(np.float64)
+                  for f in spec.features.value_fields}  # fmt: skip
         times = np.array([_ms(r["event_time"]) for _, _, r in ok], np.int64)
         res = ref.process(p, [k for _, k, _ in ok], times, values)
         for (o, _, _), row, is_late in zip(ok, res.values.tolist(), res.late.tolist(),

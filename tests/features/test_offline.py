@@ -88,8 +88,9 @@ def _reference(
         assert [e.offset for e in evs] == sorted(e.offset for e in evs)
         recs: list[dict[str, Any]] = [e.record for e in evs if e.record is not None]
         assert len(recs) == len(evs)
-        values = {f: np.array([math.nan if r[f] is None else r[f] for r in recs], np.float64)
-                  for f in spec.value_fields}  # fmt: skip
+        # float32 first, as the pipeline's decoder reads value fields
+        values = {f: np.array([math.nan if r[f] is None else r[f] for r in recs], np.float32)
+                  .astype(np.float64) for f in spec.value_fields}  # fmt: skip
         times = np.array([r["event_time"] for r in recs], np.int64)
         res = ref.process(p, [e.key or b"" for e in evs], times, values)
         for e, row, is_late in zip(evs, res.values.tolist(), res.late.tolist(), strict=True):
