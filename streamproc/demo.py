@@ -3,6 +3,12 @@
 Starts (or reuses) the local Kafka broker and schema registry, applies the schemas, runs the
 fraud pipeline, produces a stream with malformed events and a distribution shift, shows
 live progress, and ends with a summary that accounts for every event produced.
+
+``--payments``: the realistic variant (``deploy/pipelines/payments.yaml``, model fraud 2.0.0):
+raw payments without aggregates, whose windowed features per account the processor computes
+itself; the summary also scores the predictions against the generator's fraud labels, shows
+a compromised account's burst with its features, and checks the features the predictions
+carry (``outputs.include_features``) against ``features backfill`` over the same topic.
 """
 
 from __future__ import annotations
@@ -70,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift", type=float, default=1.5, help="drift in the last third (sigmas)")
     ap.add_argument("--config", default=str(ROOT / "deploy" / "pipelines" / "fraud.yaml"))
     ap.add_argument("--keep", action="store_true", help="leave the local stack running")
+    ap.add_argument("--payments", action="store_true",
+                    help="raw payments, windowed features computed by the processor "
+                    "(deploy/pipelines/payments.yaml)")  # fmt: skip
+    ap.add_argument("--days", type=float, default=14.0,
+                    help="--payments: days of event time the payments span")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.payments and args.config == ap.get_default("config"):
+        args.config = str(ROOT / "deploy" / "pipelines" / "payments.yaml")
     logging.basicConfig(level=logging.WARNING)
 
     stack = LocalStack()
@@ -88,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         info = stack.up()
         started_stack = running is None
         console.print(f"   ready in {time.monotonic() - t0:.1f}s: {info.public()}")
+    if args.payments:
+        from streamproc.demo_payments import run_payments
+
+        ok = run_payments(args, info, console)
+        if started_stack and not args.keep:
+            stack.down()
+            console.print("stopped the local stack (pass --keep to leave it running)")
+        return 0 if ok else 1
     cfg = load_config(args.config)
     cfg = cfg.with_overrides(
         kafka=cfg.kafka.model_copy(update={"bootstrap": info.bootstrap}),

@@ -1,4 +1,5 @@
-"""Synthetic Transaction traffic for demos, tests and benchmarks, with injected faults.
+"""Synthetic Transaction (and raw Payment) traffic for demos, tests and benchmarks, with
+injected faults.
 
 Malformed kinds and the dead-letter reason each one must produce:
 
@@ -77,6 +78,59 @@ def corrupt(
     if kind == "nan":
         return encode({**record, "amount": math.nan})
     raise ValueError(f"unknown malformed kind {kind!r}; choose from {KINDS}")
+
+
+def produce_payments(
+    producer: EventProducer,
+    n: int,
+    *,
+    days: float = 14.0,
+    rate: float | None = None,
+    malformed: float = 0.0,
+    kinds: tuple[str, ...] = KINDS,
+    seed: int = 0,
+    end_ms: int | None = None,
+    on_progress: Callable[[ProduceReport], None] | None = None,
+) -> tuple[ProduceReport, list[dict[str, Any]], dict[str, int]]:
+    """Produce ``n`` raw payments (:mod:`streamproc.synth_payments`) of as many accounts as
+    make ``n`` over ``days`` days of event time ending at ``end_ms`` (default: now), in
+    event-time order, keyed by account, a ``malformed`` fraction broken (cycling ``kinds``).
+    Returns the report, the payments as generated and ``event_id -> fraud label``."""
+    from streamproc import synth_payments
+
+    accounts = max(1, round(n / (days * synth_payments.PAYMENTS_PER_ACCOUNT_DAY)))
+    end = int(time.time() * 1000) if end_ms is None else end_ms
+    cols = synth_payments.generate_columns(
+        accounts, days=days, seed=seed, start_ms=end - int(days * synth_payments.DAY_MS)
+    )
+    records = synth_payments.to_records(cols)[:n]
+    truth = dict(zip(cols["event_id"].tolist()[:n], cols[synth_payments.LABEL].tolist()[:n],
+                     strict=True))  # fmt: skip
+    report = ProduceReport()
+    rng = np.random.default_rng(seed + 1)
+    start = time.monotonic()
+    k = 0
+    for i, rec in enumerate(records):
+        value = producer.encode(rec)
+        if rng.random() < malformed:
+            kind = kinds[k % len(kinds)]
+            k += 1
+            value = corrupt(kind, value, rec, producer.encode)
+            report.malformed[kind] += 1
+        else:
+            report.good += 1
+        producer.send_raw(value, rec["account_id"])
+        report.produced = i + 1
+        if report.produced % 1000 == 0 or report.produced == len(records):
+            if on_progress is not None:
+                on_progress(report)
+            if rate:
+                ahead = report.produced / rate - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing to the target rate
+    producer.flush()
+    report.seconds = time.monotonic() - start
+    return report, records, truth
 
 
 def produce_synthetic(

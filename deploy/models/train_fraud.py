@@ -7,7 +7,13 @@ Standardisation is folded into the first layer, so the exported graph is just
 
     features float32 [N, F]  ->  probabilities float32 [N, 2]   (opset 17, dynamic N)
 
-Run from the repository root (writes both demo versions)::
+Version 2.0.0 reads raw ``Payment`` events (:mod:`streamproc.synth_payments`): its
+``features:`` section defines windowed aggregates per account, and its training set is made
+by :func:`streamproc.features.offline.backfill_rows`, the same code as ``streamproc
+features backfill``, over generated history, so that it trains on the values the pipeline
+computes online. A feature with no events in its window (NaN) is imputed as its input says.
+
+Run from the repository root (writes every demo version)::
 
     .venv/bin/python deploy/models/train_fraud.py
     .venv/bin/python deploy/models/train_fraud.py --only 1.1.0
@@ -28,7 +34,8 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from streamproc import synth
+from streamproc import synth, synth_payments
+from streamproc.features.offline import SourceEvent, backfill_rows
 from streamproc.models.spec import ModelSpec
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +67,48 @@ INPUTS: list[dict[str, Any]] = [
 ]
 
 
+# 2.x: raw payments, windowed features per account (the Kafka record key).
+PAYMENT_FEATURES: dict[str, Any] = {
+    "allowed_lateness": "5m",
+    "definitions": [
+        {"name": "txn_count_1h", "agg": "count", "window": {"size": "1h"}},
+        {"name": "txn_count_24h", "agg": "count", "window": {"size": "24h"}},
+        {"name": "amount_sum_1h", "agg": "sum", "value": "amount", "window": {"size": "1h"}},
+        {"name": "avg_amount_7d", "agg": "mean", "value": "amount", "window": {"size": "7d"}},
+        {"name": "std_amount_7d", "agg": "std", "value": "amount", "window": {"size": "7d"}},
+        {"name": "max_amount_24h", "agg": "max", "value": "amount", "window": {"size": "24h"}},
+        {"name": "minutes_since_last_txn", "agg": "since_last", "unit": "min",
+         "window": {"size": "7d"}},
+        {"name": "distinct_merchants_24h", "agg": "distinct_count", "value": "merchant_id",
+         "window": {"size": "24h"}},
+    ],
+}  # fmt: skip
+# The event's own fields, then the features (NaN, no events in the window: imputed).
+PAYMENT_EVENT_INPUTS: list[dict[str, Any]] = [
+    {"field": "amount", "min": 0.0, "max": 1.0e6},
+    {"field": "merchant_risk", "min": 0.0, "max": 1.0},
+    {"field": "distance_from_home_km", "min": 0.0, "max": 20_040.0},
+    {"field": "card_age_days", "min": 0},
+    {"field": "failed_logins_24h", "min": 0},
+    {"field": "is_international", "min": 0, "max": 1},
+    {"field": "device_trust_score", "null": "impute", "impute": 0.5, "min": 0.0, "max": 1.0},
+    {"field": "channel", "encoding": "onehot", "symbols": list(synth.CHANNELS)},
+]
+PAYMENT_FEATURE_INPUTS: list[dict[str, Any]] = [
+    {"field": "txn_count_1h", "min": 0},
+    {"field": "txn_count_24h", "min": 0},
+    {"field": "amount_sum_1h", "min": 0.0},
+    {"field": "avg_amount_7d", "null": "impute", "impute": 0.0, "min": 0.0},
+    {"field": "std_amount_7d", "null": "impute", "impute": 0.0, "min": 0.0},
+    {"field": "max_amount_24h", "null": "impute", "impute": 0.0, "min": 0.0},
+    {"field": "minutes_since_last_txn", "null": "impute", "impute": 10_080.0, "min": 0.0},
+    {"field": "distinct_merchants_24h", "min": 0},
+]
+PAYMENT_DAYS = 30.0
+PAYMENT_TRAIN_ACCOUNTS = 2_000
+PAYMENT_HOLDOUT_ACCOUNTS = 1_000
+
+
 @dataclass(frozen=True)
 class Recipe:
     version: str
@@ -67,12 +116,24 @@ class Recipe:
     init_seed: int
     data_seed: int
     changelog: str
+    payments: bool = False  # raw Payment events and windowed features (2.x)
 
 
 RECIPES = {
     "1.0.0": Recipe("1.0.0", 16, 0, 100, "First demo model: 16 hidden ReLU units."),
     "1.1.0": Recipe(
         "1.1.0", 20, 1, 200, "Retrained on fresh synthetic data; 20 hidden ReLU units."
+    ),
+    "2.0.0": Recipe(
+        "2.0.0",
+        24,
+        2,
+        300,
+        "Reads raw Payment events (no precomputed aggregates): 8 windowed features per "
+        "account over event time (counts 1h/24h, amount sum 1h, mean and std 7d, max 24h, "
+        "minutes since the last payment, distinct merchants 24h), trained on values from "
+        "features backfill over 30 days of generated history; 24 hidden ReLU units.",
+        payments=True,
     ),
 }
 N_TRAIN = 50_000
@@ -82,12 +143,18 @@ HOLDOUT_SEED = 999
 
 def spec_dict(recipe: Recipe, metrics: dict[str, float]) -> dict[str, Any]:
     auc = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    payments: dict[str, Any] = {}
+    if recipe.payments:
+        payments = {
+            "reader_schema": "../../../../schemas/Payment.avsc",
+            "features": PAYMENT_FEATURES,
+        }
     return {
         "name": "fraud",
         "version": recipe.version,
         "file": "model.onnx",
         "input_tensor": "features",
-        "inputs": INPUTS,
+        "inputs": PAYMENT_EVENT_INPUTS + PAYMENT_FEATURE_INPUTS if recipe.payments else INPUTS,
         "outputs": {
             "tensor": "probabilities",
             "score_index": 1,
@@ -99,6 +166,7 @@ def spec_dict(recipe: Recipe, metrics: dict[str, float]) -> dict[str, Any]:
         # bucket runs as several synchronous GPU calls (measured on an H200: benchmarks/GPU.md)
         "buckets": [1, 8, 32, 64, 128, 256, 1024],
         "reader_schema": "../../../../schemas/Transaction.avsc",
+        **payments,
         "changelog": f"{recipe.changelog} AUC: {auc}.",
     }
 
@@ -203,25 +271,71 @@ def to_onnx(p: dict[str, Array], metadata: dict[str, str]) -> onnx.ModelProto:
     return model
 
 
-def build(recipe: Recipe, out_root: Path) -> dict[str, float]:
-    skeleton = ModelSpec.model_validate(spec_dict(recipe, {}))
-    train_cols = synth.generate_columns(N_TRAIN, seed=recipe.data_seed)
-    hold_cols = synth.generate_columns(N_HOLDOUT, seed=HOLDOUT_SEED)
+def payment_columns(spec: ModelSpec, n_accounts: int, seed: int) -> dict[str, npt.NDArray[Any]]:
+    """Generated payments with their features from :func:`backfill_rows` (one stream, keyed
+    by account as the demo producer keys its records), as columns plus ``synth.LABEL``."""
+    cols = synth_payments.generate_columns(n_accounts, days=PAYMENT_DAYS, seed=seed)
+    records = synth_payments.to_records(cols)
+    labels = {r["event_id"]: str(y) for r, y in zip(records, cols[synth.LABEL].tolist(),
+                                                     strict=True)}  # fmt: skip
+    events = (SourceEvent(0, i, r["account_id"].encode(), r) for i, r in enumerate(records))
+    rows = list(backfill_rows(spec, events, labels=labels, label_column="_label"))
+    if len(rows) != len(records):
+        raise SystemExit(f"backfill dropped {len(records) - len(rows)} generated payments")
+    out: dict[str, npt.NDArray[Any]] = {}
+    for f in spec.inputs:
+        values = [row[f.field] for row in rows]
+        if f.encoding == "value":
+            out[f.field] = np.array([np.nan if v is None else v for v in values], np.float64)
+        else:
+            out[f.field] = np.array(values, dtype=str)
+    out[synth.LABEL] = np.array([int(row["_label"]) for row in rows], np.int8)
+    return out
+
+
+def _data(
+    recipe: Recipe, skeleton: ModelSpec
+) -> tuple[Array, Array, npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+    """Training and holdout matrices and labels."""
+    if recipe.payments:
+        train_cols = payment_columns(skeleton, PAYMENT_TRAIN_ACCOUNTS, recipe.data_seed)
+        hold_cols = payment_columns(skeleton, PAYMENT_HOLDOUT_ACCOUNTS, HOLDOUT_SEED)
+    else:
+        train_cols = synth.generate_columns(N_TRAIN, seed=recipe.data_seed)
+        hold_cols = synth.generate_columns(N_HOLDOUT, seed=HOLDOUT_SEED)
     x_raw = synth.feature_matrix(train_cols, skeleton).astype(np.float64)
     xh_raw = synth.feature_matrix(hold_cols, skeleton).astype(np.float64)
-    y, yh = train_cols[synth.LABEL], hold_cols[synth.LABEL]
+    return x_raw, xh_raw, train_cols[synth.LABEL], hold_cols[synth.LABEL]
 
+
+def _fit(x_raw: Array, y: npt.NDArray[np.int8], recipe: Recipe) -> dict[str, Array]:
     mean, std = x_raw.mean(axis=0), x_raw.std(axis=0)
     std = np.where(std < 1e-6, 1.0, std)
     params = train((x_raw - mean) / std, y, recipe.hidden, recipe.init_seed)
-    folded = fold_standardisation(params, mean, std)
+    return fold_standardisation(params, mean, std)
+
+
+def build(recipe: Recipe, out_root: Path) -> dict[str, float]:
+    skeleton = ModelSpec.model_validate(spec_dict(recipe, {}))
+    x_raw, xh_raw, y, yh = _data(recipe, skeleton)
+    folded = _fit(x_raw, y, recipe)
 
     metrics = {
         "train_auc": auc(_forward(x_raw, folded)[1][:, 1], y),
         "holdout_auc": auc(_forward(xh_raw, folded)[1][:, 1], yh),
     }
+    if recipe.payments:
+        # What the windowed features add: the same network on the event's own fields.
+        own = skeleton.model_copy(
+            update={"inputs": skeleton.inputs[: -len(PAYMENT_FEATURE_INPUTS)]}
+        )
+        n_own = own.n_features
+        alone = _fit(x_raw[:, :n_own], y, recipe)
+        metrics["holdout_auc_without_windowed_features"] = auc(
+            _forward(xh_raw[:, :n_own], alone)[1][:, 1], yh
+        )
     meta = {
-        "train_rows": str(N_TRAIN),
+        "train_rows": str(len(y)),
         "train_fraud_rate": f"{y.mean():.4f}",
         "data_seed": str(recipe.data_seed),
         "init_seed": str(recipe.init_seed),

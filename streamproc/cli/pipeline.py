@@ -25,6 +25,7 @@ from streamproc.cli.options import (
     table,
     wants_json,
 )
+from streamproc.errors import StreamprocError
 
 err = Console(stderr=True)
 schemas_app = typer.Typer(no_args_is_help=True, help="Avro schemas in the registry.")
@@ -120,16 +121,33 @@ def produce(
     malformed: Annotated[float, typer.Option(help="Fraction of malformed events")] = 0.0,
     shift: Annotated[float, typer.Option(help="Distribution shift in sigmas")] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    days: Annotated[
+        float, typer.Option(help="Raw payments: days of event time they span, ending now")
+    ] = 14.0,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
     kafka_config: KafkaConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Produce synthetic Transaction events through the registry; print a JSON report."""
+    """Produce synthetic events through the registry; print a JSON report. Transaction
+    events, or raw Payment events where the pipeline's model reads Payment (fraud 2.x:
+    ``--days`` of per-account history, event time ending now; ``--shift`` is ignored)."""
     from streamproc.kafka.clients import EventProducer
-    from streamproc.loadgen import produce_synthetic
+    from streamproc.loadgen import produce_payments, produce_synthetic
+    from streamproc.models.spec import load_model_spec
 
     cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
+    try:
+        reader = load_model_spec(cfg.model).reader_schema_path
+    except StreamprocError:
+        reader = None
+    if reader is not None and reader.stem == "Payment":
+        with EventProducer(cfg.kafka, cfg.registry, topic or cfg.topics.input,
+                           schema="Payment") as p:  # fmt: skip
+            report = produce_payments(p, count, days=days, rate=rate, malformed=malformed,
+                                      seed=seed)[0]  # fmt: skip
+        print(json.dumps(report.as_dict()))
+        return
     with EventProducer(cfg.kafka, cfg.registry, topic or cfg.topics.input) as p:
         report = produce_synthetic(p, count, rate=rate, malformed=malformed,
                                    shift=shift, seed=seed)  # fmt: skip

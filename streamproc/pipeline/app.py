@@ -57,10 +57,26 @@ def register_output_schemas(registry: Registry, cfg: PipelineConfig) -> SchemaId
     )
 
 
+def input_schema_text(cfg: PipelineConfig) -> str:
+    """The input subject's schema: the one the model reads (its ``reader_schema``; a
+    packaged schema of that name, such as ``Transaction`` or ``Payment``, as packaged),
+    else ``Transaction``, the reference event."""
+    try:
+        path = load_model_spec(cfg.model).reader_schema_path
+    except StreamprocError:
+        return schemas.schema_text("Transaction")
+    if path is None:
+        return schemas.schema_text("Transaction")
+    try:
+        return schemas.schema_text(path.stem)
+    except OSError:
+        return path.read_text() if path.exists() else schemas.schema_text("Transaction")
+
+
 def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
     """Register the input schema (BACKWARD compatible) and every output schema."""
     subject = schemas.subject_for(cfg.topics.input)
-    sid = registry.register(subject, schemas.schema_text("Transaction"))
+    sid = registry.register(subject, input_schema_text(cfg))
     registry.set_compatibility(subject, "BACKWARD")
     ids = register_output_schemas(registry, cfg)
     shadow = registry.register(schemas.subject_for(cfg.topics.shadow),
