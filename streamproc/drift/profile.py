@@ -87,6 +87,9 @@ class ReferenceProfile:
     error_rate: float | None = None  # reference error rate (accuracy drift)
     reject_rates: dict[str, float] = field(default_factory=dict)  # data-quality baseline
     version: int = FORMAT_VERSION
+    # Quantiles of the per-row tail score (:meth:`tail_scores`) on the reference rows, keyed
+    # by level ("0.99", ...): the outlier monitor's thresholds. None in older profile files.
+    tail_quantiles: dict[str, float] | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -114,7 +117,7 @@ class ReferenceProfile:
         if scores is not None:
             s = np.asarray(scores, dtype=np.float64).reshape(-1)
             score_prof = _fit_column("score", s, grid_for(s.size))
-        return cls(
+        prof = cls(
             columns=cols,
             grid=[float(v) for v in grid],
             n_rows=int(a.shape[0]),
@@ -123,6 +126,11 @@ class ReferenceProfile:
             scores=score_prof,
             error_rate=error_rate,
         )
+        t = prof.tail_scores(a)
+        prof.tail_quantiles = {
+            str(q): float(v) for q, v in zip(TAIL_LEVELS, np.quantile(t, TAIL_LEVELS), strict=True)
+        }
+        return prof
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -139,6 +147,10 @@ class ReferenceProfile:
         """Standardised normal scores of rows of ``x`` (NaN stays NaN); no prewhitening."""
         a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, len(self.columns)))
         return TransformTables.from_columns(self.columns, np.asarray(self.grid)).scores(a)
+
+    def tail_scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Per-row outlier scores (:class:`TailScorer`): higher is further out."""
+        return TailScorer(self.columns, np.asarray(self.grid)).scores(x)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +264,82 @@ class TransformTables:
             self.bucket_scale, mean, std, phi, prev, has, TAIL_SPAN, out,
         )  # fmt: skip
         return out
+
+
+TAIL_LEVELS = (0.9, 0.99, 0.999, 0.9999)
+
+
+class TailScorer:
+    """ECOD-style outlier scores (Li et al., 2022) from the profile alone.
+
+    Per column, the left and right tail probabilities of a value under the reference's
+    empirical CDF: for continuous columns read off the quantile grid (``Phi`` of the normal
+    score), extended past the outer knots along the tail slope without the transform's cap,
+    so that a value far out keeps scoring higher; for discrete columns the exact
+    ``P(X <= v)`` and ``P(X >= v)`` from the category frequencies (ties count on both
+    sides, as in an ECDF). The row's score is ECOD's: the largest of the summed ``-log``
+    left tails, the summed right tails, and the sum of each column's tail on the side its
+    skew points to. Missing values score 0.
+    """
+
+    def __init__(self, cols: Sequence[ColumnProfile], grid: npt.NDArray[np.float64]) -> None:
+        self.tables = TransformTables.from_columns(cols, grid)
+        t = self.tables
+        self.discrete = np.array([c.discrete for c in cols], dtype=np.bool_)
+        self.right_skew = np.array([c.mean > c.median for c in cols], dtype=np.bool_)
+        self.floor = np.array([1.0 / (c.n + 1.0) for c in cols])
+        self.lo_scale = np.where(t.lo_scale > 0, t.lo_scale, 1.0)
+        self.hi_scale = np.where(t.hi_scale > 0, t.hi_scale, 1.0)
+        # Discrete columns: sorted values with P(X < v) and P(X <= v).
+        self.cats: list[tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+        for j, c in enumerate(cols):
+            if c.categories is None:
+                continue
+            vals = np.array([float(k) for k in c.categories], dtype=np.float64)
+            order = np.argsort(vals)
+            freq = np.array(list(c.categories.values()), dtype=np.float64)[order]
+            self.cats.append((j, vals[order], np.concatenate([[0.0], np.cumsum(freq)])))
+
+    def scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        t = self.tables
+        d = t.knots.shape[0]
+        a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, d))
+        z = t.scores(a, standardise=False)
+        above, below = a > t.knots[:, -1], a < t.knots[:, 0]
+        z = np.where(above, t.grid[-1] + (a - t.knots[:, -1]) / self.hi_scale, z)
+        z = np.where(below, t.grid[0] - (t.knots[:, 0] - a) / self.lo_scale, z)
+        left, right = norm_log_cdf(z), norm_log_cdf(-z)  # log P(X <= v), log P(X >= v)
+        for j, vals, cum in self.cats:
+            v = a[:, j]
+            le = cum[np.searchsorted(vals, v, side="right")]  # P(X <= v)
+            lt = cum[np.searchsorted(vals, v, side="left")]  # P(X < v)
+            left[:, j] = np.log(np.maximum(le, self.floor[j]))
+            right[:, j] = np.log(np.maximum(1.0 - lt, self.floor[j]))
+        left = np.maximum(left, np.log(self.floor))
+        right = np.maximum(right, np.log(self.floor))
+        miss = np.isnan(a)
+        left[miss] = 0.0
+        right[miss] = 0.0
+        sl, sr = -left.sum(axis=1), -right.sum(axis=1)
+        sa = -np.where(self.right_skew, right, left).sum(axis=1)
+        return np.asarray(np.maximum(np.maximum(sl, sr), sa), dtype=np.float64)
+
+
+# log Phi(z) on a fine grid, linear beyond it (asymptotically -z**2 / 2): an interpolation
+# replaces a per-value erfc.
+_LOG_Z = np.linspace(-12.0, 8.0, 20_001)
+_LOG_V = np.log(np.maximum(norm_cdf(_LOG_Z), 1e-300))
+
+
+def norm_log_cdf(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``log Phi(z)`` elementwise (NaN stays NaN), accurate to the grid for z >= -12 and
+    following the Gaussian tail below it."""
+    out = np.interp(z, _LOG_Z, _LOG_V)
+    low = z < _LOG_Z[0]
+    if low.any():
+        zl = z[low]
+        out[low] = -0.5 * zl * zl - np.log(-zl) - 0.5 * math.log(2.0 * math.pi)
+    return np.where(np.isnan(z), np.nan, out)
 
 
 def _fit_column(
