@@ -201,6 +201,10 @@ class DriftConfig(_Strict):
     quality_margin: float = Field(0.01, ge=0)
     quality_critical_rate: float = Field(0.2, gt=0, le=1)
     quality_recovery_windows: int = Field(3, ge=1)
+    # Input and prediction drift against a reference conditioned on the event time's hour of
+    # day ("daily") or hour of the week ("weekly"), stored in the reference profile
+    # (streamproc.drift.seasonal); "none": the whole reference, as before.
+    seasonality: Literal["none", "daily", "weekly"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> DriftConfig:

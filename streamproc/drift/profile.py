@@ -90,6 +90,9 @@ class ReferenceProfile:
     # Quantiles of the per-row tail score (:meth:`tail_scores`) on the reference rows, keyed
     # by level ("0.99", ...): the outlier monitor's thresholds. None in older profile files.
     tail_quantiles: dict[str, float] | None = None
+    # A reference conditioned on the time of day / week (streamproc.drift.seasonal), for
+    # pipelines with drift.seasonality set; None in older files and where none was fitted.
+    seasonal: dict[str, Any] | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
