@@ -75,6 +75,7 @@ class StreamMonitor(Monitor):
         self.continuous = np.arange(len(names))
         self.discrete = np.arange(0)
         self.discrete_drift: Detector | None = None
+        self.drift: DriftMonitor
         self._discrete_alerts: AlertMaker | None = None
         if profile is not None:
             # CUSUMs on standardised values suit continuous columns; columns with a few
