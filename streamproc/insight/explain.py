@@ -313,7 +313,9 @@ class ExplanationWorker:
 
     ``explainer_for(version)`` gives (and may cache) the explainer of a model version;
     ``columns`` name the attributions. :meth:`submit` never blocks: past ``queue_size``
-    waiting requests it drops and counts (:attr:`counts`)."""
+    waiting requests it drops and counts (:attr:`counts`). The thread rests between batches
+    so as to use at most ``max_cpu_share`` of a core: explanations beyond that are dropped
+    rather than taken from the pipeline's CPU."""
 
     def __init__(
         self,
@@ -324,8 +326,10 @@ class ExplanationWorker:
         queue_size: int = 1_024,
         batch: int = 32,
         model_name: str = "",
+        max_cpu_share: float = 1.0,
     ) -> None:
         self.model_name = model_name
+        self.max_cpu_share = max_cpu_share
         self.explainer_for = explainer_for
         self.columns = list(columns)
         self.sink = sink
@@ -391,12 +395,15 @@ class ExplanationWorker:
                     stop = True
                     break
                 items.append(nxt)
+            t0 = time.perf_counter()
             self._explain(items)
             with self._idle:
                 self._pending -= len(items)
                 self._idle.notify_all()
             if stop:
                 return
+            if self.max_cpu_share < 1.0:  # rest so as to use at most this share of a core
+                time.sleep((time.perf_counter() - t0) * (1.0 / self.max_cpu_share - 1.0))
 
     def _explain(self, items: list[ExplainRequest]) -> None:
         t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from streamproc.telemetry.prometheus import PrometheusSensor
 
 from .alerting import AlertRouter
 from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
+from .insight import wire_insight
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
 from .scoring import Scorer
 
@@ -231,6 +232,9 @@ def build_processor(
     # a rollout: its stable version's backend and device
     sensor.on_model(spec.name, spec.version, scorer.backend_name, scorer.device)
     decoder = build_decoder(cfg, spec, registry, sensor)
+    # The insight: section (outliers, probing, explanations); unchanged where it is all off.
+    keys = Redactor.from_settings(cfg.personal_data, reader_schema(spec))  # probing alerts
+    scorer, monitor = wire_insight(cfg, scorer, monitor, sensor, closers, redactor=keys)
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,
