@@ -16,8 +16,8 @@ first request has no predecessor; see :func:`requests_to_alert`).
 
 Memory is bounded: at most ``max_keys`` keys are tracked, each ``4 * d + 17`` bytes of
 arrays (d input columns) plus one dict entry; when full, the least recently seen tenth is
-evicted (an evicted key starts afresh). The work per batch is vectorised: one dict lookup
-per event, the rest numpy.
+evicted (an evicted key starts afresh). The work per batch: one dict lookup per event,
+then one compiled pass (:func:`~streamproc.insight._kernels.probing_kernel`).
 
 >>> import numpy as np
 >>> det = ProbingDetector(np.zeros(2), np.ones(2), threshold=0.5, min_suspicious=5)
@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from streamproc.insight._kernels import probing_kernel
 from streamproc.types import Alert, AlertState, AlertType, Severity
 
 
@@ -148,55 +149,26 @@ class ProbingDetector:
         n = len(keys)
         if n == 0:
             return []
-        z = ((np.asarray(x, dtype=np.float64) - self.center) * self.inv_scale).astype(np.float32)
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        z = np.ascontiguousarray(
+            (np.asarray(x, dtype=np.float64) - self.center) * self.inv_scale, dtype=np.float32
+        )
+        s = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
         slots = self._slots(keys)
         self._t += n
         valid = np.flatnonzero(slots >= 0)
         if not len(valid):
             return []
-        sl = slots[valid]
-        order = valid[np.argsort(sl, kind="stable")]  # rows grouped by key, in arrival order
-        g = slots[order]
-        first = np.ones(len(order), dtype=np.bool_)
-        first[1:] = g[1:] != g[:-1]
-        # The previous input of each row: the key's earlier row in this batch, else the state.
-        prev = np.empty((len(order), z.shape[1]), dtype=np.float32)
-        prev[~first] = z[order[:-1]][~first[1:]]
-        prev[first] = self._last[g[first]]
-        has_prev = np.where(first, self._has[g], True)
-        zo = z[order]
-        d2 = ((zo - prev) ** 2).sum(axis=1)
-        near = has_prev & (d2 < self.radius2)
-        in_band = np.abs(s[order] - self.threshold) < self.band
-        susp = (near & in_band).astype(np.float64)
-        self.suspicious += int(susp.sum())
-        # c_i = decay * c_{i-1} + susp_i within each key, from the key's stored count:
-        # c_i = decay**r_i * (decay * c0 + sum_{j<=i} decay**-r_j * susp_j), r = rank in key
-        # (decay**-r stays finite: a batch holds far fewer rows than it takes to overflow).
-        idx = np.arange(len(order))
-        start = np.maximum.accumulate(np.where(first, idx, 0))
-        r = (idx - start).astype(np.float64)
-        w = np.power(self.decay, -r) * susp
-        cw = np.cumsum(w)
-        within = cw - np.where(start > 0, cw[np.maximum(start - 1, 0)], 0.0)
-        c0 = self._count[g]
-        c = np.power(self.decay, r) * (self.decay * c0 + within)
-        # Store each key's last state.
-        last = np.ones(len(order), dtype=np.bool_)
-        last[:-1] = g[1:] != g[:-1]
-        gl = g[last]
-        self._last[gl] = zo[last]
-        self._has[gl] = True
-        self._count[gl] = c[last]
-        return self._alerts(order, g, c, first, offsets)
+        c = np.empty(n)
+        self.suspicious += probing_kernel(z, s, slots, self._last, self._has, self._count,
+                                          self.threshold, self.band, self.radius2,
+                                          self.decay, c)  # fmt: skip
+        return self._alerts(valid, slots[valid], c[valid], offsets)
 
     def _alerts(
         self,
         order: npt.NDArray[np.intp],
         g: npt.NDArray[np.int64],
         c: npt.NDArray[np.float64],
-        first: npt.NDArray[np.bool_],
         offsets: npt.NDArray[np.int64] | None,
     ) -> list[Alert]:
         hot = c >= self.min_suspicious

@@ -1,0 +1,47 @@
+"""Numba kernel of the probing detector: the per-key sequential update in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def probing_kernel(  # pragma: no cover - compiled
+    z: npt.NDArray[np.float32],  # (n, d) standardised inputs
+    s: npt.NDArray[np.float64],  # (n,) scores
+    slots: npt.NDArray[np.int64],  # (n,) key slot; -1: no key
+    last: npt.NDArray[np.float32],  # (K, d) each key's previous input (updated)
+    has: npt.NDArray[np.bool_],  # (K,) whether it has one (updated)
+    count: npt.NDArray[np.float64],  # (K,) decayed suspicious count (updated)
+    threshold: float,
+    band: float,
+    radius2: float,
+    decay: float,
+    out: npt.NDArray[np.float64],  # (n,) each row's count after it
+) -> int:
+    """Returns the number of suspicious rows."""
+    n, d = z.shape
+    suspicious = 0
+    for i in range(n):
+        k = slots[i]
+        if k < 0:
+            out[i] = 0.0
+            continue
+        susp = 0.0
+        if has[k] and abs(s[i] - threshold) < band:
+            d2 = 0.0
+            for j in range(d):
+                diff = z[i, j] - last[k, j]
+                d2 += diff * diff
+            if d2 < radius2:
+                susp = 1.0
+                suspicious += 1
+        c = decay * count[k] + susp
+        count[k] = c
+        out[i] = c
+        for j in range(d):
+            last[k, j] = z[i, j]
+        has[k] = True
+    return suspicious
