@@ -101,7 +101,7 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
         "explanations": {"enabled": True, "share": 0.01},
     })  # fmt: skip
 
-    def handler(on: bool) -> tuple[BatchHandler, ExplanationWorker | None]:
+    def handler(on: bool, explain: bool = True) -> tuple[BatchHandler, ExplanationWorker | None]:
         decoder = BatchDecoder(spec, reader_schema(spec),
                                DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")}),
                                specialiser=Specialiser())  # fmt: skip
@@ -110,7 +110,11 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
         scorer: Any = SingleScorer(spec, load_backend(spec, prefer=["onnxruntime"]))
         monitor: Any = build_monitor(spec, {})
         worker = None
-        if on:
+        if on and not explain:
+            scorer = KeyTap(scorer)
+            plain = settings.model_copy(update={"explanations": type(settings.explanations)()})
+            monitor = InsightMonitor(monitor, scorer, plain)
+        elif on:
             e = settings.explanations
             sent: list[dict[str, Any]] = []
             worker = ExplanationWorker(
@@ -131,29 +135,38 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     batches = raw_batches(n, 4096)
     off, _ = handler(False)
     on, worker = handler(True)
+    monitors, _ = handler(True, explain=False)
     assert worker is not None
     for b in batches:  # warm-up: kernels, the explainer's model
         off(b)
         on(b)
+        monitors(b)
     worker.wait_idle(60)
     c0 = (worker.counts.explained, worker.counts.dropped, worker.counts.busy_s)
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(passes):
-        for name, h in (("off", off), ("on", on)):
-            t = time.perf_counter()
+    rates: dict[str, list[float]] = {"off": [], "on": [], "monitors": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": [], "monitors": []}
+    for _ in range(passes):  # alternating, so that other load on the machine hits all alike
+        for name, h in (("off", off), ("on", on), ("monitors", monitors)):
+            t, c = time.perf_counter(), time.process_time()
             for b in batches:
                 h(b)
             rates[name].append(n / (time.perf_counter() - t))
+            cpu[name].append((time.process_time() - c) / n * 1e6)
     worker.wait_idle(120)
     explained = worker.counts.explained - c0[0]
     dropped = worker.counts.dropped - c0[1]
     busy = worker.counts.busy_s - c0[2]
     worker.close()
     r_off, r_on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    r_mon = statistics.median(rates["monitors"])
     return {
         "throughput_ratio": round(r_on / r_off, 4),
+        "throughput_ratio_outliers_probing_only": round(r_mon / r_off, 4),
         "events_per_s_off": round(r_off),
         "events_per_s_on": round(r_on),
+        "cpu_us_per_event_off": round(statistics.median(cpu["off"]), 3),
+        "cpu_us_per_event_on": round(statistics.median(cpu["on"]), 3),  # the worker's too
+        "cpu_us_per_event_outliers_probing_only": round(statistics.median(cpu["monitors"]), 3),
         "explanations_requested": explained + dropped,
         "explanations_explained": explained,
         "explanations_dropped": dropped,

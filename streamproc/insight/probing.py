@@ -29,6 +29,7 @@ then one compiled pass (:func:`~streamproc.insight._kernels.probing_kernel`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -105,24 +106,30 @@ class ProbingDetector:
                    + self._seen.nbytes + self._alerted.nbytes)  # fmt: skip
 
     def _slots(self, keys: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
-        slot = self._slot
-        out = np.full(len(keys), -1, dtype=np.int64)
-        get = slot.get
-        for i, k in enumerate(keys):
+        """Each key's slot (-1: no key), new keys given one; one C-level pass over the keys,
+        a Python step only for keys not seen before."""
+        n = len(keys)
+        out = np.fromiter(map(self._slot.get, keys, itertools.repeat(-1)), np.int64, count=n)
+        found = np.flatnonzero(out >= 0)
+        # Seen now, before any eviction below: this batch's keys are the most recent ones
+        # (max_keys must exceed the distinct keys of a batch several times).
+        self._seen[out[found]] = self._t + found
+        for i in np.flatnonzero(out < 0).tolist():
+            k = keys[i]
             if k is None:
                 continue  # no key: nothing to attribute it to
-            s = get(k)
+            s = self._slot.get(k)  # the same new key twice in one batch
             if s is None:
                 if not self._free:
                     self._evict()
                 s = self._free.pop()
-                slot[k] = s
+                self._slot[k] = s
                 self._keys[s] = k
                 self._has[s] = False
                 self._count[s] = 0.0
                 self._alerted[s] = False
-            self._seen[s] = self._t + i
             out[i] = s
+            self._seen[s] = self._t + i
         return out
 
     def _evict(self) -> None:
