@@ -4,7 +4,8 @@ Traffic has a shape over the day: amounts, distances and the model's scores at 0
 those of 14:00. A detector calibrated on a whole day's data sees each hour as a shift from
 the day's average and fires every morning. Here the reference is conditioned on the
 event time's bucket, the hour of day (``daily``) or the hour of the week (``weekly``), in
-UTC: each value is standardised by the reference mean and standard deviation at its time,
+UTC: each value is standardised by the reference's location and scale at its time (median
+and MAD per bucket, robust to a few extreme values in an hour),
 interpolated linearly between the centres of the two nearest buckets (a strong cycle moves
 the mean within an hour: with one step per hour the residuals would trend inside each
 hour, a shift the CUSUMs are built to find), and
@@ -80,13 +81,13 @@ def bucket_of(event_time_ms: npt.ArrayLike, period: str) -> npt.NDArray[np.int64
 
 @dataclass
 class SeasonalReference:
-    """Per-bucket mean and standard deviation of each column (and of the model score), and
+    """Per-bucket robust location and scale of each column (and of the model score), and
     the profile of the standardised residuals (what the detectors are calibrated on)."""
 
     period: str
     columns: list[str]
-    mean: npt.NDArray[np.float64]  # (buckets, d)
-    std: npt.NDArray[np.float64]
+    mean: npt.NDArray[np.float64]  # (buckets, d) location: the median
+    std: npt.NDArray[np.float64]  # scale: 1.4826 * MAD
     residual: ReferenceProfile
     score_mean: npt.NDArray[np.float64] | None = None  # (buckets,)
     score_std: npt.NDArray[np.float64] | None = None
@@ -225,14 +226,19 @@ def _at(
 def _bucket_stats(
     a: npt.NDArray[np.float64], b: npt.NDArray[np.int64], nb: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    mean = np.empty((nb, a.shape[1]))
-    std = np.empty((nb, a.shape[1]))
+    """Per bucket, a robust location and scale of each column (median, 1.4826 * MAD; the
+    standard deviation where the MAD is 0): a few extreme values in one hour of a
+    heavy-tailed column must not move that hour's baseline."""
+    loc = np.empty((nb, a.shape[1]))
+    scale = np.empty((nb, a.shape[1]))
     for k in range(nb):
         rows = a[b == k]
-        mean[k] = np.nanmean(rows, axis=0)
+        med = np.nanmedian(rows, axis=0)
+        mad = 1.4826 * np.nanmedian(np.abs(rows - med), axis=0)
         sd = np.nanstd(rows, axis=0)
-        std[k] = np.where(sd > _MIN_STD, sd, 1.0)  # a constant column in a bucket: no scale
-    return mean, std
+        loc[k] = med
+        scale[k] = np.where(mad > _MIN_STD, mad, np.where(sd > _MIN_STD, sd, 1.0))
+    return loc, scale
 
 
 class SeasonalDriftMonitor(DriftMonitor):
