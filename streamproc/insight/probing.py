@@ -83,7 +83,7 @@ class ProbingDetector:
         self.max_keys = int(max_keys)
         self.show_key = show_key or (lambda k: k.decode("utf-8", "replace"))
         d = self.center.size
-        self._slot: dict[bytes, int] = {}
+        self._slot: dict[bytes | None, int] = {}  # None (no key) is never inserted
         self._keys: list[bytes | None] = [None] * self.max_keys
         self._free = list(range(self.max_keys - 1, -1, -1))
         self._last = np.zeros((self.max_keys, d), dtype=np.float32)
