@@ -23,7 +23,7 @@ def log_phi_tail(z: float) -> float:  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def tail_score_kernel(  # pragma: no cover - compiled
-    x: npt.NDArray[np.float64],  # (n, d)
+    x: npt.NDArray[np.floating],  # (n, d)
     kind: npt.NDArray[np.int64],  # (d,) CONTINUOUS or INTEGER
     center: npt.NDArray[np.float64],  # (d,) continuous: tables in asinh((x - center) * inv)
     inv: npt.NDArray[np.float64],

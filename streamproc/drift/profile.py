@@ -369,7 +369,10 @@ class TailScorer:
 
     def scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         d = self.kind.size
-        a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, d))
+        a = np.asarray(x)
+        if a.dtype not in (np.float32, np.float64):  # float32 batches go in as they are
+            a = a.astype(np.float64)
+        a = np.ascontiguousarray(a).reshape(-1, d)
         out = np.empty(a.shape[0])
         _tail.tail_score_kernel(
             a, self.kind, self.center, self.inv, self.lo, self.step_inv, self.tables.knots[:, 0],

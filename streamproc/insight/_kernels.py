@@ -9,7 +9,9 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def probing_kernel(  # pragma: no cover - compiled
-    z: npt.NDArray[np.float32],  # (n, d) standardised inputs
+    x: npt.NDArray[np.floating],  # (n, d) inputs
+    center: npt.NDArray[np.float64],  # (d,) standardised as (x - center) * inv_scale
+    inv_scale: npt.NDArray[np.float64],
     s: npt.NDArray[np.float64],  # (n,) scores
     slots: npt.NDArray[np.int64],  # (n,) key slot; -1: no key
     last: npt.NDArray[np.float32],  # (K, d) each key's previous input (updated)
@@ -22,18 +24,21 @@ def probing_kernel(  # pragma: no cover - compiled
     out: npt.NDArray[np.float64],  # (n,) each row's count after it
 ) -> int:
     """Returns the number of suspicious rows."""
-    n, d = z.shape
+    n, d = x.shape
     suspicious = 0
+    z = np.empty(d, dtype=np.float32)
     for i in range(n):
         k = slots[i]
         if k < 0:
             out[i] = 0.0
             continue
+        for j in range(d):
+            z[j] = (x[i, j] - center[j]) * inv_scale[j]
         susp = 0.0
         if has[k] and abs(s[i] - threshold) < band:
             d2 = 0.0
             for j in range(d):
-                diff = z[i, j] - last[k, j]
+                diff = z[j] - last[k, j]
                 d2 += diff * diff
             if d2 < radius2:
                 susp = 1.0
@@ -42,6 +47,6 @@ def probing_kernel(  # pragma: no cover - compiled
         count[k] = c
         out[i] = c
         for j in range(d):
-            last[k, j] = z[i, j]
+            last[k, j] = z[j]
         has[k] = True
     return suspicious

@@ -68,11 +68,11 @@ class OutlierScorer:
 
     def score(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Outlier scores of the rows of ``x`` (higher: further out of the reference)."""
-        a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, len(self.names)))
         if self.method == "robust_z":
+            a = np.asarray(x, dtype=np.float64).reshape(-1, len(self.names))
             r = np.abs(a - self._median) / self._scale
             return np.asarray(np.nan_to_num(r, nan=0.0).sum(axis=1), dtype=np.float64)
-        return self._tail.scores(a)
+        return self._tail.scores(x)
 
     def _simulated_threshold(self, cols: Sequence[ColumnProfile]) -> float:
         """The threshold where the profile stores none (an older file, a column subset):

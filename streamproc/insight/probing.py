@@ -75,6 +75,7 @@ class ProbingDetector:
         self.center = np.asarray(center, dtype=np.float64)
         s = np.asarray(scale, dtype=np.float64)
         self.inv_scale = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0), 1.0).astype(np.float32)
+        self.inv_scale64 = self.inv_scale.astype(np.float64)
         self.threshold = float(threshold)
         self.band = float(band)
         self.radius2 = float(radius) ** 2 * self.center.size  # squared RMS -> squared sum
@@ -156,9 +157,10 @@ class ProbingDetector:
         n = len(keys)
         if n == 0:
             return []
-        z = np.ascontiguousarray(
-            (np.asarray(x, dtype=np.float64) - self.center) * self.inv_scale, dtype=np.float32
-        )
+        a = np.asarray(x)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+        a = np.ascontiguousarray(a).reshape(n, -1)
         s = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
         slots = self._slots(keys)
         self._t += n
@@ -166,7 +168,8 @@ class ProbingDetector:
         if not len(valid):
             return []
         c = np.empty(n)
-        self.suspicious += probing_kernel(z, s, slots, self._last, self._has, self._count,
+        self.suspicious += probing_kernel(a, self.center, self.inv_scale64, s, slots,
+                                          self._last, self._has, self._count,
                                           self.threshold, self.band, self.radius2,
                                           self.decay, c)  # fmt: skip
         return self._alerts(valid, slots[valid], c[valid], offsets)
