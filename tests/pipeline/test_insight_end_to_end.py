@@ -41,8 +41,11 @@ def test_explanations_topic_carries_explanations_of_sampled_events(
     columns = set(running.processor.handler.scorer.primary.columns)
     for e in explained:
         v = e.value
-        assert (v["model_name"], v["model_version"], v["method"]) == ("fraud", "1.0.0",
-                                                                       "kernel_shap")
+        assert (v["model_name"], v["model_version"], v["method"]) == (
+            "fraud",
+            "1.0.0",
+            "kernel_shap",
+        )
         assert set(v["attributions"]) == columns
         # Additive, and the explained output is the prediction's score.
         assert abs(v["base_value"] + sum(v["attributions"].values()) - v["output"]) < 1e-6
