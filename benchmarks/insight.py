@@ -101,7 +101,9 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
         "explanations": {"enabled": True, "share": 0.01},
     })  # fmt: skip
 
-    def handler(on: bool, explain: bool = True) -> tuple[BatchHandler, ExplanationWorker | None]:
+    def handler(
+        on: bool, explain: bool = True, monitors: bool = True
+    ) -> tuple[BatchHandler, ExplanationWorker | None]:
         decoder = BatchDecoder(spec, reader_schema(spec),
                                DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")}),
                                specialiser=Specialiser())  # fmt: skip
@@ -115,6 +117,11 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
             plain = settings.model_copy(update={"explanations": type(settings.explanations)()})
             monitor = InsightMonitor(monitor, scorer, plain)
         elif on:
+            chosen = settings
+            if not monitors:
+                chosen = settings.model_copy(update={
+                    "outliers": type(settings.outliers)(), "probing": type(settings.probing)()
+                })  # fmt: skip
             e = settings.explanations
             sent: list[dict[str, Any]] = []
             worker = ExplanationWorker(
@@ -122,7 +129,7 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
                 queue_size=e.queue_size, batch=e.batch, max_cpu_share=e.max_cpu_share,
             ).start()  # fmt: skip
             scorer = KeyTap(scorer)
-            monitor = InsightMonitor(monitor, scorer, settings, worker=worker)
+            monitor = InsightMonitor(monitor, scorer, chosen, worker=worker)
         h = BatchHandler(
             decoder=decoder, scorer=scorer,
             topics=OutputTopics("b.p", "b.dlq", "b.alerts", "b.metrics", "b.s"),
@@ -136,17 +143,21 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     off, _ = handler(False)
     on, worker = handler(True)
     monitors, _ = handler(True, explain=False)
-    assert worker is not None
+    explain_only, worker2 = handler(True, monitors=False)
+    assert worker is not None and worker2 is not None
     for b in batches:  # warm-up: kernels, the explainer's model
         off(b)
         on(b)
         monitors(b)
+        explain_only(b)
     worker.wait_idle(60)
+    worker2.wait_idle(60)
     c0 = (worker.counts.explained, worker.counts.dropped, worker.counts.busy_s)
-    rates: dict[str, list[float]] = {"off": [], "on": [], "monitors": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": [], "monitors": []}
+    names = ("off", "on", "monitors", "explain")
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(passes):  # alternating, so that other load on the machine hits all alike
-        for name, h in (("off", off), ("on", on), ("monitors", monitors)):
+        for name, h in zip(names, (off, on, monitors, explain_only), strict=True):
             t, c = time.perf_counter(), time.process_time()
             for b in batches:
                 h(b)
@@ -157,11 +168,14 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     dropped = worker.counts.dropped - c0[1]
     busy = worker.counts.busy_s - c0[2]
     worker.close()
+    worker2.wait_idle(120)
+    worker2.close()
     r_off, r_on = statistics.median(rates["off"]), statistics.median(rates["on"])
     r_mon = statistics.median(rates["monitors"])
     return {
         "throughput_ratio": round(r_on / r_off, 4),
         "throughput_ratio_outliers_probing_only": round(r_mon / r_off, 4),
+        "throughput_ratio_explanations_only": round(statistics.median(rates["explain"]) / r_off, 4),
         "events_per_s_off": round(r_off),
         "events_per_s_on": round(r_on),
         "cpu_us_per_event_off": round(statistics.median(cpu["off"]), 3),

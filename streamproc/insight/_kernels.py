@@ -50,3 +50,25 @@ def probing_kernel(  # pragma: no cover - compiled
             last[k, j] = z[j]
         has[k] = True
     return suspicious
+
+
+@njit(cache=True, nogil=True)
+def coalition_rows(  # pragma: no cover - compiled
+    x: npt.NDArray[np.float32],  # (n, d) events
+    masks: npt.NDArray[np.bool_],  # (M, d)
+    background: npt.NDArray[np.float32],  # (K, d)
+    out: npt.NDArray[np.float32],  # (n * M * K, d)
+) -> None:
+    """Kernel SHAP's model inputs: per event, coalition and background row, the event's
+    value where the coalition holds the feature and the background's elsewhere. Without the
+    GIL, so the pipeline's thread runs meanwhile."""
+    n, d = x.shape
+    m = masks.shape[0]
+    k = background.shape[0]
+    r = 0
+    for i in range(n):
+        for a in range(m):
+            for b in range(k):
+                for j in range(d):
+                    out[r, j] = x[i, j] if masks[a, j] else background[b, j]
+                r += 1

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift.profile import ReferenceProfile
+from streamproc.insight._kernels import coalition_rows
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ class KernelShap:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.background.shape[1])
         n, d = x.shape
         m, k = self.masks.shape[0], self.background.shape[0]
-        # (n, M, K, d): x where the coalition holds the feature, the background elsewhere.
-        rows = np.where(self.masks[None, :, None, :], x[:, None, None, :],
-                        self.background[None, None, :, :])  # fmt: skip
-        v = self._f(rows.reshape(-1, d)).reshape(n, m, k).mean(axis=2)
+        # (n * M * K, d): x where the coalition holds the feature, the background elsewhere.
+        rows = np.empty((n * m * k, d), dtype=np.float32)
+        coalition_rows(x, self.masks, self.background, rows)
+        v = self._f(rows).reshape(n, m, k).mean(axis=2)
         fx = self._f(x)
         y = v - self.base_value
         py = y @ self._p.T  # (n, d)
