@@ -201,6 +201,10 @@ class DriftConfig(_Strict):
     quality_margin: float = Field(0.01, ge=0)
     quality_critical_rate: float = Field(0.2, gt=0, le=1)
     quality_recovery_windows: int = Field(3, ge=1)
+    # Input and prediction drift against a reference conditioned on the event time's hour of
+    # day ("daily") or hour of the week ("weekly"), stored in the reference profile
+    # (streamproc.drift.seasonal); "none": the whole reference, as before.
+    seasonality: Literal["none", "daily", "weekly"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> DriftConfig:
@@ -290,6 +294,55 @@ class OutputSettings(_Strict):
     include_features: bool = False
 
 
+class OutlierSettings(_Strict):
+    """``insight.outliers``: per-event outlier scores against the reference profile and an
+    alert when their share rises (streamproc.insight.outliers)."""
+
+    enabled: bool = False
+    quantile: float = Field(0.99, gt=0.5, lt=1)  # an outlier scores above this reference level
+    alert_ratio: float = Field(3.0, gt=1)  # alert when the outlier share rises this many times
+    false_alarms_per_million: float = Field(1.0, gt=0)
+    recovery_events: int = Field(10_000, ge=1)
+
+
+class ProbingSettings(_Strict):
+    """``insight.probing``: keys sending near-duplicate inputs near the decision threshold
+    (streamproc.insight.probing)."""
+
+    enabled: bool = False
+    band: float = Field(0.1, gt=0)  # |score - threshold| below this is near the threshold
+    radius: float = Field(0.25, gt=0)  # RMS distance (robust sigma) of a near-duplicate
+    horizon: float = Field(100.0, gt=1)  # the key's requests the suspicious count decays over
+    min_suspicious: float = Field(10.0, gt=0)  # decayed count that raises the alert
+    max_keys: int = Field(100_000, ge=10)  # keys tracked at most (least recently seen evicted)
+
+
+class ExplanationSettings(_Strict):
+    """``insight.explanations``: sampled attributions on a side topic, computed off the hot
+    path (streamproc.insight.explain); at most once."""
+
+    enabled: bool = False
+    topic: str = ""  # default "<input>.explanations"
+    share: float = Field(0.0, ge=0, le=1)  # a random share of the predictions
+    min_score: float | None = None  # and every prediction scoring at least this
+    keys: list[str] = Field(default_factory=list)  # and every prediction for these keys
+    method: Literal["kernel_shap", "integrated_gradients"] = "kernel_shap"
+    backend: str = "onnxruntime"  # the explainer's own model instance (kernel_shap)
+    background_rows: int = Field(16, ge=1)
+    samples: int = Field(512, ge=8)  # Kernel SHAP coalitions
+    queue_size: int = Field(1_024, ge=1)  # requests waiting; more are dropped and counted
+    batch: int = Field(32, ge=1)
+    max_cpu_share: float = Field(0.25, gt=0, le=1)  # of one core, for the explainer thread
+
+
+class InsightSettings(_Strict):
+    """The ``insight:`` section: outliers, probing and explanations, each off by default."""
+
+    outliers: OutlierSettings = Field(default_factory=OutlierSettings)
+    probing: ProbingSettings = Field(default_factory=ProbingSettings)
+    explanations: ExplanationSettings = Field(default_factory=ExplanationSettings)
+
+
 class PipelineConfig(_Strict):
     name: str
     model: str  # a model directory (model.yaml + model file), relative to the config file
@@ -307,6 +360,7 @@ class PipelineConfig(_Strict):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    insight: InsightSettings = Field(default_factory=InsightSettings)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

@@ -9,7 +9,15 @@ from typing import Any
 
 import fastavro
 
-NAMES = ("Transaction", "Prediction", "DeadLetter", "Alert", "MetricsSnapshot", "Label")
+NAMES = (
+    "Transaction",
+    "Prediction",
+    "DeadLetter",
+    "Alert",
+    "MetricsSnapshot",
+    "Label",
+    "Explanation",
+)
 
 
 @functools.cache

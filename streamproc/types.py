@@ -147,6 +147,8 @@ class AlertType(enum.StrEnum):
     ACCURACY_DRIFT = "accuracy_drift"
     NEW_SCHEMA = "new_schema"
     ROLLBACK = "rollback"  # a rollout's candidate rolled back by its guardrails
+    OUTLIER_RATE = "outlier_rate"  # the share of outlier inputs rose (streamproc.insight)
+    PROBING = "probing"  # a key probes the decision threshold (streamproc.insight)
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,6 +317,13 @@ def profile(
     ] = None,
     rows: Annotated[int, typer.Option(help="Rows of synthetic data")] = 50_000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data")] = 0,
+    event_times: Annotated[
+        Path | None,
+        typer.Option(help=".npy of the rows' event times (ms), for a seasonal reference"),
+    ] = None,
+    seasonality: Annotated[
+        str, typer.Option(help="none, daily or weekly: fit a reference per hour of day / week")
+    ] = "none",
     repo: RepoOpt = DEFAULT_ROOT,
 ) -> None:
     """Build the version's drift reference profile (reference_profile.json) from data."""
@@ -334,6 +341,7 @@ def profile(
         x = _read_sample(data, spec)
         if labels is not None:
             y = np.load(labels, allow_pickle=False)
-    prof = build_profile(spec, x, y)
+    times = None if event_times is None else np.load(event_times, allow_pickle=False)
+    prof = build_profile(spec, x, y, event_time_ms=times, seasonality=seasonality)
     path = prof.save(repository.path(name, version) / PROFILE_FILE)
     emit({"profile": str(path), "rows": len(x), "error_rate": prof.error_rate})

@@ -176,9 +176,13 @@ class DriftMonitor:
         )
 
     def update(
-        self, features: npt.NDArray[np.floating], offsets: npt.NDArray[np.integer] | None = None
+        self,
+        features: npt.NDArray[np.floating],
+        offsets: npt.NDArray[np.integer] | None = None,
+        event_time_ms: npt.NDArray[np.integer] | None = None,
     ) -> list[AlertEvent]:
-        """Feed one micro-batch of feature rows, shape ``(n, f)``; returns new alerts."""
+        """Feed one micro-batch of feature rows, shape ``(n, f)``; returns new alerts.
+        ``event_time_ms`` is read by the seasonal monitor (streamproc.drift.seasonal) only."""
         x = np.asarray(features)
         if x.ndim != 2:
             raise ValueError(f"features must have shape (n, f), got {x.shape}")
@@ -212,7 +216,10 @@ class DriftMonitor:
         return x[need:], None if off is None else off[need:]
 
     def update_scores(
-        self, scores: npt.NDArray[np.floating], offsets: npt.NDArray[np.integer] | None = None
+        self,
+        scores: npt.NDArray[np.floating],
+        offsets: npt.NDArray[np.integer] | None = None,
+        event_time_ms: npt.NDArray[np.integer] | None = None,
     ) -> list[AlertEvent]:
         """Feed the model scores of one micro-batch, shape ``(n,)``; returns new alerts."""
         s = np.asarray(scores, dtype=np.float64).reshape(-1)

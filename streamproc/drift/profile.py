@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamproc.drift import _tail
 from streamproc.drift._kernels import normal_scores_kernel
 from streamproc.errors import ConfigError
 from streamproc.stats import lag1_autocorrelation, norm_cdf, norm_isf
@@ -87,6 +88,12 @@ class ReferenceProfile:
     error_rate: float | None = None  # reference error rate (accuracy drift)
     reject_rates: dict[str, float] = field(default_factory=dict)  # data-quality baseline
     version: int = FORMAT_VERSION
+    # Quantiles of the per-row tail score (:meth:`tail_scores`) on the reference rows, keyed
+    # by level ("0.99", ...): the outlier monitor's thresholds. None in older profile files.
+    tail_quantiles: dict[str, float] | None = None
+    # A reference conditioned on the time of day / week (streamproc.drift.seasonal), for
+    # pipelines with drift.seasonality set; None in older files and where none was fitted.
+    seasonal: dict[str, Any] | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -114,7 +121,7 @@ class ReferenceProfile:
         if scores is not None:
             s = np.asarray(scores, dtype=np.float64).reshape(-1)
             score_prof = _fit_column("score", s, grid_for(s.size))
-        return cls(
+        prof = cls(
             columns=cols,
             grid=[float(v) for v in grid],
             n_rows=int(a.shape[0]),
@@ -123,6 +130,11 @@ class ReferenceProfile:
             scores=score_prof,
             error_rate=error_rate,
         )
+        t = prof.tail_scores(a)
+        prof.tail_quantiles = {
+            str(q): float(v) for q, v in zip(TAIL_LEVELS, np.quantile(t, TAIL_LEVELS), strict=True)
+        }
+        return prof
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -139,6 +151,10 @@ class ReferenceProfile:
         """Standardised normal scores of rows of ``x`` (NaN stays NaN); no prewhitening."""
         a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, len(self.columns)))
         return TransformTables.from_columns(self.columns, np.asarray(self.grid)).scores(a)
+
+    def tail_scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Per-row outlier scores (:class:`TailScorer`): higher is further out."""
+        return TailScorer(self.columns, np.asarray(self.grid)).scores(x)
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +268,135 @@ class TransformTables:
             self.bucket_scale, mean, std, phi, prev, has, TAIL_SPAN, out,
         )  # fmt: skip
         return out
+
+
+TAIL_LEVELS = (0.9, 0.99, 0.999, 0.9999)
+TAIL_CELLS = 8192  # table points of a continuous column's log tail probabilities
+
+
+class TailScorer:
+    """ECOD-style outlier scores (Li et al., 2022) from the profile alone.
+
+    Per column, the left and right tail probabilities of a value under the reference's
+    empirical CDF: for continuous columns read off the quantile grid (``Phi`` of the normal
+    score), extended past the outer knots along the tail slope without the transform's cap,
+    so that a value far out keeps scoring higher; for discrete columns the exact
+    ``P(X <= v)`` and ``P(X >= v)`` from the category frequencies (ties count on both
+    sides, as in an ECDF). The row's score is ECOD's: the largest of the summed ``-log``
+    left tails, the summed right tails, and the sum of each column's tail on the side its
+    skew points to. Missing values score 0.
+
+    Scoring a batch is one compiled pass (:func:`~streamproc.drift._tail.tail_score_kernel`)
+    over tables of the log tail probabilities built here: for a continuous column at
+    ``TAIL_CELLS`` points spaced evenly between its outer knots, interpolated linearly; for
+    a column of few integer values at each integer of its range (exact).
+    """
+
+    def __init__(self, cols: Sequence[ColumnProfile], grid: npt.NDArray[np.float64]) -> None:
+        self.tables = t = TransformTables.from_columns(cols, grid)
+        d = len(cols)
+        self.right_skew = np.array([c.mean > c.median for c in cols], dtype=np.bool_)
+        self.floor = np.log(np.array([1.0 / (c.n + 1.0) for c in cols]))
+        self.lo_scale = np.where(t.lo_scale > 0, t.lo_scale, 1.0)
+        self.hi_scale = np.where(t.hi_scale > 0, t.hi_scale, 1.0)
+        self.cats: list[tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+        self.kind = np.zeros(d, dtype=np.int64)
+        # Continuous tables are even in asinh(16 * (x - median) / scale): fine in the body,
+        # log-like in the tails, so heavy-tailed columns keep resolution where the data is.
+        self.center = np.array([c.median for c in cols])
+        self.inv = np.array([16.0 / c.scale if c.scale > 0 else 1.0 for c in cols])
+        self.lo = np.arcsinh((t.knots[:, 0] - self.center) * self.inv)
+        self.step_inv = np.ones(d)
+        self.size = np.full(d, TAIL_CELLS + 1, dtype=np.int64)
+        points = np.empty((TAIL_CELLS + 1, d))
+        for j, c in enumerate(cols):
+            width = t.knots[j, -1] - t.knots[j, 0]
+            if c.categories is not None:
+                vals = np.array([float(k) for k in c.categories], dtype=np.float64)
+                order = np.argsort(vals)
+                freq = np.array(list(c.categories.values()), dtype=np.float64)[order]
+                self.cats.append((j, vals[order], np.concatenate([[0.0], np.cumsum(freq)])))
+                span = vals.max() - vals.min()
+                if np.all(vals == np.round(vals)) and span <= TAIL_CELLS:
+                    self.kind[j] = _tail.INTEGER
+                    self.lo[j] = vals.min()
+                    self.size[j] = int(span) + 1
+                    points[:, j] = vals.min() + np.minimum(np.arange(TAIL_CELLS + 1), span)
+                    continue
+            hi = float(np.arcsinh((t.knots[j, -1] - self.center[j]) * self.inv[j]))
+            self.step_inv[j] = TAIL_CELLS / (hi - self.lo[j]) if width > 0 else 1.0
+            u = self.lo[j] + np.arange(TAIL_CELLS + 1) / self.step_inv[j]
+            points[:, j] = self.center[j] + np.sinh(u) / self.inv[j]
+            points[[0, -1], j] = t.knots[j, [0, -1]]  # exactly: sinh(asinh()) may round
+        left, right = self.exact_log_tails(points)
+        self.left = np.ascontiguousarray(left.T)
+        self.right = np.ascontiguousarray(right.T)
+        self.g_lo = np.full(d, float(grid[0]))
+        self.g_hi = np.full(d, float(grid[-1]))
+
+    def exact_log_tails(
+        self, x: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``log P(X <= v)`` and ``log P(X >= v)`` per value (NaN: 0), by the definition."""
+        t = self.tables
+        d = t.knots.shape[0]
+        a = np.ascontiguousarray(np.asarray(x, dtype=np.float64).reshape(-1, d))
+        z = t.scores(a, standardise=False)
+        above, below = a > t.knots[:, -1], a < t.knots[:, 0]
+        z = np.where(above, t.grid[-1] + (a - t.knots[:, -1]) / self.hi_scale, z)
+        z = np.where(below, t.grid[0] - (t.knots[:, 0] - a) / self.lo_scale, z)
+        left, right = norm_log_cdf(z), norm_log_cdf(-z)
+        for j, vals, cum in self.cats:
+            v = a[:, j]
+            le = cum[np.searchsorted(vals, v, side="right")]  # P(X <= v)
+            lt = cum[np.searchsorted(vals, v, side="left")]  # P(X < v)
+            with np.errstate(divide="ignore"):
+                left[:, j] = np.log(le)
+                right[:, j] = np.log(1.0 - lt)
+        left = np.maximum(left, self.floor)
+        right = np.maximum(right, self.floor)
+        miss = np.isnan(a)
+        left[miss] = 0.0
+        right[miss] = 0.0
+        return left, right
+
+    def exact_scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """:meth:`scores` without the tables (the reference the tables are checked against)."""
+        left, right = self.exact_log_tails(x)
+        sl, sr = -left.sum(axis=1), -right.sum(axis=1)
+        sa = -np.where(self.right_skew, right, left).sum(axis=1)
+        return np.asarray(np.maximum(np.maximum(sl, sr), sa), dtype=np.float64)
+
+    def scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        d = self.kind.size
+        a = np.asarray(x)
+        if a.dtype not in (np.float32, np.float64):  # float32 batches go in as they are
+            a = a.astype(np.float64)
+        a = np.ascontiguousarray(a).reshape(-1, d)
+        out = np.empty(a.shape[0])
+        _tail.tail_score_kernel(
+            a, self.kind, self.center, self.inv, self.lo, self.step_inv, self.tables.knots[:, 0],
+            self.tables.knots[:, -1], self.size, self.left, self.right, self.g_lo, self.g_hi,
+            self.lo_scale, self.hi_scale, self.floor, self.right_skew, out,
+        )  # fmt: skip
+        return out
+
+
+# log Phi(z) on a fine grid, linear beyond it (asymptotically -z**2 / 2): an interpolation
+# replaces a per-value erfc.
+_LOG_Z = np.linspace(-12.0, 8.0, 20_001)
+_LOG_V = np.log(np.maximum(norm_cdf(_LOG_Z), 1e-300))
+
+
+def norm_log_cdf(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``log Phi(z)`` elementwise (NaN stays NaN), accurate to the grid for z >= -12 and
+    following the Gaussian tail below it."""
+    out = np.interp(z, _LOG_Z, _LOG_V)
+    low = z < _LOG_Z[0]
+    if low.any():
+        zl = z[low]
+        out[low] = -0.5 * zl * zl - np.log(-zl) - 0.5 * math.log(2.0 * math.pi)
+    return np.where(np.isnan(z), np.nan, out)
 
 
 def _fit_column(

@@ -32,6 +32,7 @@ from streamproc.telemetry.prometheus import PrometheusSensor
 from .alerting import AlertRouter
 from .features import FeatureStage
 from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
+from .insight import wire_insight
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
 from .scoring import Scorer
 
@@ -361,6 +362,9 @@ def build_processor(
     features = build_features(cfg, spec, sensor, closers, registry, source)
     decoder = build_decoder(cfg, spec if features is None else features.decoder_spec,
                             registry, sensor)  # fmt: skip
+    # The insight: section (outliers, probing, explanations); unchanged where it is all off.
+    keys = Redactor.from_settings(cfg.personal_data, reader_schema(spec))  # probing alerts
+    scorer, monitor = wire_insight(cfg, scorer, monitor, sensor, closers, redactor=keys)
     handler = BatchHandler(
         decoder=decoder,
         scorer=scorer,

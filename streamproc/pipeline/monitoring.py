@@ -21,7 +21,9 @@ from streamproc.drift import (
 from streamproc.drift.alerts import AlertType
 from streamproc.drift.base import Detector
 from streamproc.drift.monitors import AlertMaker
+from streamproc.drift.seasonal import SeasonalDriftMonitor, SeasonalReference
 from streamproc.drift.window import CategoryDetector
+from streamproc.errors import ConfigError
 from streamproc.models.spec import ModelSpec
 from streamproc.types import Alert, DecodedBatch
 
@@ -73,6 +75,7 @@ class StreamMonitor(Monitor):
         self.continuous = np.arange(len(names))
         self.discrete = np.arange(0)
         self.discrete_drift: Detector | None = None
+        self.drift: DriftMonitor
         self._discrete_alerts: AlertMaker | None = None
         if profile is not None:
             # CUSUMs on standardised values suit continuous columns; columns with a few
@@ -88,7 +91,12 @@ class StreamMonitor(Monitor):
                 update={"false_alarms_per_million": budget * max(self.continuous.size, 1) / d}
             )
             cont = replace(profile, columns=[profile.columns[i] for i in self.continuous])
-            self.drift = DriftMonitor(cont, cont_cfg, columns=[names[i] for i in self.continuous])
+            cont_names = [names[i] for i in self.continuous]
+            if config.seasonality != "none":  # against the reference at the event's time
+                seasonal = SeasonalReference.of(profile, config.seasonality)
+                self.drift = SeasonalDriftMonitor(seasonal, cont_cfg, columns=cont_names)
+            else:
+                self.drift = DriftMonitor(cont, cont_cfg, columns=cont_names)
             if self.discrete.size and config.detector != "null":
                 nd = int(self.discrete.size)
                 self.discrete_drift = CategoryDetector(
@@ -101,6 +109,11 @@ class StreamMonitor(Monitor):
                     AlertType.INPUT_DRIFT, [names[i] for i in self.discrete], config
                 )
         else:
+            if config.seasonality != "none":
+                raise ConfigError(
+                    f"drift.seasonality is {config.seasonality!r} but model {spec.name} "
+                    f"{spec.version} has no reference profile with a seasonal reference"
+                )
             self.drift = DriftMonitor(None, config, columns=names)
 
     def observe(
@@ -115,16 +128,17 @@ class StreamMonitor(Monitor):
         alerts: list[Alert] = []
         if len(ok_rows):
             if len(ok_rows) == len(decoded):  # every event decoded: no copies
-                ok_offsets, x = offsets, decoded.features
+                ok_offsets, x, when = offsets, decoded.features, decoded.event_time_ms
             else:
                 ok_offsets, x = offsets[ok_rows], decoded.features[ok_rows]
-            alerts += self.drift.update(x[:, self.continuous], ok_offsets)
+                when = decoded.event_time_ms[ok_rows]
+            alerts += self.drift.update(x[:, self.continuous], ok_offsets, event_time_ms=when)
             if self.discrete_drift is not None and self._discrete_alerts is not None:
                 self.discrete_drift.update(x[:, self.discrete], ok_offsets)
                 alerts += self._discrete_alerts.make(self.discrete_drift.transitions)
             if scores.size:
                 alerts += self.drift.update_scores(
-                    scores[:, self.spec.outputs.score_index], ok_offsets
+                    scores[:, self.spec.outputs.score_index], ok_offsets, event_time_ms=when
                 )
         # A writer schema counts as in use once an event decodes with it: the schema id of a
         # dead letter (an unknown id, random bytes after a magic byte) raises no new_schema.
@@ -231,9 +245,14 @@ def build_profile(
     spec: ModelSpec,
     features: npt.NDArray[np.float32],
     labels: npt.NDArray[np.integer] | None = None,
+    *,
+    event_time_ms: npt.NDArray[np.int64] | None = None,
+    seasonality: str = "none",
 ) -> ReferenceProfile:
     """A reference profile from training data: feature columns, the model's scores and, with
-    labels (index into ``spec.outputs.labels``), its reference error rate."""
+    labels (index into ``spec.outputs.labels``), its reference error rate. With the rows'
+    event times and a ``seasonality`` (daily, weekly), also the seasonal reference that
+    ``drift.seasonality`` monitors against."""
     from streamproc.backends.select import load_backend
 
     backend = load_backend(spec, prefer=["onnxruntime"])
@@ -245,6 +264,13 @@ def build_profile(
     error_rate = None
     if labels is not None:
         error_rate = float(np.mean((score >= spec.outputs.threshold) != (labels == 1)))
-    return ReferenceProfile.from_matrix(
+    prof = ReferenceProfile.from_matrix(
         features, spec.columns, model_version=spec.version, scores=score, error_rate=error_rate
     )
+    if seasonality != "none":
+        if event_time_ms is None:
+            raise ConfigError(f"a {seasonality} seasonal reference needs the rows' event times")
+        prof.seasonal = SeasonalReference.fit(
+            features, event_time_ms, spec.columns, seasonality, scores=score
+        ).to_dict()
+    return prof
