@@ -423,7 +423,9 @@ def run_server(service: InferenceService, host: str, port: int, *,
                log_level: str = "info", on_bound: Any = None) -> None:  # fmt: skip
     """Serve until SIGTERM / SIGINT; then answer every accepted request and return.
     ``on_bound(host, port)`` is called once the socket is bound (port 0: a free one)."""
+    import signal
     import socket
+    import threading
 
     import uvicorn
 
@@ -434,4 +436,9 @@ def run_server(service: InferenceService, host: str, port: int, *,
         on_bound(host, sock.getsockname()[1])
     config = uvicorn.Config(build_app(service), log_level=log_level.lower(), access_log=False,
                             lifespan="on", timeout_graceful_shutdown=None)  # fmt: skip
+    # uvicorn re-raises the signal that stopped it once it has shut down, which would end
+    # the process by that signal; with these handlers a stop by SIGTERM exits normally.
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run(sockets=[sock])
