@@ -34,7 +34,14 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -137,7 +144,11 @@ def build_app(service: InferenceService) -> FastAPI:
 
     app = FastAPI(title="streamproc", version=streamproc.__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
-    app.mount("/metrics", make_asgi_app(registry))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     app.state.service = service
     app.state.metrics = metrics
 
