@@ -198,7 +198,7 @@ def _sample(metrics: str, name: str) -> float:
 
 def _version(python: str, module: str) -> str:
     r = subprocess.run([python, "-c", f"import {module}; print({module}.__version__)"],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True, check=False)  # fmt: skip
     return r.stdout.strip() or "?"
 
 

@@ -19,7 +19,9 @@ err = Console(stderr=True)
 def serve(
     ctx: typer.Context,
     config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default: serving.host)")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: serving.host)")
+    ] = None,
     port: Annotated[
         int | None, typer.Option(help="Port (default: serving.port; 0: a free one)")
     ] = None,
@@ -59,9 +61,12 @@ def serve(
 
     def bound(h: str, p: int) -> None:
         where = f"http://{h}:{p}"
-        err.print(f"serving {name} {service.base_scorer.primary.version} on {where} "
-                  f"(v2: {where}/v2/models/{name}/infer, records: {where}/v1/models/{name}:predict, "
-                  f"metrics: {where}/metrics)", highlight=False, soft_wrap=True)  # fmt: skip
+        routes = (
+            f"v2: {where}/v2/models/{name}/infer, "
+            f"records: {where}/v1/models/{name}:predict, metrics: {where}/metrics"
+        )
+        err.print(f"serving {name} {service.base_scorer.primary.version} on {where} ({routes})",
+                  highlight=False, soft_wrap=True)  # fmt: skip
 
     run_server(service, host or s.host, s.port if port is None else port,
                log_level=log_level, on_bound=bound)  # fmt: skip

@@ -17,7 +17,7 @@ the rows not yet answered past ``max_queue_rows`` (:class:`QueueFull`: the serve
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -142,10 +142,7 @@ class AsyncBatcher:
         for n, reason in self.policy.add(k, now, request.event_time_ms):
             self._ready.append(self._take(n, reason, now))
         self._wake.set()
-        try:
-            return await asyncio.shield(fut)  # a client that goes away leaves its rows in
-        finally:
-            pass
+        return await asyncio.shield(fut)  # a client that goes away leaves its rows in
 
     def _take(self, n: int, reason: ReleaseReason, now: float) -> Batch:
         pieces: list[tuple[Request, int, int]] = []
@@ -185,10 +182,8 @@ class AsyncBatcher:
                 await self._wake.wait()
                 continue
             timeout = max(0.0, (deadline - now) / 1000.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         n = len(batch)
@@ -226,9 +221,3 @@ class AsyncBatcher:
         if self._task is not None:
             await self._task
         self._pool.shutdown(wait=True)
-
-    def retry_after_s(self, rows_per_s: float) -> int:
-        """Seconds a refused client should wait: the queue's drain time, at least 1."""
-        if rows_per_s <= 0:
-            return 1
-        return max(1, math.ceil(self.queued_rows / rows_per_s))

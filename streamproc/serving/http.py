@@ -50,7 +50,7 @@ import streamproc
 from .auth import Tenant, Unauthorized
 from .batcher import QueueFull, ShuttingDown
 from .batcher import Request as Rows
-from .service import InferenceService, Rejection
+from .service import InferenceService
 
 KEY_HEADER = "x-streamproc-key"
 BINARY_HEADER = "inference-header-content-length"
@@ -84,8 +84,9 @@ class _CacheCollector(Collector):
             c = CounterMetricFamily(f"streamproc_prediction_cache_{name}", doc, labels=["pipeline"])
             c.add_metric(p, value)
             yield c
-        for name, doc, value in (("entries", "Entries in the prediction cache", len(cache)),
-                                 ("bytes", "Bytes the prediction cache holds", cache.bytes)):  # fmt: skip
+        sizes = (("entries", "Entries in the prediction cache", len(cache)),
+                 ("bytes", "Bytes the prediction cache holds", cache.bytes))  # fmt: skip
+        for name, doc, value in sizes:
             g = GaugeMetricFamily(f"streamproc_prediction_cache_{name}", doc, labels=["pipeline"])
             g.add_metric(p, value)
             yield g
@@ -166,8 +167,9 @@ def build_app(service: InferenceService) -> FastAPI:
             raise HttpError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
         wait = tenant.admit()
         if wait > 0:
-            raise HttpError(429, f"rate limit of tenant {tenant.name!r} exceeded",
-                            {"Retry-After": str(max(1, math.ceil(wait)))}, tenant=tenant.name)  # fmt: skip
+            retry = {"Retry-After": str(max(1, math.ceil(wait)))}
+            raise HttpError(429, f"rate limit of tenant {tenant.name!r} exceeded", retry,
+                            tenant=tenant.name)  # fmt: skip
         return tenant
 
     async def run(rows: Rows) -> Rows:
@@ -267,12 +269,11 @@ def build_app(service: InferenceService) -> FastAPI:
         x = _tensor(req, binary, service)
         if len(x) > service.max_request_rows:
             raise HttpError(400, f"{len(x)} rows; at most {service.max_request_rows} a request")
-        bad = _check(service, x)
-        params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+        _check(service, x)
+        params = _params(req)
         key_text = request.headers.get(KEY_HEADER) or params.get("key")
         key = str(key_text).encode() if key_text is not None else None
         rows = await run(Rows(x, [key] * len(x), version))
-        del bad
         return _v2_response(req, params, rows, service)
 
     @app.post("/v2/models/{name}/infer")
@@ -327,7 +328,7 @@ def build_app(service: InferenceService) -> FastAPI:
     return app
 
 
-def _check(service: InferenceService, x: npt.NDArray[np.float32]) -> list[Rejection]:
+def _check(service: InferenceService, x: npt.NDArray[np.float32]) -> None:
     from .service import check_matrix
 
     bad = check_matrix(service.rules, x)
@@ -335,7 +336,11 @@ def _check(service: InferenceService, x: npt.NDArray[np.float32]) -> list[Reject
         service.rejected(bad)
         raise HttpError(400, f"{len(bad)} of {len(x)} rows break the model's input rules",
                         rejected=[r.as_dict() for r in bad])  # fmt: skip
-    return bad
+
+
+def _params(d: dict[str, Any]) -> dict[str, Any]:
+    p = d.get("parameters")
+    return p if isinstance(p, dict) else {}
 
 
 def _split_binary(body: bytes, header_len: str | None) -> tuple[bytes, bytes]:
@@ -372,8 +377,7 @@ def _tensor(
             or shape[-1] != f):  # fmt: skip
         raise HttpError(400, f"shape {shape!r}: expected [rows, {f}]")
     rows = shape[0] if len(shape) == 2 else 1
-    params = t.get("parameters") if isinstance(t.get("parameters"), dict) else {}
-    size = params.get("binary_data_size")
+    size = _params(t).get("binary_data_size")
     try:
         if size is not None:
             if not isinstance(size, int) or size != len(binary):

@@ -132,8 +132,8 @@ def _why(rules: ColumnRules, row: npt.NDArray[np.float64], i: int) -> Rejection:
     for field, first, width in rules.onehot:
         block = row[first : first + width]
         if not (((block == 0) | (block == 1)).all() and block.sum() == 1):
-            return Rejection(i, ReasonCode.UNKNOWN_ENUM,
-                             f"{field}: one-hot columns {block.tolist()} are not one 1 among 0s")  # fmt: skip
+            detail = f"{field}: one-hot columns {block.tolist()} are not one 1 among 0s"
+            return Rejection(i, ReasonCode.UNKNOWN_ENUM, detail)
     return Rejection(i, ReasonCode.CORRUPT, "invalid row")  # not reached: check_matrix found one
 
 
@@ -384,16 +384,16 @@ class InferenceService:
                 schema_ids=np.full(n, -1, np.int32),
             )  # fmt: skip
             offsets = np.arange(self._seq, self._seq + n, dtype=np.int64)
-            rollout = len(by_version) > 1
+            split = versions if len(by_version) > 1 else None  # a rollout: who scored what
+            ok = np.arange(n, dtype=np.intp)
             try:
-                alerts += self.monitor.observe(decoded, np.arange(n, dtype=np.intp), scores,
-                                               offsets, {}, versions if rollout else None)  # fmt: skip
+                alerts += self.monitor.observe(decoded, ok, scores, offsets, {}, split)
             except Exception as exc:  # monitoring never fails a request
                 log.warning("drift monitor failed on an HTTP batch: %s", exc)
         self._seq += n
         alerts += self.base_scorer.drain_alerts()
-        for a in alerts:
-            self._alert(a)
+        for alert in alerts:
+            self._alert(alert)
 
     def _alert(self, alert: Alert) -> None:
         primary = self.base_scorer.primary

@@ -98,9 +98,12 @@ def test_cached_scorer_hits_return_identical_scores():
     first = scorer.score(x, [None] * 3)
     again = scorer.score(rows(3, 9, 1), [None] * 3)
     assert backend.rows == 4  # only 9 was new
-    assert again.scores.tobytes() == np.concatenate(
-        [first.scores[2:3], [[9, -9]], first.scores[0:1]]
-    ).astype(np.float32).tobytes()
+    assert (
+        again.scores.tobytes()
+        == np.concatenate([first.scores[2:3], [[9, -9]], first.scores[0:1]])
+        .astype(np.float32)
+        .tobytes()
+    )
     assert [v.version for v in again.versions] == ["1.0.0"]
 
 

@@ -148,13 +148,14 @@ def test_malformed_bodies_get_400_with_reasons(service_factory, serve_factory):
     assert "not JSON" in err(b"{nope")["error"]
     assert "one input" in err({"inputs": []})["error"]
     assert "unknown input" in err({"inputs": [{**v2_body(x)["inputs"][0], "name": "x"}]})["error"]
-    assert "datatype" in err({"inputs": [{**v2_body(x)["inputs"][0], "datatype": "BYTES"}]})[
-        "error"
-    ]
+    assert (
+        "datatype" in err({"inputs": [{**v2_body(x)["inputs"][0], "datatype": "BYTES"}]})["error"]
+    )
     assert "shape" in err({"inputs": [{**v2_body(x)["inputs"][0], "shape": [3, 15]}]})["error"]
-    assert "values for shape" in err({"inputs": [{**v2_body(x)["inputs"][0], "shape": [4, 16]}]})[
-        "error"
-    ]
+    assert (
+        "values for shape"
+        in err({"inputs": [{**v2_body(x)["inputs"][0], "shape": [4, 16]}]})["error"]
+    )
     bad_data = {"inputs": [{**v2_body(x)["inputs"][0], "data": ["a"] * 48}]}
     assert "not FP32 numbers" in err(bad_data)["error"]
 
