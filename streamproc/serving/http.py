@@ -447,6 +447,7 @@ def run_server(service: InferenceService, host: str, port: int, *,
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # from here a client's connection waits for the server, never refused
     if on_bound is not None:
         on_bound(host, sock.getsockname()[1])
     config = uvicorn.Config(build_app(service), log_level=log_level.lower(), access_log=False,
