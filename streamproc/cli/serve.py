@@ -45,6 +45,7 @@ def serve(
     for module in ("fastapi", "uvicorn"):
         if missing(module, "serve") is not None:
             raise DependencyMissingError(module, "serve")
+    from streamproc.pipeline.app import settle_collector
     from streamproc.serving.http import run_server
     from streamproc.serving.service import build_service
 
@@ -56,6 +57,7 @@ def serve(
                                       kafka_config=kafka_config)  # fmt: skip
     cfg = resolved.config
     service = build_service(cfg, follow_control=control, instance=instance or "")
+    settle_collector()  # as `run`: the start-up's objects frozen, fewer young collections
     s = cfg.serving
     name = service.name
 

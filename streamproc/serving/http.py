@@ -276,13 +276,15 @@ def build_app(service: InferenceService) -> FastAPI:
         rows = await run(Rows(x, [key] * len(x), version))
         return _v2_response(req, params, rows, service)
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(request: Request, name: str) -> Response:
-        return await answer("v2_infer", request, infer_v2, name, None)
+    # The inference routes are Starlette's own (FastAPI's router holds them as they are):
+    # they read the body themselves, so FastAPI's per-request dependency solving and
+    # validation would be work for nothing on the hot path.
+    async def infer(request: Request) -> Response:
+        p = request.path_params
+        return await answer("v2_infer", request, infer_v2, p["name"], p.get("version"))
 
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer_version(request: Request, name: str, version: str) -> Response:
-        return await answer("v2_infer", request, infer_v2, name, version)
+    app.router.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
+    app.router.add_route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"])
 
     async def predict_records(request: Request, name: str) -> Response:
         model_or_404(name)
@@ -321,9 +323,10 @@ def build_app(service: InferenceService) -> FastAPI:
                           "scores": s, "model_version": v})  # fmt: skip
         return _json({"model_name": spec.name, "predictions": preds})
 
-    @app.post("/v1/models/{name}:predict")
-    async def predict(request: Request, name: str) -> Response:
-        return await answer("v1_predict", request, predict_records, name)
+    async def predict(request: Request) -> Response:
+        return await answer("v1_predict", request, predict_records, request.path_params["name"])
+
+    app.router.add_route("/v1/models/{name}:predict", predict, methods=["POST"])
 
     return app
 
@@ -371,7 +374,7 @@ def _tensor(
     if dtype is None:
         raise HttpError(400, f"datatype {t.get('datatype')!r}: expected FP32 (or FP64)")
     shape = t.get("shape")
-    f = spec.n_features
+    f = service.n_features
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
             or not all(isinstance(d, int) and d >= 0 for d in shape)
             or shape[-1] != f):  # fmt: skip

@@ -30,7 +30,8 @@ import numpy.typing as npt
 from streamproc.backends.base import Backend
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
-from streamproc.models.spec import ModelSpec
+from streamproc.codecs.features import check_number
+from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.pipeline.alerting import AlertRouter
 from streamproc.pipeline.handler import Monitor
 from streamproc.pipeline.scoring import Scored, Scorer, SingleScorer
@@ -64,35 +65,43 @@ class ColumnRules:
     names: list[str]
     lo: npt.NDArray[np.float64]  # -inf where no min
     hi: npt.NDArray[np.float64]  # +inf where no max
-    allow_nan: npt.NDArray[np.bool_]
+    features: list[FeatureSpec | None]  # a value column's feature; None: a symbol's column
     onehot: list[tuple[str, int, int]]  # (field, first column, width)
+    index: list[tuple[str, int]]  # (field, column) of index-encoded symbols
 
     @classmethod
     def of(cls, spec: ModelSpec) -> ColumnRules:
         lo: list[float] = []
         hi: list[float] = []
-        nan: list[bool] = []
+        feats: list[FeatureSpec | None] = []
         onehot: list[tuple[str, int, int]] = []
+        index: list[tuple[str, int]] = []
         for f in spec.inputs:
             width = len(f.columns)
             if f.encoding == "onehot":
                 onehot.append((f.field, len(lo), width))
                 lo += [0.0] * width
                 hi += [1.0] * width
+                feats += [None] * width
             elif f.encoding == "index":
+                index.append((f.field, len(lo)))
                 lo += [0.0]
                 hi += [float(len(f.symbols) - 1)]
+                feats += [None]
             else:
                 lo += [-math.inf if f.min is None else f.min] * width
                 hi += [math.inf if f.max is None else f.max] * width
-            nan += [f.allow_nan and f.encoding == "value"] * width
-        return cls(spec.columns, np.array(lo), np.array(hi), np.array(nan), onehot)
+                feats += [f] * width
+        return cls(spec.columns, np.array(lo), np.array(hi), feats, onehot, index)
 
 
 def check_matrix(rules: ColumnRules, x: npt.NDArray[np.float32]) -> list[Rejection]:
-    """The rows of ``x`` that break the model's input rules, with the first reason of each:
-    NaN/inf (NAN_FEATURE, unless the feature allows NaN), below min or above max
-    (OUT_OF_RANGE), a one-hot group that is not one 1 among 0s (UNKNOWN_ENUM).
+    """The rows of ``x`` that break the model's input rules, with the first reason of each,
+    column by column, then symbol by symbol: a value column by the decoders' own check
+    (NaN/inf: NAN_FEATURE unless the feature allows NaN; below min or above max:
+    OUT_OF_RANGE); a symbol's column NaN (NAN_FEATURE) or outside its range
+    (OUT_OF_RANGE); a one-hot group that is not one 1 among 0s, or an index that is not a
+    whole number (UNKNOWN_ENUM).
 
     >>> from streamproc.models.spec import FeatureSpec
     >>> spec = ModelSpec(name="m", version="1.0.0", inputs=(FeatureSpec(field="a", min=0),
@@ -101,40 +110,46 @@ def check_matrix(rules: ColumnRules, x: npt.NDArray[np.float32]) -> list[Rejecti
     >>> [(r.index, r.reason.name) for r in check_matrix(ColumnRules.of(spec), x)]
     [(1, 'OUT_OF_RANGE'), (2, 'NAN_FEATURE'), (3, 'UNKNOWN_ENUM')]
     """
-    x64 = x.astype(np.float64)
-    finite = np.isfinite(x64)
-    bad_nan = ~finite & ~(np.isnan(x64) & rules.allow_nan)
+    # The common case, every row valid, in a few whole-matrix operations; a row that fails
+    # them (or holds a NaN a feature allows) is looked at again, column by column.
     with np.errstate(invalid="ignore"):
-        low = finite & (x64 < rules.lo)
-        high = finite & (x64 > rules.hi)
-    bad_hot = np.zeros(len(x), np.bool_)
-    for _, first, width in rules.onehot:
-        block = x64[:, first : first + width]
-        with np.errstate(invalid="ignore"):
-            ok = ((block == 0) | (block == 1)).all(axis=1) & (block.sum(axis=1) == 1)
-        bad_hot |= ~ok
-    bad = bad_nan.any(axis=1) | low.any(axis=1) | high.any(axis=1) | bad_hot
+        ok = ((x >= rules.lo) & (x <= rules.hi) & np.isfinite(x)).all(axis=1)
+    for _, first, width in rules.onehot:  # in [0, 1] already: one 1 and the rest 0
+        block = x[:, first : first + width]
+        ok &= (block.sum(axis=1) == 1) & (block.max(axis=1) == 1)
+    for _, c in rules.index:
+        ok &= x[:, c] == np.floor(x[:, c])
+    if ok.all():
+        return []
     out: list[Rejection] = []
-    for i in np.flatnonzero(bad).tolist():
-        out.append(_why(rules, x64[i], i))
+    for i in np.flatnonzero(~ok).tolist():
+        why = _why(rules, x[i].astype(np.float64), i)
+        if why is not None:
+            out.append(why)
     return out
 
 
-def _why(rules: ColumnRules, row: npt.NDArray[np.float64], i: int) -> Rejection:
+def _why(rules: ColumnRules, row: npt.NDArray[np.float64], i: int) -> Rejection | None:
     for c, v in enumerate(row.tolist()):
-        name = rules.names[c]
-        if not math.isfinite(v) and not (math.isnan(v) and rules.allow_nan[c]):
+        name, f = rules.names[c], rules.features[c]
+        if f is not None:
+            code, detail = check_number(f, v, name)
+            if code:
+                return Rejection(i, ReasonCode(code), detail)
+        elif math.isnan(v):
             return Rejection(i, ReasonCode.NAN_FEATURE, f"{name}={v} is not a finite number")
-        if v < rules.lo[c]:
-            return Rejection(i, ReasonCode.OUT_OF_RANGE, f"{name}={v} is below min {rules.lo[c]}")
-        if v > rules.hi[c]:
-            return Rejection(i, ReasonCode.OUT_OF_RANGE, f"{name}={v} is above max {rules.hi[c]}")
+        elif not rules.lo[c] <= v <= rules.hi[c]:
+            return Rejection(i, ReasonCode.OUT_OF_RANGE,
+                             f"{name}={v} is outside [{rules.lo[c]}, {rules.hi[c]}]")  # fmt: skip
     for field, first, width in rules.onehot:
         block = row[first : first + width]
         if not (((block == 0) | (block == 1)).all() and block.sum() == 1):
             detail = f"{field}: one-hot columns {block.tolist()} are not one 1 among 0s"
             return Rejection(i, ReasonCode.UNKNOWN_ENUM, detail)
-    return Rejection(i, ReasonCode.CORRUPT, "invalid row")  # not reached: check_matrix found one
+    for field, c in rules.index:
+        if row[c] != math.floor(row[c]):
+            return Rejection(i, ReasonCode.UNKNOWN_ENUM, f"{field}={row[c]} is not a symbol index")
+    return None  # a NaN, or an infinity, that the feature allows
 
 
 class RecordReader:
@@ -215,6 +230,7 @@ class InferenceService:
         self.max_request_rows = max_request_rows
         self.retry_after_s = retry_after_s
         self.rules = ColumnRules.of(spec)
+        self.n_features = spec.n_features  # ModelSpec builds its column list on every read
         self.records = RecordReader(spec, reader_schema) if reader_schema is not None else None
         self.batcher = AsyncBatcher(policy, self._score_batch, max_queue_rows)
         self.closers = list(closers)
