@@ -29,8 +29,8 @@ import numpy.typing as npt
 
 from streamproc.backends.base import Backend
 from streamproc.batching import WindowPolicy
-from streamproc.config import PipelineConfig
 from streamproc.codecs.features import check_number
+from streamproc.config import PipelineConfig
 from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.pipeline.alerting import AlertRouter
 from streamproc.pipeline.handler import Monitor
