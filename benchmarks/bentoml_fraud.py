@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 MODEL = os.environ.get("BENCH_ONNX_MODEL", "deploy/models/fraud/1.1.0/model.onnx")
 MAX_BATCH = int(os.environ.get("BENCH_MAX_BATCH", "256"))
+# BentoML's bound on the time a request may spend in its batching queue (its default: 60 s).
+MAX_LATENCY_MS = int(os.environ.get("BENCH_MAX_LATENCY_MS", "60000"))
 
 
 @bentoml.service(workers=1, traffic={"timeout": 60})
@@ -20,6 +22,8 @@ class Fraud:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(MODEL, opts, providers=["CPUExecutionProvider"])
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=10_000)
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS
+    )
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"features": features.astype(np.float32)})[0]

@@ -161,6 +161,7 @@ def bentoml_http(args: argparse.Namespace, x: np.ndarray, tmp: Path) -> dict[str
     log = tmp / "bentoml.log"
     env = {**os.environ, "BENCH_ONNX_MODEL": str(MODEL_DIR / "model.onnx"),
            "BENCH_MAX_BATCH": str(args.max_batch), "BENTOML_DO_NOT_TRACK": "True",
+           "BENCH_MAX_LATENCY_MS": str(args.bentoml_max_latency_ms),
            "BENTOML_HOME": str(tmp / "bentoml-home")}  # fmt: skip
     env.pop("PYTHONPATH", None)
     with log.open("wb") as out:
@@ -211,6 +212,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1, help="rows per request")
     ap.add_argument("--max-batch", type=int, default=256, help="both servers' batch cap")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="streamproc's window")
+    ap.add_argument("--bentoml-max-latency-ms", type=int, default=60_000,
+                    help="BentoML's max_latency_ms (its default: 60 s)")  # fmt: skip
     ap.add_argument("--bentoml-python", default=str(BENTO_PY))
     ap.add_argument("--only", choices=["streamproc", "bentoml"])
     args = ap.parse_args()
