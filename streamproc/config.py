@@ -322,6 +322,7 @@ class ServingSettings(_Strict):
     # pass it gets 503 with Retry-After instead of queueing.
     max_queue_rows: int = Field(16_384, ge=1)
     max_request_rows: int = Field(4096, ge=1)
+    max_body_bytes: int = Field(16 * 2**20, ge=1)  # a larger request body gets 413
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503
     # None: the pipeline's batching section (the stream's window policy).
     batching: BatchSettings | None = None

@@ -172,6 +172,20 @@ def build_app(service: InferenceService) -> FastAPI:
                             tenant=tenant.name)  # fmt: skip
         return tenant
 
+    async def read_body(request: Request) -> bytes:
+        """The body, refused (413) past ``max_body_bytes`` before it is all read."""
+        limit = service.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, f"the body is {declared} bytes; at most {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"the body is over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def run(rows: Rows) -> Rows:
         try:
             return await batcher.submit(rows)
@@ -258,7 +272,7 @@ def build_app(service: InferenceService) -> FastAPI:
 
     async def infer_v2(request: Request, name: str, version: str | None) -> Response:
         model_or_404(name, version)
-        body = await request.body()
+        body = await read_body(request)
         head, binary = _split_binary(body, request.headers.get(BINARY_HEADER))
         try:
             req = json.loads(head)
@@ -291,7 +305,7 @@ def build_app(service: InferenceService) -> FastAPI:
         if service.records is None:
             raise HttpError(404, "this server has no reader schema for records")
         try:
-            req = json.loads(await request.body())
+            req = json.loads(await read_body(request))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"the body is not JSON: {exc}") from None
         instances = req.get("instances") if isinstance(req, dict) else None

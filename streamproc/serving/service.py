@@ -206,6 +206,7 @@ class InferenceService:
         policy: WindowPolicy,
         max_queue_rows: int,
         max_request_rows: int = 4096,
+        max_body_bytes: int = 16 * 2**20,
         retry_after_s: int = 1,
         auth: Authenticator | None = None,
         cache: PredictionCache | None = None,
@@ -228,6 +229,7 @@ class InferenceService:
         self.pipeline = pipeline
         self.registry = registry
         self.max_request_rows = max_request_rows
+        self.max_body_bytes = max_body_bytes
         self.retry_after_s = retry_after_s
         self.rules = ColumnRules.of(spec)
         self.n_features = spec.n_features  # ModelSpec builds its column list on every read
@@ -493,7 +495,8 @@ def build_service(
     policy = WindowPolicy(b.max_batch_size, b.max_wait_ms, b.max_event_age_ms)
     return InferenceService(
         spec=spec, scorer=scorer, policy=policy, max_queue_rows=s.max_queue_rows,
-        max_request_rows=s.max_request_rows, retry_after_s=s.retry_after_s, auth=auth,
+        max_request_rows=s.max_request_rows, max_body_bytes=s.max_body_bytes,
+        retry_after_s=s.retry_after_s, auth=auth,
         cache=PredictionCache.from_settings(s.cache), sensor=prom, monitor=monitor,
         router=AlertRouter(cfg.alerts), reader_schema=reader_schema(spec), pipeline=cfg.name,
         registry=prom.registry, closers=closers,

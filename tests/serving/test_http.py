@@ -134,7 +134,7 @@ def test_64_concurrent_clients_are_batched_and_scored_right(service_factory, ser
 
 
 def test_malformed_bodies_get_400_with_reasons(service_factory, serve_factory):
-    service, _ = service_factory()
+    service, _ = service_factory({"max_body_bytes": 100_000})
     served = serve_factory(service)
     c = httpx.Client(base_url=f"http://{served.url}", timeout=LIMIT_S)
     url = "/v2/models/fraud/infer"
@@ -180,6 +180,9 @@ def test_malformed_bodies_get_400_with_reasons(service_factory, serve_factory):
     assert [r["reason"] for r in body["rejected"]] == [
         "UNKNOWN_ENUM", "MISSING_FEATURE", "MISSING_FEATURE", "CORRUPT",
     ]  # fmt: skip
+    big = v2_body(features(2000, seed=3))  # about 400 kB of JSON
+    r = c.post(url, content=json.dumps(big).encode())
+    assert r.status_code == 413 and "at most 100000" in r.json()["error"]
     assert c.post("/v2/models/other/infer", json=v2_body(x)).status_code == 404
     assert c.post("/v2/models/fraud/versions/9.9.9/infer", json=v2_body(x)).status_code == 404
     reg = service.registry
