@@ -437,6 +437,21 @@ class InferenceService:
         ))  # fmt: skip
 
 
+def ensure_control_topics(cfg: PipelineConfig) -> None:
+    """The control topic and its audit and replicas topics, as ``run`` creates them: a
+    server started before any processor still publishes the configured version."""
+    from streamproc.kafka.admin import Admin
+    from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
+    from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
+    from streamproc.rollout.store import audit_topic
+
+    control = cfg.topics.control
+    admin = Admin(cfg.kafka)
+    admin.ensure_topics([control], partitions=1, config={"cleanup.policy": "compact"})
+    admin.ensure_topics([audit_topic(control)], partitions=1, config=AUDIT_TOPIC_CONFIG)
+    admin.ensure_topics([replicas_topic(control)], partitions=1, config=REPLICAS_TOPIC_CONFIG)
+
+
 def build_service(
     cfg: PipelineConfig,
     *,
@@ -466,6 +481,7 @@ def build_service(
         if follow_control:
             from streamproc.pipeline.rollout_scorer import build_rollout_scorer, live_guard_settings
 
+            ensure_control_topics(cfg)
             guardrails, every = live_guard_settings(cfg.rollout)
             rollout = build_rollout_scorer(
                 cfg.kafka, cfg.topics.control, cfg.model, guardrails=guardrails,
