@@ -1,8 +1,9 @@
 """Concurrent requests micro-batched by the stream's :class:`~streamproc.batching.WindowPolicy`.
 
 Each request brings ``k`` rows; the policy counts rows and releases a batch on SIZE (the
-batch is full), TIME (its first row waited ``max_wait_ms``) or DEADLINE (its oldest row's
-event time is ``max_event_age_ms`` old), and on SHUTDOWN. A request's rows may span two
+batch is full) or TIME (its first row waited ``max_wait_ms``), and on SHUTDOWN; a request
+carries no event time the policy could compare with its clock, so ``max_event_age_ms``
+(DEADLINE) does not apply: a row's wait is what the window bounds. A request's rows may span two
 batches; it is answered when all of its rows are scored. One driver task forms batches on
 the event loop and hands each to ``score`` in one worker thread, awaiting it: rows that
 arrive meanwhile wait, and the next batch takes them at once when their window has passed
@@ -46,7 +47,6 @@ class Request:
     features: npt.NDArray[np.float32]  # (k, n_features)
     keys: Sequence[bytes | None]  # one per row: the rollout routes by it
     version: str | None = None  # a version the request named (None: the rollout's routing)
-    event_time_ms: float | None = None  # for a DEADLINE policy; None: arrival
     arrived_s: float = field(default_factory=time.perf_counter)
     # Filled in as its rows are scored: scores (k, K) and the version of each row.
     scores: npt.NDArray[np.float32] | None = None
@@ -139,7 +139,7 @@ class AsyncBatcher:
         self.queued_rows += k
         now = self.clock_ms()
         self._chunks.append((request, 0, now))
-        for n, reason in self.policy.add(k, now, request.event_time_ms):
+        for n, reason in self.policy.add(k, now):
             self._ready.append(self._take(n, reason, now))
         self._wake.set()
         return await asyncio.shield(fut)  # a client that goes away leaves its rows in

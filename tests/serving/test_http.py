@@ -389,3 +389,21 @@ def test_a_full_queue_gets_503_with_retry_after(service_factory, serve_factory):
         assert "queue full" in r.json()["error"]
         scorer.gate.set()
         assert [f.result(LIMIT_S) for f in held] == [200] * 4
+
+
+def test_a_server_on_a_fresh_control_topic_publishes_its_version(pipeline_config_factory):
+    """Started before any processor (no control topic yet), it creates the topics and
+    publishes the configured version as stable, as `run` does."""
+    import uuid
+
+    cfg = pipeline_config_factory(partitions=1)
+    control = f"control-fresh-{uuid.uuid4().hex[:8]}"
+    cfg = cfg.with_overrides(topics=cfg.topics.model_copy(update={"control": control}))
+    service = build_service(cfg, instance="fresh")
+    try:
+        state = KafkaControlStore(cfg.kafka.bootstrap, control).latest("fraud")
+        assert state is not None and state.stable == "1.0.0"
+        assert service.versions() == ["1.0.0"]
+    finally:
+        for close in service.closers:
+            close()
