@@ -341,6 +341,50 @@ class InsightSettings(_Strict):
     outliers: OutlierSettings = Field(default_factory=OutlierSettings)
     probing: ProbingSettings = Field(default_factory=ProbingSettings)
     explanations: ExplanationSettings = Field(default_factory=ExplanationSettings)
+class ServingTenant(_Strict):
+    """One client of ``streamproc serve``: its API key (or bearer token) and rate limit.
+    The key comes from exactly one of ``key`` (in the file: for tests), ``key_env`` (an
+    environment variable) or ``key_file`` (a file holding it, e.g. a mounted secret)."""
+
+    name: str
+    key: SecretStr | None = None
+    key_env: str | None = None
+    key_file: Path | None = None
+    rate_per_s: float | None = Field(None, gt=0)  # requests per second; None: unlimited
+    burst: int | None = Field(None, ge=1)  # bucket size; default: max(1, rate_per_s)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ServingTenant:
+        given = [k for k in ("key", "key_env", "key_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"tenant {self.name!r}: give exactly one of key, key_env, key_file")
+        return self
+
+
+class CacheSettings(_Strict):
+    """The prediction cache (streamproc.serving.cache): off unless enabled."""
+
+    enabled: bool = False
+    max_entries: int = Field(100_000, ge=1)
+    max_bytes: int = Field(64 * 2**20, ge=1)  # keys' input bytes + scores + overhead
+    ttl_s: float = Field(60.0, gt=0)
+
+
+class ServingSettings(_Strict):
+    """The ``serving:`` section, read by ``streamproc serve`` (streamproc.serving)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Rows accepted but not yet answered (waiting, batched or scoring); a request that would
+    # pass it gets 503 with Retry-After instead of queueing.
+    max_queue_rows: int = Field(16_384, ge=1)
+    max_request_rows: int = Field(4096, ge=1)
+    max_body_bytes: int = Field(16 * 2**20, ge=1)  # a larger request body gets 413
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503
+    # None: the pipeline's batching section (the stream's window policy).
+    batching: BatchSettings | None = None
+    tenants: list[ServingTenant] = Field(default_factory=list)  # empty: no authentication
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
 
 class PipelineConfig(_Strict):
@@ -361,6 +405,7 @@ class PipelineConfig(_Strict):
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
     insight: InsightSettings = Field(default_factory=InsightSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

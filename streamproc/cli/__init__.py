@@ -6,10 +6,11 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, features, models, pipeline, stack
+from . import acls, alerts, deploy, dlq, features, models, pipeline, serve, stack
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -19,6 +20,7 @@ app.add_typer(pipeline.config_app, name="config")
 app.command()(pipeline.run)
 app.command()(pipeline.produce)
 app.command()(pipeline.tail)
+app.command()(serve.serve)
 app.add_typer(models.app, name="models")
 # The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
 app.registered_commands.extend(deploy.app.registered_commands)
@@ -34,5 +36,6 @@ def main() -> None:
     try:
         app(obj=Deps())
     except StreamprocError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Escaped: a message may hold brackets (pip install 'streamproc[serve]').
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
