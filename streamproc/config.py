@@ -341,6 +341,8 @@ class InsightSettings(_Strict):
     outliers: OutlierSettings = Field(default_factory=OutlierSettings)
     probing: ProbingSettings = Field(default_factory=ProbingSettings)
     explanations: ExplanationSettings = Field(default_factory=ExplanationSettings)
+
+
 class ServingTenant(_Strict):
     """One client of ``streamproc serve``: its API key (or bearer token) and rate limit.
     The key comes from exactly one of ``key`` (in the file: for tests), ``key_env`` (an
