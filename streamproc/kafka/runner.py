@@ -770,14 +770,7 @@ class KafkaRunner:
                  [tp.partition for tp in parts])  # fmt: skip
         # A stateful handler restores the added partitions' state before any of their records
         # is consumed (the client applies the assignment once this returns).
-        self._hook("assigned", sorted(tp.partition for tp in parts))
-
-    def _hook(self, name: str, partitions: list[int]) -> None:
-        """The handler's rebalance hook (``BatchHandlerLike.assigned``/``revoked``); a
-        handler that only looks like one (no such method) has none."""
-        hook = getattr(self.handler, name, None)
-        if hook is not None:
-            hook(partitions)
+        self.handler.assigned(sorted(tp.partition for tp in parts))
 
     def _on_revoke(self, consumer: Any, parts: list[TopicPartition]) -> None:
         # Finish what we hold and commit it before these partitions move, so the next owner
@@ -797,7 +790,7 @@ class KafkaRunner:
             self._rewind(self._aborted, [])
             self._aborted = []
         self._release_holds(parts)
-        self._hook("revoked", sorted(gone))  # their last batch and state are committed
+        self.handler.revoked(sorted(gone))  # their last batch and state are committed
         log.info("revoked %s, kept %s", sorted(gone),
                  sorted(tp.partition for tp in self._assignment))  # fmt: skip
 
@@ -812,7 +805,7 @@ class KafkaRunner:
         self._uncommitted = {}  # produced, never committed: replayed (at-least-once)
         self._state = {}  # never produced: the new owner restores what the changelog holds
         self._assignment = []
-        self._hook("revoked", sorted(tp.partition for tp in parts))
+        self.handler.revoked(sorted(tp.partition for tp in parts))
         log.warning("partitions lost %s", [p.partition for p in parts])
 
     def _report_lag(self) -> None:

@@ -17,7 +17,14 @@ from streamproc import synth
 from streamproc.batching import Released, WindowPolicy
 from streamproc.errors import DeliveryError, RegistryUnavailableError
 from streamproc.kafka.runner import KafkaRunner, PlainHandler, RunnerSettings, to_raw_batch
-from streamproc.types import Outputs, OutRecord, RawBatch, RecordBlock, ReleaseReason
+from streamproc.types import (
+    BatchHandlerLike,
+    Outputs,
+    OutRecord,
+    RawBatch,
+    RecordBlock,
+    ReleaseReason,
+)
 
 
 def _not_called(raw: RawBatch) -> Outputs:
@@ -263,7 +270,7 @@ def test_a_record_that_came_in_during_a_slow_batch_waits_from_the_last_look(
     assert seen == [([b"A", b"B"], ReleaseReason.SIZE, 0.0), ([b"C"], ReleaseReason.TIME, 20.0)]
 
 
-class _Overlapping:
+class _Overlapping(BatchHandlerLike):
     """A handler split in two, logging its calls: what a GPU-backed BatchHandler offers."""
 
     overlaps = True
