@@ -9,7 +9,7 @@ from rich.console import Console
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, models, pipeline, stack
+from . import acls, alerts, deploy, dlq, models, pipeline, score, stack
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -19,6 +19,7 @@ app.add_typer(pipeline.config_app, name="config")
 app.command()(pipeline.run)
 app.command()(pipeline.produce)
 app.command()(pipeline.tail)
+app.command()(score.score)
 app.add_typer(models.app, name="models")
 # The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
 app.registered_commands.extend(deploy.app.registered_commands)
