@@ -20,6 +20,7 @@ app.command()(pipeline.run)
 app.command()(pipeline.produce)
 app.command()(pipeline.tail)
 app.command()(score.score)
+app.command("reply-server")(score.reply_server)
 app.add_typer(models.app, name="models")
 # The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
 app.registered_commands.extend(deploy.app.registered_commands)

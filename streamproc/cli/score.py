@@ -145,3 +145,49 @@ def score(
         typer.echo(json.dumps({k: v for k, v in data.items() if k != "partitions"}))
     if not summary.accounted:
         raise typer.Exit(1)
+
+
+def reply_server(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    requests: Annotated[
+        str | None, typer.Option(help="Requests topic (default: <input>.requests)")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most requests per batch")] = 512,
+    max_wait_ms: Annotated[float, typer.Option(help="Batch window after the first")] = 2.0,
+    scorer: Annotated[str, typer.Option(help="single | rollout (as for score)")] = "rollout",
+    bootstrap: BootstrapOpt = None,
+    kafka_config: KafkaConfigOpt = None,
+    registry: RegistryOpt = None,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "INFO",
+) -> None:
+    """Answer requests (headers reply-to, correlation-id) with predictions, until SIGTERM."""
+    import signal
+
+    from streamproc.kafka.admin import Admin
+    from streamproc.kafka.reqreply import ReplyServer
+    from streamproc.pipeline.batchscore import build_handler
+    from streamproc.pipeline.handler import OutputTopics
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
+    if scorer not in ("single", "rollout"):
+        raise ConfigError(f"--scorer must be single or rollout, not {scorer!r}")
+    t = cfg.topics
+    topic = requests or f"{t.input}.requests"
+    Admin(cfg.kafka).ensure_topics([topic], partitions=t.partitions)
+    handler, closers = build_handler(
+        cfg, OutputTopics(t.predictions, t.dlq, t.alerts, t.metrics, t.shadow),
+        scorer=scorer, instance=f"reply-{cfg.instance_id or 'server'}",  # type: ignore[arg-type]
+    )  # fmt: skip
+    server = ReplyServer(cfg.kafka, topic, handler, group_id=f"{cfg.group_id}-reqreply",
+                         max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    err.print(f"answering requests on {topic}")
+    try:
+        server.run()
+    finally:
+        for close in closers:
+            close()
+    err.print(f"stopped: {server.answered} answered ({server.rejected} rejected)")
