@@ -96,7 +96,7 @@ def test_a_time_range_through_the_cli_with_two_workers(
         [sys.executable, "-m", "streamproc", "score", "-c",
          str(_config_file(cfg, tmp_path / "p.yaml")), "--from", since, "--to", "end",
          "--out-topic", out, "--workers", "2", "-o", "json", "--no-progress"],
-        capture_output=True, timeout=300, env={**os.environ},
+        check=False, capture_output=True, timeout=300, env={**os.environ},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     summary = json.loads(proc.stdout)
@@ -117,7 +117,8 @@ def test_kill_9_mid_job_then_resume_scores_each_input_once(
     job = f"resume-{uuid.uuid4().hex[:6]}"
     cmd = [sys.executable, "-m", "streamproc", "score", "-c",
            str(_config_file(cfg, tmp_path / "p.yaml")), "--out-topic", out, "--job", job,
-           "--batch-size", "40", "--commit-interval", "0", "-o", "json", "--no-progress"]  # fmt: skip
+           "--batch-size", "40", "--commit-interval", "0", "-o", "json",
+           "--no-progress"]  # fmt: skip
     log = (tmp_path / "first.log").open("wb")
     first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     progress_topic = f"{out}.score-progress"
@@ -134,7 +135,8 @@ def test_kill_9_mid_job_then_resume_scores_each_input_once(
     assert 0 < sum(p.read for p in at_kill.values()) < n  # killed mid-way
     assert not all(p.done for p in at_kill.values())
 
-    second = subprocess.run(cmd, capture_output=True, timeout=300, env={**os.environ})
+    second = subprocess.run(cmd, check=False, capture_output=True, timeout=300,
+                            env={**os.environ})  # fmt: skip
     assert second.returncode == 0, second.stderr.decode()[-3000:]
     summary = json.loads(second.stdout)
     n_bad = sum(report.malformed.values())
