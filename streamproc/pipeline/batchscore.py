@@ -322,11 +322,15 @@ def score_partition(
     source: Source,
     progress: PartitionProgress,
     on_batch: Callable[[int], None] = lambda n: None,
+    sink: Sink | None = None,
 ) -> PartitionProgress:
-    """Score one partition from its progress to its end, committing as it goes."""
+    """Score one partition from its progress to its end, committing as it goes (to
+    ``sink``, else one opened here; closed here either way)."""
     if progress.done:
+        if sink is not None:
+            sink.close()
         return progress
-    sink = open_sink(job, progress)
+    sink = sink or open_sink(job, progress)
     try:
         last_commit = time.monotonic()
         since_part = 0
@@ -353,6 +357,37 @@ def score_partition(
     return progress
 
 
+def score_partitions(
+    job: ScoreJob,
+    handler: BatchHandler,
+    source: Source,
+    todo: list[PartitionProgress],
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> list[PartitionProgress]:
+    """Score partitions one after the other. While one is scored, the next one's records
+    are fetched and its sink opened (a transactional producer's start waits on the broker):
+    one partition ahead, so memory stays bounded however many partitions a worker has."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    todo = [p for p in todo if not p.done]
+    prefetch = getattr(source, "prefetch", None)
+    done = []
+    with ThreadPoolExecutor(1) as pool:
+        sinks: dict[int, Future[Sink]] = {}
+
+        def ahead(i: int) -> None:
+            if i < len(todo) and i not in sinks:
+                if prefetch is not None:
+                    prefetch({todo[i].partition: todo[i].next_offset})
+                sinks[i] = pool.submit(open_sink, job, todo[i])
+
+        for i, pr in enumerate(todo):
+            ahead(i)
+            ahead(i + 1)
+            done.append(score_partition(job, handler, source, pr, on_batch, sinks[i].result()))
+    return done
+
+
 def _worker(job: ScoreJob, progresses: list[PartitionProgress], queue: Any, index: int) -> None:
     """One worker process: its own handler, its partitions one after the other."""
     try:
@@ -360,9 +395,8 @@ def _worker(job: ScoreJob, progresses: list[PartitionProgress], queue: Any, inde
                                          instance=f"score-{job.name}-{index}")  # fmt: skip
         source = open_source(job)
         try:
-            for pr in progresses:
-                done = score_partition(job, handler, source, pr,
-                                       lambda n: queue.put(("events", n)))  # fmt: skip
+            for done in score_partitions(job, handler, source, progresses,
+                                         lambda n: queue.put(("events", n))):  # fmt: skip
                 queue.put(("partition", done.to_json()))
         finally:
             source.close()
@@ -401,8 +435,8 @@ def run(
                                          instance=f"score-{job.name}-0")  # fmt: skip
         source = open_source(job)
         try:
-            for pr in pending:
-                results[pr.partition] = score_partition(job, handler, source, pr, on_events)
+            for pr in score_partitions(job, handler, source, pending, on_events):
+                results[pr.partition] = pr
         finally:
             source.close()
             for close in closers:
