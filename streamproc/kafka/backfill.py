@@ -147,17 +147,23 @@ class KafkaRangeSource:
             c = self.consumer
             c.assign([TopicPartition(self.topic, partition, start)])
         try:
-            yield from self._read(c, partition, end, size)
+            yield from self._read(c, partition, start, end, size)
         finally:
             if c is self.consumer:
                 c.unassign()
             else:
                 c.close()
 
-    def _read(self, c: Consumer, partition: int, end: int, size: int) -> Iterator[RawBatch]:
+    def _read(
+        self, c: Consumer, partition: int, start: int, end: int, size: int
+    ) -> Iterator[RawBatch]:
         deadline = time.monotonic() + self.timeout_s
+        expect = start
         while True:
-            msgs = c.consume(size, timeout=0.2)
+            # consume(n) waits for n records (or the timeout): never ask for more than the
+            # range holds, or its last batch would wait out the timeout.
+            want = max(1, min(size, end - expect))
+            msgs = c.consume(want, timeout=0.2)
             good: list[Message] = []
             last = -1
             for m in msgs:
@@ -173,6 +179,7 @@ class KafkaRangeSource:
                     good.append(m)
             if good:
                 deadline = time.monotonic() + self.timeout_s
+                expect = (good[-1].offset() or 0) + 1
                 yield to_raw_batch(self.topic, good, Released(good, ReleaseReason.SIZE, 0.0))
             if last >= end - 1:
                 return

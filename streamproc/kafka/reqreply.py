@@ -162,10 +162,14 @@ class ReplyServer:
         self.consumer.subscribe([self.topic], on_assign=assigned)
         try:
             while not self.stop_event.is_set():
-                msgs = self.consumer.consume(self.max_batch, timeout=0.2)
+                # consume(n, timeout) returns when n records are here or at the timeout: take
+                # what is fetched already, else wake on the first record, then wait the batch
+                # window for more (a lone request waits max_wait_ms, not the idle timeout).
+                msgs = self.consumer.consume(self.max_batch, timeout=0)
                 if not msgs:
-                    continue
-                # More may be on the way: wait a moment for them (the batch window).
+                    msgs = self.consumer.consume(1, timeout=0.2)
+                    if not msgs:
+                        continue
                 if len(msgs) < self.max_batch and self.max_wait_s > 0:
                     msgs += self.consumer.consume(self.max_batch - len(msgs), self.max_wait_s)
                 good = [m for m in msgs if m.error() is None]
@@ -341,7 +345,9 @@ class RequestClient:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self.consumer.consume(500, timeout=0.05)
+                msgs = self.consumer.consume(500, timeout=0)  # what is here, no wait
+                if not msgs:
+                    msgs = self.consumer.consume(1, timeout=0.05)  # wake on the first
             except (KafkaException, RuntimeError):
                 if self._stop.is_set():
                     return
