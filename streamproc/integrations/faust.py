@@ -24,7 +24,7 @@ A runnable app (``pip install 'streamproc[faust]'``; ``python app.py worker -l i
     @app.agent(events)
     async def score(stream):
         async for outputs in scorer.take(app, stream, n=1000, within=0.05):
-            print(outputs.n_predictions, "predictions,", outputs.n_dead_letters, "dead letters")
+            print(f"{outputs.n_predictions} predictions, {outputs.n_dead_letters} dead letters")
 
     if __name__ == "__main__":
         app.main()
