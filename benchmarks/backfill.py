@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
+CORE_KEYS = ("events_per_s", "events_per_s_passes", "batch_size", "stage_us_per_event")
 
 
 def log(msg: str) -> None:
@@ -127,8 +128,7 @@ def measure(quick: bool) -> dict[str, Any]:
         "ratio_per_core": round(bf["events_per_cpu_s"] / core["events_per_s"], 3),
         "ratio_wall": round(bf["events_per_s"] / core["events_per_s"], 3),
         "backfill": bf,
-        "core": {k: core[k] for k in ("events_per_s", "events_per_s_passes", "batch_size",
-                                      "stage_us_per_event")},  # fmt: skip
+        "core": {k: core[k] for k in CORE_KEYS},
         "cpu_count": os.cpu_count(),
         "quick": quick,
     }
