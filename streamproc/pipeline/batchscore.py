@@ -197,7 +197,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(job: ScoreJob, partition_hint: int | None = None) -> Source:
+def open_source(job: ScoreJob) -> Source:
     if job.files:
         return AvroFileSource(job)
     from streamproc.kafka.backfill import KafkaRangeSource
