@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, features, models, pipeline, serve, stack
+from . import acls, alerts, deploy, dlq, features, models, pipeline, score, serve, stack
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -21,6 +21,8 @@ app.command()(pipeline.run)
 app.command()(pipeline.produce)
 app.command()(pipeline.tail)
 app.command()(serve.serve)
+app.command()(score.score)
+app.command("reply-server")(score.reply_server)
 app.add_typer(models.app, name="models")
 # The deployment verbs read as sentences at the top level: `streamproc deploy fraud 1.1.0`.
 app.registered_commands.extend(deploy.app.registered_commands)

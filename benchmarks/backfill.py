@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Backfill (``streamproc score``) against the in-process core rate, on the real local stack.
+
+``python benchmarks/backfill.py [--quick]`` prints one JSON object:
+
+- ``core_events_per_s``: BatchHandler alone on pre-fetched RawBatches, pinned to one CPU
+  (``benchmarks/systems/core.py``, the figure of ``benchmarks/throughput.py``);
+- ``backfill_events_per_s``: one ``score`` worker over a topic range to an output topic
+  (exactly-once transactions with their progress records), measured from its first batch
+  to its last (start-up, the model and the decoder kernel, not counted: it is paid once
+  per job); ``backfill_events_per_cpu_s``: the same events over the CPU time the worker's
+  process used meanwhile (its Python thread and librdkafka's), which is the per-core rate;
+- ``ratio_per_core`` = backfill_events_per_cpu_s / core_events_per_s (the goal: >= 0.8) and
+  ``ratio_wall`` = backfill_events_per_s / core_events_per_s.
+
+The broker and the registry run on the same machine (their CPU is not the worker's).
+Services come from ``STREAMPROC_KAFKA_BOOTSTRAP`` / ``STREAMPROC_SCHEMA_REGISTRY_URL`` or a
+local stack started for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
+CORE_KEYS = ("events_per_s", "events_per_s_passes", "batch_size", "stage_us_per_event")
+
+
+def log(msg: str) -> None:
+    print(f"[backfill] {msg}", file=sys.stderr, flush=True)
+
+
+def core_rate(n: int, work: Path) -> dict[str, Any]:
+    """``systems.core`` in its own process (it pins itself to one CPU)."""
+    report = work / "core.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(ROOT)])}
+    subprocess.run([sys.executable, "-m", "systems.core", str(n), str(report)], env=env,
+                   cwd=ROOT, check=True, timeout=600, stdout=subprocess.DEVNULL)  # fmt: skip
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
+def backfill_rate(bootstrap: str, registry: str, events: int, partitions: int) -> dict[str, Any]:
+    from streamproc.config import PipelineConfig
+    from streamproc.kafka.clients import EventProducer
+    from streamproc.kafka.registry import Registry
+    from streamproc.loadgen import produce_synthetic
+    from streamproc.pipeline.app import apply_schemas, ensure_topics
+    from streamproc.pipeline.batchscore import ScoreJob, run
+
+    name = uuid.uuid4().hex[:8]
+    cfg = PipelineConfig.model_validate({
+        "name": f"bf-{name}", "model": str(MODEL), "kafka": {"bootstrap": bootstrap},
+        "registry": {"url": registry},
+        "topics": {"input": f"bf-in-{name}", "alerts": f"bf-alerts-{name}",
+                   "metrics": f"bf-metrics-{name}", "control": f"bf-control-{name}",
+                   "partitions": partitions},
+    })  # fmt: skip
+    ensure_topics(cfg)
+    apply_schemas(Registry(registry), cfg)
+    t0 = time.monotonic()
+    with EventProducer(cfg.kafka, cfg.registry, cfg.topics.input) as producer:
+        produce_synthetic(producer, events, seed=3)
+    log(f"produced {events} events in {time.monotonic() - t0:.1f}s")
+    marks: list[tuple[float, float, int]] = []  # (wall, process CPU, events so far)
+    done = [0]
+
+    def on_events(n: int) -> None:
+        done[0] += n
+        marks.append((time.perf_counter(), time.process_time(), done[0]))
+
+    job = ScoreJob(cfg, name=f"bench-{name}", topic=cfg.topics.input,
+                   out_topic=f"{cfg.topics.input}.scored", workers=1)  # fmt: skip
+    summary = run(job, on_events=on_events)
+    if not summary.accounted or summary.read != events:
+        raise RuntimeError(f"the backfill did not account for every event: {summary.as_dict()}")
+    (w0, c0, e0), (w1, c1, e1) = marks[0], marks[-1]
+    n = e1 - e0  # the first batch opens the clock and is not counted
+    return {
+        "events": events,
+        "partitions": partitions,
+        "batches": len(marks),
+        "job_seconds": round(summary.seconds, 2),
+        "events_per_s": n / (w1 - w0),
+        "events_per_cpu_s": n / (c1 - c0),
+        "cores_used": round((c1 - c0) / (w1 - w0), 2),
+    }
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """Both rates on one machine, one run; see the module docstring."""
+    from streamproc.local import LocalStack, from_environment
+
+    events = 200_000 if quick else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="backfill-") as tmp:
+        work = Path(tmp)
+        core = core_rate(51_200 if quick else 102_400, work)
+        log(f"core: {core['events_per_s']:.0f} events/s on one core")
+        external = from_environment()
+        stack = None
+        if external is None:
+            stack = LocalStack(home=work / "stack")
+            info = stack.up()
+            bootstrap, registry = info.bootstrap, info.schema_registry
+        else:
+            bootstrap, registry = external.bootstrap, external.schema_registry
+        try:
+            bf = backfill_rate(bootstrap, registry, events, partitions=4)
+        finally:
+            if stack is not None:
+                stack.down()
+    log(f"backfill: {bf['events_per_s']:.0f} events/s, {bf['events_per_cpu_s']:.0f} per CPU-s")
+    return {
+        "backfill_events_per_s": round(bf["events_per_s"]),
+        "backfill_events_per_cpu_s": round(bf["events_per_cpu_s"]),
+        "core_events_per_s": round(core["events_per_s"]),
+        "ratio_per_core": round(bf["events_per_cpu_s"] / core["events_per_s"], 3),
+        "ratio_wall": round(bf["events_per_s"] / core["events_per_s"], 3),
+        "backfill": bf,
+        "core": {k: core[k] for k in CORE_KEYS},
+        "cpu_count": os.cpu_count(),
+        "quick": quick,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="fewer events (about a minute)")
+    args = ap.parse_args(argv)
+    print(json.dumps(measure(args.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""streamproc inside other stream processors (Faust: :mod:`streamproc.integrations.faust`)."""

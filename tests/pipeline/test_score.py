@@ -1,0 +1,217 @@
+"""``streamproc score`` on the real stack: the live pipeline's outputs for a range, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import fastavro
+import pytest
+import yaml
+
+from streamproc import synth
+from streamproc.errors import DependencyMissingError
+from streamproc.kafka.backfill import read_progress
+from streamproc.loadgen import produce_synthetic
+from streamproc.pipeline.batchscore import ScoreJob, run
+
+pytestmark = pytest.mark.kafka
+
+
+def _config_file(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def _scores(records) -> dict[str, tuple[float, str]]:
+    return {r.value["event_id"]: (r.value["score"], r.value["label"]) for r in records}
+
+
+def _dead(records) -> dict[tuple[int, int], str]:
+    return {(r.value["partition"], r.value["offset"]): r.value["reason"] for r in records}
+
+
+def test_score_over_a_range_equals_the_live_pipeline(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=2)
+    producer = event_producer_factory(cfg.topics.input)
+    report = produce_synthetic(producer, 3000, malformed=0.03, seed=5)
+    n_bad = sum(report.malformed.values())
+    live = processor_factory(cfg)
+    live_preds = read_topic(cfg.topics.predictions, 3000 - n_bad, idle_s=60)
+    live_dead = read_topic(cfg.topics.dlq, n_bad, idle_s=60)
+    live.stop()
+    assert len(live_preds) + len(live_dead) == 3000
+
+    out = f"{cfg.topics.input}.rescored"
+    job = ScoreJob(cfg, name=f"j-{uuid.uuid4().hex[:6]}", topic=cfg.topics.input,
+                   out_topic=out, batch_size=256)  # fmt: skip
+    summary = run(job)
+    assert (summary.read, summary.predictions, summary.dead_letters) == (
+        3000, 3000 - n_bad, n_bad)  # fmt: skip
+    assert summary.accounted and summary.resumed == 0
+    preds = read_topic(out, 3000, idle_s=10)
+    dead = read_topic(f"{out}.dlq", 3000, idle_s=10)
+    want, got = _scores(live_preds), _scores(preds)
+    assert len(got) == len(preds) == len(want)  # each input one prediction
+    assert got.keys() == want.keys()
+    for eid, (score, label) in want.items():
+        assert got[eid][0] == pytest.approx(score, abs=1e-6) and got[eid][1] == label
+    assert _dead(dead) == _dead(live_dead)  # same inputs rejected, same reasons
+    # Done: the same job again scores nothing.
+    again = run(job)
+    assert again.resumed == 3000 and again.read == 3000 and again.as_dict()["scored_now"] == 0
+    assert len(read_topic(out, 6000, idle_s=5)) == len(preds)
+
+
+def test_a_time_range_through_the_cli_with_two_workers(
+    pipeline_config_factory, event_producer_factory, read_topic, tmp_path
+):
+    cfg = pipeline_config_factory(partitions=2)
+    producer = event_producer_factory(cfg.topics.input)
+    before, _ = synth.generate(500, seed=8)
+    for r in before:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    cut_ms = int(time.time() * 1000) + 2
+    while time.time() * 1000 <= cut_ms:  # the records after this have a later CreateTime
+        pass
+    after, _ = synth.generate(700, seed=9)
+    after = [{**r, "event_id": f"later-{i}"} for i, r in enumerate(after)]
+    for r in after:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    from datetime import UTC, datetime
+
+    since = datetime.fromtimestamp(cut_ms / 1000, UTC).isoformat()
+    out = f"{cfg.topics.input}.since"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproc", "score", "-c",
+         str(_config_file(cfg, tmp_path / "p.yaml")), "--from", since, "--to", "end",
+         "--out-topic", out, "--workers", "2", "-o", "json", "--no-progress"],
+        check=False, capture_output=True, timeout=300, env={**os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    summary = json.loads(proc.stdout)
+    assert (summary["read"], summary["predictions"], summary["dead_letters"]) == (700, 700, 0)
+    assert summary["workers"] == 2 and summary["accounted"]
+    ids = [p.value["event_id"] for p in read_topic(out, 2000, idle_s=10)]
+    assert sorted(ids) == sorted(r["event_id"] for r in after)
+
+
+def test_kill_9_mid_job_then_resume_scores_each_input_once(
+    pipeline_config_factory, event_producer_factory, read_topic, tmp_path
+):
+    cfg = pipeline_config_factory(partitions=2)
+    producer = event_producer_factory(cfg.topics.input)
+    n = 8000
+    report = produce_synthetic(producer, n, malformed=0.02, seed=12)
+    out = f"{cfg.topics.input}.backfill"
+    job = f"resume-{uuid.uuid4().hex[:6]}"
+    cmd = [sys.executable, "-m", "streamproc", "score", "-c",
+           str(_config_file(cfg, tmp_path / "p.yaml")), "--out-topic", out, "--job", job,
+           "--batch-size", "40", "--commit-interval", "0", "-o", "json",
+           "--no-progress"]  # fmt: skip
+    log = (tmp_path / "first.log").open("wb")
+    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    progress_topic = f"{out}.score-progress"
+    deadline = time.monotonic() + 180
+    committed: dict = {}
+    while time.monotonic() < deadline and first.poll() is None:
+        committed = read_progress(cfg.kafka, progress_topic, job)
+        if sum(p.read for p in committed.values()) >= 400:
+            break
+    assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    at_kill = read_progress(cfg.kafka, progress_topic, job)
+    assert 0 < sum(p.read for p in at_kill.values()) < n  # killed mid-way
+    assert not all(p.done for p in at_kill.values())
+
+    second = subprocess.run(cmd, check=False, capture_output=True, timeout=300,
+                            env={**os.environ})  # fmt: skip
+    assert second.returncode == 0, second.stderr.decode()[-3000:]
+    summary = json.loads(second.stdout)
+    n_bad = sum(report.malformed.values())
+    assert summary["read"] == n and summary["accounted"]
+    assert summary["resumed_events"] == sum(p.read for p in at_kill.values())
+    assert (summary["predictions"], summary["dead_letters"]) == (n - n_bad, n_bad)
+    preds = read_topic(out, 2 * n, idle_s=10)
+    dead = read_topic(f"{out}.dlq", 2 * n, idle_s=10)
+    ids = [p.value["event_id"] for p in preds]
+    assert len(ids) == len(set(ids)) == n - n_bad  # read_committed: exactly one each
+    assert len(_dead(dead)) == len(dead) == n_bad
+
+
+def _avro_file(path: Path, records: list[dict]) -> Path:
+    from streamproc import schemas
+
+    with path.open("wb") as f:
+        fastavro.writer(f, schemas.parsed("Transaction"), records)
+    return path
+
+
+def test_avro_files_in_and_out_account_for_every_record_and_resume(
+    pipeline_config_factory, tmp_path
+):
+    cfg = pipeline_config_factory(partitions=2)
+    a, _ = synth.generate(900, seed=30)
+    b, _ = synth.generate(400, seed=31)
+    b = [{**r, "event_id": f"b-{i}"} for i, r in enumerate(b)]
+    b[7] = {**b[7], "amount": -5.0}  # OUT_OF_RANGE
+    b[8] = {**b[8], "amount": float("nan")}  # NAN_FEATURE
+    files = [_avro_file(tmp_path / "a.avro", a), _avro_file(tmp_path / "b.avro", b)]
+    out_dir = tmp_path / "out"
+    job = ScoreJob(cfg, name="files", files=files, out_dir=out_dir, batch_size=128,
+                   part_events=256, key_field="account_id", workers=2)  # fmt: skip
+    summary = run(job)
+    assert (summary.read, summary.predictions, summary.dead_letters) == (1300, 1298, 2)
+    assert dict(summary.rejects) == {"OUT_OF_RANGE": 1, "NAN_FEATURE": 1}
+
+    def read(kind: str) -> list[dict]:
+        rows: list[dict] = []
+        for p in sorted(out_dir.glob(f"{kind}-*.avro")):
+            with p.open("rb") as f:
+                rows.extend(fastavro.reader(f))
+        return rows
+
+    preds = read("predictions")
+    assert sorted(p["event_id"] for p in preds) == sorted(
+        [r["event_id"] for r in a] + [r["event_id"] for i, r in enumerate(b) if i not in (7, 8)]
+    )
+    keys = {r["event_id"]: r["account_id"] for r in a}
+    assert all(p["key"] == keys[p["event_id"]] for p in preds if p["event_id"] in keys)
+    assert {d["source_topic"] for d in read("deadletters")} == {str(files[1])}
+    # A job interrupted after its first part of b.avro: the progress says so, and the rerun
+    # rewrites from there, so the parts hold each record once.
+    prog = out_dir / "_progress" / "files-00001.json"
+    state = json.loads(prog.read_text())
+    state.update(next_offset=256, parts=1, read=256, predictions=256, dead_letters=0,
+                 rejects={})  # fmt: skip
+    prog.write_text(json.dumps(state))
+    again = run(job)
+    assert again.resumed == 900 + 256 and again.read == 1300 and again.accounted
+    assert len(read("predictions")) == 1298
+
+
+def test_parquet_output_or_the_extra_it_needs(pipeline_config_factory, tmp_path):
+    cfg = pipeline_config_factory(partitions=1)
+    a, _ = synth.generate(10, seed=1)
+    job = ScoreJob(cfg, name="pq", files=[_avro_file(tmp_path / "a.avro", a)],
+                   out_dir=tmp_path / "pq", out_format="parquet")  # fmt: skip
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:  # not a dependency of streamproc: the error names what to install
+        with pytest.raises(DependencyMissingError, match="pyarrow"):
+            run(job)
+        return
+    assert run(job).predictions == 10
+    (part,) = (tmp_path / "pq").glob("predictions-*.parquet")
+    assert pq.read_table(part).num_rows == 10
