@@ -82,6 +82,68 @@ class RegistrySettings(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
 
 
+TopicKind = Literal["input", "predictions", "dlq", "alerts", "metrics", "control", "feedback"]
+TOPIC_KINDS: tuple[TopicKind, ...] = ("input", "predictions", "dlq", "alerts", "metrics",
+                                      "control", "feedback")  # fmt: skip
+
+
+class TopicPolicy(_Strict):
+    """How one kind of topic is made (``streamproc topics apply``, and the processor when it
+    creates a missing topic). None leaves a setting to the broker's default
+    (``default.replication.factor``, ``min.insync.replicas``, ``log.retention.ms``)."""
+
+    replication_factor: int | None = Field(None, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
+    retention_ms: int | None = Field(None, ge=-1)  # -1: kept forever
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] | None = None
+    config: dict[str, str] = Field(default_factory=dict)  # any other topic config, as is
+
+    @model_validator(mode="after")
+    def _check(self) -> TopicPolicy:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(f"min_insync_replicas {isr} > replication_factor {rf}: every "
+                             "acks=all write would fail")  # fmt: skip
+        return self
+
+
+class TopicPolicies(_Strict):
+    """The ``topics.policy`` section: ``default`` for every kind, and per kind the keys that
+    differ from it (dead letters are kept 30 days by default: long enough to replay them).
+
+    >>> p = TopicPolicies.model_validate({"default": {"replication_factor": 3},
+    ...                                   "dlq": {"min_insync_replicas": 2}})
+    >>> d = p.for_kind("dlq")
+    >>> d.replication_factor, d.min_insync_replicas, d.retention_ms
+    (3, 2, 2592000000)
+    >>> p.for_kind("input").retention_ms is None
+    True
+    """
+
+    default: TopicPolicy = Field(default_factory=TopicPolicy)
+    input: TopicPolicy = Field(default_factory=TopicPolicy)
+    predictions: TopicPolicy = Field(default_factory=TopicPolicy)  # and the shadow topic
+    dlq: TopicPolicy = Field(default_factory=TopicPolicy)
+    alerts: TopicPolicy = Field(default_factory=TopicPolicy)
+    metrics: TopicPolicy = Field(default_factory=TopicPolicy)
+    control: TopicPolicy = Field(default_factory=TopicPolicy)  # and its audit, replicas topics
+    feedback: TopicPolicy = Field(default_factory=TopicPolicy)
+
+    def for_kind(self, kind: TopicKind) -> TopicPolicy:
+        """The kind's own settings, over ``default``'s, over the built-in ones of the kind;
+        the ``config`` maps merged the same way."""
+        own = getattr(self, kind)
+        fields: dict[str, Any] = dict(_KIND_DEFAULTS.get(kind, {}))
+        for layer in (self.default, own):
+            fields |= {k: getattr(layer, k) for k in layer.model_fields_set if k != "config"}
+        fields["config"] = {**self.default.config, **own.config}
+        return TopicPolicy.model_validate(fields)  # checks the merged pair
+
+
+# Built-in policy of a kind, below anything the config sets.
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"dlq": {"retention_ms": 30 * 86_400_000}}
+
+
 class TopicSettings(_Strict):
     input: str
     predictions: str = ""
@@ -92,6 +154,7 @@ class TopicSettings(_Strict):
     feedback: str | None = None
     control: str = "streamproc.control"
     partitions: int = Field(4, ge=1)  # used when the pipeline creates missing topics
+    policy: TopicPolicies = Field(default_factory=TopicPolicies)
 
     @model_validator(mode="after")
     def _derive(self) -> TopicSettings:

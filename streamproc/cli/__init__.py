@@ -9,7 +9,7 @@ from rich.console import Console
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, models, pipeline, stack
+from . import acls, alerts, deploy, dlq, models, pipeline, stack, topics
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -25,6 +25,7 @@ app.registered_commands.extend(deploy.app.registered_commands)
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(acls.app, name="acls")
+app.add_typer(topics.app, name="topics")
 
 __all__ = ["Deps", "app", "main"]
 

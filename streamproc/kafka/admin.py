@@ -110,8 +110,10 @@ class Admin:
         partitions: int = 1,
         config: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
+        replication_factor: int = -1,
     ) -> None:
         """Create each topic that does not exist yet; existing ones are left as they are.
+        ``replication_factor`` -1: the broker's ``default.replication.factor``.
 
         Returns once the broker's metadata lists every created topic with a leader for each
         partition: a topic made again just after its deletion was once reported unknown by
@@ -120,8 +122,8 @@ class Admin:
         """
         existing = set(self.list_topics(timeout_s=timeout_s).topics)
         new = [
-            NewTopic(n, num_partitions=partitions, replication_factor=1,
-                              config=dict(config or {}))
+            NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                     config=dict(config or {}))
             for n in dict.fromkeys(names) if n not in existing
         ]  # fmt: skip
         if not new:
@@ -132,6 +134,11 @@ class Admin:
             except KafkaException as exc:
                 if exc.args[0].code() == CkKafkaError.TOPIC_ALREADY_EXISTS:
                     continue
+                if exc.args[0].code() == CkKafkaError.INVALID_REPLICATION_FACTOR:
+                    raise KafkaError(f"could not create topic {name}: {exc.args[0].str()}; "
+                                     "lower its replication factor (topics.policy in the "
+                                     "pipeline config) to at most the number of brokers",
+                                     topic=name) from exc  # fmt: skip
                 raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
 
         def unready(md: ClusterMetadata) -> set[str]:

@@ -33,6 +33,7 @@ from streamproc.rollout.replicas import decode as decode_replica
 from streamproc.rollout.replicas import encode as encode_replica
 from streamproc.rollout.state import DeploymentState, converge, decode, encode, key, newer
 from streamproc.rollout.store import ControlStore, audit_topic
+from streamproc.topicplan import AUDIT_TOPIC_CONFIG
 
 if TYPE_CHECKING:
     from streamproc.config import PipelineConfig
@@ -105,9 +106,6 @@ def read_to_end(conn: Connection, topic: str, timeout_s: float = 10.0) -> list[R
         raise KafkaError(f"cannot read the control topic: {exc}", topic=topic) from exc
     finally:
         c.close()
-
-
-AUDIT_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
 class KafkaControlStore(ControlStore):
