@@ -331,6 +331,9 @@ class RolloutSettings(_Strict):
     guardrails: GuardrailThresholds = Field(default_factory=GuardrailThresholds)
     # How often the guard judges the candidate; a number (not a string, not a bool).
     decide_interval_s: float = Field(1.0, gt=0, strict=True)
+    # Who may approve and promote (``User:NAME``: the authenticated principal, or an OS user
+    # name where the cluster authenticates no one); empty: anyone.
+    approvers: list[str] = Field(default_factory=list)
 
     @field_validator("guardrails", mode="before")
     @classmethod
@@ -345,6 +348,27 @@ class PersonalDataSettings(_Strict):
     fields: list[str] = Field(default_factory=list)
     key: bool = False  # the record key is personal (the demo keys events by account_id)
     hash_key_env: str = "STREAMPROC_PERSONAL_DATA_KEY"  # the HMAC key's variable
+
+
+class TenantSettings(_Strict):
+    """One tenant: the principal (``User:NAME``) and/or client id its clients connect with,
+    and the Kafka client quotas on them (``streamproc quotas apply``); a rate left out has
+    no quota of its own (an existing one is removed)."""
+
+    name: str
+    principal: str | None = None
+    client_id: str | None = None
+    producer_byte_rate: int | None = Field(None, gt=0)  # bytes/s, per broker
+    consumer_byte_rate: int | None = Field(None, gt=0)
+    request_percentage: float | None = Field(None, gt=0)  # of one request thread, per broker
+
+    @model_validator(mode="after")
+    def _check(self) -> TenantSettings:
+        if not self.principal and not self.client_id:
+            raise ValueError(f"tenant {self.name}: give principal (User:NAME) or client_id")
+        if self.principal and not self.principal.startswith("User:"):
+            raise ValueError(f"tenant {self.name}: principal must be User:NAME")
+        return self
 
 
 class PipelineConfig(_Strict):
@@ -363,6 +387,10 @@ class PipelineConfig(_Strict):
     alerts: AlertRules = Field(default_factory=AlertRules)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     personal_data: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
+    # The input field that names an event's tenant: the processor counts events per tenant
+    # (streamproc_tenant_events_total). ``tenants`` lists their quotas.
+    tenant_field: str | None = None
+    tenants: list[TenantSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:

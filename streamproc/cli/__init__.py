@@ -9,7 +9,7 @@ from rich.console import Console
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, models, pipeline, stack, topics
+from . import acls, alerts, deploy, dlq, models, pipeline, quotas, stack, topics
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -26,6 +26,7 @@ app.add_typer(alerts.app, name="alerts")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(acls.app, name="acls")
 app.add_typer(topics.app, name="topics")
+app.add_typer(quotas.app, name="quotas")
 
 __all__ = ["Deps", "app", "main"]
 

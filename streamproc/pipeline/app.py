@@ -23,6 +23,7 @@ from streamproc.personal import Redactor
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.health import ProcessorReadiness
 from streamproc.telemetry.prometheus import PrometheusSensor
+from streamproc.types import BatchHandlerLike
 
 from .alerting import AlertRouter
 from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
@@ -78,6 +79,18 @@ def ensure_topics(cfg: PipelineConfig) -> None:
     from streamproc.kafka.topics import ensure_pipeline_topics
 
     ensure_pipeline_topics(cfg)
+
+
+def count_tenants(
+    cfg: PipelineConfig, handler: BatchHandlerLike, registry: Registry, prom: PrometheusSensor
+) -> BatchHandlerLike:
+    """``handler``, counting events per tenant when the pipeline names a ``tenant_field``."""
+    if not cfg.tenant_field:
+        return handler
+    from .tenants import TenantCounter, TenantCountingHandler, prometheus_counter
+
+    return TenantCountingHandler(handler, TenantCounter(cfg.tenant_field, registry.schema),
+                                 prometheus_counter(prom.registry, cfg.name))  # fmt: skip
 
 
 def reader_schema(spec: ModelSpec) -> dict[str, Any]:
@@ -254,7 +267,7 @@ def build_processor(
             registry_retry_max_s=cfg.registry.retry_max_ms / 1000.0,
             use_event_age=cfg.batching.max_event_age_ms is not None,
         ),
-        handler=handler,
+        handler=count_tenants(cfg, handler, registry, prom),
         policy=WindowPolicy(
             max_size=cfg.batching.max_batch_size,
             max_wait_ms=cfg.batching.max_wait_ms,
