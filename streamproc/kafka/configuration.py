@@ -124,6 +124,8 @@ def read_properties(path: Path) -> dict[str, Any]:
         if not sep:
             raise ConfigError(f"{path}:{n}: expected key=value")  # the line may hold a secret
         key, value = key.strip(), value.strip()
+        if key.startswith(REGISTRY_PREFIX):
+            continue  # the registry's (read_registry_properties), not librdkafka's
         if key == "ssl.endpoint.identification.algorithm":
             out["ssl_endpoint_identification"] = value.lower() not in ("", "none")
         elif key in by_prop:
@@ -132,6 +134,45 @@ def read_properties(path: Path) -> dict[str, Any]:
             extra[key] = value
     if extra:
         out["extra"] = extra
+    return out
+
+
+REGISTRY_PREFIX = "schema.registry."
+
+
+def read_registry_properties(path: Path) -> dict[str, Any]:
+    r"""The ``schema.registry.*`` lines of a properties file (as Confluent's clients name
+    them) as the ``registry`` section of a pipeline.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "client.properties"
+    >>> _ = f.write_text("security.protocol=SSL\nschema.registry.url=https://r:1/apis\n"
+    ...     "schema.registry.basic.auth.credentials.source=USER_INFO\n"
+    ...     "schema.registry.basic.auth.user.info=u:p:w\nschema.registry.ssl.ca.location=/ca\n")
+    >>> read_registry_properties(f)
+    {'url': 'https://r:1/apis', 'username': 'u', 'password': 'p:w', 'ssl_ca_location': '/ca'}
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the Kafka properties file {path}: {exc}") from exc
+    out: dict[str, Any] = {}
+    for raw in lines:
+        key, sep, value = raw.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.startswith(REGISTRY_PREFIX):
+            continue
+        name = key.removeprefix(REGISTRY_PREFIX)
+        if name == "url":
+            out["url"] = value
+        elif name == "basic.auth.user.info":
+            user, _, password = value.partition(":")
+            out["username"], out["password"] = user, password
+        elif name == "ssl.ca.location":
+            out["ssl_ca_location"] = value
+        elif name != "basic.auth.credentials.source":
+            raise ConfigError(f"{path}: {key} is not a registry setting streamproc knows "
+                              "(url, basic.auth.user.info, ssl.ca.location)")  # fmt: skip
     return out
 
 

@@ -26,7 +26,7 @@ from streamproc.config import PipelineConfig
 from streamproc.kafka.acls import create_acls
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.clients import EventProducer, RecordConsumer
-from streamproc.kafka.configuration import client_config
+from streamproc.kafka.configuration import client_config, registry_config
 from streamproc.kafka.registry import Registry
 from streamproc.local.stack import StackInfo
 from streamproc.pipeline.app import apply_schemas, build_processor, ensure_topics
@@ -67,7 +67,7 @@ def test_a_processor_with_the_planned_acls_runs_and_a_consumer_cannot_write(
     admin = resolve_pipeline(pipeline, kafka_config=props, env={}, stack=lambda: info).config
     # The topics and schemas exist before the processor runs: an admin's job (no Create).
     ensure_topics(admin)
-    apply_schemas(Registry(admin.registry.url), admin)
+    apply_schemas(Registry(registry_config(admin.registry)), admin)
 
     proc_user = f"proc-{run}"
     proc_cfg = _as_user(admin, proc_user, _user(admin, proc_user)).with_overrides(
@@ -159,7 +159,7 @@ def test_a_processor_missing_one_planned_acl_stops_clearly(
     props = Path(info.client_properties)
     admin = resolve_pipeline(pipeline, kafka_config=props, env={}, stack=lambda: info).config
     ensure_topics(admin)
-    apply_schemas(Registry(admin.registry.url), admin)
+    apply_schemas(Registry(registry_config(admin.registry)), admin)
     user = f"proc-{run}"
     cfg = _as_user(admin, user, _user(admin, user)).with_overrides(instance_id="acl-2")
     op, which = missing.split()
