@@ -39,9 +39,18 @@ class KafkaSettings(_Strict):
     bootstrap: str = "127.0.0.1:9092"
     client_id: str = "streamproc"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # OAUTHBEARER: "oidc" fetches tokens from an OpenID Connect token endpoint with the client
+    # credentials grant (client id and secret, optional scope); "default" makes unsecured
+    # tokens from sasl_oauthbearer_config ("principal=NAME ..."), for test brokers only.
+    sasl_oauthbearer_method: Literal["default", "oidc"] | None = None
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: SecretStr | None = None
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_scope: str | None = None
+    sasl_oauthbearer_config: str | None = None
     # TLS (security_protocol SSL or SASL_SSL): PEM files. The CA verifies the brokers; the
     # certificate and key are the client's own, for brokers that require one (mutual TLS).
     ssl_ca_location: Path | None = None
@@ -65,6 +74,16 @@ class KafkaSettings(_Strict):
     static_membership: bool = True
     # Passed through to librdkafka unchanged, for settings this model does not name.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _oauth(self) -> KafkaSettings:
+        if self.sasl_oauthbearer_method == "oidc":
+            missing = [f"sasl_oauthbearer_{k}" for k in ("client_id", "client_secret",
+                                                         "token_endpoint_url")
+                       if getattr(self, f"sasl_oauthbearer_{k}") is None]  # fmt: skip
+            if missing:
+                raise ValueError(f"sasl_oauthbearer_method oidc needs {', '.join(missing)}")
+        return self
 
 
 class RegistrySettings(_Strict):
@@ -408,6 +427,7 @@ class PipelineConfig(_Strict):
 ENV_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("STREAMPROC_KAFKA_BOOTSTRAP", "kafka", "bootstrap"),
     ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
+    ("STREAMPROC_KAFKA_OAUTH_CLIENT_SECRET", "kafka", "sasl_oauthbearer_client_secret"),
     ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
     ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
     ("STREAMPROC_METRICS_HOST", "metrics", "host"),

@@ -27,6 +27,7 @@ from streamproc.kafka.configuration import Connection, client_config, kafka_sett
 _FATAL = {CkKafkaError._AUTHENTICATION: "authentication", CkKafkaError._SSL: "TLS"}
 _FIX = {
     "authentication": "check sasl.username and sasl.password (--kafka-config)",
+    "token": "check the token endpoint and sasl.oauthbearer.client.id/secret (--kafka-config)",
     "TLS": "check ssl.ca.location and the broker's address (--kafka-config)",
 }
 
@@ -85,9 +86,12 @@ class Admin:
         what, _, reason = self._fatal.partition(": ")
         k = self._settings
         who = f"User:{k.sasl_username}" if k.sasl_username else "the client"
+        if k.sasl_mechanism == "OAUTHBEARER" and k.sasl_oauthbearer_client_id:
+            who = f"OAuth client {k.sasl_oauthbearer_client_id}"
         how = f" (SASL {k.sasl_mechanism})" if k.sasl_mechanism else ""
+        fix = _FIX["token" if k.sasl_mechanism == "OAUTHBEARER" and what != "TLS" else what]
         raise KafkaError(f"Kafka {what} failed for {who}{how} at {k.bootstrap}: {reason}; "
-                         f"{_FIX[what]}")  # fmt: skip
+                         f"{fix}")  # fmt: skip
 
     def list_topics(self, topic: str | None = None, timeout_s: float = 10.0) -> ClusterMetadata:
         """The cluster's metadata; asked in short slices, so that a refused login is
