@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streamproc.errors import StreamprocError
 
@@ -35,5 +36,6 @@ def main() -> None:
     try:
         app(obj=Deps())
     except StreamprocError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escaped: "[topic=...]" in a message is text, not Rich markup
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)

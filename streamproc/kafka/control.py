@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError as CkError
 
 from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin, check_secured
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes | None]
+# A topic's metadata errors that mean "not yours to see", not "not there yet".
+_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED})
 
 
 def _consumer(conn: Connection) -> Consumer:
@@ -58,6 +61,10 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     except KafkaException as exc:
         raise KafkaError(f"cannot read the metadata of {topic}: {exc}", topic=topic) from exc
     tm = meta.topics.get(topic)
+    if tm is not None and tm.error is not None and tm.error.code() in _DENIED:
+        raise KafkaError(f"not allowed to read the control topic {topic}: {tm.error.str()}; "
+                         "the principal needs Describe and Read on it (`streamproc acls "
+                         "plan`)", topic=topic)  # fmt: skip
     if tm is None or tm.error is not None:
         return []  # no such topic yet: nothing was ever deployed
     return sorted(tm.partitions)
