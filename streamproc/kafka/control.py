@@ -95,7 +95,11 @@ def read_to_end(conn: Connection, topic: str, timeout_s: float = 10.0) -> list[R
             if msgs:
                 deadline = time.monotonic() + timeout_s
             for m in msgs:
-                if m.error() is not None:
+                if (err := m.error()) is not None and err.code() in _DENIED:
+                    raise KafkaError(f"not allowed to read the control topic {topic}: "
+                                     f"{err.str()}; the principal needs Read on it "
+                                     "(`streamproc acls plan`)", topic=topic)  # fmt: skip
+                if err is not None:
                     continue
                 part, off = m.partition(), m.offset()
                 if part is None or off is None or part not in ends or off >= ends[part]:
