@@ -68,7 +68,12 @@ class Admin:
         self._fatal: str | None = None
         conf: dict[str, Any] = {**client_config(conn), **(extra or {})}
         conf["error_cb"] = self._on_error
-        self._client = AdminClient(conf)
+        try:
+            self._client = AdminClient(conf)
+        except KafkaException as exc:  # an OAUTHBEARER token callback that gave no valid token
+            self._fatal = f"authentication: {exc.args[0].str()}"
+            self._raise_fatal(poll=False)
+            raise
 
     @property
     def client(self) -> AdminClient:
@@ -79,8 +84,9 @@ class Admin:
         if err.code() in _FATAL and self._fatal is None:
             self._fatal = f"{_FATAL[err.code()]}: {err.str()}"
 
-    def _raise_fatal(self) -> None:
-        self._client.poll(0)  # serves error_cb
+    def _raise_fatal(self, poll: bool = True) -> None:
+        if poll:
+            self._client.poll(0)  # serves error_cb
         if self._fatal is None:
             return
         what, _, reason = self._fatal.partition(": ")

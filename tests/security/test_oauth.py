@@ -118,3 +118,29 @@ def test_unsecured_test_tokens_map_to_librdkafka_s_own() -> None:
     assert conf["sasl.oauthbearer.config"] == "principal=alice"
     assert conf["enable.sasl.oauthbearer.unsecure.jwt"] is True
     Producer(conf).flush(0)
+
+
+def test_an_expired_token_fails_clearly_within_seconds() -> None:
+    """A token callback that has only an expired token: librdkafka will not use it, and the
+    first client call fails naming the OAuth client and the fix, not a bare timeout."""
+    import time
+
+    from streamproc.kafka.admin import Admin
+
+    def b64(doc: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    def expired(_config: str) -> tuple[str, float]:
+        now = time.time()
+        claims = {"sub": "svc", "iat": int(now - 120), "exp": int(now - 60)}
+        return f"{b64({'alg': 'none'})}.{b64(claims)}.", now - 60
+
+    k = KafkaSettings(bootstrap="127.0.0.1:1", security_protocol="SASL_PLAINTEXT",
+                      sasl_mechanism="OAUTHBEARER", sasl_oauthbearer_client_id="svc")  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(KafkaError) as caught:
+        Admin(k, extra={"oauth_cb": expired}).list_topics(timeout_s=15)
+    assert time.monotonic() - t0 < 15
+    text = str(caught.value)
+    assert text.startswith("Kafka authentication failed for OAuth client svc (SASL OAUTHBEARER)")
+    assert "token" in text and "check the token endpoint" in text, text
