@@ -39,9 +39,18 @@ class KafkaSettings(_Strict):
     bootstrap: str = "127.0.0.1:9092"
     client_id: str = "streamproc"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # OAUTHBEARER: "oidc" fetches tokens from an OpenID Connect token endpoint with the client
+    # credentials grant (client id and secret, optional scope); "default" makes unsecured
+    # tokens from sasl_oauthbearer_config ("principal=NAME ..."), for test brokers only.
+    sasl_oauthbearer_method: Literal["default", "oidc"] | None = None
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: SecretStr | None = None
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_scope: str | None = None
+    sasl_oauthbearer_config: str | None = None
     # TLS (security_protocol SSL or SASL_SSL): PEM files. The CA verifies the brokers; the
     # certificate and key are the client's own, for brokers that require one (mutual TLS).
     ssl_ca_location: Path | None = None
@@ -66,6 +75,16 @@ class KafkaSettings(_Strict):
     # Passed through to librdkafka unchanged, for settings this model does not name.
     extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _oauth(self) -> KafkaSettings:
+        if self.sasl_oauthbearer_method == "oidc":
+            missing = [f"sasl_oauthbearer_{k}" for k in ("client_id", "client_secret",
+                                                         "token_endpoint_url")
+                       if getattr(self, f"sasl_oauthbearer_{k}") is None]  # fmt: skip
+            if missing:
+                raise ValueError(f"sasl_oauthbearer_method oidc needs {', '.join(missing)}")
+        return self
+
 
 class RegistrySettings(_Strict):
     url: str = "http://127.0.0.1:8081"
@@ -82,6 +101,68 @@ class RegistrySettings(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
 
 
+TopicKind = Literal["input", "predictions", "dlq", "alerts", "metrics", "control", "feedback"]
+TOPIC_KINDS: tuple[TopicKind, ...] = ("input", "predictions", "dlq", "alerts", "metrics",
+                                      "control", "feedback")  # fmt: skip
+
+
+class TopicPolicy(_Strict):
+    """How one kind of topic is made (``streamproc topics apply``, and the processor when it
+    creates a missing topic). None leaves a setting to the broker's default
+    (``default.replication.factor``, ``min.insync.replicas``, ``log.retention.ms``)."""
+
+    replication_factor: int | None = Field(None, ge=1)
+    min_insync_replicas: int | None = Field(None, ge=1)
+    retention_ms: int | None = Field(None, ge=-1)  # -1: kept forever
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] | None = None
+    config: dict[str, str] = Field(default_factory=dict)  # any other topic config, as is
+
+    @model_validator(mode="after")
+    def _check(self) -> TopicPolicy:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(f"min_insync_replicas {isr} > replication_factor {rf}: every "
+                             "acks=all write would fail")  # fmt: skip
+        return self
+
+
+class TopicPolicies(_Strict):
+    """The ``topics.policy`` section: ``default`` for every kind, and per kind the keys that
+    differ from it (dead letters are kept 30 days by default: long enough to replay them).
+
+    >>> p = TopicPolicies.model_validate({"default": {"replication_factor": 3},
+    ...                                   "dlq": {"min_insync_replicas": 2}})
+    >>> d = p.for_kind("dlq")
+    >>> d.replication_factor, d.min_insync_replicas, d.retention_ms
+    (3, 2, 2592000000)
+    >>> p.for_kind("input").retention_ms is None
+    True
+    """
+
+    default: TopicPolicy = Field(default_factory=TopicPolicy)
+    input: TopicPolicy = Field(default_factory=TopicPolicy)
+    predictions: TopicPolicy = Field(default_factory=TopicPolicy)  # and the shadow topic
+    dlq: TopicPolicy = Field(default_factory=TopicPolicy)
+    alerts: TopicPolicy = Field(default_factory=TopicPolicy)
+    metrics: TopicPolicy = Field(default_factory=TopicPolicy)
+    control: TopicPolicy = Field(default_factory=TopicPolicy)  # and its audit, replicas topics
+    feedback: TopicPolicy = Field(default_factory=TopicPolicy)
+
+    def for_kind(self, kind: TopicKind) -> TopicPolicy:
+        """The kind's own settings, over ``default``'s, over the built-in ones of the kind;
+        the ``config`` maps merged the same way."""
+        own = getattr(self, kind)
+        fields: dict[str, Any] = dict(_KIND_DEFAULTS.get(kind, {}))
+        for layer in (self.default, own):
+            fields |= {k: getattr(layer, k) for k in layer.model_fields_set if k != "config"}
+        fields["config"] = {**self.default.config, **own.config}
+        return TopicPolicy.model_validate(fields)  # checks the merged pair
+
+
+# Built-in policy of a kind, below anything the config sets.
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {"dlq": {"retention_ms": 30 * 86_400_000}}
+
+
 class TopicSettings(_Strict):
     input: str
     predictions: str = ""
@@ -92,6 +173,7 @@ class TopicSettings(_Strict):
     feedback: str | None = None
     control: str = "streamproc.control"
     partitions: int = Field(4, ge=1)  # used when the pipeline creates missing topics
+    policy: TopicPolicies = Field(default_factory=TopicPolicies)
 
     @model_validator(mode="after")
     def _derive(self) -> TopicSettings:
@@ -272,6 +354,9 @@ class RolloutSettings(_Strict):
     guardrails: GuardrailThresholds = Field(default_factory=GuardrailThresholds)
     # How often the guard judges the candidate; a number (not a string, not a bool).
     decide_interval_s: float = Field(1.0, gt=0, strict=True)
+    # Who may approve and promote (``User:NAME``: the authenticated principal, or an OS user
+    # name where the cluster authenticates no one); empty: anyone.
+    approvers: list[str] = Field(default_factory=list)
 
     @field_validator("guardrails", mode="before")
     @classmethod
@@ -389,6 +474,27 @@ class ServingSettings(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
 
 
+class TenantSettings(_Strict):
+    """One tenant: the principal (``User:NAME``) and/or client id its clients connect with,
+    and the Kafka client quotas on them (``streamproc quotas apply``); a rate left out has
+    no quota of its own (an existing one is removed)."""
+
+    name: str
+    principal: str | None = None
+    client_id: str | None = None
+    producer_byte_rate: int | None = Field(None, gt=0)  # bytes/s, per broker
+    consumer_byte_rate: int | None = Field(None, gt=0)
+    request_percentage: float | None = Field(None, gt=0)  # of one request thread, per broker
+
+    @model_validator(mode="after")
+    def _check(self) -> TenantSettings:
+        if not self.principal and not self.client_id:
+            raise ValueError(f"tenant {self.name}: give principal (User:NAME) or client_id")
+        if self.principal and not self.principal.startswith("User:"):
+            raise ValueError(f"tenant {self.name}: principal must be User:NAME")
+        return self
+
+
 class PipelineConfig(_Strict):
     name: str
     model: str  # a model directory (model.yaml + model file), relative to the config file
@@ -408,6 +514,10 @@ class PipelineConfig(_Strict):
     outputs: OutputSettings = Field(default_factory=OutputSettings)
     insight: InsightSettings = Field(default_factory=InsightSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    # The input field that names an event's tenant: the processor counts events per tenant
+    # (streamproc_tenant_events_total). ``tenants`` lists their quotas.
+    tenant_field: str | None = None
+    tenants: list[TenantSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _defaults(self) -> PipelineConfig:
@@ -425,6 +535,7 @@ class PipelineConfig(_Strict):
 ENV_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("STREAMPROC_KAFKA_BOOTSTRAP", "kafka", "bootstrap"),
     ("STREAMPROC_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
+    ("STREAMPROC_KAFKA_OAUTH_CLIENT_SECRET", "kafka", "sasl_oauthbearer_client_secret"),
     ("STREAMPROC_SCHEMA_REGISTRY_URL", "registry", "url"),
     ("STREAMPROC_SCHEMA_REGISTRY_PASSWORD", "registry", "password"),
     ("STREAMPROC_METRICS_HOST", "metrics", "host"),

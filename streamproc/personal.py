@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +69,20 @@ class Redactor:
         return self.hash(key)
 
     def detail(self, detail: str, value: bytes | None) -> str:
-        """The dead letter's detail once its value is dropped."""
+        """The dead letter's detail once its value is dropped. A detail that names a
+        personal field may quote its value (``age is -3.0, below 0``, ``country='X' is not
+        one of ...``): it is replaced by the field's name alone.
+
+        >>> r = Redactor(("age",), False, b"k")
+        >>> r.detail("age is -3.0, below its minimum 0", None)
+        'age: detail withheld (a personal field)'
+        >>> r.detail("amount is NaN", None)
+        'amount is NaN'
+        """
+        for f in self.fields:
+            if re.search(rf"(?<![\w.]){re.escape(f)}(?![\w])", detail):
+                detail = f"{f}: detail withheld (a personal field)"
+                break
         if value is None:
             return detail
         what = ", ".join(self.fields) or "the record key"

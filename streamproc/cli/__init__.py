@@ -10,7 +10,20 @@ from rich.markup import escape
 
 from streamproc.errors import StreamprocError
 
-from . import acls, alerts, deploy, dlq, features, models, pipeline, score, serve, stack
+from . import (
+    acls,
+    alerts,
+    deploy,
+    dlq,
+    features,
+    models,
+    pipeline,
+    quotas,
+    score,
+    serve,
+    stack,
+    topics,
+)
 from .deps import Deps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -30,6 +43,8 @@ app.add_typer(alerts.app, name="alerts")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(acls.app, name="acls")
 app.add_typer(features.app, name="features")
+app.add_typer(topics.app, name="topics")
+app.add_typer(quotas.app, name="quotas")
 
 __all__ = ["Deps", "app", "main"]
 
@@ -38,6 +53,6 @@ def main() -> None:
     try:
         app(obj=Deps())
     except StreamprocError as exc:
-        # Escaped: a message may hold brackets (pip install 'streamproc[serve]').
+        # Escaped: a message may hold brackets ("[topic=...]", pip install 'streamproc[serve]').
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)

@@ -100,6 +100,27 @@ def _actor(
         return "operator"
 
 
+def _check_approver(
+    ctx: typer.Context,
+    verb: str,
+    name: str,
+    actor: str,
+    config: Path | None,
+    bootstrap: str | None,
+    kafka_config: Path | None,
+) -> None:
+    """Refuse ``actor`` unless the pipeline's ``rollout.approvers`` is empty or names it."""
+    d = get_deps(ctx)
+    resolved = d.pipeline(config, bootstrap, need=(), strict=False, kafka_config=kafka_config)
+    approvers = resolved.config.rollout.approvers
+    if approvers and actor not in approvers:
+        raise DeploymentError(
+            f"{actor} may not {verb} {name}: rollout.approvers of {resolved.origin} allows "
+            f"only {', '.join(approvers)}; ask one of them, or connect as one "
+            "(--kafka-config with their credentials)"
+        )
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
 
@@ -298,8 +319,10 @@ def _simple(verb: str, command: type[Promote | Approve | Step], doc: str) -> Non
         topic: TopicOpt = None,
     ) -> None:
         at = get_deps(ctx).clock_ms()
-        store = _store(ctx, config, bootstrap, topic, kafka_config)
         actor = _actor(ctx, config, bootstrap, kafka_config)
+        if command is not Step:  # promote, approve: the pipeline may say who may
+            _check_approver(ctx, verb, name, actor, config, bootstrap, kafka_config)
+        store = _store(ctx, config, bootstrap, topic, kafka_config)
         _run(ctx, store, command(name, at_ms=at, reason=reason, actor=actor))
 
     run.__doc__ = doc

@@ -43,7 +43,7 @@ from pydantic import BaseModel, SecretStr
 
 from streamproc.config import ENV_SETTINGS, PipelineConfig, read_raw, validate
 from streamproc.errors import ConfigError
-from streamproc.kafka.configuration import read_properties
+from streamproc.kafka.configuration import read_properties, read_registry_properties
 from streamproc.local.stack import StackInfo
 
 StackLookup = Callable[[], StackInfo | None]
@@ -185,7 +185,8 @@ def resolve_pipeline(
 
 
 def _merge_properties(raw: dict[str, Any], sources: dict[str, str], path: Path) -> None:
-    """The properties file's settings over the ``kafka`` section of ``raw``."""
+    """The properties file's settings over the ``kafka`` section of ``raw``, and its
+    ``schema.registry.*`` settings over the ``registry`` section."""
     kafka = raw.setdefault("kafka", {})
     for key, value in read_properties(path).items():
         if key == "extra":
@@ -194,6 +195,10 @@ def _merge_properties(raw: dict[str, Any], sources: dict[str, str], path: Path) 
         else:
             kafka[key] = value
             sources[f"kafka.{key}"] = f"file {path}"
+    registry = read_registry_properties(path)
+    if registry:
+        raw.setdefault("registry", {}).update(registry)
+        sources.update({f"registry.{k}": f"file {path}" for k in registry})
 
 
 def resolve_control_topic(option: str | None, resolved: Resolved) -> str:

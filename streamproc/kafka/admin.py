@@ -27,6 +27,7 @@ from streamproc.kafka.configuration import Connection, client_config, kafka_sett
 _FATAL = {CkKafkaError._AUTHENTICATION: "authentication", CkKafkaError._SSL: "TLS"}
 _FIX = {
     "authentication": "check sasl.username and sasl.password (--kafka-config)",
+    "token": "check the token endpoint and sasl.oauthbearer.client.id/secret (--kafka-config)",
     "TLS": "check ssl.ca.location and the broker's address (--kafka-config)",
 }
 
@@ -67,7 +68,12 @@ class Admin:
         self._fatal: str | None = None
         conf: dict[str, Any] = {**client_config(conn), **(extra or {})}
         conf["error_cb"] = self._on_error
-        self._client = AdminClient(conf)
+        try:
+            self._client = AdminClient(conf)
+        except KafkaException as exc:  # an OAUTHBEARER token callback that gave no valid token
+            self._fatal = f"authentication: {exc.args[0].str()}"
+            self._raise_fatal(poll=False)
+            raise
 
     @property
     def client(self) -> AdminClient:
@@ -78,16 +84,20 @@ class Admin:
         if err.code() in _FATAL and self._fatal is None:
             self._fatal = f"{_FATAL[err.code()]}: {err.str()}"
 
-    def _raise_fatal(self) -> None:
-        self._client.poll(0)  # serves error_cb
+    def _raise_fatal(self, poll: bool = True) -> None:
+        if poll:
+            self._client.poll(0)  # serves error_cb
         if self._fatal is None:
             return
         what, _, reason = self._fatal.partition(": ")
         k = self._settings
         who = f"User:{k.sasl_username}" if k.sasl_username else "the client"
+        if k.sasl_mechanism == "OAUTHBEARER" and k.sasl_oauthbearer_client_id:
+            who = f"OAuth client {k.sasl_oauthbearer_client_id}"
         how = f" (SASL {k.sasl_mechanism})" if k.sasl_mechanism else ""
+        fix = _FIX["token" if k.sasl_mechanism == "OAUTHBEARER" and what != "TLS" else what]
         raise KafkaError(f"Kafka {what} failed for {who}{how} at {k.bootstrap}: {reason}; "
-                         f"{_FIX[what]}")  # fmt: skip
+                         f"{fix}")  # fmt: skip
 
     def list_topics(self, topic: str | None = None, timeout_s: float = 10.0) -> ClusterMetadata:
         """The cluster's metadata; asked in short slices, so that a refused login is
@@ -110,8 +120,10 @@ class Admin:
         partitions: int = 1,
         config: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
+        replication_factor: int = -1,
     ) -> None:
         """Create each topic that does not exist yet; existing ones are left as they are.
+        ``replication_factor`` -1: the broker's ``default.replication.factor``.
 
         Returns once the broker's metadata lists every created topic with a leader for each
         partition: a topic made again just after its deletion was once reported unknown by
@@ -120,8 +132,8 @@ class Admin:
         """
         existing = set(self.list_topics(timeout_s=timeout_s).topics)
         new = [
-            NewTopic(n, num_partitions=partitions, replication_factor=1,
-                              config=dict(config or {}))
+            NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                     config=dict(config or {}))
             for n in dict.fromkeys(names) if n not in existing
         ]  # fmt: skip
         if not new:
@@ -132,6 +144,11 @@ class Admin:
             except KafkaException as exc:
                 if exc.args[0].code() == CkKafkaError.TOPIC_ALREADY_EXISTS:
                     continue
+                if exc.args[0].code() == CkKafkaError.INVALID_REPLICATION_FACTOR:
+                    raise KafkaError(f"could not create topic {name}: {exc.args[0].str()}; "
+                                     "lower its replication factor (topics.policy in the "
+                                     "pipeline config) to at most the number of brokers",
+                                     topic=name) from exc  # fmt: skip
                 raise KafkaError(f"could not create topic: {exc}", topic=name) from exc
 
         def unready(md: ClusterMetadata) -> set[str]:

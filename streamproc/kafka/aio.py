@@ -7,9 +7,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from streamproc.errors import DependencyMissingError
+from streamproc.errors import DependencyMissingError, KafkaError
+from streamproc.kafka.admin import check_secured
 from streamproc.kafka.clients import FramedDecoder, RegistryConnection, make_registry
-from streamproc.kafka.configuration import Connection, aiokafka_config
+from streamproc.kafka.configuration import Connection, aiokafka_config, kafka_settings
 
 
 class AsyncRecordConsumer:
@@ -33,6 +34,8 @@ class AsyncRecordConsumer:
             raise DependencyMissingError("aiokafka", "aio") from exc
         self.decoder = FramedDecoder(make_registry(registry_url))
         self.where = where
+        self._conn = bootstrap
+        self.topic = topic
         self._consumer = AIOKafkaConsumer(
             topic,
             **aiokafka_config(bootstrap),
@@ -43,7 +46,26 @@ class AsyncRecordConsumer:
         )
 
     async def start(self) -> None:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except Exception as exc:
+            self._raise_denied(exc)
+            # aiokafka says only that it could not bootstrap (the reason goes to its log):
+            # ask the same profile once more with the admin client, which names the
+            # principal and the fix for a refused login or an untrusted certificate.
+            await asyncio.to_thread(check_secured, self._conn, 10.0)
+            raise
+
+    def _raise_denied(self, exc: Exception) -> None:
+        """A missing ACL (aiokafka's *AuthorizationFailedError) as one line naming the
+        principal, the topic and the fix; anything else is left to the caller."""
+        if "AuthorizationFailed" not in type(exc).__name__:
+            return
+        user = kafka_settings(self._conn).sasl_username
+        who = f"User:{user}" if user else "this client"
+        raise KafkaError(f"{who} may not read {self.topic}: {type(exc).__name__}; grant it "
+                         "Read on the topic and its consumer group (`streamproc acls plan "
+                         "--role consumer|alerts`)", topic=self.topic) from exc  # fmt: skip
 
     async def stop(self) -> None:
         await self._consumer.stop()
@@ -64,7 +86,11 @@ class AsyncRecordConsumer:
 
     async def __aiter__(self) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
         while True:
-            batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            except Exception as exc:
+                self._raise_denied(exc)
+                raise
             for msgs in batches.values():
                 for m in msgs:
                     if m.value is None:

@@ -16,13 +16,19 @@ from typing import Any
 
 import fastavro
 from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import KafkaError as CkError
 
 from streamproc import lineage, schemas
 from streamproc.codecs.wire import classify_read_error
 from streamproc.config import RegistrySettings
 from streamproc.errors import CodecError, DeliveryError, KafkaError
 from streamproc.kafka.admin import check_secured
-from streamproc.kafka.configuration import Connection, client_config, registry_config
+from streamproc.kafka.configuration import (
+    Connection,
+    client_config,
+    kafka_settings,
+    registry_config,
+)
 from streamproc.kafka.registry import Registry
 
 _HEADER = struct.Struct(">bI")
@@ -196,6 +202,10 @@ def _headers(msg: Message) -> dict[str, bytes]:
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
 
 
+# Consumer errors a retry cannot cure: the principal lacks an ACL.
+_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED, CkError.GROUP_AUTHORIZATION_FAILED})
+
+
 class RecordConsumer:
     """Iterate decoded records of a topic (sync, confluent-kafka), read_committed."""
 
@@ -210,6 +220,8 @@ class RecordConsumer:
     ) -> None:
         check_secured(bootstrap)  # the consumer would retry a refused login silently
         self.topic = topic
+        user = kafka_settings(bootstrap).sasl_username
+        self._who = f"User:{user}" if user else "this client"
         self.decoder = FramedDecoder(make_registry(registry_url))
         self.consumer = Consumer({
             **client_config(bootstrap),
@@ -226,7 +238,15 @@ class RecordConsumer:
     ) -> list[tuple[Message, dict[str, Any]]]:
         out = []
         for m in self.consumer.consume(max_records, timeout=timeout_s):
-            if m.error() is not None:
+            err = m.error()
+            if err is not None and err.code() in _DENIED:  # retrying never grants an ACL
+                raise KafkaError(
+                    f"{self._who} may not read {m.topic() or self.topic}: {err.str()}; grant "
+                    "it Read on the topic and its consumer group (`streamproc acls plan "
+                    "--role consumer|alerts`)",
+                    topic=m.topic() or self.topic,
+                )  # fmt: skip
+            if err is not None:
                 continue
             value = m.value()
             if value is None:

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from streamproc.config import KafkaSettings, RegistrySettings
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, KafkaError
 
 # KafkaSettings field -> librdkafka property: the one map, both ways (``client_config``
 # writes it, ``read_properties`` reads a properties file with it).
@@ -39,6 +39,12 @@ _SECURITY_PROPERTIES = {
     "ssl_certificate_location": "ssl.certificate.location",
     "ssl_key_location": "ssl.key.location",
     "ssl_key_password": "ssl.key.password",
+    "sasl_oauthbearer_method": "sasl.oauthbearer.method",
+    "sasl_oauthbearer_client_id": "sasl.oauthbearer.client.id",
+    "sasl_oauthbearer_client_secret": "sasl.oauthbearer.client.secret",
+    "sasl_oauthbearer_token_endpoint_url": "sasl.oauthbearer.token.endpoint.url",
+    "sasl_oauthbearer_scope": "sasl.oauthbearer.scope",
+    "sasl_oauthbearer_config": "sasl.oauthbearer.config",
 }
 # Spellings a properties file may use for the same settings (librdkafka's aliases).
 _ALIASES = {"sasl.mechanisms": "sasl_mechanism", "bootstrap.servers": "bootstrap",
@@ -87,6 +93,8 @@ def client_config(conn: Connection) -> dict[str, Any]:
         conf["ssl.endpoint.identification.algorithm"] = (
             "https" if k.ssl_endpoint_identification else "none"
         )
+    if k.sasl_oauthbearer_method != "oidc" and k.sasl_oauthbearer_config:
+        conf["enable.sasl.oauthbearer.unsecure.jwt"] = True  # librdkafka's own test tokens
     conf.update(k.extra)
     return conf
 
@@ -124,6 +132,8 @@ def read_properties(path: Path) -> dict[str, Any]:
         if not sep:
             raise ConfigError(f"{path}:{n}: expected key=value")  # the line may hold a secret
         key, value = key.strip(), value.strip()
+        if key.startswith(REGISTRY_PREFIX):
+            continue  # the registry's (read_registry_properties), not librdkafka's
         if key == "ssl.endpoint.identification.algorithm":
             out["ssl_endpoint_identification"] = value.lower() not in ("", "none")
         elif key in by_prop:
@@ -132,6 +142,45 @@ def read_properties(path: Path) -> dict[str, Any]:
             extra[key] = value
     if extra:
         out["extra"] = extra
+    return out
+
+
+REGISTRY_PREFIX = "schema.registry."
+
+
+def read_registry_properties(path: Path) -> dict[str, Any]:
+    r"""The ``schema.registry.*`` lines of a properties file (as Confluent's clients name
+    them) as the ``registry`` section of a pipeline.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "client.properties"
+    >>> _ = f.write_text("security.protocol=SSL\nschema.registry.url=https://r:1/apis\n"
+    ...     "schema.registry.basic.auth.credentials.source=USER_INFO\n"
+    ...     "schema.registry.basic.auth.user.info=u:p:w\nschema.registry.ssl.ca.location=/ca\n")
+    >>> read_registry_properties(f)
+    {'url': 'https://r:1/apis', 'username': 'u', 'password': 'p:w', 'ssl_ca_location': '/ca'}
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the Kafka properties file {path}: {exc}") from exc
+    out: dict[str, Any] = {}
+    for raw in lines:
+        key, sep, value = raw.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.startswith(REGISTRY_PREFIX):
+            continue
+        name = key.removeprefix(REGISTRY_PREFIX)
+        if name == "url":
+            out["url"] = value
+        elif name == "basic.auth.user.info":
+            user, _, password = value.partition(":")
+            out["username"], out["password"] = user, password
+        elif name == "ssl.ca.location":
+            out["ssl_ca_location"] = value
+        elif name != "basic.auth.credentials.source":
+            raise ConfigError(f"{path}: {key} is not a registry setting streamproc knows "
+                              "(url, basic.auth.user.info, ssl.ca.location)")  # fmt: skip
     return out
 
 
@@ -154,12 +203,87 @@ def aiokafka_config(conn: Connection) -> dict[str, Any]:
                 k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
             )
         conf["ssl_context"] = ctx
-    if k.sasl_mechanism:
+    if k.sasl_mechanism == "OAUTHBEARER":
+        conf["sasl_mechanism"] = k.sasl_mechanism
+        conf["sasl_oauth_token_provider"] = _token_provider(k)
+    elif k.sasl_mechanism:
         conf["sasl_mechanism"] = k.sasl_mechanism
         conf["sasl_plain_username"] = k.sasl_username
         if k.sasl_password is not None:
             conf["sasl_plain_password"] = k.sasl_password.get_secret_value()
     return conf
+
+
+def fetch_token(k: KafkaSettings, timeout_s: float = 10.0) -> tuple[str, float]:
+    """An OAUTHBEARER token and when it expires (epoch seconds), as librdkafka gets them:
+    ``oidc``, the client credentials grant at the token endpoint; else an unsecured token
+    (``alg: none``) for the ``principal=`` of ``sasl_oauthbearer_config``, which only a
+    broker with Kafka's unsecured validator accepts.
+
+    >>> token, exp = fetch_token(KafkaSettings(sasl_mechanism="OAUTHBEARER",
+    ...     sasl_oauthbearer_config="principal=alice lifeSeconds=60"))
+    >>> import base64, json
+    >>> json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["sub"], token[-1]
+    ('alice', '.')
+    """
+    import base64
+    import json
+    import time
+
+    if k.sasl_oauthbearer_method != "oidc":
+        opts = dict(kv.partition("=")[::2] for kv in (k.sasl_oauthbearer_config or "").split())
+        if not opts.get("principal"):
+            raise ConfigError("OAUTHBEARER without sasl_oauthbearer_method oidc needs "
+                              "sasl_oauthbearer_config 'principal=NAME'")  # fmt: skip
+        now = time.time()
+        exp = now + float(opts.get("lifeSeconds", 3600))
+
+        def b64(doc: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+        claims = {"sub": opts["principal"], "iat": int(now), "exp": int(exp)}
+        return f"{b64({'alg': 'none'})}.{b64(claims)}.", exp
+    import httpx
+
+    url = k.sasl_oauthbearer_token_endpoint_url or ""
+    secret = k.sasl_oauthbearer_client_secret
+    form = {"grant_type": "client_credentials"}
+    if k.sasl_oauthbearer_scope:
+        form["scope"] = k.sasl_oauthbearer_scope
+    who = f"client {k.sasl_oauthbearer_client_id}"
+    try:
+        r = httpx.post(url, data=form, timeout=timeout_s,
+                       auth=(k.sasl_oauthbearer_client_id or "",
+                             secret.get_secret_value() if secret else ""))  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise KafkaError(f"OAUTHBEARER token endpoint {url} unreachable for {who}: "
+                         f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+    if r.status_code != 200:
+        raise KafkaError(f"OAUTHBEARER token endpoint {url} refused {who} (HTTP "
+                         f"{r.status_code}); check sasl.oauthbearer.client.id and "
+                         "sasl.oauthbearer.client.secret (--kafka-config)")  # fmt: skip
+    doc = r.json()
+    return str(doc["access_token"]), time.time() + float(doc.get("expires_in", 300))
+
+
+def _token_provider(k: KafkaSettings) -> Any:
+    """aiokafka's OAUTHBEARER token provider: :func:`fetch_token`, renewed before expiry."""
+    import asyncio
+    import time
+
+    from aiokafka.abc import AbstractTokenProvider
+
+    class Tokens(AbstractTokenProvider):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._token = ""
+            self._expires = 0.0
+
+        async def token(self) -> str:
+            if time.time() > self._expires - 30:
+                self._token, self._expires = await asyncio.to_thread(fetch_token, k)
+            return self._token
+
+    return Tokens()
 
 
 def consumer_config(

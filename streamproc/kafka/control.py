@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError as CkError
 
 from streamproc.errors import DeploymentError, KafkaError
 from streamproc.kafka.admin import Admin, check_secured
@@ -33,6 +34,7 @@ from streamproc.rollout.replicas import decode as decode_replica
 from streamproc.rollout.replicas import encode as encode_replica
 from streamproc.rollout.state import DeploymentState, converge, decode, encode, key, newer
 from streamproc.rollout.store import ControlStore, audit_topic
+from streamproc.topicplan import AUDIT_TOPIC_CONFIG
 
 if TYPE_CHECKING:
     from streamproc.config import PipelineConfig
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes | None]
+# A topic's metadata errors that mean "not yours to see", not "not there yet".
+_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED})
 
 
 def _consumer(conn: Connection) -> Consumer:
@@ -57,6 +61,10 @@ def _partitions(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
     except KafkaException as exc:
         raise KafkaError(f"cannot read the metadata of {topic}: {exc}", topic=topic) from exc
     tm = meta.topics.get(topic)
+    if tm is not None and tm.error is not None and tm.error.code() in _DENIED:
+        raise KafkaError(f"not allowed to read the control topic {topic}: {tm.error.str()}; "
+                         "the principal needs Describe and Read on it (`streamproc acls "
+                         "plan`)", topic=topic)  # fmt: skip
     if tm is None or tm.error is not None:
         return []  # no such topic yet: nothing was ever deployed
     return sorted(tm.partitions)
@@ -87,7 +95,11 @@ def read_to_end(conn: Connection, topic: str, timeout_s: float = 10.0) -> list[R
             if msgs:
                 deadline = time.monotonic() + timeout_s
             for m in msgs:
-                if m.error() is not None:
+                if (err := m.error()) is not None and err.code() in _DENIED:
+                    raise KafkaError(f"not allowed to read the control topic {topic}: "
+                                     f"{err.str()}; the principal needs Read on it "
+                                     "(`streamproc acls plan`)", topic=topic)  # fmt: skip
+                if err is not None:
                     continue
                 part, off = m.partition(), m.offset()
                 if part is None or off is None or part not in ends or off >= ends[part]:
@@ -105,9 +117,6 @@ def read_to_end(conn: Connection, topic: str, timeout_s: float = 10.0) -> list[R
         raise KafkaError(f"cannot read the control topic: {exc}", topic=topic) from exc
     finally:
         c.close()
-
-
-AUDIT_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 
 
 class KafkaControlStore(ControlStore):

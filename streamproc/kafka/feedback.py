@@ -12,16 +12,21 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError as CkError
 
 from streamproc import schemas
 from streamproc.codecs.decoder import BatchDecoder
-from streamproc.errors import SchemaRegistryError
+from streamproc.errors import KafkaError, SchemaRegistryError
 from streamproc.kafka.configuration import Connection, client_config
 from streamproc.kafka.registry import Registry
 from streamproc.models.spec import FeatureSpec, ModelSpec
 from streamproc.types import ReasonCode, RejectedRecord
 
 log = logging.getLogger(__name__)
+
+
+# Consumer errors a retry cannot cure: the principal lacks an ACL.
+_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED, CkError.GROUP_AUTHORIZATION_FAILED})
 
 
 def _headers(m: Message) -> list[tuple[str, bytes]]:
@@ -104,6 +109,7 @@ class FeedbackReader:
         self._looked = float("-inf")  # when the partitions were last looked up
         self.rejected = 0
         self.dropped = 0
+        self.failure: KafkaError | None = None  # set when the reader stopped for good
         self._thread = threading.Thread(target=self._run, daemon=True, name="feedback")
 
     def start(self) -> FeedbackReader:
@@ -142,8 +148,18 @@ class FeedbackReader:
                     if not self._partitions:
                         self._stop.wait(self.RETRY_S)
                         continue
-                msgs = [m for m in self.consumer.consume(500, timeout=0.5) if m.error() is None]
-                if msgs:  # (client errors are transient: librdkafka retries)
+                got = self.consumer.consume(500, timeout=0.5)
+                errs = [e for m in got if (e := m.error()) is not None]
+                denied = [e for e in errs if e.code() in _DENIED]
+                if denied:  # retrying never grants an ACL: the processor stops on it
+                    self.failure = KafkaError(
+                        f"the label reader may not read {self.topic}: {denied[0].str()}; "
+                        "the principal needs the ACLs of `streamproc acls plan`",
+                        topic=self.topic,
+                    )
+                    return
+                msgs = [m for m in got if m.error() is None]
+                if msgs:  # (other client errors are transient: librdkafka retries)
                     self._read(msgs)
         finally:
             self.consumer.close()
@@ -214,7 +230,10 @@ class FeedbackReader:
             self.consumer.seek(TopicPartition(self.topic, p, o))
 
     def drain(self) -> tuple[list[str], npt.NDArray[np.object_]]:
-        """The labels read since the last call: event ids and labels, in the order read."""
+        """The labels read since the last call: event ids and labels, in the order read.
+        Raises the reader's :attr:`failure` (a missing ACL), in the caller's thread."""
+        if self.failure is not None:
+            raise self.failure
         with self._lock:
             chunks = list(self._chunks)
             self._chunks.clear()
@@ -225,7 +244,10 @@ class FeedbackReader:
         return ids, np.concatenate([c[1] for c in chunks])
 
     def drain_rejected(self) -> list[RejectedRecord]:
-        """The unreadable records since the last call, in the order read."""
+        """The unreadable records since the last call, in the order read; raises
+        :attr:`failure` as :meth:`drain` does."""
+        if self.failure is not None:
+            raise self.failure
         with self._lock:
             out, self._rejected = self._rejected, []
         return out

@@ -57,11 +57,26 @@ class Registry:
         self.client = SchemaRegistryClient(conf)
         # One request per lookup: the runner retries with its own backoff (module docs).
         self._lookup_client = SchemaRegistryClient({**conf, "max.retries": 0})
+        self.url = str(conf.get("url", ""))
+        user = str(conf.get("basic.auth.user.info", "")).partition(":")[0]
+        self._who = f"user {user}" if user else "an anonymous client"
         timeout = conf.get("timeout")
         self.timeout_s: float | None = None if timeout is None else float(timeout)
         self._lock = threading.Lock()
         self._lookups: dict[int, _Lookup] = {}
         self._failing = False  # the last lookup found the registry unavailable
+
+    def _refused(self, exc: CkRegistryError) -> SchemaRegistryError | None:
+        """A refused login (HTTP 401, 403) as one line naming the user and the fix: a
+        client that would retry it only waits for the same answer."""
+        if exc.http_status_code not in (401, 403):
+            return None
+        return SchemaRegistryError(
+            f"schema registry at {self.url} refused {self._who} (HTTP {exc.http_status_code}"
+            "); check the registry username and password "
+            "(schema.registry.basic.auth.user.info in --kafka-config, registry.username and "
+            "$STREAMPROC_SCHEMA_REGISTRY_PASSWORD)"
+        )
 
     def schema(self, schema_id: int) -> dict[str, Any] | None:
         """The writer schema of an id; None when the registry has no (Avro) schema of it.
@@ -120,6 +135,8 @@ class Registry:
         except CkRegistryError as exc:
             if exc.error_code in _NOT_FOUND or exc.http_status_code == 404:
                 return None
+            if refused := self._refused(exc):
+                raise refused from exc
             if exc.http_status_code and 400 <= exc.http_status_code < 500:
                 raise SchemaRegistryError(f"registry refused schema id {schema_id}: {exc}") from exc
             raise RegistryUnavailableError(
@@ -146,7 +163,9 @@ class Registry:
         except CkRegistryError as exc:
             if exc.error_code in _NOT_FOUND or exc.http_status_code == 404:
                 return None
-            raise SchemaRegistryError(f"latest version of {subject}: {exc}") from exc
+            raise self._refused(exc) or SchemaRegistryError(
+                f"latest version of {subject}: {exc}"
+            ) from exc
         except Exception as exc:
             raise RegistryUnavailableError(f"schema registry unreachable: {exc}") from exc
         return None if sid is None else int(sid)
@@ -155,7 +174,9 @@ class Registry:
         try:
             return int(self.client.register_schema(subject, Schema(schema_text, "AVRO")))
         except CkRegistryError as exc:
-            raise SchemaRegistryError(f"registering {subject} failed: {exc}") from exc
+            raise self._refused(exc) or SchemaRegistryError(
+                f"registering {subject} failed: {exc}"
+            ) from exc
         except Exception as exc:
             raise RegistryUnavailableError(f"schema registry unreachable: {exc}") from exc
 
@@ -163,7 +184,9 @@ class Registry:
         try:
             self.client.set_compatibility(subject, level)
         except CkRegistryError as exc:
-            raise SchemaRegistryError(f"setting {level} on {subject} failed: {exc}") from exc
+            raise self._refused(exc) or SchemaRegistryError(
+                f"setting {level} on {subject} failed: {exc}"
+            ) from exc
 
 
 def _transient(error: SchemaRegistryError | None) -> bool:

@@ -217,7 +217,7 @@ class ReplyServer:
         where = {(int(raw.partitions[i]), int(raw.offsets[i])): i for i in range(len(raw))}
         dl_schema = schemas.parsed("DeadLetter")
         for r in out.records:
-            if r.topic == topics.dlq:
+            if r.topic == topics.dlq and r.value is not None:  # dead letters are never None
                 dl = fastavro.schemaless_reader(io.BytesIO(r.value[5:]), dl_schema, None)
                 row = where.get((dl["partition"], dl["offset"])) if isinstance(dl, dict) else None
                 if row is not None:

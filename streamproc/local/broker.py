@@ -131,6 +131,10 @@ def _secure_properties(tls: BrokerTls) -> str:
     broker itself (its controller and inter-broker traffic) and the schema registry's
     storage. It is a super user so that those keep working under the authorizer; the
     PLAINTEXT listener stays bound to 127.0.0.1. Everyone else needs an ACL.
+
+    Client quotas are measured over 2 one-second windows instead of Kafka's 11: a client
+    over its quota is throttled after a burst of about one second's quota instead of ten,
+    so that the local broker shows a quota's effect within seconds.
     """
     p = "listener.name.sasl_ssl."
     return f"""\
@@ -143,6 +147,7 @@ def _secure_properties(tls: BrokerTls) -> str:
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:ANONYMOUS;User:{ADMIN_USER}
 allow.everyone.if.no.acl.found=false
+quota.window.num=2
 """
 
 

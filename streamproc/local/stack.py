@@ -21,7 +21,11 @@ import platformdirs
 from streamproc.errors import LocalStackError
 from streamproc.local import process
 from streamproc.local.broker import KafkaBroker
+from streamproc.local.proxy import RegistryProxy
 from streamproc.local.registry import ApicurioRegistry
+from streamproc.local.tls import ensure_broker_tls
+
+PROXY = "registry-proxy"  # the registry's TLS endpoint's directory under the stack's home
 
 
 def default_home() -> Path:
@@ -48,12 +52,18 @@ class StackInfo:
     secure_port: int | None = None
     secure_bootstrap: str | None = None
     client_properties: str | None = None
+    # The secure stack's registry endpoint: nginx (TLS, basic auth) in front of the registry.
+    proxy_pid: int | None = None
+    proxy_port: int | None = None
+    secure_schema_registry: str | None = None
 
     def public(self) -> dict[str, str]:
         out = {"bootstrap": self.bootstrap, "schema_registry": self.schema_registry}
         if self.secure_bootstrap and self.client_properties:
             out |= {"secure_bootstrap": self.secure_bootstrap,
                     "client_properties": self.client_properties}  # fmt: skip
+        if self.secure_schema_registry:
+            out["secure_schema_registry"] = self.secure_schema_registry
         return out
 
 
@@ -114,6 +124,16 @@ class LocalStack:
         if secure or old.secure_port:
             ports = [broker.port, broker.controller_port, registry.port, registry.management_port]
             broker.secure_port = old.secure_port or process.free_ports(1, exclude=ports)[0]
+        proxy: RegistryProxy | None = None
+        if broker.secure_port:
+            taken = [broker.port, broker.controller_port, broker.secure_port, registry.port,
+                     registry.management_port]  # fmt: skip
+            proxy_port = old.proxy_port or process.free_ports(1, exclude=taken)[0]
+            proxy = RegistryProxy(self.home / PROXY, proxy_port, registry.port)
+        keep_proxy = proxy is None or (
+            self._running(old.proxy_pid, PROXY)
+            and (old.proxy_port, old.registry_port) == (proxy.port, registry.port)
+        )
         kafka_alive = self._running(old.kafka_pid, "kafka")
         registry_alive = self._running(old.registry_pid, "registry")
         keep_broker = kafka_alive and (old.kafka_port, old.controller_port, old.secure_port) == (
@@ -129,7 +149,7 @@ class LocalStack:
             and (old.registry_port, old.management_port)
             == (registry.port, registry.management_port)
         )
-        if keep_broker and keep_registry:
+        if keep_broker and keep_registry and keep_proxy:
             return old
         # Every port is checked before anything is stopped or started: a taken one fails
         # the call with the running services untouched.
@@ -195,6 +215,29 @@ class LocalStack:
                 management_port=registry.management_port,
             )
             self._save(info)
+        if proxy is not None:
+            info = self._secure_registry(info, broker, proxy, keep_proxy)
+        return info
+
+    def _secure_registry(
+        self, info: StackInfo, broker: KafkaBroker, proxy: RegistryProxy, keep: bool
+    ) -> StackInfo:
+        """Start the registry's TLS endpoint unless it runs as wanted, and give the client
+        properties file its registry lines (the broker's start rewrites the file)."""
+        tls = ensure_broker_tls(broker.home / "tls")
+        if not keep:
+            if self._running(info.proxy_pid, PROXY):
+                process.stop(info.proxy_pid or 0)
+            pid = proxy.start(tls)
+            info = replace(info, proxy_pid=pid, proxy_port=proxy.port,
+                           secure_schema_registry=proxy.url)  # fmt: skip
+            self._save(info)
+        path = broker.client_properties
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if not line.startswith("schema.registry.")]  # fmt: skip
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(kept) + proxy.client_properties(tls))
         return info
 
     def down(self) -> bool:
@@ -204,11 +247,13 @@ class LocalStack:
         if info is None:
             return False
         stopped = False
-        for pid, service in ((info.registry_pid, "registry"), (info.kafka_pid, "kafka")):
+        services = ((info.proxy_pid, PROXY), (info.registry_pid, "registry"),
+                    (info.kafka_pid, "kafka"))  # fmt: skip
+        for pid, service in services:
             if self._running(pid, service):
                 process.stop(pid or 0)
                 stopped = True
-        self._save(replace(info, kafka_pid=None, registry_pid=None))
+        self._save(replace(info, kafka_pid=None, registry_pid=None, proxy_pid=None))
         return stopped
 
     # -- internals ----------------------------------------------------------------------

@@ -29,6 +29,10 @@ class BrokerTls:
     ca_pem: Path
     keystore: Path  # PKCS#12: the server's key and certificate chain
     keystore_password: str
+    # The same key and certificate chain as PEM, for servers that read PEM (the registry's
+    # TLS proxy); the key file is readable by this user alone.
+    cert_pem: Path
+    key_pem: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -47,8 +51,9 @@ def ensure_broker_tls(directory: Path) -> BrokerTls:
     reused after (clients keep trusting the same CA across restarts)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_pem, keystore, pw_file = directory / "ca.pem", directory / "broker.p12", directory / ".p12"
-    if ca_pem.exists() and keystore.exists() and pw_file.exists():
-        return BrokerTls(ca_pem, keystore, pw_file.read_text())
+    cert_pem, key_pem = directory / "server.pem", directory / "server.key"
+    if all(f.exists() for f in (ca_pem, keystore, pw_file, cert_pem, key_pem)):
+        return BrokerTls(ca_pem, keystore, pw_file.read_text(), cert_pem, key_pem)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -100,6 +105,11 @@ def ensure_broker_tls(directory: Path) -> BrokerTls:
     )
     _write_private(keystore, p12)
     _write_private(pw_file, password.encode())
+    key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())  # fmt: skip
+    _write_private(key_pem, key_bytes)
+    chain = cert.public_bytes(serialization.Encoding.PEM)
+    cert_pem.write_bytes(chain + ca_cert.public_bytes(serialization.Encoding.PEM))
     # The CA's key is not kept: nothing else is ever signed with it.
     ca_pem.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return BrokerTls(ca_pem, keystore, password)
+    return BrokerTls(ca_pem, keystore, password, cert_pem, key_pem)

@@ -17,17 +17,15 @@ from streamproc.config import PipelineConfig
 from streamproc.errors import ModelError, StreamprocError
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
-from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
 from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
 from streamproc.kafka.runner import KafkaRunner, RunnerSettings
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.personal import Redactor
-from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
-from streamproc.rollout.store import audit_topic
 from streamproc.telemetry import CountingSensor, Sensor, SensorGroup
 from streamproc.telemetry.health import ProcessorReadiness
 from streamproc.telemetry.prometheus import PrometheusSensor
+from streamproc.types import BatchHandlerLike
 
 from .alerting import AlertRouter
 from .features import FeatureStage
@@ -97,15 +95,22 @@ def apply_schemas(registry: Registry, cfg: PipelineConfig) -> dict[str, int]:
 
 
 def ensure_topics(cfg: PipelineConfig) -> None:
-    t = cfg.topics
-    admin = Admin(cfg.kafka)
-    admin.ensure_topics([t.input, t.predictions, t.dlq, t.shadow], partitions=t.partitions)
-    admin.ensure_topics([t.alerts, t.metrics], partitions=1)
-    admin.ensure_topics([t.control], partitions=1, config={"cleanup.policy": "compact"})
-    admin.ensure_topics([audit_topic(t.control)], partitions=1, config=AUDIT_TOPIC_CONFIG)
-    admin.ensure_topics([replicas_topic(t.control)], partitions=1, config=REPLICAS_TOPIC_CONFIG)
-    if t.feedback:
-        admin.ensure_topics([t.feedback], partitions=t.partitions)
+    """Create the pipeline's missing topics as ``topics.policy`` makes them."""
+    from streamproc.kafka.topics import ensure_pipeline_topics
+
+    ensure_pipeline_topics(cfg)
+
+
+def count_tenants(
+    cfg: PipelineConfig, handler: BatchHandlerLike, registry: Registry, prom: PrometheusSensor
+) -> BatchHandlerLike:
+    """``handler``, counting events per tenant when the pipeline names a ``tenant_field``."""
+    if not cfg.tenant_field:
+        return handler
+    from .tenants import TenantCounter, TenantCountingHandler, prometheus_counter
+
+    return TenantCountingHandler(handler, TenantCounter(cfg.tenant_field, registry.schema),
+                                 prometheus_counter(prom.registry, cfg.name))  # fmt: skip
 
 
 def reader_schema(spec: ModelSpec) -> dict[str, Any]:
@@ -395,7 +400,7 @@ def build_processor(
             registry_retry_max_s=cfg.registry.retry_max_ms / 1000.0,
             use_event_age=cfg.batching.max_event_age_ms is not None,
         ),
-        handler=handler,
+        handler=count_tenants(cfg, handler, registry, prom),
         policy=WindowPolicy(
             max_size=cfg.batching.max_batch_size,
             max_wait_ms=cfg.batching.max_wait_ms,

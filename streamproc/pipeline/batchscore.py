@@ -713,7 +713,7 @@ class FileSink:
                 self._buf["predictions"].extend(b.values)
         for r in out.records:
             kind = {t.dlq: "deadletters", t.alerts: "alerts"}.get(r.topic)
-            if kind is not None:
+            if kind is not None and r.value is not None:  # None: state tombstones only
                 self._buf[kind].append(r.value)
 
     def commit(self, progress: PartitionProgress) -> None:

@@ -440,16 +440,9 @@ class InferenceService:
 def ensure_control_topics(cfg: PipelineConfig) -> None:
     """The control topic and its audit and replicas topics, as ``run`` creates them: a
     server started before any processor still publishes the configured version."""
-    from streamproc.kafka.admin import Admin
-    from streamproc.kafka.control import AUDIT_TOPIC_CONFIG
-    from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
-    from streamproc.rollout.store import audit_topic
+    from streamproc.kafka.topics import ensure_pipeline_topics
 
-    control = cfg.topics.control
-    admin = Admin(cfg.kafka)
-    admin.ensure_topics([control], partitions=1, config={"cleanup.policy": "compact"})
-    admin.ensure_topics([audit_topic(control)], partitions=1, config=AUDIT_TOPIC_CONFIG)
-    admin.ensure_topics([replicas_topic(control)], partitions=1, config=REPLICAS_TOPIC_CONFIG)
+    ensure_pipeline_topics(cfg, kinds={"control"})
 
 
 def build_service(

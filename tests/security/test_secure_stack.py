@@ -75,7 +75,13 @@ def test_the_pipeline_and_every_client_over_sasl_ssl(
     assert cfg.kafka.bootstrap == info.secure_bootstrap != info.bootstrap
     assert cfg.kafka.security_protocol == "SASL_SSL"
     assert resolved.sources["kafka.sasl_password"] == f"file {props}"
+    # The registry too: over TLS with basic auth (nginx in front of it), from the same file.
+    assert cfg.registry.url == info.secure_schema_registry
+    assert cfg.registry.url.startswith("https://") and cfg.registry.username
+    assert resolved.sources["registry.password"] == f"file {props}"
     t = cfg.topics
+    applied = _cli(home, "schemas", "apply", "-c", str(pipeline), "--kafka-config", str(props))
+    assert applied.returncode == 0, applied.stderr
 
     proc = build_processor(cfg)  # admin, registry, label reader, control watcher, reporter
     errors: list[BaseException] = []
@@ -88,7 +94,7 @@ def test_the_pipeline_and_every_client_over_sasl_ssl(
 
     thread = threading.Thread(target=target, daemon=True, name="secure-processor")
     thread.start()
-    outputs: list[str] = []
+    outputs: list[str] = [applied.stdout, applied.stderr]
     try:
         # produce (CLI): events with malformed ones among them, over SASL_SSL
         produced = _cli(home, "produce", "-n", "400", "--malformed", "0.1", "-c", str(pipeline),
@@ -215,3 +221,32 @@ def test_the_asyncio_client_over_sasl_ssl(
         return got
 
     assert len(asyncio.run(asyncio.wait_for(read(), 60))) == sent == 5
+
+
+def test_a_wrong_registry_password_fails_within_seconds(
+    secure_stack: tuple[StackInfo, Path], props: Path, tmp_path: Path
+) -> None:
+    _, home = secure_stack
+    run = uuid.uuid4().hex[:8]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "fraud", "model": str(MODEL),
+                                        "topics": {"input": f"tx-{run}"}}))  # fmt: skip
+    for args in (["topics", "apply"], ["schemas", "apply"], ["produce", "-n", "3"]):
+        res = _cli(home, *args, "-c", str(pipeline), "--kafka-config", str(props))
+        assert res.returncode == 0, (args, res.stderr)
+    [line] = [x for x in props.read_text().splitlines() if "basic.auth.user.info" in x]
+    registry_password = line.partition(":")[2]
+    wrong = "wrong-" + uuid.uuid4().hex
+    bad = tmp_path / "bad.properties"
+    bad.write_text(props.read_text().replace(line, f"{line.partition(':')[0]}:{wrong}"))
+    for args in (["schemas", "apply"], ["produce", "-n", "1"], ["tail", f"tx-{run}", "-n", "1"]):
+        t0 = time.monotonic()
+        res = _cli(home, *args, "-c", str(pipeline), "--kafka-config", str(bad), timeout=60)
+        took = time.monotonic() - t0  # includes the interpreter's start
+        assert res.returncode != 0, (args, res.stdout)
+        assert took < 15, (args, took)
+        text = " ".join(res.stderr.split())
+        assert "refused user registry (HTTP 401); check the registry username" in text, (
+            args, res.stderr)  # fmt: skip
+        out = res.stdout + res.stderr
+        assert wrong not in out and registry_password not in out

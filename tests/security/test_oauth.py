@@ -1,0 +1,146 @@
+"""OAUTHBEARER in the connection profile: the OIDC client credentials settings mapped to
+librdkafka (which takes them as they are) and to aiokafka (a token provider), from the
+pipeline, a properties file or the environment; the client secret never shown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+from confluent_kafka import Producer
+from pydantic import SecretStr, ValidationError
+
+from streamproc.cli.resolve import resolve_pipeline
+from streamproc.config import KafkaSettings
+from streamproc.errors import KafkaError
+from streamproc.kafka.configuration import aiokafka_config, client_config, fetch_token
+
+SECRET = "s3cret-value"
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[str]:
+    """A token endpoint that grants client credentials for client ``svc`` only."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            auth = base64.b64decode(self.headers.get("Authorization", "x x").split()[1] or b"")
+            ok = auth == f"svc:{SECRET}".encode() and body["grant_type"] == ["client_credentials"]
+            doc = {"access_token": f"tok-{body.get('scope', [''])[0]}", "expires_in": 60}
+            payload = json.dumps(doc if ok else {"error": "invalid_client"}).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/token"
+    finally:
+        server.shutdown()
+
+
+def _oidc(url: str, secret: str = SECRET) -> KafkaSettings:
+    return KafkaSettings(bootstrap="127.0.0.1:1", security_protocol="SASL_SSL",
+                         sasl_mechanism="OAUTHBEARER", sasl_oauthbearer_method="oidc",
+                         sasl_oauthbearer_client_id="svc",
+                         sasl_oauthbearer_client_secret=SecretStr(secret),
+                         sasl_oauthbearer_token_endpoint_url=url,
+                         sasl_oauthbearer_scope="kafka")  # fmt: skip
+
+
+def test_the_librdkafka_map_and_librdkafka_takes_it() -> None:
+    conf = client_config(_oidc("https://idp.example.com/token"))
+    assert {k: v for k, v in conf.items() if k.startswith("sasl.")} == {
+        "sasl.mechanism": "OAUTHBEARER",
+        "sasl.oauthbearer.method": "oidc",
+        "sasl.oauthbearer.client.id": "svc",
+        "sasl.oauthbearer.client.secret": SECRET,
+        "sasl.oauthbearer.token.endpoint.url": "https://idp.example.com/token",
+        "sasl.oauthbearer.scope": "kafka",
+    }
+    Producer(conf).flush(0)  # an unknown or misspelt property fails here
+
+
+def test_oidc_needs_the_client_and_the_endpoint() -> None:
+    with pytest.raises(ValidationError, match="needs sasl_oauthbearer_client_secret"):
+        KafkaSettings(sasl_mechanism="OAUTHBEARER", sasl_oauthbearer_method="oidc",
+                      sasl_oauthbearer_client_id="svc",
+                      sasl_oauthbearer_token_endpoint_url="https://x/token")  # fmt: skip
+
+
+def test_from_a_properties_file_and_the_environment_never_shown(tmp_path: Path) -> None:
+    props = tmp_path / "client.properties"
+    props.write_text("bootstrap.servers=b:9093\nsecurity.protocol=SASL_SSL\n"
+                     "sasl.mechanism=OAUTHBEARER\nsasl.oauthbearer.method=oidc\n"
+                     "sasl.oauthbearer.client.id=svc\n"
+                     "sasl.oauthbearer.token.endpoint.url=https://idp/token\n")  # fmt: skip
+    env = {"STREAMPROC_KAFKA_OAUTH_CLIENT_SECRET": SECRET, "STREAMPROC_SCHEMA_REGISTRY_URL": "x"}
+    resolved = resolve_pipeline(None, kafka_config=props, env=env, stack=lambda: None)
+    k = resolved.config.kafka
+    assert k.sasl_oauthbearer_method == "oidc" and k.sasl_oauthbearer_client_id == "svc"
+    assert client_config(k)["sasl.oauthbearer.client.secret"] == SECRET
+    assert resolved.sources["kafka.sasl_oauthbearer_client_secret"] == (
+        "env STREAMPROC_KAFKA_OAUTH_CLIENT_SECRET")  # fmt: skip
+    shown = dict((key, value) for key, value, _ in resolved.settings())
+    assert shown["kafka.sasl_oauthbearer_client_secret"] == "**********"
+    assert SECRET not in json.dumps(shown) and SECRET not in repr(k)
+
+
+def test_the_token_endpoint_grants_and_refuses(token_endpoint: str) -> None:
+    token, expires = fetch_token(_oidc(token_endpoint))
+    assert token == "tok-kafka" and expires > 0
+    with pytest.raises(KafkaError, match=r"refused client svc \(HTTP 401\); check sasl"):
+        fetch_token(_oidc(token_endpoint, secret="wrong"))
+    # aiokafka (the asyncio client, quotas) gets the same tokens from a provider
+    provider = aiokafka_config(_oidc(token_endpoint))["sasl_oauth_token_provider"]
+    assert asyncio.run(provider.token()) == "tok-kafka"
+
+
+def test_unsecured_test_tokens_map_to_librdkafka_s_own() -> None:
+    k = KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="OAUTHBEARER",
+                      sasl_oauthbearer_config="principal=alice")  # fmt: skip
+    conf = client_config(k)
+    assert conf["sasl.oauthbearer.config"] == "principal=alice"
+    assert conf["enable.sasl.oauthbearer.unsecure.jwt"] is True
+    Producer(conf).flush(0)
+
+
+def test_an_expired_token_fails_clearly_within_seconds() -> None:
+    """A token callback that has only an expired token: librdkafka will not use it, and the
+    first client call fails naming the OAuth client and the fix, not a bare timeout."""
+    import time
+
+    from streamproc.kafka.admin import Admin
+
+    def b64(doc: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    def expired(_config: str) -> tuple[str, float]:
+        now = time.time()
+        claims = {"sub": "svc", "iat": int(now - 120), "exp": int(now - 60)}
+        return f"{b64({'alg': 'none'})}.{b64(claims)}.", now - 60
+
+    k = KafkaSettings(bootstrap="127.0.0.1:1", security_protocol="SASL_PLAINTEXT",
+                      sasl_mechanism="OAUTHBEARER", sasl_oauthbearer_client_id="svc")  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(KafkaError) as caught:
+        Admin(k, extra={"oauth_cb": expired}).list_topics(timeout_s=15)
+    assert time.monotonic() - t0 < 15
+    text = str(caught.value)
+    assert text.startswith("Kafka authentication failed for OAuth client svc (SASL OAUTHBEARER)")
+    assert "token" in text and "check the token endpoint" in text, text
