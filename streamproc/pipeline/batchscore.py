@@ -84,6 +84,7 @@ def build_handler(
 
     from .alerting import AlertRouter
     from .app import build_decoder, reader_schema, register_output_schemas
+    from .features import require_stateless
     from .monitoring import build_monitor
     from .scoring import Scorer, SingleScorer
 
@@ -91,6 +92,7 @@ def build_handler(
     # The output subjects are the pipeline's (the same schemas): register them once.
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
+    require_stateless(spec, "this mode (score, request-reply, Faust)")
     closers: list[Callable[[], None]] = []
     the_scorer: Scorer
     if scorer == "rollout":

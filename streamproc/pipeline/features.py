@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.codecs.encoder import encode_record
-from streamproc.errors import ModelError
+from streamproc.errors import ConfigError, ModelError
 from streamproc.features.api import ClosedWindow, WindowStore
 from streamproc.features.spec import FeaturesSpec
 from streamproc.models.spec import FeatureSpec, ModelSpec
@@ -59,6 +59,18 @@ class RestoredPartition(Protocol):
 
 class ChangelogSource(Protocol):
     def read(self, partitions: list[int]) -> Mapping[int, RestoredPartition]: ...
+
+
+def require_stateless(spec: ModelSpec, mode: str) -> None:
+    """Refuse a model with windowed features in a mode that keeps no window state (HTTP
+    serving, ``score``, request-reply, Faust): its inputs would be computed from nothing."""
+    if spec.features is not None:
+        raise ConfigError(
+            f"model {spec.name} {spec.version} computes windowed features "
+            f"({', '.join(spec.features.names)}); {mode} keeps no window state yet: run it "
+            "with `streamproc run`, or compute the features offline with `streamproc "
+            "features backfill`"
+        )
 
 
 def decoder_spec(spec: ModelSpec) -> ModelSpec:

@@ -458,6 +458,7 @@ def build_service(
     routing, metrics, the ``serving:`` section's tenants and cache."""
     from streamproc.models.spec import load_model_spec
     from streamproc.pipeline.app import reader_schema
+    from streamproc.pipeline.features import require_stateless
     from streamproc.pipeline.monitoring import (
         StreamMonitor,
         VersionedMonitor,
@@ -469,6 +470,7 @@ def build_service(
     s = cfg.serving
     auth = Authenticator.from_settings(s.tenants, env)  # a missing key fails before loading
     spec = load_model_spec(cfg.model)
+    require_stateless(spec, "streamproc serve")
     closers: list[Callable[[], None]] = []
     if scorer is None:
         if follow_control:

@@ -531,3 +531,14 @@ def test_an_input_keyed_by_something_else_is_repartitioned(
     spec = load_model_spec(feature_model)
     assert check_predictions(spec, events, preds) == 400
     assert max(p.value["features"]["txn_count_24h"] for p in preds) >= 5
+
+
+def test_modes_without_window_state_refuse_a_model_with_windowed_features() -> None:
+    from streamproc.errors import ConfigError
+    from streamproc.models.spec import load_model_spec
+    from streamproc.pipeline.features import require_stateless
+
+    models = Path(__file__).resolve().parents[2] / "deploy" / "models" / "fraud"
+    require_stateless(load_model_spec(models / "1.1.0"), "streamproc serve")  # no features
+    with pytest.raises(ConfigError, match=r"fraud 2\.0\.0 computes windowed features.*serve"):
+        require_stateless(load_model_spec(models / "2.0.0"), "streamproc serve")
