@@ -1,0 +1,584 @@
+"""Numba kernels of the compiled window store (``store.py``): one call per batch, no Python
+per event.
+
+Layout of one partition's state (structure of arrays, see ``store._Part``):
+
+* an *arena* of events: ``T[i]`` event time, ``V[f, i]`` value of value field ``f``, and for
+  the fields that sum/mean/std read, inclusive running sums in double-double (``PSh``/``PSl``;
+  squares ``PQh``/``PQl``) and running counts of present values (``PC``);
+* per key *slot*: a block ``[off, off + capb)`` of the arena and its live events
+  ``[head, head + cnt)``, sorted by ``(event time, arrival)``, and the running sums just before
+  ``head`` (``bs*``, ``bq*``, ``bc``) so that a range's sum is a difference of two prefixes.
+
+A window over a key is then a contiguous range found by binary search: count, sum, mean,
+std, last and since_last cost O(log n); min, max and distinct_count scan the range. The
+running sums are double-double so that differences keep about 32 digits: a window's sum
+equals the correctly rounded sum to far below the relative 1e-9 the tests allow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+COUNT, SUM, MEAN, MIN, MAX, STD, LAST, SINCE_LAST, DISTINCT = range(9)
+CODES = {
+    "count": COUNT,
+    "sum": SUM,
+    "mean": MEAN,
+    "min": MIN,
+    "max": MAX,
+    "std": STD,
+    "last": LAST,
+    "since_last": SINCE_LAST,
+    "distinct_count": DISTINCT,
+}
+SLIDING = 0
+
+_J = {"cache": True, "nogil": True}
+
+
+# -- double-double arithmetic (no FMA: numba does not contract without fastmath) -------------
+
+
+@njit(inline="always", **_J)
+def _two_sum(a, b):  # type: ignore[no-untyped-def]
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+@njit(inline="always", **_J)
+def _fast_two_sum(a, b):  # type: ignore[no-untyped-def]
+    s = a + b
+    return s, b - (s - a)
+
+
+@njit(inline="always", **_J)
+def _dd_add_d(ah, al, b):  # type: ignore[no-untyped-def]
+    s, e = _two_sum(ah, b)
+    return _fast_two_sum(s, e + al)
+
+
+@njit(inline="always", **_J)
+def _dd_sub(ah, al, bh, bl):  # type: ignore[no-untyped-def]
+    s, e = _two_sum(ah, -bh)
+    t, f = _two_sum(al, -bl)
+    s, e = _fast_two_sum(s, e + t)
+    return _fast_two_sum(s, e + f)
+
+
+@njit(inline="always", **_J)
+def _split(a):  # type: ignore[no-untyped-def]
+    c = 134217729.0 * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+@njit(inline="always", **_J)
+def _two_prod(a, b):  # type: ignore[no-untyped-def]
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+@njit(inline="always", **_J)
+def _dd_mul(ah, al, bh, bl):  # type: ignore[no-untyped-def]
+    p, e = _two_prod(ah, bh)
+    return _fast_two_sum(p, e + (ah * bl + al * bh))
+
+
+@njit(inline="always", **_J)
+def _dd_div_d(ah, al, b):  # type: ignore[no-untyped-def]
+    q1 = ah / b
+    p, e = _two_prod(q1, b)
+    s, f = _two_sum(ah, -p)
+    f = f - e + al
+    return _fast_two_sum(q1, (s + f) / b)
+
+
+# -- searching -----------------------------------------------------------------------------
+
+
+@njit(inline="always", **_J)
+def _upper(T, a, b, x):  # type: ignore[no-untyped-def]
+    """First index in [a, b) with T > x (b if none)."""
+    while a < b:
+        m = (a + b) >> 1
+        if T[m] <= x:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(inline="always", **_J)
+def _lower(T, a, b, x):  # type: ignore[no-untyped-def]
+    """First index in [a, b) with T >= x (b if none)."""
+    while a < b:
+        m = (a + b) >> 1
+        if T[m] < x:
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(inline="always", **_J)
+def _floor_to(t, step):  # type: ignore[no-untyped-def]
+    r = t % step
+    if r < 0:
+        r += step
+    return t - r
+
+
+# -- aggregation over one key's range ------------------------------------------------------
+
+
+@njit(**_J)
+def _aggregate(code, vf, pr, qr, unit, s, a, b, tq, T, V, PSh, PSl, PQh, PQl, PC, head,
+               bsh, bsl, bqh, bql, bc, scratch):  # type: ignore[no-untyped-def]  # fmt: skip
+    """The value of one definition over events [a, b) of slot ``s`` for a query at ``tq``."""
+    if code == COUNT:
+        return float(b - a)
+    if code == SINCE_LAST:
+        if b > a:
+            return (tq - T[b - 1]) / unit
+        return np.nan
+    if code == SUM or code == MEAN or code == STD:
+        if b == a:
+            return 0.0 if code == SUM else np.nan
+        first = a == head[s]
+        lh = bsh[pr, s] if first else PSh[pr, a - 1]
+        ll = bsl[pr, s] if first else PSl[pr, a - 1]
+        sh, sl = _dd_sub(PSh[pr, b - 1], PSl[pr, b - 1], lh, ll)
+        if code == SUM:
+            return sh + sl
+        n = PC[pr, b - 1] - (bc[pr, s] if first else PC[pr, a - 1])
+        if n == 0:
+            return np.nan
+        if code == MEAN:
+            return (sh + sl) / n
+        if n == 1:
+            return 0.0
+        qh = bqh[qr, s] if first else PQh[qr, a - 1]
+        ql = bql[qr, s] if first else PQl[qr, a - 1]
+        s2h, s2l = _dd_sub(PQh[qr, b - 1], PQl[qr, b - 1], qh, ql)
+        mh, ml = _dd_mul(sh, sl, sh, sl)
+        mh, ml = _dd_div_d(mh, ml, float(n))
+        dh, dl = _dd_sub(s2h, s2l, mh, ml)
+        var = (dh + dl) / n
+        return math.sqrt(var) if var > 0.0 else 0.0
+    if code == LAST:
+        for i in range(b - 1, a - 1, -1):
+            x = V[vf, i]
+            if x == x:
+                return x
+        return np.nan
+    if code == MIN or code == MAX:
+        m = np.nan
+        for i in range(a, b):
+            x = V[vf, i]
+            if x == x and (m != m or (x < m if code == MIN else x > m)):
+                m = x
+        return m
+    # DISTINCT: exact over the range (at most max_events_per_key values)
+    k = 0
+    for i in range(a, b):
+        x = V[vf, i]
+        if x == x:
+            scratch[k] = x
+            k += 1
+    if k == 0:
+        return 0.0
+    srt = np.sort(scratch[:k])
+    d = 1
+    for i in range(1, k):
+        if srt[i] != srt[i - 1]:
+            d += 1
+    return float(d)
+
+
+# -- arena management ----------------------------------------------------------------------
+
+
+@njit(**_J)
+def plan(slots, cnt, capb, cap, touched):  # type: ignore[no-untyped-def]
+    """Slots of the batch whose block cannot take their events, and the block they need
+    (``touched``: a zeroed scratch of one int per slot, left zeroed)."""
+    order = np.empty(len(slots), np.int64)
+    k = 0
+    for i in range(len(slots)):
+        s = slots[i]
+        if touched[s] == 0:
+            order[k] = s
+            k += 1
+        touched[s] += 1
+    grow = np.empty(k, np.int64)
+    size = np.empty(k, np.int64)
+    g = 0
+    for i in range(k):
+        s = order[i]
+        need = min(cnt[s] + touched[s], cap)
+        touched[s] = 0
+        if need > capb[s]:
+            c = 4
+            while c < need:
+                c *= 2
+            grow[g] = s
+            size[g] = min(c, max(cap, 4))
+            g += 1
+    return grow[:g], size[:g]
+
+
+@njit(**_J)
+def _move(src, dst, n, T, V, PSh, PSl, PQh, PQl, PC):  # type: ignore[no-untyped-def]
+    """Copy n events from src to dst (dst <= src or non-overlapping)."""
+    for i in range(n):
+        T[dst + i] = T[src + i]
+    for f in range(V.shape[0]):
+        for i in range(n):
+            V[f, dst + i] = V[f, src + i]
+    for r in range(PSh.shape[0]):
+        for i in range(n):
+            PSh[r, dst + i] = PSh[r, src + i]
+            PSl[r, dst + i] = PSl[r, src + i]
+            PC[r, dst + i] = PC[r, src + i]
+    for r in range(PQh.shape[0]):
+        for i in range(n):
+            PQh[r, dst + i] = PQh[r, src + i]
+            PQl[r, dst + i] = PQl[r, src + i]
+
+
+@njit(**_J)
+def relocate(grow, size, top, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Give each slot in ``grow`` a new block of ``size`` at the arena's top; returns the new
+    top and the capacity left behind."""
+    freed = 0
+    for g in range(len(grow)):
+        s = grow[g]
+        _move(head[s], top, cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+        freed += capb[s]
+        off[s] = top
+        head[s] = top
+        capb[s] = size[g]
+        top += size[g]
+    return top, freed
+
+
+@njit(**_J)
+def compact_sizes(nslots, cnt, capb):  # type: ignore[no-untyped-def]
+    """Block sizes after compaction: the smallest power of two (>= 4) holding each key."""
+    out = np.zeros(nslots, np.int64)
+    for s in range(nslots):
+        if capb[s] > 0:
+            c = 4
+            while c < cnt[s]:
+                c *= 2
+            out[s] = min(c, capb[s])
+    return out
+
+
+@njit(**_J)
+def compact(sizes, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC,
+            T2, V2, PSh2, PSl2, PQh2, PQl2, PC2):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Copy every live block into the new arena (arrays ``*2``), blocks back to back."""
+    top = 0
+    for s in range(len(sizes)):
+        if sizes[s] == 0:
+            continue
+        src, n = head[s], cnt[s]
+        for i in range(n):
+            T2[top + i] = T[src + i]
+        for f in range(V.shape[0]):
+            for i in range(n):
+                V2[f, top + i] = V[f, src + i]
+        for r in range(PSh.shape[0]):
+            for i in range(n):
+                PSh2[r, top + i] = PSh[r, src + i]
+                PSl2[r, top + i] = PSl[r, src + i]
+                PC2[r, top + i] = PC[r, src + i]
+        for r in range(PQh.shape[0]):
+            for i in range(n):
+                PQh2[r, top + i] = PQh[r, src + i]
+                PQl2[r, top + i] = PQl[r, src + i]
+        off[s] = top
+        head[s] = top
+        capb[s] = sizes[s]
+        top += sizes[s]
+    return top
+
+
+@njit(**_J)
+def _prefix_from(s, pos, end, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
+                 bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Recompute the running sums of slot ``s`` from index ``pos`` to ``end``."""
+    for r in range(PSh.shape[0]):
+        q = qrow[r]
+        f = pfield[r]
+        if pos > head[s]:
+            h, lo, c = PSh[r, pos - 1], PSl[r, pos - 1], PC[r, pos - 1]
+        else:
+            h, lo, c = bsh[r, s], bsl[r, s], bc[r, s]
+        if q >= 0:
+            if pos > head[s]:
+                qh, ql = PQh[q, pos - 1], PQl[q, pos - 1]
+            else:
+                qh, ql = bqh[q, s], bql[q, s]
+        for i in range(pos, end):
+            x = V[f, i]
+            if x == x:
+                h, lo = _dd_add_d(h, lo, x)
+                c += 1
+                if q >= 0:
+                    ph, pl = _two_prod(x, x)
+                    qh, ql = _dd_add_d(qh, ql, ph)
+                    qh, ql = _dd_add_d(qh, ql, pl)
+            PSh[r, i] = h
+            PSl[r, i] = lo
+            PC[r, i] = c
+            if q >= 0:
+                PQh[q, i] = qh
+                PQl[q, i] = ql
+
+
+@njit(**_J)
+def _drop_front(s, k, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Forget the k oldest events of slot s (their sums move into the base)."""
+    last = head[s] + k - 1
+    for r in range(PSh.shape[0]):
+        bsh[r, s] = PSh[r, last]
+        bsl[r, s] = PSl[r, last]
+        bc[r, s] = PC[r, last]
+    for q in range(PQh.shape[0]):
+        bqh[q, s] = PQh[q, last]
+        bql[q, s] = PQl[q, last]
+    head[s] += k
+    cnt[s] -= k
+
+
+@njit(**_J)
+def _reset_base(s, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]
+    for r in range(bsh.shape[0]):
+        bsh[r, s] = 0.0
+        bsl[r, s] = 0.0
+        bc[r, s] = 0
+    for q in range(bqh.shape[0]):
+        bqh[q, s] = 0.0
+        bql[q, s] = 0.0
+
+
+# -- the batch -----------------------------------------------------------------------------
+
+
+@njit(**_J)
+def process(slots, times, vals, codes, vfield, prow, qrow_of_def, units, wtype, wsize, wstep,
+            pfield, qrow, wm, has_wm, lateness, cap, off, capb, head, cnt, dirty,
+            T, V, PSh, PSl, PQh, PQl, PC, bsh, bsl, bqh, bql, bc, out, late):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+    """Values of every event (state before it), then add it unless late. Returns the
+    watermark, whether there is one, late and dropped counts."""
+    nd = len(codes)
+    nf = vals.shape[0]
+    scratch = np.empty(max(cap, 1), np.float64)
+    n_late = 0
+    dropped = 0
+    for i in range(len(slots)):
+        s = slots[i]
+        t = times[i]
+        h = head[s]
+        e = h + cnt[s]
+        b = _upper(T, h, e, t)
+        for j in range(nd):
+            if wtype[j] == SLIDING:
+                lo_t = t - wsize[j] + 1
+            else:
+                lo_t = _floor_to(t, wstep[j])
+            a = _lower(T, h, b, lo_t)
+            out[i, j] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j], units[j], s,
+                                   a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
+                                   bsh, bsl, bqh, bql, bc, scratch)  # fmt: skip
+        if has_wm and t < wm - lateness:
+            late[i] = True
+            n_late += 1
+            continue
+        if not has_wm or t > wm:
+            wm = t
+            has_wm = True
+        dirty[s] = 1
+        if cnt[s] >= cap:
+            dropped += 1
+            if t < T[h]:  # the new event is the key's oldest: it is the one dropped
+                continue
+            _drop_front(s, 1, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc)
+        h = head[s]
+        e = h + cnt[s]
+        if e == off[s] + capb[s]:  # no room at the end: slide the live events to the start
+            _move(h, off[s], cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+            head[s] = off[s]
+            h = off[s]
+            e = h + cnt[s]
+        pos = _upper(T, h, e, t)
+        for k in range(e, pos, -1):  # out of order: make room (usually nothing to move)
+            T[k] = T[k - 1]
+            for f in range(nf):
+                V[f, k] = V[f, k - 1]
+        T[pos] = t
+        for f in range(nf):
+            x = vals[f, i]
+            V[f, pos] = x if math.isfinite(x) else np.nan
+        cnt[s] += 1
+        _prefix_from(s, pos, e + 1, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
+                     bsh, bsl, bqh, bql, bc)  # fmt: skip
+    return wm, has_wm, n_late, dropped
+
+
+@njit(**_J)
+def evict(cut, nslots, off, capb, head, cnt, dirty, T, PSh, PSl, PQh, PQl, PC,
+          bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Drop events at or before ``cut``. Returns the slots left empty (evicted keys), the
+    slots that never held an event (keys seen only late), and the capacity freed."""
+    gone = []
+    orphans = []
+    freed = 0
+    for s in range(nslots):
+        if capb[s] == 0:
+            continue
+        c = cnt[s]
+        if c > 0:
+            h = head[s]
+            if T[h] > cut:
+                continue
+            k = _upper(T, h, h + c, cut) - h
+            _drop_front(s, k, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc)
+            dirty[s] = 1
+            if cnt[s] > 0:
+                continue
+            gone.append(s)
+        else:
+            orphans.append(s)
+        freed += capb[s]
+        capb[s] = 0
+        head[s] = off[s]
+        dirty[s] = 0
+        _reset_base(s, bsh, bsl, bqh, bql, bc)
+    return np.array(gone, np.int64), np.array(orphans, np.int64), freed
+
+
+@njit(**_J)
+def close(fill, before, has_before, bound, nslots, defs, codes, vfield, prow, qrow_of_def,
+          units, wsize, wstep, cap, head, cnt, capb, T, V, PSh, PSl, PQh, PQl, PC,
+          bsh, bsl, bqh, bql, bc, o_def, o_slot, o_start, o_value, o_events):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+    """Tumbling/hopping windows whose end is in (before, bound]: counted (``fill`` False) or
+    written to the ``o_*`` arrays; returns how many."""
+    scratch = np.empty(max(cap, 1), np.float64)
+    k = 0
+    for jj in range(len(defs)):
+        j = defs[jj]
+        size = wsize[j]
+        step = wstep[j]
+        s_max = _floor_to(bound - size, step)
+        s_min0 = _floor_to(before - size, step) + step if has_before else -(1 << 62)
+        if s_min0 > s_max:
+            continue
+        for s in range(nslots):
+            c = cnt[s]
+            if capb[s] == 0 or c == 0:
+                continue
+            h = head[s]
+            e = h + c
+            # starts of windows holding an event: (T[h] - size, T[e-1]]
+            st = max(s_min0, _floor_to(T[h] - size, step) + step)
+            last = min(s_max, _floor_to(T[e - 1], step))
+            while st <= last:
+                a = _lower(T, h, e, st)
+                if a == e:
+                    break
+                if T[a] >= st + size:  # empty window: jump to the first holding T[a]
+                    st = _floor_to(T[a] - size, step) + step
+                    continue
+                b = _lower(T, a, e, st + size)
+                if fill:
+                    o_def[k] = j
+                    o_slot[k] = s
+                    o_start[k] = st
+                    o_value[k] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j],
+                                            units[j], s, a, b, st + size - 1, T, V, PSh, PSl,
+                                            PQh, PQl, PC, head, bsh, bsl, bqh, bql, bc,
+                                            scratch)  # fmt: skip
+                    n = b - a
+                    if vfield[j] >= 0:
+                        n = 0
+                        for i in range(a, b):
+                            if V[vfield[j], i] == V[vfield[j], i]:
+                                n += 1
+                    o_events[k] = n
+                k += 1
+                st += step
+    return k
+
+
+# -- changelog -----------------------------------------------------------------------------
+
+
+@njit(**_J)
+def serialize(sel, head, cnt, T, V, words_i, words_f, starts):  # type: ignore[no-untyped-def]
+    """Each selected slot as ``n, T[n], V[0][n], ..`` (8-byte words) into ``words_*`` (two
+    views of one buffer) from ``starts[k]``."""
+    nf = V.shape[0]
+    for k in range(len(sel)):
+        s = sel[k]
+        o = starts[k]
+        n = cnt[s]
+        h = head[s]
+        words_i[o] = n
+        o += 1
+        for i in range(n):
+            words_i[o + i] = T[h + i]
+        o += n
+        for f in range(nf):
+            for i in range(n):
+                words_f[o + i] = V[f, h + i]
+            o += n
+
+
+@njit(**_J)
+def restore_sizes(words_i, starts):  # type: ignore[no-untyped-def]
+    out = np.empty(len(starts), np.int64)
+    for k in range(len(starts)):
+        n = words_i[starts[k]]
+        c = 4
+        while c < n:
+            c *= 2
+        out[k] = c
+    return out
+
+
+@njit(**_J)
+def restore_fill(words_i, words_f, starts, sizes, pfield, qrow, off, capb, head, cnt,
+                 T, V, PSh, PSl, PQh, PQl, PC, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+    """Slot k gets the k-th serialized key, blocks back to back; returns the arena's top."""
+    nf = V.shape[0]
+    top = 0
+    for k in range(len(starts)):
+        o = starts[k]
+        n = words_i[o]
+        o += 1
+        off[k] = top
+        head[k] = top
+        capb[k] = sizes[k]
+        cnt[k] = n
+        for i in range(n):
+            T[top + i] = words_i[o + i]
+        o += n
+        for f in range(nf):
+            for i in range(n):
+                V[f, top + i] = words_f[o + i]
+            o += n
+        _reset_base(k, bsh, bsl, bqh, bql, bc)
+        _prefix_from(k, top, top + n, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
+                     bsh, bsl, bqh, bql, bc)  # fmt: skip
+        top += sizes[k]
+    return top
