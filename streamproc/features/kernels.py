@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 COUNT, SUM, MEAN, MIN, MAX, STD, LAST, SINCE_LAST, DISTINCT = range(9)
@@ -37,62 +38,94 @@ CODES = {
 }
 SLIDING = 0
 
-_J = {"cache": True, "nogil": True}
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 
 
 # -- double-double arithmetic (no FMA: numba does not contract without fastmath) -------------
 
 
-@njit(inline="always", **_J)
-def _two_sum(a, b):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _two_sum(
+    a: float,
+    b: float,
+) -> tuple[float, float]:
     s = a + b
     bb = s - a
     return s, (a - (s - bb)) + (b - bb)
 
 
-@njit(inline="always", **_J)
-def _fast_two_sum(a, b):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _fast_two_sum(
+    a: float,
+    b: float,
+) -> tuple[float, float]:
     s = a + b
     return s, b - (s - a)
 
 
-@njit(inline="always", **_J)
-def _dd_add_d(ah, al, b):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _dd_add_d(
+    ah: float,
+    al: float,
+    b: float,
+) -> tuple[float, float]:
     s, e = _two_sum(ah, b)
     return _fast_two_sum(s, e + al)
 
 
-@njit(inline="always", **_J)
-def _dd_sub(ah, al, bh, bl):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _dd_sub(
+    ah: float,
+    al: float,
+    bh: float,
+    bl: float,
+) -> tuple[float, float]:
     s, e = _two_sum(ah, -bh)
     t, f = _two_sum(al, -bl)
     s, e = _fast_two_sum(s, e + t)
     return _fast_two_sum(s, e + f)
 
 
-@njit(inline="always", **_J)
-def _split(a):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _split(
+    a: float,
+) -> tuple[float, float]:
     c = 134217729.0 * a
     hi = c - (c - a)
     return hi, a - hi
 
 
-@njit(inline="always", **_J)
-def _two_prod(a, b):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _two_prod(
+    a: float,
+    b: float,
+) -> tuple[float, float]:
     p = a * b
     ah, al = _split(a)
     bh, bl = _split(b)
     return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
-@njit(inline="always", **_J)
-def _dd_mul(ah, al, bh, bl):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _dd_mul(
+    ah: float,
+    al: float,
+    bh: float,
+    bl: float,
+) -> tuple[float, float]:
     p, e = _two_prod(ah, bh)
     return _fast_two_sum(p, e + (ah * bl + al * bh))
 
 
-@njit(inline="always", **_J)
-def _dd_div_d(ah, al, b):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _dd_div_d(
+    ah: float,
+    al: float,
+    b: float,
+) -> tuple[float, float]:
     q1 = ah / b
     p, e = _two_prod(q1, b)
     s, f = _two_sum(ah, -p)
@@ -103,8 +136,13 @@ def _dd_div_d(ah, al, b):  # type: ignore[no-untyped-def]
 # -- searching -----------------------------------------------------------------------------
 
 
-@njit(inline="always", **_J)
-def _upper(T, a, b, x):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _upper(
+    T: I64,
+    a: int,
+    b: int,
+    x: int,
+) -> int:
     """First index in [a, b) with T > x (b if none)."""
     while a < b:
         m = (a + b) >> 1
@@ -115,8 +153,13 @@ def _upper(T, a, b, x):  # type: ignore[no-untyped-def]
     return a
 
 
-@njit(inline="always", **_J)
-def _lower(T, a, b, x):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _lower(
+    T: I64,
+    a: int,
+    b: int,
+    x: int,
+) -> int:
     """First index in [a, b) with T >= x (b if none)."""
     while a < b:
         m = (a + b) >> 1
@@ -127,8 +170,11 @@ def _lower(T, a, b, x):  # type: ignore[no-untyped-def]
     return a
 
 
-@njit(inline="always", **_J)
-def _floor_to(t, step):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True, inline="always")
+def _floor_to(
+    t: int,
+    step: int,
+) -> int:
     r = t % step
     if r < 0:
         r += step
@@ -138,17 +184,40 @@ def _floor_to(t, step):  # type: ignore[no-untyped-def]
 # -- aggregation over one key's range ------------------------------------------------------
 
 
-@njit(**_J)
-def _aggregate(code, vf, pr, qr, unit, s, a, b, tq, T, V, PSh, PSl, PQh, PQl, PC, head,
-               bsh, bsl, bqh, bql, bc, scratch):  # type: ignore[no-untyped-def]  # fmt: skip
+@njit(cache=True, nogil=True)
+def _aggregate(
+    code: int,
+    vf: int,
+    pr: int,
+    qr: int,
+    unit: float,
+    s: int,
+    a: int,
+    b: int,
+    tq: int,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    head: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+    scratch: F64,
+) -> float:
     """The value of one definition over events [a, b) of slot ``s`` for a query at ``tq``."""
     if code == COUNT:
         return float(b - a)
     if code == SINCE_LAST:
         if b > a:
-            return (tq - T[b - 1]) / unit
+            return float((tq - T[b - 1]) / unit)
         return np.nan
-    if code == SUM or code == MEAN or code == STD:
+    if code in (SUM, MEAN, STD):
         if b == a:
             return 0.0 if code == SUM else np.nan
         first = a == head[s]
@@ -161,7 +230,7 @@ def _aggregate(code, vf, pr, qr, unit, s, a, b, tq, T, V, PSh, PSl, PQh, PQl, PC
         if n == 0:
             return np.nan
         if code == MEAN:
-            return (sh + sl) / n
+            return float((sh + sl) / n)
         if n == 1:
             return 0.0
         qh = bqh[qr, s] if first else PQh[qr, a - 1]
@@ -175,21 +244,21 @@ def _aggregate(code, vf, pr, qr, unit, s, a, b, tq, T, V, PSh, PSl, PQh, PQl, PC
     if code == LAST:
         for i in range(b - 1, a - 1, -1):
             x = V[vf, i]
-            if x == x:
-                return x
+            if not math.isnan(x):
+                return float(x)
         return np.nan
-    if code == MIN or code == MAX:
+    if code in (MIN, MAX):
         m = np.nan
         for i in range(a, b):
             x = V[vf, i]
-            if x == x and (m != m or (x < m if code == MIN else x > m)):
+            if not math.isnan(x) and (math.isnan(m) or (x < m if code == MIN else x > m)):
                 m = x
         return m
     # DISTINCT: exact over the range (at most max_events_per_key values)
     k = 0
     for i in range(a, b):
         x = V[vf, i]
-        if x == x:
+        if not math.isnan(x):
             scratch[k] = x
             k += 1
     if k == 0:
@@ -205,8 +274,14 @@ def _aggregate(code, vf, pr, qr, unit, s, a, b, tq, T, V, PSh, PSl, PQh, PQl, PC
 # -- arena management ----------------------------------------------------------------------
 
 
-@njit(**_J)
-def plan(slots, cnt, capb, cap, touched):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def plan(
+    slots: I64,
+    cnt: I64,
+    capb: I64,
+    cap: int,
+    touched: I64,
+) -> tuple[I64, I64]:
     """Slots of the batch whose block cannot take their events, and the block they need
     (``touched``: a zeroed scratch of one int per slot, left zeroed)."""
     order = np.empty(len(slots), np.int64)
@@ -234,8 +309,19 @@ def plan(slots, cnt, capb, cap, touched):  # type: ignore[no-untyped-def]
     return grow[:g], size[:g]
 
 
-@njit(**_J)
-def _move(src, dst, n, T, V, PSh, PSl, PQh, PQl, PC):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def _move(
+    src: int,
+    dst: int,
+    n: int,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+) -> None:
     """Copy n events from src to dst (dst <= src or non-overlapping)."""
     for i in range(n):
         T[dst + i] = T[src + i]
@@ -253,8 +339,23 @@ def _move(src, dst, n, T, V, PSh, PSl, PQh, PQl, PC):  # type: ignore[no-untyped
             PQl[r, dst + i] = PQl[r, src + i]
 
 
-@njit(**_J)
-def relocate(grow, size, top, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC):  # type: ignore[no-untyped-def]  # noqa: E501
+@njit(cache=True, nogil=True)
+def relocate(
+    grow: I64,
+    size: I64,
+    top: int,
+    off: I64,
+    capb: I64,
+    head: I64,
+    cnt: I64,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+) -> tuple[int, int]:
     """Give each slot in ``grow`` a new block of ``size`` at the arena's top; returns the new
     top and the capacity left behind."""
     freed = 0
@@ -269,8 +370,12 @@ def relocate(grow, size, top, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC
     return top, freed
 
 
-@njit(**_J)
-def compact_sizes(nslots, cnt, capb):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def compact_sizes(
+    nslots: int,
+    cnt: I64,
+    capb: I64,
+) -> I64:
     """Block sizes after compaction: the smallest power of two (>= 4) holding each key."""
     out = np.zeros(nslots, np.int64)
     for s in range(nslots):
@@ -282,9 +387,28 @@ def compact_sizes(nslots, cnt, capb):  # type: ignore[no-untyped-def]
     return out
 
 
-@njit(**_J)
-def compact(sizes, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC,
-            T2, V2, PSh2, PSl2, PQh2, PQl2, PC2):  # type: ignore[no-untyped-def]  # fmt: skip
+@njit(cache=True, nogil=True)
+def compact(
+    sizes: I64,
+    off: I64,
+    capb: I64,
+    head: I64,
+    cnt: I64,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    T2: I64,
+    V2: F64,
+    PSh2: F64,
+    PSl2: F64,
+    PQh2: F64,
+    PQl2: F64,
+    PC2: I64,
+) -> int:
     """Copy every live block into the new arena (arrays ``*2``), blocks back to back."""
     top = 0
     for s in range(len(sizes)):
@@ -312,9 +436,26 @@ def compact(sizes, off, capb, head, cnt, T, V, PSh, PSl, PQh, PQl, PC,
     return top
 
 
-@njit(**_J)
-def _prefix_from(s, pos, end, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
-                 bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip
+@njit(cache=True, nogil=True)
+def _prefix_from(
+    s: int,
+    pos: int,
+    end: int,
+    V: F64,
+    pfield: I64,
+    qrow: I64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    head: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+) -> None:
     """Recompute the running sums of slot ``s`` from index ``pos`` to ``end``."""
     for r in range(PSh.shape[0]):
         q = qrow[r]
@@ -330,7 +471,7 @@ def _prefix_from(s, pos, end, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
                 qh, ql = bqh[q, s], bql[q, s]
         for i in range(pos, end):
             x = V[f, i]
-            if x == x:
+            if not math.isnan(x):
                 h, lo = _dd_add_d(h, lo, x)
                 c += 1
                 if q >= 0:
@@ -345,8 +486,23 @@ def _prefix_from(s, pos, end, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
                 PQl[q, i] = ql
 
 
-@njit(**_J)
-def _drop_front(s, k, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # noqa: E501
+@njit(cache=True, nogil=True)
+def _drop_front(
+    s: int,
+    k: int,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    head: I64,
+    cnt: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+) -> None:
     """Forget the k oldest events of slot s (their sums move into the base)."""
     last = head[s] + k - 1
     for r in range(PSh.shape[0]):
@@ -360,8 +516,15 @@ def _drop_front(s, k, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc)
     cnt[s] -= k
 
 
-@njit(**_J)
-def _reset_base(s, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def _reset_base(
+    s: int,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+) -> None:
     for r in range(bsh.shape[0]):
         bsh[r, s] = 0.0
         bsl[r, s] = 0.0
@@ -374,10 +537,45 @@ def _reset_base(s, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]
 # -- the batch -----------------------------------------------------------------------------
 
 
-@njit(**_J)
-def process(slots, times, vals, codes, vfield, prow, qrow_of_def, units, wtype, wsize, wstep,
-            pfield, qrow, wm, has_wm, lateness, cap, off, capb, head, cnt, dirty,
-            T, V, PSh, PSl, PQh, PQl, PC, bsh, bsl, bqh, bql, bc, out, late):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+@njit(cache=True, nogil=True)
+def process(
+    slots: I64,
+    times: I64,
+    vals: F64,
+    codes: I64,
+    vfield: I64,
+    prow: I64,
+    qrow_of_def: I64,
+    units: F64,
+    wtype: I64,
+    wsize: I64,
+    wstep: I64,
+    pfield: I64,
+    qrow: I64,
+    wm: int,
+    has_wm: bool,
+    lateness: int,
+    cap: int,
+    off: I64,
+    capb: I64,
+    head: I64,
+    cnt: I64,
+    dirty: U8,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+    out: F64,
+    late: B,
+) -> tuple[int, bool, int, int]:
     """Values of every event (state before it), then add it unless late. Returns the
     watermark, whether there is one, late and dropped counts."""
     nd = len(codes)
@@ -392,10 +590,7 @@ def process(slots, times, vals, codes, vfield, prow, qrow_of_def, units, wtype, 
         e = h + cnt[s]
         b = _upper(T, h, e, t)
         for j in range(nd):
-            if wtype[j] == SLIDING:
-                lo_t = t - wsize[j] + 1
-            else:
-                lo_t = _floor_to(t, wstep[j])
+            lo_t = t - wsize[j] + 1 if wtype[j] == SLIDING else _floor_to(t, wstep[j])
             a = _lower(T, h, b, lo_t)
             out[i, j] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j], units[j], s,
                                    a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
@@ -435,9 +630,27 @@ def process(slots, times, vals, codes, vfield, prow, qrow_of_def, units, wtype, 
     return wm, has_wm, n_late, dropped
 
 
-@njit(**_J)
-def evict(cut, nslots, off, capb, head, cnt, dirty, T, PSh, PSl, PQh, PQl, PC,
-          bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip
+@njit(cache=True, nogil=True)
+def evict(
+    cut: int,
+    nslots: int,
+    off: I64,
+    capb: I64,
+    head: I64,
+    cnt: I64,
+    dirty: U8,
+    T: I64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+) -> tuple[I64, I64, int]:
     """Drop events at or before ``cut``. Returns the slots left empty (evicted keys), the
     slots that never held an event (keys seen only late), and the capacity freed."""
     gone = []
@@ -467,10 +680,43 @@ def evict(cut, nslots, off, capb, head, cnt, dirty, T, PSh, PSl, PQh, PQl, PC,
     return np.array(gone, np.int64), np.array(orphans, np.int64), freed
 
 
-@njit(**_J)
-def close(fill, before, has_before, bound, nslots, defs, codes, vfield, prow, qrow_of_def,
-          units, wsize, wstep, cap, head, cnt, capb, T, V, PSh, PSl, PQh, PQl, PC,
-          bsh, bsl, bqh, bql, bc, o_def, o_slot, o_start, o_value, o_events):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+@njit(cache=True, nogil=True)
+def close(
+    fill: bool,
+    before: int,
+    has_before: bool,
+    bound: int,
+    nslots: int,
+    defs: I64,
+    codes: I64,
+    vfield: I64,
+    prow: I64,
+    qrow_of_def: I64,
+    units: F64,
+    wsize: I64,
+    wstep: I64,
+    cap: int,
+    head: I64,
+    cnt: I64,
+    capb: I64,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+    o_def: I64,
+    o_slot: I64,
+    o_start: I64,
+    o_value: F64,
+    o_events: I64,
+) -> int:
     """Tumbling/hopping windows whose end is in (before, bound]: counted (``fill`` False) or
     written to the ``o_*`` arrays; returns how many."""
     scratch = np.empty(max(cap, 1), np.float64)
@@ -512,7 +758,7 @@ def close(fill, before, has_before, bound, nslots, defs, codes, vfield, prow, qr
                     if vfield[j] >= 0:
                         n = 0
                         for i in range(a, b):
-                            if V[vfield[j], i] == V[vfield[j], i]:
+                            if not math.isnan(V[vfield[j], i]):
                                 n += 1
                     o_events[k] = n
                 k += 1
@@ -523,8 +769,17 @@ def close(fill, before, has_before, bound, nslots, defs, codes, vfield, prow, qr
 # -- changelog -----------------------------------------------------------------------------
 
 
-@njit(**_J)
-def serialize(sel, head, cnt, T, V, words_i, words_f, starts):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def serialize(
+    sel: I64,
+    head: I64,
+    cnt: I64,
+    T: I64,
+    V: F64,
+    words_i: I64,
+    words_f: F64,
+    starts: I64,
+) -> None:
     """Each selected slot as ``n, T[n], V[0][n], ..`` (8-byte words) into ``words_*`` (two
     views of one buffer) from ``starts[k]``."""
     nf = V.shape[0]
@@ -544,8 +799,11 @@ def serialize(sel, head, cnt, T, V, words_i, words_f, starts):  # type: ignore[n
             o += n
 
 
-@njit(**_J)
-def restore_sizes(words_i, starts):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def restore_sizes(
+    words_i: I64,
+    starts: I64,
+) -> I64:
     out = np.empty(len(starts), np.int64)
     for k in range(len(starts)):
         n = words_i[starts[k]]
@@ -556,9 +814,31 @@ def restore_sizes(words_i, starts):  # type: ignore[no-untyped-def]
     return out
 
 
-@njit(**_J)
-def restore_fill(words_i, words_f, starts, sizes, pfield, qrow, off, capb, head, cnt,
-                 T, V, PSh, PSl, PQh, PQl, PC, bsh, bsl, bqh, bql, bc):  # type: ignore[no-untyped-def]  # fmt: skip  # noqa: E501
+@njit(cache=True, nogil=True)
+def restore_fill(
+    words_i: I64,
+    words_f: F64,
+    starts: I64,
+    sizes: I64,
+    pfield: I64,
+    qrow: I64,
+    off: I64,
+    capb: I64,
+    head: I64,
+    cnt: I64,
+    T: I64,
+    V: F64,
+    PSh: F64,
+    PSl: F64,
+    PQh: F64,
+    PQl: F64,
+    PC: I64,
+    bsh: F64,
+    bsl: F64,
+    bqh: F64,
+    bql: F64,
+    bc: I64,
+) -> int:
     """Slot k gets the k-th serialized key, blocks back to back; returns the arena's top."""
     nf = V.shape[0]
     top = 0

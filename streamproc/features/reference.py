@@ -224,9 +224,7 @@ class ReferenceStore:
             n += 1
             if key == _META:
                 assert state is not None
-                p.watermark, p.seq, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(
-                    state
-                )
+                p.watermark, p.seq, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(state)
             elif state is None:
                 p.events.pop(key, None)
             else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,10 @@ _I64 = np.int64
 _F64 = np.float64
 # A key's bytes object, its dict entry and its list entry, roughly (CPython, 64-bit).
 _KEY_OVERHEAD = 120
+_A = npt.NDArray[Any]
+# T, V, PSh, PSl, PQh, PQl, PC and bsh, bsl, bqh, bql, bc (see kernels.py)
+_Arena = tuple[_A, _A, _A, _A, _A, _A, _A]
+_Bases = tuple[_A, _A, _A, _A, _A]
 
 
 class _Layout:
@@ -63,9 +68,7 @@ class _Layout:
                               _I64)  # fmt: skip
         self.wsize = np.array([d.window.size_ms for d in defs], _I64)
         self.wstep = np.array([d.window.step for d in defs], _I64)
-        self.closing = np.array(
-            [j for j, d in enumerate(defs) if d.window.type != "sliding"], _I64
-        )
+        self.closing = np.array([j for j, d in enumerate(defs) if d.window.type != "sliding"], _I64)
         # arena bytes per event: time, values, running sums (hi, lo, count), squares (hi, lo)
         self.event_bytes = 8 * (1 + self.nf + 3 * self.npr + 2 * self.nq)
 
@@ -113,7 +116,7 @@ class _Part:
         for k, a in old.items():
             getattr(self, k)[..., : a.shape[-1]] = a
 
-    def _new_arena(self, n: int) -> tuple[npt.NDArray[np.generic], ...]:
+    def _new_arena(self, n: int) -> _Arena:
         lay = self.lay
         return (
             np.zeros(n, _I64),
@@ -125,15 +128,15 @@ class _Part:
             np.zeros((lay.npr, n), _I64),
         )
 
-    def _set_arena(self, *arrays: npt.NDArray[np.generic]) -> None:
+    def _set_arena(self, *arrays: Any) -> None:
         self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC = arrays
 
     @property
-    def arena(self) -> tuple[npt.NDArray[np.generic], ...]:
+    def arena(self) -> _Arena:
         return (self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC)
 
     @property
-    def bases(self) -> tuple[npt.NDArray[np.generic], ...]:
+    def bases(self) -> _Bases:
         return (self.bsh, self.bsl, self.bqh, self.bql, self.bc)
 
     def reserve(self, extra: int) -> None:
@@ -162,13 +165,11 @@ class _Part:
         get = self.index.get
         sl = [get(k, -1) for k in keys]
         if -1 in sl:
-            for i, s in enumerate(sl):
-                if s == -1:
+            for i, found in enumerate(sl):
+                if found == -1:
                     k = keys[i]
-                    s = self.index.get(k, -1)
-                    if s == -1:
-                        s = self._new_slot(k)
-                    sl[i] = s
+                    s = self.index.get(k, -1)  # a new key twice in the batch
+                    sl[i] = s if s != -1 else self._new_slot(k)
         return np.array(sl, _I64)
 
     def _new_slot(self, key: bytes) -> int:
@@ -195,11 +196,9 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        arrays = self.arena + self.bases
-        arrays += (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched)
-        return sum(a.nbytes for a in arrays) + sum(
-            len(k) + _KEY_OVERHEAD for k in self.index
-        )
+        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched)
+        arrays = (*self.arena, *self.bases, *slots)
+        return int(sum(a.nbytes for a in arrays)) + sum(len(k) + _KEY_OVERHEAD for k in self.index)
 
 
 _SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
@@ -270,17 +269,17 @@ class CompiledStore:
         if not len(lay.closing) or (before is not None and bound <= before):
             return []
         z = np.empty(0, _I64)
-        args = (
+        args: tuple[Any, ...] = (
             before or 0, before is not None, bound, len(p.keys), lay.closing, lay.codes,
             lay.vfield, lay.prow, lay.qrow_of_def, lay.units, lay.wsize, lay.wstep,
             self.spec.max_events_per_key, p.head, p.cnt, p.capb, *p.arena, *p.bases,
         )  # fmt: skip
-        k = K.close(False, *args, z, z, z, np.empty(0, _F64), z)
+        k = K.close(False, *args, z, z, z, np.empty(0, _F64), z)  # type: ignore[call-arg]
         if not k:
             return []
         o_def, o_slot, o_start, o_events = (np.empty(k, _I64) for _ in range(4))
         o_value = np.empty(k, _F64)
-        K.close(True, *args, o_def, o_slot, o_start, o_value, o_events)
+        K.close(True, *args, o_def, o_slot, o_start, o_value, o_events)  # type: ignore[call-arg]
         names = self.spec.names
         keys = p.keys
         closed = [
