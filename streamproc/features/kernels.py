@@ -181,10 +181,60 @@ def _floor_to(
     return t - r
 
 
-# -- aggregation over one key's range ------------------------------------------------------
+# -- block minima and maxima ----------------------------------------------------------------
+
+BLOCK = 64  # events per block of BMx/BMn: min and max scan whole blocks of a range through them
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blocks(V: F64, BMx: F64, BMn: F64, lo: int, hi: int) -> None:
+    """Recompute the minimum and maximum of every block that [lo, hi) touches (after a
+    write there): a block wholly inside a key's live events then holds their extremes."""
+    if hi <= lo:
+        return
+    n = V.shape[1]
+    for f in range(BMx.shape[0]):  # no rows where no definition takes a min or max
+        for blk in range(lo // BLOCK, (hi - 1) // BLOCK + 1):
+            mx = np.nan
+            mn = np.nan
+            for i in range(blk * BLOCK, min((blk + 1) * BLOCK, n)):
+                x = V[f, i]
+                if not math.isnan(x):
+                    if math.isnan(mx) or x > mx:
+                        mx = x
+                    if math.isnan(mn) or x < mn:
+                        mn = x
+            BMx[f, blk] = mx
+            BMn[f, blk] = mn
 
 
 @njit(cache=True, nogil=True)
+def rebuild_blocks(V: F64, BMx: F64, BMn: F64, hi: int) -> None:
+    _blocks(V, BMx, BMn, 0, hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _extreme(V: F64, BM: F64, vf: int, a: int, b: int, is_min: bool) -> float:
+    """Min or max of V[vf, a:b] (NaN ignored; NaN if none): partial blocks element by
+    element, whole blocks by their precomputed extreme."""
+    m = np.nan
+    i = a
+    while i < b:
+        if i % BLOCK == 0 and i + BLOCK <= b:
+            x = BM[vf, i // BLOCK]
+            i += BLOCK
+        else:
+            x = V[vf, i]
+            i += 1
+        if not math.isnan(x) and (math.isnan(m) or (x < m if is_min else x > m)):
+            m = x
+    return float(m)
+
+
+# -- aggregation over one key's range ------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _aggregate(
     code: int,
     vf: int,
@@ -209,6 +259,8 @@ def _aggregate(
     bql: F64,
     bc: I64,
     scratch: F64,
+    BMx: F64,
+    BMn: F64,
 ) -> float:
     """The value of one definition over events [a, b) of slot ``s`` for a query at ``tq``."""
     if code == COUNT:
@@ -247,13 +299,10 @@ def _aggregate(
             if not math.isnan(x):
                 return float(x)
         return np.nan
-    if code in (MIN, MAX):
-        m = np.nan
-        for i in range(a, b):
-            x = V[vf, i]
-            if not math.isnan(x) and (math.isnan(m) or (x < m if code == MIN else x > m)):
-                m = x
-        return m
+    if code == MIN:
+        return _extreme(V, BMn, vf, a, b, True)
+    if code == MAX:
+        return _extreme(V, BMx, vf, a, b, False)
     # DISTINCT: exact over the range (at most max_events_per_key values)
     k = 0
     for i in range(a, b):
@@ -300,16 +349,18 @@ def plan(
         need = min(cnt[s] + touched[s], cap)
         touched[s] = 0
         if need > capb[s]:
+            # a quarter to spare: the live events slide back to the block's start (events
+            # evicted or dropped at the front, added at the end) once per quarter of inserts
             c = 4
-            while c < need:
+            while c < need + need // 4:
                 c *= 2
             grow[g] = s
-            size[g] = min(c, max(cap, 4))
+            size[g] = min(c, cap + max(cap // 4, 4))
             g += 1
     return grow[:g], size[:g]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _move(
     src: int,
     dst: int,
@@ -355,6 +406,8 @@ def relocate(
     PQh: F64,
     PQl: F64,
     PC: I64,
+    BMx: F64,
+    BMn: F64,
 ) -> tuple[int, int]:
     """Give each slot in ``grow`` a new block of ``size`` at the arena's top; returns the new
     top and the capacity left behind."""
@@ -362,6 +415,7 @@ def relocate(
     for g in range(len(grow)):
         s = grow[g]
         _move(head[s], top, cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+        _blocks(V, BMx, BMn, top, top + cnt[s])
         freed += capb[s]
         off[s] = top
         head[s] = top
@@ -381,7 +435,7 @@ def compact_sizes(
     for s in range(nslots):
         if capb[s] > 0:
             c = 4
-            while c < cnt[s]:
+            while c < cnt[s] + cnt[s] // 4:
                 c *= 2
             out[s] = min(c, capb[s])
     return out
@@ -436,7 +490,7 @@ def compact(
     return top
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _prefix_from(
     s: int,
     pos: int,
@@ -486,7 +540,7 @@ def _prefix_from(
                 PQl[q, i] = ql
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _drop_front(
     s: int,
     k: int,
@@ -516,7 +570,7 @@ def _drop_front(
     cnt[s] -= k
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _reset_base(
     s: int,
     bsh: F64,
@@ -573,6 +627,9 @@ def process(
     bqh: F64,
     bql: F64,
     bc: I64,
+    first: I64,
+    BMx: F64,
+    BMn: F64,
     out: F64,
     late: B,
 ) -> tuple[int, bool, int, int]:
@@ -594,7 +651,7 @@ def process(
             a = _lower(T, h, b, lo_t)
             out[i, j] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j], units[j], s,
                                    a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
-                                   bsh, bsl, bqh, bql, bc, scratch)  # fmt: skip
+                                   bsh, bsl, bqh, bql, bc, scratch, BMx, BMn)  # fmt: skip
         if has_wm and t < wm - lateness:
             late[i] = True
             n_late += 1
@@ -612,6 +669,7 @@ def process(
         e = h + cnt[s]
         if e == off[s] + capb[s]:  # no room at the end: slide the live events to the start
             _move(h, off[s], cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+            _blocks(V, BMx, BMn, off[s], off[s] + cnt[s])
             head[s] = off[s]
             h = off[s]
             e = h + cnt[s]
@@ -627,6 +685,8 @@ def process(
         cnt[s] += 1
         _prefix_from(s, pos, e + 1, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
                      bsh, bsl, bqh, bql, bc)  # fmt: skip
+        _blocks(V, BMx, BMn, pos, e + 1)
+        first[s] = T[head[s]]
     return wm, has_wm, n_late, dropped
 
 
@@ -650,6 +710,7 @@ def evict(
     bqh: F64,
     bql: F64,
     bc: I64,
+    first: I64,
 ) -> tuple[I64, I64, int]:
     """Drop events at or before ``cut``. Returns the slots left empty (evicted keys), the
     slots that never held an event (keys seen only late), and the capacity freed."""
@@ -661,13 +722,14 @@ def evict(
             continue
         c = cnt[s]
         if c > 0:
-            h = head[s]
-            if T[h] > cut:
+            if first[s] > cut:  # the key's oldest event (kept per slot: no arena access)
                 continue
+            h = head[s]
             k = _upper(T, h, h + c, cut) - h
             _drop_front(s, k, PSh, PSl, PQh, PQl, PC, head, cnt, bsh, bsl, bqh, bql, bc)
             dirty[s] = 1
             if cnt[s] > 0:
+                first[s] = T[head[s]]
                 continue
             gone.append(s)
         else:
@@ -711,6 +773,8 @@ def close(
     bqh: F64,
     bql: F64,
     bc: I64,
+    BMx: F64,
+    BMn: F64,
     o_def: I64,
     o_slot: I64,
     o_start: I64,
@@ -753,7 +817,7 @@ def close(
                     o_value[k] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j],
                                             units[j], s, a, b, st + size - 1, T, V, PSh, PSl,
                                             PQh, PQl, PC, head, bsh, bsl, bqh, bql, bc,
-                                            scratch)  # fmt: skip
+                                            scratch, BMx, BMn)  # fmt: skip
                     n = b - a
                     if vfield[j] >= 0:
                         n = 0
@@ -838,6 +902,7 @@ def restore_fill(
     bqh: F64,
     bql: F64,
     bc: I64,
+    first: I64,
 ) -> int:
     """Slot k gets the k-th serialized key, blocks back to back; returns the arena's top."""
     nf = V.shape[0]
@@ -860,5 +925,7 @@ def restore_fill(
         _reset_base(k, bsh, bsl, bqh, bql, bc)
         _prefix_from(k, top, top + n, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
                      bsh, bsl, bqh, bql, bc)  # fmt: skip
+        if n:
+            first[k] = T[top]
         top += sizes[k]
     return top

@@ -69,6 +69,7 @@ class _Layout:
         self.wsize = np.array([d.window.size_ms for d in defs], _I64)
         self.wstep = np.array([d.window.step for d in defs], _I64)
         self.closing = np.array([j for j, d in enumerate(defs) if d.window.type != "sliding"], _I64)
+        self.extremes = any(d.agg in ("min", "max") for d in defs)
         # arena bytes per event: time, values, running sums (hi, lo, count), squares (hi, lo)
         self.event_bytes = 8 * (1 + self.nf + 3 * self.npr + 2 * self.nq)
 
@@ -109,6 +110,7 @@ class _Part:
         self.bc = np.zeros((lay.npr, n), _I64)
         self.bqh = np.zeros((lay.nq, n), _F64)
         self.bql = np.zeros((lay.nq, n), _F64)
+        self.first = np.zeros(n, _I64)  # the time of each key's oldest event
 
     def _grow_slots(self, n: int) -> None:
         old = {k: getattr(self, k) for k in _SLOT_ARRAYS}
@@ -130,6 +132,11 @@ class _Part:
 
     def _set_arena(self, *arrays: Any) -> None:
         self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC = arrays
+        blocks = len(self.T) // K.BLOCK + 1
+        rows = self.lay.nf if self.lay.extremes else 0
+        self.BMx = np.full((rows, blocks), np.nan)
+        self.BMn = np.full((rows, blocks), np.nan)
+        K.rebuild_blocks(self.V, self.BMx, self.BMn, self.top)
 
     @property
     def arena(self) -> _Arena:
@@ -156,7 +163,7 @@ class _Part:
         sizes = K.compact_sizes(n, self.cnt, self.capb)
         new = self._new_arena(max(256, int(sizes.sum()) * 3 // 2))
         self.top = K.compact(sizes, self.off, self.capb, self.head, self.cnt, *self.arena, *new)
-        self._set_arena(*new)
+        self._set_arena(*new)  # rebuilds the block extremes
         self.garbage = 0
 
     # -- keys ----------------------------------------------------------------------------
@@ -196,13 +203,13 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched)
-        arrays = (*self.arena, *self.bases, *slots)
+        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched, self.first)
+        arrays = (*self.arena, *self.bases, *slots, self.BMx, self.BMn)
         return int(sum(a.nbytes for a in arrays)) + sum(len(k) + _KEY_OVERHEAD for k in self.index)
 
 
 _SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
-                "bql")  # fmt: skip
+                "bql", "first")  # fmt: skip
 
 
 class CompiledStore:
@@ -243,13 +250,13 @@ class CompiledStore:
             if len(grow):
                 p.reserve(int(size.sum()))
                 p.top, freed = K.relocate(grow, size, p.top, p.off, p.capb, p.head, p.cnt,
-                                          *p.arena)  # fmt: skip
+                                          *p.arena, p.BMx, p.BMn)  # fmt: skip
                 p.garbage += freed
             wm, has_wm, n_late, dropped = K.process(
                 slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
                 lay.units, lay.wtype, lay.wsize, lay.wstep, lay.pfield, lay.qrow, p.wm,
                 p.has_wm, self.spec.allowed_lateness_ms, cap, p.off, p.capb, p.head, p.cnt,
-                p.dirty, *p.arena, *p.bases, out, late,
+                p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late,
             )  # fmt: skip
             p.wm, p.has_wm = int(wm), bool(has_wm)
             p.late += int(n_late)
@@ -272,7 +279,8 @@ class CompiledStore:
         args: tuple[Any, ...] = (
             before or 0, before is not None, bound, len(p.keys), lay.closing, lay.codes,
             lay.vfield, lay.prow, lay.qrow_of_def, lay.units, lay.wsize, lay.wstep,
-            self.spec.max_events_per_key, p.head, p.cnt, p.capb, *p.arena, *p.bases,
+            self.spec.max_events_per_key, p.head, p.cnt, p.capb, *p.arena, *p.bases, p.BMx,
+            p.BMn,
         )  # fmt: skip
         k = K.close(False, *args, z, z, z, np.empty(0, _F64), z)  # type: ignore[call-arg]
         if not k:
@@ -297,7 +305,7 @@ class CompiledStore:
         cut = p.wm - self.spec.allowed_lateness_ms - self.spec.max_window_ms
         gone, orphans, freed = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
                                        p.T, p.PSh, p.PSl, p.PQh, p.PQl, p.PC,
-                                       *p.bases)  # fmt: skip
+                                       *p.bases, p.first)  # fmt: skip
         p.garbage += int(freed)
         if len(gone):
             p.release(gone, evicted=True)
@@ -352,7 +360,9 @@ class CompiledStore:
         sizes = K.restore_sizes(words, starts)
         p.reserve(int(sizes.sum()))
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
-                               p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases)  # fmt: skip
+                               p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
+                               p.first)  # fmt: skip
+        K.rebuild_blocks(p.V, p.BMx, p.BMn, p.top)
         p.keys = list(keys)
         p.index = dict(zip(keys, range(len(keys)), strict=True))
         if meta is not None:
