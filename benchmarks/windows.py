@@ -317,9 +317,8 @@ def measure_quix(n: int, budget_s: float) -> dict[str, Any]:
     try:
         with services(home) as svc:
             topic = f"windows.in.{time.time_ns()}"
-            AdminClient({"bootstrap.servers": svc.bootstrap}).create_topics(
-                [NewTopic(topic, 1, 1)]
-            )[topic].result(30)
+            admin = AdminClient({"bootstrap.servers": svc.bootstrap})
+            admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
             sid = Registry(svc.registry_url).register(
                 schemas.subject_for(topic), schemas.schema_text("Transaction")
             )

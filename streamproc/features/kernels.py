@@ -188,16 +188,17 @@ BLOCK = 64  # events per block of BMx/BMn: min and max scan whole blocks of a ra
 
 @njit(cache=True, nogil=True, inline="always")
 def _blocks(V: F64, BMx: F64, BMn: F64, lo: int, hi: int) -> None:
-    """Recompute the minimum and maximum of every block that [lo, hi) touches (after a
-    write there): a block wholly inside a key's live events then holds their extremes."""
+    """After a write to [lo, hi), ``hi`` a key's live end: the extremes of every block that
+    [lo, hi) touches, over the block's positions below ``hi``. Appends then extend a
+    block's extremes one value at a time, and a block wholly inside a key's live events
+    holds their extremes (every position of it was written since, by that key)."""
     if hi <= lo:
         return
-    n = V.shape[1]
     for f in range(BMx.shape[0]):  # no rows where no definition takes a min or max
         for blk in range(lo // BLOCK, (hi - 1) // BLOCK + 1):
             mx = np.nan
             mn = np.nan
-            for i in range(blk * BLOCK, min((blk + 1) * BLOCK, n)):
+            for i in range(blk * BLOCK, min((blk + 1) * BLOCK, hi)):
                 x = V[f, i]
                 if not math.isnan(x):
                     if math.isnan(mx) or x > mx:
@@ -208,9 +209,31 @@ def _blocks(V: F64, BMx: F64, BMn: F64, lo: int, hi: int) -> None:
             BMn[f, blk] = mn
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _append_block(V: F64, BMx: F64, BMn: F64, e: int) -> None:
+    """The block extremes after an append at ``e`` (the key's live end before it)."""
+    blk = e // BLOCK
+    for f in range(BMx.shape[0]):
+        x = V[f, e]
+        if e % BLOCK == 0:
+            BMx[f, blk] = x
+            BMn[f, blk] = x
+        elif not math.isnan(x):
+            if math.isnan(BMx[f, blk]) or x > BMx[f, blk]:
+                BMx[f, blk] = x
+            if math.isnan(BMn[f, blk]) or x < BMn[f, blk]:
+                BMn[f, blk] = x
+
+
 @njit(cache=True, nogil=True)
-def rebuild_blocks(V: F64, BMx: F64, BMn: F64, hi: int) -> None:
-    _blocks(V, BMx, BMn, 0, hi)
+def rebuild_blocks(nslots: int, head: I64, cnt: I64, capb: I64, V: F64, BMx: F64,
+                   BMn: F64) -> None:  # fmt: skip
+    """Block extremes of every key (after a compaction or a restore)."""
+    if BMx.shape[0] == 0:
+        return
+    for s in range(nslots):
+        if capb[s] > 0:
+            _blocks(V, BMx, BMn, head[s], head[s] + cnt[s])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -685,7 +708,10 @@ def process(
         cnt[s] += 1
         _prefix_from(s, pos, e + 1, V, pfield, qrow, PSh, PSl, PQh, PQl, PC, head,
                      bsh, bsl, bqh, bql, bc)  # fmt: skip
-        _blocks(V, BMx, BMn, pos, e + 1)
+        if pos == e:
+            _append_block(V, BMx, BMn, e)
+        else:
+            _blocks(V, BMx, BMn, pos, e + 1)
         first[s] = T[head[s]]
     return wm, has_wm, n_late, dropped
 

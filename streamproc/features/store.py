@@ -136,7 +136,6 @@ class _Part:
         rows = self.lay.nf if self.lay.extremes else 0
         self.BMx = np.full((rows, blocks), np.nan)
         self.BMn = np.full((rows, blocks), np.nan)
-        K.rebuild_blocks(self.V, self.BMx, self.BMn, self.top)
 
     @property
     def arena(self) -> _Arena:
@@ -154,7 +153,10 @@ class _Part:
         new = self._new_arena(max(2 * size, self.top + extra))
         for a, b in zip(self.arena, new, strict=True):
             b[..., : self.top] = a[..., : self.top]
+        bmx, bmn = self.BMx, self.BMn
         self._set_arena(*new)
+        self.BMx[:, : bmx.shape[1]] = bmx
+        self.BMn[:, : bmn.shape[1]] = bmn
 
     def maybe_compact(self) -> None:
         if self.garbage <= max(self.top // 2, 1 << 14):
@@ -163,7 +165,8 @@ class _Part:
         sizes = K.compact_sizes(n, self.cnt, self.capb)
         new = self._new_arena(max(256, int(sizes.sum()) * 3 // 2))
         self.top = K.compact(sizes, self.off, self.capb, self.head, self.cnt, *self.arena, *new)
-        self._set_arena(*new)  # rebuilds the block extremes
+        self._set_arena(*new)
+        K.rebuild_blocks(n, self.head, self.cnt, self.capb, self.V, self.BMx, self.BMn)
         self.garbage = 0
 
     # -- keys ----------------------------------------------------------------------------
@@ -362,7 +365,7 @@ class CompiledStore:
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
                                p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
                                p.first)  # fmt: skip
-        K.rebuild_blocks(p.V, p.BMx, p.BMn, p.top)
+        K.rebuild_blocks(len(keys), p.head, p.cnt, p.capb, p.V, p.BMx, p.BMn)
         p.keys = list(keys)
         p.index = dict(zip(keys, range(len(keys)), strict=True))
         if meta is not None:
