@@ -11,7 +11,9 @@ Layout of one partition's state (structure of arrays, see ``store._Part``):
   ``head`` (``bs*``, ``bq*``, ``bc``) so that a range's sum is a difference of two prefixes.
 
 A window over a key is then a contiguous range found by binary search: count, sum, mean,
-std, last and since_last cost O(log n); min, max and distinct_count scan the range. The
+std, last and since_last cost O(log n); min and max read whole blocks of 64 events through
+their precomputed extremes (``BMx``/``BMn``) and scan only the partial blocks at the ends;
+distinct_count sorts the range's values (exact, at most ``max_events_per_key``). The
 running sums are double-double so that differences keep about 32 digits: a window's sum
 equals the correctly rounded sum to far below the relative 1e-9 the tests allow.
 """
@@ -144,6 +146,8 @@ def _upper(
     x: int,
 ) -> int:
     """First index in [a, b) with T > x (b if none)."""
+    if a < b and T[b - 1] <= x:  # the usual case: x at or after the key's last event
+        return b
     while a < b:
         m = (a + b) >> 1
         if T[m] <= x:
@@ -161,6 +165,8 @@ def _lower(
     x: int,
 ) -> int:
     """First index in [a, b) with T >= x (b if none)."""
+    if a < b and T[a] >= x:  # a window reaching back past the key's oldest event
+        return a
     while a < b:
         m = (a + b) >> 1
         if T[m] < x:
@@ -669,9 +675,13 @@ def process(
         h = head[s]
         e = h + cnt[s]
         b = _upper(T, h, e, t)
+        last_lo = t + 1
+        a = b
         for j in range(nd):
             lo_t = t - wsize[j] + 1 if wtype[j] == SLIDING else _floor_to(t, wstep[j])
-            a = _lower(T, h, b, lo_t)
+            if lo_t != last_lo:  # definitions over the same window share the search
+                a = _lower(T, h, b, lo_t)
+                last_lo = lo_t
             out[i, j] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j], units[j], s,
                                    a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
                                    bsh, bsl, bqh, bql, bc, scratch, BMx, BMn)  # fmt: skip
@@ -683,7 +693,8 @@ def process(
             wm = t
             has_wm = True
         dirty[s] = 1
-        if cnt[s] >= cap:
+        at_cap = cnt[s] >= cap
+        if at_cap:
             dropped += 1
             if t < T[h]:  # the new event is the key's oldest: it is the one dropped
                 continue
@@ -712,7 +723,8 @@ def process(
             _append_block(V, BMx, BMn, e)
         else:
             _blocks(V, BMx, BMn, pos, e + 1)
-        first[s] = T[head[s]]
+        if pos == h or cnt[s] == 1 or at_cap:  # the oldest event changed
+            first[s] = T[h]
     return wm, has_wm, n_late, dropped
 
 
