@@ -83,6 +83,7 @@ class _Part:
         self.keys: list[bytes | None] = []
         self.free: list[int] = []
         self.gone: set[bytes] = set()  # keys evicted since the last changes()
+        self.key_bytes = 0  # the keys' lengths, summed (stats() stays O(1))
         self.wm = 0
         self.has_wm = False
         self.closed_bound: int | None = None
@@ -192,6 +193,7 @@ class _Part:
                 self._grow_slots(2 * s)
             self.keys.append(key)
         self.index[key] = s
+        self.key_bytes += len(key)
         return s
 
     def release(self, slots: npt.NDArray[np.int64], evicted: bool) -> None:
@@ -199,6 +201,7 @@ class _Part:
             key = self.keys[s]
             assert key is not None
             del self.index[key]
+            self.key_bytes -= len(key)
             self.keys[s] = None
             self.free.append(s)
             if evicted:
@@ -208,7 +211,7 @@ class _Part:
     def nbytes(self) -> int:
         slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched, self.first)
         arrays = (*self.arena, *self.bases, *slots, self.BMx, self.BMn)
-        return int(sum(a.nbytes for a in arrays)) + sum(len(k) + _KEY_OVERHEAD for k in self.index)
+        return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
 
 
 _SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
@@ -368,6 +371,7 @@ class CompiledStore:
         K.rebuild_blocks(len(keys), p.head, p.cnt, p.capb, p.V, p.BMx, p.BMn)
         p.keys = list(keys)
         p.index = dict(zip(keys, range(len(keys)), strict=True))
+        p.key_bytes = sum(map(len, keys))
         if meta is not None:
             wm, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(meta)
             p.has_wm = wm is not None
