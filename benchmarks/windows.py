@@ -2,7 +2,7 @@
 Streams' sliding windows on the same events, the restore of a million keys, bytes per key.
 
 ```
-python benchmarks/windows.py --quick     # about 3 minutes on 2 cores, broker start included
+python benchmarks/windows.py --quick     # about 5 minutes on 2 cores, broker start included
 python benchmarks/windows.py             # more events and rounds; --no-quix skips the broker
 ```
 

@@ -33,6 +33,9 @@ _I64 = np.int64
 _F64 = np.float64
 # A key's bytes object, its dict entry and its list entry, roughly (CPython, 64-bit).
 _KEY_OVERHEAD = 120
+# Holes (events' worth of capacity) below which a partition is never compacted; the tests set
+# it to 0 to compact whenever holes are half the arena.
+COMPACT_MIN = 1 << 14
 _A = npt.NDArray[Any]
 # T, V, PSh, PSl, PQh, PQl, PC and bsh, bsl, bqh, bql, bc (see kernels.py)
 _Arena = tuple[_A, _A, _A, _A, _A, _A, _A]
@@ -160,7 +163,7 @@ class _Part:
         self.BMn[:, : bmn.shape[1]] = bmn
 
     def maybe_compact(self) -> None:
-        if self.garbage <= max(self.top // 2, 1 << 14):
+        if self.garbage <= max(self.top // 2, COMPACT_MIN):
             return
         n = len(self.keys)
         sizes = K.compact_sizes(n, self.cnt, self.capb)
