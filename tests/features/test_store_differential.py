@@ -200,8 +200,13 @@ def test_memory_per_key_is_bounded_and_drops_are_counted() -> None:
     assert max(sizes) == sizes[0]  # memory stops growing once the key is at its cap
 
 
-def test_open_store_is_the_compiled_store() -> None:
+def test_open_store_is_the_compiled_store_and_warms_without_state() -> None:
     spec = FeaturesSpec.model_validate(
-        {"definitions": [{"name": "n", "agg": "count", "window": {"size": "10s"}}]}
-    )
-    assert isinstance(open_store(spec), CompiledStore)
+        {"definitions": [{"name": "n", "agg": "count", "window": {"size": "10s"}},
+                         {"name": "m", "agg": "max", "value": "x",
+                          "window": {"type": "tumbling", "size": "10s"}}]}
+    )  # fmt: skip
+    store = open_store(spec)
+    assert isinstance(store, CompiledStore)
+    assert store.warm() >= 0
+    assert store.changes(0) == [] and store.stats(0).keys == 0
