@@ -52,6 +52,8 @@ class StoreStats:
     late_events: int  # since the partition was assigned
     evicted_keys: int
     watermark_ms: int | None
+    # events dropped because their key held ``FeaturesSpec.max_events_per_key`` events
+    dropped_events: int = 0
 
 
 class WindowStore(Protocol):

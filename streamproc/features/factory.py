@@ -4,11 +4,11 @@ benchmarks open: one place, so online and offline values come from the same code
 from __future__ import annotations
 
 from .api import WindowStore
-from .reference import ReferenceStore
 from .spec import FeaturesSpec
+from .store import CompiledStore
 
 
 def open_store(spec: FeaturesSpec) -> WindowStore:
-    """The window store for ``spec`` (for now the reference; the compiled store replaces it
-    once it equals the reference on the differential tests)."""
-    return ReferenceStore(spec)
+    """The window store for ``spec``: the compiled in-memory store (``store.py``), which
+    equals the reference (``reference.py``) on the differential tests in tests/features/."""
+    return CompiledStore(spec)

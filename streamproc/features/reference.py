@@ -16,9 +16,12 @@ time ``t`` and a definition with window ``w``:
 * count, sum, distinct_count of nothing are 0; mean, min, max, std (population), last and
   since_last of nothing are NaN. ``last`` is the value of the seen event with the greatest
   ``(t', offset)``; ``since_last`` is ``(t - max t') / unit``. An event whose value field is
-  NaN is absent for that definition.
+  NaN (or infinite: not a measurement a window can sum) is absent for that definition.
 * the watermark of a partition is the largest event time accepted so far; an event with
   ``t < watermark - allowed_lateness`` is late: given values as above, not added.
+* a key holds at most ``max_events_per_key`` events: when an accepted event makes it one
+  more, the key's event with the smallest ``(t', offset)`` (possibly the new one) is dropped
+  and counted (``StoreStats.dropped_events``); the watermark still moves.
 * after each call: every tumbling/hopping window whose end ``<= watermark - lateness`` and
   that was not closed before is closed and reported (its value over all its accepted
   events); then events with ``t' <= watermark - lateness - largest window`` are evicted.
@@ -68,6 +71,11 @@ class _Partition:
     dirty: set[bytes] = field(default_factory=set)
     late: int = 0
     evicted: int = 0
+    dropped: int = 0
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else math.nan
 
 
 def _window_start(d: FeatureDef, t: int) -> int:
@@ -139,9 +147,13 @@ class ReferenceStore:
                 late[i] = True
                 p.late += 1
                 continue
-            row = {f: float(values[f][i]) for f in self.spec.value_fields}
-            p.events.setdefault(key, []).append(_Event(t, p.seq, row))
+            row = {f: _finite(float(values[f][i])) for f in self.spec.value_fields}
+            kept = p.events.setdefault(key, [])
+            kept.append(_Event(t, p.seq, row))
             p.seq += 1
+            if len(kept) > self.spec.max_events_per_key:
+                kept.remove(min(kept, key=lambda e: (e.t, e.seq)))
+                p.dropped += 1
             p.dirty.add(key)
             p.watermark = t if p.watermark is None else max(p.watermark, t)
         closed = self._close(p)
@@ -200,7 +212,7 @@ class ReferenceStore:
             out.append((key, None if evs is None else
                         json.dumps([[e.t, e.seq, e.values] for e in evs]).encode()))  # fmt: skip
         if p.dirty:
-            meta = [p.watermark, p.seq, p.closed_bound, p.late, p.evicted]
+            meta = [p.watermark, p.seq, p.closed_bound, p.late, p.evicted, p.dropped]
             out.append((_META, json.dumps(meta).encode()))
         p.dirty.clear()
         return out
@@ -212,7 +224,7 @@ class ReferenceStore:
             n += 1
             if key == _META:
                 assert state is not None
-                p.watermark, p.seq, p.closed_bound, p.late, p.evicted = json.loads(state)
+                p.watermark, p.seq, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(state)
             elif state is None:
                 p.events.pop(key, None)
             else:
@@ -225,4 +237,4 @@ class ReferenceStore:
     def stats(self, partition: int) -> StoreStats:
         p = self._part(partition)
         size = sum(len(k) + 48 * len(v) for k, v in p.events.items())
-        return StoreStats(len(p.events), size, p.late, p.evicted, p.watermark)
+        return StoreStats(len(p.events), size, p.late, p.evicted, p.watermark, p.dropped)

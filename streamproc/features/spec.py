@@ -120,6 +120,10 @@ class FeaturesSpec(_Frozen):
     key: tuple[str, ...] = ()
     allowed_lateness_ms: int = Field(0, alias="allowed_lateness")
     closed_topic: str | None = None  # tumbling/hopping aggregates, once their window closes
+    # The bound on memory per key: a key holding this many events drops its oldest (smallest
+    # event time, then offset) for each one added, counted in ``StoreStats.dropped_events``.
+    # Only a key with more events than this within the largest window sees values change.
+    max_events_per_key: int = Field(4096, ge=1, le=1 << 20)
     definitions: tuple[FeatureDef, ...]
 
     @field_validator("allowed_lateness_ms", mode="before")

@@ -1,0 +1,411 @@
+"""The compiled window store: the semantics of ``reference.py`` per batch, in numba kernels
+(``kernels.py``), with the state of each partition in flat numpy arrays.
+
+Per partition, each key has a *slot*; the key's events that can still be seen live in a block
+of an event arena, sorted by (event time, arrival), with running sums beside them. Python
+touches a batch once to map its keys to slots (a dict lookup per event, a new slot per new
+key); everything per event or per key after that is compiled.
+
+Memory per key is bounded by ``FeaturesSpec.max_events_per_key`` (the oldest events beyond it
+are dropped and counted); a key's block is the smallest power of two that holds its events.
+Blocks outgrown or freed leave holes that a compaction reclaims once they are half the arena.
+
+The changelog value of a key is ``n`` then its ``n`` event times then, per value field, its
+``n`` values, as little-endian 8-byte words: 8 + 8 n (1 + fields) bytes; restore rebuilds the
+running sums from them in one compiled pass over all keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import kernels as K
+from .api import ClosedWindow, FeatureResult, StoreStats
+from .spec import FeaturesSpec
+
+_META = b"\x00streamproc.meta"  # the partition's watermark and counters, in the changelog
+_I64 = np.int64
+_F64 = np.float64
+# A key's bytes object, its dict entry and its list entry, roughly (CPython, 64-bit).
+_KEY_OVERHEAD = 120
+# Holes (events' worth of capacity) below which a partition is never compacted; the tests set
+# it to 0 to compact whenever holes are half the arena.
+COMPACT_MIN = 1 << 14
+_A = npt.NDArray[Any]
+# T, V, PSh, PSl, PQh, PQl, PC and bsh, bsl, bqh, bql, bc (see kernels.py)
+_Arena = tuple[_A, _A, _A, _A, _A, _A, _A]
+_Bases = tuple[_A, _A, _A, _A, _A]
+
+
+class _Layout:
+    """The definitions as the arrays the kernels read."""
+
+    def __init__(self, spec: FeaturesSpec) -> None:
+        fields = spec.value_fields
+        defs = spec.definitions
+        prefixed = [f for f in fields if any(d.value == f and d.agg in ("sum", "mean", "std")
+                                             for d in defs)]  # fmt: skip
+        squared = [f for f in prefixed if any(d.value == f and d.agg == "std" for d in defs)]
+        self.nf = len(fields)
+        self.fields = fields
+        self.npr = len(prefixed)
+        self.nq = len(squared)
+        self.pfield = np.array([fields.index(f) for f in prefixed], _I64)
+        self.qrow = np.array([squared.index(f) if f in squared else -1 for f in prefixed], _I64)
+        self.codes = np.array([K.CODES[d.agg] for d in defs], _I64)
+        self.vfield = np.array([-1 if d.value is None else fields.index(d.value) for d in defs],
+                               _I64)  # fmt: skip
+        self.prow = np.array(
+            [prefixed.index(d.value) if d.value in prefixed else -1 for d in defs], _I64
+        )
+        self.qrow_of_def = np.array(
+            [squared.index(d.value) if d.value in squared else -1 for d in defs], _I64
+        )
+        self.units = np.array([float(d.unit_ms) for d in defs], _F64)
+        self.wtype = np.array([K.SLIDING if d.window.type == "sliding" else 1 for d in defs],
+                              _I64)  # fmt: skip
+        self.wsize = np.array([d.window.size_ms for d in defs], _I64)
+        self.wstep = np.array([d.window.step for d in defs], _I64)
+        self.closing = np.array([j for j, d in enumerate(defs) if d.window.type != "sliding"], _I64)
+        self.extremes = any(d.agg in ("min", "max") for d in defs)
+        # arena bytes per event: time, values, running sums (hi, lo, count), squares (hi, lo)
+        self.event_bytes = 8 * (1 + self.nf + 3 * self.npr + 2 * self.nq)
+
+
+class _Part:
+    """One partition's state."""
+
+    def __init__(self, lay: _Layout, slots: int = 64, events: int = 256) -> None:
+        self.lay = lay
+        self.index: dict[bytes, int] = {}
+        self.keys: list[bytes | None] = []
+        self.free: list[int] = []
+        self.gone: set[bytes] = set()  # keys evicted since the last changes()
+        self.key_bytes = 0  # the keys' lengths, summed (stats() stays O(1))
+        self.wm = 0
+        self.has_wm = False
+        self.closed_bound: int | None = None
+        self.late = 0
+        self.evicted = 0
+        self.dropped = 0
+        self.meta_dirty = False
+        self.top = 0
+        self.garbage = 0
+        self._alloc_slots(slots)
+        self._set_arena(*self._new_arena(events))
+
+    # -- arrays --------------------------------------------------------------------------
+
+    def _alloc_slots(self, n: int) -> None:
+        lay = self.lay
+        self.off = np.zeros(n, _I64)
+        self.capb = np.zeros(n, _I64)
+        self.head = np.zeros(n, _I64)
+        self.cnt = np.zeros(n, _I64)
+        self.dirty = np.zeros(n, np.uint8)
+        self.touched = np.zeros(n, _I64)
+        self.bsh = np.zeros((lay.npr, n), _F64)
+        self.bsl = np.zeros((lay.npr, n), _F64)
+        self.bc = np.zeros((lay.npr, n), _I64)
+        self.bqh = np.zeros((lay.nq, n), _F64)
+        self.bql = np.zeros((lay.nq, n), _F64)
+        self.first = np.zeros(n, _I64)  # the time of each key's oldest event
+
+    def _grow_slots(self, n: int) -> None:
+        old = {k: getattr(self, k) for k in _SLOT_ARRAYS}
+        self._alloc_slots(n)
+        for k, a in old.items():
+            getattr(self, k)[..., : a.shape[-1]] = a
+
+    def _new_arena(self, n: int) -> _Arena:
+        lay = self.lay
+        return (
+            np.zeros(n, _I64),
+            np.zeros((lay.nf, n), _F64),
+            np.zeros((lay.npr, n), _F64),
+            np.zeros((lay.npr, n), _F64),
+            np.zeros((lay.nq, n), _F64),
+            np.zeros((lay.nq, n), _F64),
+            np.zeros((lay.npr, n), _I64),
+        )
+
+    def _set_arena(self, *arrays: Any) -> None:
+        self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC = arrays
+        blocks = len(self.T) // K.BLOCK + 1
+        rows = self.lay.nf if self.lay.extremes else 0
+        self.BMx = np.full((rows, blocks), np.nan)
+        self.BMn = np.full((rows, blocks), np.nan)
+
+    @property
+    def arena(self) -> _Arena:
+        return (self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC)
+
+    @property
+    def bases(self) -> _Bases:
+        return (self.bsh, self.bsl, self.bqh, self.bql, self.bc)
+
+    def reserve(self, extra: int) -> None:
+        """Room for ``extra`` more events at the arena's top."""
+        size = len(self.T)
+        if self.top + extra <= size:
+            return
+        new = self._new_arena(max(2 * size, self.top + extra))
+        for a, b in zip(self.arena, new, strict=True):
+            b[..., : self.top] = a[..., : self.top]
+        bmx, bmn = self.BMx, self.BMn
+        self._set_arena(*new)
+        self.BMx[:, : bmx.shape[1]] = bmx
+        self.BMn[:, : bmn.shape[1]] = bmn
+
+    def maybe_compact(self) -> None:
+        if self.garbage <= max(self.top // 2, COMPACT_MIN):
+            return
+        n = len(self.keys)
+        sizes = K.compact_sizes(n, self.cnt, self.capb)
+        new = self._new_arena(max(256, int(sizes.sum()) * 3 // 2))
+        self.top = K.compact(sizes, self.off, self.capb, self.head, self.cnt, *self.arena, *new)
+        self._set_arena(*new)
+        K.rebuild_blocks(n, self.head, self.cnt, self.capb, self.V, self.BMx, self.BMn)
+        self.garbage = 0
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def slots_for(self, keys: Sequence[bytes]) -> npt.NDArray[np.int64]:
+        get = self.index.get
+        sl = [get(k, -1) for k in keys]
+        if -1 in sl:
+            for i, found in enumerate(sl):
+                if found == -1:
+                    k = keys[i]
+                    s = self.index.get(k, -1)  # a new key twice in the batch
+                    sl[i] = s if s != -1 else self._new_slot(k)
+        return np.array(sl, _I64)
+
+    def _new_slot(self, key: bytes) -> int:
+        if self.free:
+            s = self.free.pop()
+            self.keys[s] = key
+        else:
+            s = len(self.keys)
+            if s == len(self.off):
+                self._grow_slots(2 * s)
+            self.keys.append(key)
+        self.index[key] = s
+        self.key_bytes += len(key)
+        return s
+
+    def release(self, slots: npt.NDArray[np.int64], evicted: bool) -> None:
+        for s in slots.tolist():
+            key = self.keys[s]
+            assert key is not None
+            del self.index[key]
+            self.key_bytes -= len(key)
+            self.keys[s] = None
+            self.free.append(s)
+            if evicted:
+                self.gone.add(key)
+                self.evicted += 1
+
+    def nbytes(self) -> int:
+        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched, self.first)
+        arrays = (*self.arena, *self.bases, *slots, self.BMx, self.BMn)
+        return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
+
+
+_SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
+                "bql", "first")  # fmt: skip
+
+
+class CompiledStore:
+    """A :class:`~streamproc.features.api.WindowStore` whose work per batch is compiled."""
+
+    def __init__(self, spec: FeaturesSpec) -> None:
+        self.spec = spec
+        self._lay = _Layout(spec)
+        self._parts: dict[int, _Part] = {}
+
+    def warm(self) -> float:
+        """Compile the kernels (or load them from numba's cache) now, not in the first
+        batch: a throwaway store runs a batch, a changelog and a restore. Returns seconds."""
+        t0 = time.perf_counter()
+        scratch = CompiledStore(self.spec)
+        t = np.array([0, 1, 1], _I64)
+        vals = {f: np.array([1.0, np.nan, 2.0]) for f in self._lay.fields}
+        scratch.process(0, [b"a", b"b", b"a"], t, vals)
+        later = np.array([self.spec.max_window_ms * 3], _I64)  # closes windows, evicts
+        scratch.process(0, [b"a"], later, {f: v[:1] for f, v in vals.items()})
+        CompiledStore(self.spec).restore(0, scratch.changes(0))
+        return time.perf_counter() - t0
+
+    def _part(self, partition: int) -> _Part:
+        p = self._parts.get(partition)
+        if p is None:
+            p = self._parts[partition] = _Part(self._lay)
+        return p
+
+    def process(
+        self,
+        partition: int,
+        keys: Sequence[bytes],
+        event_time_ms: npt.NDArray[np.int64],
+        values: Mapping[str, npt.NDArray[np.float64]],
+    ) -> FeatureResult:
+        p = self._part(partition)
+        lay = self._lay
+        n = len(keys)
+        out = np.empty((n, len(lay.codes)), _F64)
+        late = np.zeros(n, np.bool_)
+        if n:
+            cap = self.spec.max_events_per_key
+            p.maybe_compact()
+            slots = p.slots_for(keys)
+            times = np.ascontiguousarray(event_time_ms, dtype=_I64)
+            vals = np.empty((lay.nf, n), _F64)
+            for f, name in enumerate(lay.fields):
+                vals[f] = values[name]
+            grow, size = K.plan(slots, p.cnt, p.capb, cap, p.touched)
+            if len(grow):
+                p.reserve(int(size.sum()))
+                p.top, freed = K.relocate(grow, size, p.top, p.off, p.capb, p.head, p.cnt,
+                                          *p.arena, p.BMx, p.BMn)  # fmt: skip
+                p.garbage += freed
+            wm, has_wm, n_late, dropped = K.process(
+                slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
+                lay.units, lay.wtype, lay.wsize, lay.wstep, lay.pfield, lay.qrow, p.wm,
+                p.has_wm, self.spec.allowed_lateness_ms, cap, p.off, p.capb, p.head, p.cnt,
+                p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late,
+            )  # fmt: skip
+            p.wm, p.has_wm = int(wm), bool(has_wm)
+            p.late += int(n_late)
+            p.dropped += int(dropped)
+            p.meta_dirty = True
+        closed = self._close(p)
+        self._evict(p)
+        return FeatureResult(out, late, closed)
+
+    def _close(self, p: _Part) -> list[ClosedWindow]:
+        if not p.has_wm:
+            return []
+        bound = p.wm - self.spec.allowed_lateness_ms
+        before = p.closed_bound
+        p.closed_bound = bound
+        lay = self._lay
+        if not len(lay.closing) or (before is not None and bound <= before):
+            return []
+        z = np.empty(0, _I64)
+        args: tuple[Any, ...] = (
+            before or 0, before is not None, bound, len(p.keys), lay.closing, lay.codes,
+            lay.vfield, lay.prow, lay.qrow_of_def, lay.units, lay.wsize, lay.wstep,
+            self.spec.max_events_per_key, p.head, p.cnt, p.capb, *p.arena, *p.bases, p.BMx,
+            p.BMn,
+        )  # fmt: skip
+        k = K.close(False, *args, z, z, z, np.empty(0, _F64), z)  # type: ignore[call-arg]
+        if not k:
+            return []
+        o_def, o_slot, o_start, o_events = (np.empty(k, _I64) for _ in range(4))
+        o_value = np.empty(k, _F64)
+        K.close(True, *args, o_def, o_slot, o_start, o_value, o_events)  # type: ignore[call-arg]
+        names = self.spec.names
+        keys = p.keys
+        closed = [
+            ClosedWindow(names[j], keys[s], st, st + int(lay.wsize[j]), v, e)  # type: ignore[arg-type]
+            for j, s, st, v, e in zip(o_def.tolist(), o_slot.tolist(), o_start.tolist(),
+                                      o_value.tolist(), o_events.tolist(), strict=True)
+        ]  # fmt: skip
+        order = {name: i for i, name in enumerate(names)}
+        closed.sort(key=lambda c: (order[c.feature], c.key, c.start_ms))
+        return closed
+
+    def _evict(self, p: _Part) -> None:
+        if not p.has_wm:
+            return
+        cut = p.wm - self.spec.allowed_lateness_ms - self.spec.max_window_ms
+        gone, orphans, freed = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
+                                       p.T, p.PSh, p.PSl, p.PQh, p.PQl, p.PC,
+                                       *p.bases, p.first)  # fmt: skip
+        p.garbage += int(freed)
+        if len(gone):
+            p.release(gone, evicted=True)
+        if len(orphans):
+            p.release(orphans, evicted=False)
+
+    # -- changelog ---------------------------------------------------------------------------
+
+    def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        p = self._part(partition)
+        nf = self._lay.nf
+        sel = np.flatnonzero(p.dirty[: len(p.keys)]).astype(_I64)
+        p.dirty[sel] = 0
+        words = 1 + p.cnt[sel] * (1 + nf)
+        ends = np.cumsum(words)
+        starts = ends - words
+        buf = np.empty(int(ends[-1]) if len(ends) else 0, _I64)
+        K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts)
+        raw = buf.tobytes()
+        keys = p.keys
+        out: list[tuple[bytes, bytes | None]] = [
+            (keys[s], raw[8 * a : 8 * b])  # type: ignore[misc]
+            for s, a, b in zip(sel.tolist(), starts.tolist(), ends.tolist(), strict=True)
+        ]
+        index = p.index
+        out.extend((k, None) for k in p.gone if k not in index)
+        p.gone.clear()
+        if out or p.meta_dirty:
+            meta = [p.wm if p.has_wm else None, p.closed_bound, p.late, p.evicted, p.dropped]
+            out.append((_META, json.dumps(meta).encode()))
+        p.meta_dirty = False
+        return out
+
+    def restore(self, partition: int, entries: Iterable[tuple[bytes, bytes | None]]) -> int:
+        lay = self._lay
+        latest: dict[bytes, bytes | None] = {}
+        meta: bytes | None = None
+        n = 0
+        for key, state in entries:
+            n += 1
+            if key == _META:
+                meta = state
+            else:
+                latest[key] = state
+        keys = [k for k, v in latest.items() if v is not None]
+        blobs = [v for v in latest.values() if v is not None]
+        p = _Part(lay, slots=max(64, len(keys)), events=64)
+        raw = b"".join(blobs)
+        words = np.frombuffer(raw, _I64)
+        lens = np.fromiter(map(len, blobs), _I64, len(blobs)) // 8
+        starts = np.cumsum(lens) - lens
+        sizes = K.restore_sizes(words, starts)
+        p.reserve(int(sizes.sum()))
+        p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
+                               p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
+                               p.first)  # fmt: skip
+        K.rebuild_blocks(len(keys), p.head, p.cnt, p.capb, p.V, p.BMx, p.BMn)
+        p.keys = list(keys)
+        p.index = dict(zip(keys, range(len(keys)), strict=True))
+        p.key_bytes = sum(map(len, keys))
+        if meta is not None:
+            wm, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(meta)
+            p.has_wm = wm is not None
+            p.wm = wm or 0
+        self._parts[partition] = p
+        return n
+
+    def revoke(self, partition: int) -> None:
+        self._parts.pop(partition, None)
+
+    def stats(self, partition: int) -> StoreStats:
+        p = self._part(partition)
+        return StoreStats(
+            keys=len(p.index),
+            bytes=p.nbytes(),
+            late_events=p.late,
+            evicted_keys=p.evicted,
+            watermark_ms=p.wm if p.has_wm else None,
+            dropped_events=p.dropped,
+        )
