@@ -669,6 +669,7 @@ def process(
     scratch = np.empty(max(cap, 1), np.float64)
     n_late = 0
     dropped = 0
+    max_size = wsize.max() if nd else 0
     for i in range(len(slots)):
         s = slots[i]
         t = times[i]
@@ -677,8 +678,12 @@ def process(
         b = _upper(T, h, e, t)
         last_lo = t + 1
         a = b
+        # What eviction may already have removed is never seen, evicted or not: a late
+        # event's values do not depend on where the batch boundaries fell.
+        floor_t = wm - lateness - max_size + 1 if has_wm else times[i] - max_size - 1
         for j in range(nd):
             lo_t = t - wsize[j] + 1 if wtype[j] == SLIDING else _floor_to(t, wstep[j])
+            lo_t = max(lo_t, floor_t)
             if lo_t != last_lo:  # definitions over the same window share the search
                 a = _lower(T, h, b, lo_t)
                 last_lo = lo_t

@@ -25,6 +25,9 @@ time ``t`` and a definition with window ``w``:
 * after each call: every tumbling/hopping window whose end ``<= watermark - lateness`` and
   that was not closed before is closed and reported (its value over all its accepted
   events); then events with ``t' <= watermark - lateness - largest window`` are evicted.
+  An event never sees such events (the watermark as it stands before the event), evicted
+  yet or not, so values do not depend on how the stream was cut into batches (a late
+  event's window may reach below that line; on-time events' windows never do).
 
 >>> from streamproc.features.spec import FeaturesSpec
 >>> spec = FeaturesSpec.model_validate({"definitions": [
@@ -140,8 +143,15 @@ class ReferenceStore:
         for i, key in enumerate(keys):
             t = int(event_time_ms[i])
             history = p.events.get(key, [])
+            # Events at or below watermark - lateness - largest window are never seen, evicted
+            # or not: a late event's values do not depend on where batches were cut.
+            floor = (
+                None
+                if p.watermark is None
+                else p.watermark - lateness - self.spec.max_window_ms + 1
+            )
             for j, d in enumerate(defs):
-                lo = _window_start(d, t)
+                lo = _window_start(d, t) if floor is None else max(_window_start(d, t), floor)
                 out[i, j] = _aggregate(d, t, [e for e in history if lo <= e.t <= t])
             if p.watermark is not None and t < p.watermark - lateness:
                 late[i] = True

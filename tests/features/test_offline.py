@@ -105,7 +105,10 @@ def _expected(spec: FeaturesSpec, events: list[SourceEvent]) -> dict[tuple[int, 
 
 
 def _same(a: list[float], b: list[float]) -> bool:
-    return all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
+    """Equal within 1e-9: sum, mean and std come from running sums in the compiled store
+    and a fresh sum in the reference (the differential tests hold the others exact)."""
+    return all((math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
+               for x, y in zip(a, b, strict=True))  # fmt: skip
 
 
 def _assert_same(got: dict[Any, list[float]], expected: dict[Any, list[float]]) -> None:
@@ -122,18 +125,15 @@ def _got(rows: list[dict[str, Any]], spec: FeaturesSpec) -> dict[tuple[int, int]
 @given(seed=st.integers(0, 2**32 - 1), batch=st.sampled_from([1, 3, 17, 4096]),
        partitions=st.integers(1, 3))  # fmt: skip
 def test_backfill_equals_the_reference_per_partition(seed: int, batch: int, partitions: int):
-    """Every on-time event's values equal the reference's (one call per partition) at any
-    batch size; with one call per partition (4096) every value does, late events' too.
-    (A late event's values can depend on the calls: the reference evicts after each call,
-    and a late event reads the state as it stands.)"""
+    """Every event's values, late events' too, equal the reference's with one call per
+    partition, at any batch size: the store is batch-invariant."""
     events = _stream(seed, 120, partitions)
     report = BackfillReport()
     rows = list(backfill_rows(SPEC, events, batch_size=batch, report=report))
     expected, late = _reference(SPEC, events)
     got = _got(rows, SPEC)
     assert got.keys() == expected.keys()
-    compared = [k for k in expected if batch >= len(events) or k not in late]
-    bad = [k for k in compared if not _same(got[k], expected[k])]
+    bad = [k for k in expected if not _same(got[k], expected[k])]
     assert not bad, (bad[:3], [got[k] for k in bad[:3]], [expected[k] for k in bad[:3]])
     assert report.events_read == report.rows == len(events)
     assert report.late_events == len(late)

@@ -210,3 +210,26 @@ def test_open_store_is_the_compiled_store_and_warms_without_state() -> None:
     assert isinstance(store, CompiledStore)
     assert store.warm() >= 0
     assert store.changes(0) == [] and store.stats(0).keys == 0
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs(), data=streams())
+def test_values_do_not_depend_on_where_batches_are_cut(
+    spec: FeaturesSpec, data: dict[str, Any]
+) -> None:
+    # Online batches and an offline backfill cut the same partition differently: late
+    # events included, each event's values must be the same either way.
+    whole: list[FeatureResult] = []
+    cut: list[FeatureResult] = []
+    for make, out, bounds in ((ReferenceStore, whole, [(0, len(data["t"]))]),
+                              (CompiledStore, cut, data["bounds"])):  # fmt: skip
+        store = make(spec)
+        for lo, hi in bounds:
+            out.append(store.process(0, data["keys"][lo:hi], data["t"][lo:hi],
+                                     {"x": data["x"][lo:hi], "y": data["y"][lo:hi]}))  # fmt: skip
+    scale = _scale(np.concatenate([data["x"], data["y"]]))
+    want = FeatureResult(np.concatenate([r.values for r in whole]),
+                         np.concatenate([r.late for r in whole]))  # fmt: skip
+    got = FeatureResult(np.concatenate([r.values for r in cut]),
+                        np.concatenate([r.late for r in cut]))  # fmt: skip
+    _assert_values(spec, want, got, scale)
