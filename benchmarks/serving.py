@@ -3,6 +3,9 @@ load generator, same concurrency and rows per request.
 
     python benchmarks/serving.py --quick      # prints one JSON object
 
+It also runs benchmarks/backfill.py's measurement (``streamproc score`` over a topic range
+against the in-process core rate) and merges its keys into the same object.
+
 Both servers run the ONNX model deploy/models/fraud/1.1.0 on the CPU with one intra-op
 thread, each in its own process on this machine; the load generator is Debian's ``hey``
 (``apt-get install -y hey``), run the same way against both: ``-c`` connections for
@@ -215,11 +218,12 @@ def main() -> None:
     ap.add_argument("--bentoml-max-latency-ms", type=int, default=60_000,
                     help="BentoML's max_latency_ms (its default: 60 s)")  # fmt: skip
     ap.add_argument("--bentoml-python", default=str(BENTO_PY))
-    ap.add_argument("--only", choices=["streamproc", "bentoml"])
+    ap.add_argument("--only", choices=["streamproc", "bentoml", "backfill"])
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.warmup = 5.0, 2.0
-    if shutil.which("hey") is None:
+    http = args.only != "backfill"
+    if http and shutil.which("hey") is None:
         sys.exit("hey is not installed: apt-get install -y hey")
     x = rows(args.rows)
     from streamproc.backends.onnx import OnnxRuntimeBackend
@@ -230,18 +234,26 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "load_generator": "hey", "concurrency": args.concurrency, "rows_per_request": args.rows,
         "model": str(MODEL_DIR.relative_to(ROOT)),
-        "versions": {"bentoml": _version(args.bentoml_python, "bentoml")},
+        "versions": {"bentoml": _version(args.bentoml_python, "bentoml")
+                     if args.only in (None, "bentoml") else None},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as d:
         tmp = Path(d)
         for name, run in (("streamproc_http", streamproc_http), ("bentoml_http", bentoml_http)):
-            if args.only and not name.startswith(args.only):
+            if args.only and not name.startswith(args.only):  # backfill: no HTTP
                 continue
             r = run(args, x, tmp)
             scores = r.pop("scores", None)
             if scores is not None:  # both must serve the model's own scores
                 r["scores_match_onnx"] = bool(np.allclose(scores, want, rtol=1e-5, atol=1e-6))
             out[name] = r
+    if args.only in (None, "backfill"):
+        # `streamproc score` over a topic range against the in-process core, same run
+        # (benchmarks/backfill.py): backfill_events_per_s, core_events_per_s and ratios.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import backfill
+
+        out.update(backfill.measure(args.quick))
     sp, bm = out.get("streamproc_http", {}), out.get("bentoml_http", {})
     if "requests_per_s" in sp and "requests_per_s" in bm:
         out["throughput_ratio"] = round(sp["requests_per_s"] / bm["requests_per_s"], 2)
