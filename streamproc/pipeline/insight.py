@@ -54,9 +54,6 @@ class KeyTap(Scorer):
         self.inner = inner
         self.last: tuple[Sequence[bytes | None], Scored] | None = None
 
-    def __getattr__(self, name: str) -> Any:  # a rollout scorer's guard, backend, ...
-        return getattr(self.inner, name)
-
     @property
     def primary(self) -> ModelSpec:
         return self.inner.primary
