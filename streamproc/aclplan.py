@@ -25,6 +25,12 @@ from typing import Literal
 
 from streamproc.config import PipelineConfig
 from streamproc.errors import ConfigError
+from streamproc.features.spec import (
+    FeaturesSpec,
+    changelog_topic,
+    repartition_group,
+    repartition_topic,
+)
 from streamproc.rollout.replicas import replicas_topic
 from streamproc.rollout.store import audit_topic
 
@@ -68,8 +74,13 @@ def plan(
     *,
     group_prefix: str = READER_GROUP_PREFIX,
     create_topics: bool = False,
+    model: str = "",
+    features: FeaturesSpec | None = None,
 ) -> list[AclEntry]:
-    """The ACLs ``principal`` needs to act as ``role`` for the pipeline, sorted, unique."""
+    """The ACLs ``principal`` needs to act as ``role`` for the pipeline, sorted, unique.
+    ``model`` and ``features``: the pipeline model's name and ``features`` section, whose
+    window store writes and reads a changelog topic (the processor creates it at start),
+    re-keys an input through a repartition topic and may send closed windows to a topic."""
     _check_principal(principal)
     t = cfg.topics
     out: set[AclEntry] = set()
@@ -97,10 +108,20 @@ def plan(
         group(cfg.group_id, "LITERAL")
         group(f"{cfg.group_id}-", "PREFIXED")  # <group>-labels-<instance>
         group(CONTROL_GROUP_PREFIX, "PREFIXED")
+        if features is not None:
+            changelog = changelog_topic(cfg.group_id, model)
+            topic(changelog, "READ", "WRITE", "DESCRIBE", "CREATE")  # created at start
+            if features.key:
+                topic(repartition_topic(t.input, model), "READ", "WRITE", "DESCRIBE", "CREATE")
+                group(repartition_group(cfg.group_id), "LITERAL")
+            if features.closed_topic:
+                topic(features.closed_topic, "WRITE", "DESCRIBE", "CREATE")
         txns: list[tuple[str, Literal["LITERAL", "PREFIXED"]]] = [(CONTROL_TXN_PREFIX, "PREFIXED")]
         if cfg.delivery.guarantee == "exactly-once":
             txn = cfg.delivery.transactional_id
             txns.append((txn, "LITERAL") if txn else (f"{cfg.group_id}-", "PREFIXED"))
+            if txn and features is not None and features.key:  # the repartition stage's
+                txns.append((f"{txn}.repartition", "LITERAL"))
         for name, pattern in txns:
             out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "WRITE", principal))
             out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "DESCRIBE", principal))

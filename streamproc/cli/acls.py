@@ -59,7 +59,12 @@ def _plan(
     resolved = get_deps(ctx).pipeline(config, bootstrap, need=need, kafka_config=kafka_config)
     cfg = resolved.config
     r: Role = role  # type: ignore[assignment]  # checked against ROLES above
-    return plan(cfg, principal, r, group_prefix=group_prefix, create_topics=create_topics), cfg
+    from streamproc.models.spec import load_model_spec
+
+    spec = load_model_spec(cfg.model)  # its window store's topics, if it has features
+    entries = plan(cfg, principal, r, group_prefix=group_prefix, create_topics=create_topics,
+                   model=spec.name, features=spec.features)  # fmt: skip
+    return entries, cfg
 
 
 def _show(entries: list[AclEntry], output: Output) -> None:

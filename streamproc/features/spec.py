@@ -155,3 +155,18 @@ class FeaturesSpec(_Frozen):
     @property
     def max_window_ms(self) -> int:
         return max(d.window.size_ms for d in self.definitions)
+
+
+def changelog_topic(group_id: str, model: str) -> str:
+    """The compacted changelog topic of the window store of ``model`` in ``group_id``."""
+    return f"{group_id}.{model}.features-changelog"
+
+
+def repartition_topic(input_topic: str, model: str) -> str:
+    """The internal topic an input not keyed by the feature key is re-keyed through."""
+    return f"{input_topic}.repartition.{model}"
+
+
+def repartition_group(group_id: str) -> str:
+    """The consumer group of the repartition stage."""
+    return f"{group_id}.repartition"

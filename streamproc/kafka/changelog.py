@@ -49,11 +49,6 @@ CHANGELOG_TOPIC_CONFIG: dict[str, str] = {
 }
 
 
-def changelog_topic(group_id: str, model: str) -> str:
-    """The changelog topic of the window store of ``model`` in consumer group ``group_id``."""
-    return f"{group_id}.{model}.features-changelog"
-
-
 def ensure_changelog(conn: Connection, topic: str, partitions: int) -> None:
     """Create the compacted changelog topic if it does not exist."""
     Admin(conn).ensure_topics([topic], partitions=partitions, config=CHANGELOG_TOPIC_CONFIG)

@@ -15,6 +15,7 @@ from streamproc.backends.nvml import gpu_stats as gpus
 from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
 from streamproc.errors import ModelError, StreamprocError
+from streamproc.features.spec import changelog_topic, repartition_group, repartition_topic
 from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
 from streamproc.kafka.feedback import FeedbackReader
@@ -226,7 +227,7 @@ def build_features(
     if spec.features is None:
         return None
     from streamproc.features.factory import open_store
-    from streamproc.kafka.changelog import ChangelogReader, changelog_topic, ensure_changelog
+    from streamproc.kafka.changelog import ChangelogReader, ensure_changelog
 
     check_feature_fields(spec)
     t = cfg.topics
@@ -251,7 +252,7 @@ def build_repartition(
     fields): the topic it writes, and its runner (see :mod:`.repartition`)."""
     from streamproc.kafka.clients import FramedDecoder
 
-    from .repartition import RepartitionHandler, repartition_topic
+    from .repartition import RepartitionHandler
 
     assert spec.features is not None
     t = cfg.topics
@@ -259,7 +260,7 @@ def build_repartition(
     topic = repartition_topic(t.input, spec.name)
     admin.ensure_topics([topic], partitions=admin.partitions(t.input))
     eos = cfg.delivery.guarantee == "exactly-once"
-    group = f"{cfg.group_id}.repartition"
+    group = repartition_group(cfg.group_id)
     runner = KafkaRunner(
         consumer_conf=consumer_config(cfg.kafka, group, eos, instance_id=f"{instance}.repartition"),
         producer_conf=producer_config(cfg.kafka, f"{txn_id}.repartition" if eos else None),

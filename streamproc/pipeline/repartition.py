@@ -26,10 +26,6 @@ class RecordDecoder(Protocol):
     def decode(self, payload: bytes) -> tuple[int, dict[str, Any]]: ...
 
 
-def repartition_topic(input_topic: str, model: str) -> str:
-    return f"{input_topic}.repartition.{model}"
-
-
 def feature_key(record: dict[str, Any], fields: Sequence[str]) -> bytes | None:
     """The key of a record: its key fields' values joined by ``|`` (None: one is null).
 

@@ -47,3 +47,27 @@ def test_readers_only_read(role: str, topic: str) -> None:
 def test_a_principal_needs_a_type() -> None:
     with pytest.raises(ConfigError, match="TYPE:NAME"):
         plan(_cfg(), "alice")
+
+
+def test_a_model_with_windowed_features_adds_its_store_topics() -> None:
+    from streamproc.features.spec import FeaturesSpec
+
+    count = {"name": "n", "agg": "count", "window": {"size": "1h"}}
+    plain = FeaturesSpec.model_validate({"definitions": [count]})
+    keyed = FeaturesSpec.model_validate({"key": ["account_id"], "closed_topic": "tx.windows",
+                                         "definitions": [count]})  # fmt: skip
+    assert plan(_cfg(), "User:p", model="fraud") == plan(_cfg(), "User:p")  # no features
+
+    def topics(features: FeaturesSpec) -> set[tuple[str, str]]:
+        acls = plan(_cfg(), "User:p", model="fraud", features=features)
+        return {(e.name, e.operation) for e in acls if e.resource_type == "TOPIC"}
+
+    changelog = "streamproc-fraud.fraud.features-changelog"
+    assert {(changelog, op) for op in ("READ", "WRITE", "CREATE")} <= topics(plain)
+    assert not any(name.startswith("tx.repartition") for name, _ in topics(plain))
+    got = topics(keyed)
+    assert {("tx.repartition.fraud", "READ"), ("tx.repartition.fraud", "WRITE"),
+            ("tx.windows", "WRITE")} <= got and ("tx.windows", "READ") not in got  # fmt: skip
+    groups = {e.name for e in plan(_cfg(), "User:p", model="fraud", features=keyed)
+              if e.resource_type == "GROUP"}  # fmt: skip
+    assert "streamproc-fraud.repartition" in groups
