@@ -44,6 +44,9 @@ WHAT = {
 }
 
 
+OTHERS = "<!-- Sections below come from other benchmarks; throughput.py keeps them. -->"
+
+
 def _streamproc_protocol() -> str:
     """How this tree's KafkaRunner commits at-least-once (it has changed over time)."""
     from streamproc.kafka.runner import RunnerSettings
@@ -431,4 +434,9 @@ def write_results(path: Path, full: dict[str, Any]) -> None:
     gpu = BENCH / "GPU.md"  # GPU measurements (or the plain statement that none exist yet)
     if gpu.exists():
         lines += ["", gpu.read_text().rstrip()]
+    # Other benchmarks (scaling, insight, serving, backfill, windows) append their sections
+    # after the marker: a new throughput report replaces only what comes before it.
+    kept = path.read_text().partition(OTHERS)[2] if path.exists() else ""
+    if kept:
+        lines += ["", OTHERS + kept.rstrip("\n")]
     path.write_text("\n".join(lines) + "\n")
