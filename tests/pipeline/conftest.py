@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
 
 
+# A Faust worker entry point (test_faust.py runs it in a subprocess, configured by its
+# environment): not a test module, and importing it without that environment fails.
+collect_ignore = ["faust_app.py"]
+
+
 @pytest.fixture
 def pipeline_config_factory(kafka, schema_registry) -> Callable[..., PipelineConfig]:
     def make(guarantee: str = "at-least-once", partitions: int = 2, **over: Any) -> PipelineConfig:
