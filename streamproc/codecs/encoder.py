@@ -370,10 +370,7 @@ class PredictionEncoder:
         proc = zigzag_varint(int(processed_time_ms))
         times = np.asarray(event_time_ms, dtype=np.int64).tolist()
         rows = _tail(features, outlier, n)
-        if rows.shape[0] == 1:
-            tails = [rows.tobytes()] * n
-        else:
-            tails = [r.tobytes() for r in rows]
+        tails = [rows.tobytes()] * n if rows.shape[0] == 1 else [r.tobytes() for r in rows]
         out: list[bytes] = []
         label_bytes = self._label
         pack = _DOUBLE.pack
@@ -487,9 +484,9 @@ __all__ = [
     "IndexedLabels",
     "PredictionEncoder",
     "avro_string",
-    "outlier_tail",
     "decode_prediction",
     "decode_record",
     "encode_record",
+    "outlier_tail",
     "zigzag_varint",
 ]

@@ -256,7 +256,9 @@ def test_prediction_outlier_score_compiled_python_and_reference_agree(n, with_fe
     """``insight.outliers``: each event's outlier score follows the features map, the same
     bytes on the three paths (union branch 1, then the double); None: the field is null."""
     ids, keys, scores, labels, times = _batch(n, 2, seed=n)
-    feats = encoder.Features(["a", "b"], np.arange(2.0 * n).reshape(n, 2)) if with_features else None
+    feats = (
+        encoder.Features(["a", "b"], np.arange(2.0 * n).reshape(n, 2)) if with_features else None
+    )
     outlier = np.random.default_rng(n).exponential(3.0, size=n)
     outlier[0] = np.inf
     enc = PredictionEncoder(8)
