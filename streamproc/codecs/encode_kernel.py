@@ -55,7 +55,8 @@ def encode_predictions(  # type: ignore[no-untyped-def]
 ):  # fmt: skip
     """Write each record (header, event_id, key, model name+version, score, scores,
     label, event_time, processed_time, latency_ms, then ``tail``: row ``i`` of it, or its
-    only row for every record: the ``features`` field); returns the bytes written."""
+    only row for every record: the ``features`` and ``outlier_score`` fields); returns the
+    bytes written."""
     tmp = np.zeros(8, np.uint8)
     f64 = tmp.view(np.float64)
     f32 = tmp[:4].view(np.float32)

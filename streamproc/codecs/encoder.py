@@ -33,7 +33,8 @@ from streamproc.codecs.wire import HEADER_SIZE, frame, header, unframe
 from streamproc.types import JoinedIds
 
 _DOUBLE = struct.Struct("<d")
-_NULL_TAIL = np.zeros((1, 1), np.uint8)  # the features field when off: union branch null
+# The features and outlier_score fields when both are off: union branch null twice.
+_NULL_TAIL = np.zeros((1, 2), np.uint8)
 
 
 class Features:
@@ -75,6 +76,37 @@ class Features:
 
     def record(self, i: int) -> dict[str, float]:
         return dict(zip(self.names, self.values[i].tolist(), strict=True))
+
+
+def outlier_tail(outlier: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
+    """Each event's ``outlier_score`` field, one row per event: union branch 1 (the
+    zigzag varint 1, byte 2), then the little-endian double.
+
+    >>> outlier_tail(np.array([1.5])).tobytes() == b"\\x02" + _DOUBLE.pack(1.5)
+    True
+    """
+    values = np.ascontiguousarray(outlier, dtype="<f8")
+    n = len(values)
+    out = np.empty((n, 9), np.uint8)
+    out[:, 0] = 2
+    out[:, 1:] = values.view(np.uint8).reshape(n, 8)
+    return out
+
+
+def _tail(
+    features: Features | None, outlier: npt.NDArray[np.floating[Any]] | None, n: int
+) -> npt.NDArray[np.uint8]:
+    """The per-record tail after ``latency_ms``: the ``features`` then the ``outlier_score``
+    field, one row per event (or one row for all when both are null)."""
+    if features is None and outlier is None:
+        return _NULL_TAIL
+    feats = _NULL_TAIL[:, :1] if features is None else _rows(features, n).tail()
+    if outlier is None:
+        return np.concatenate([feats, np.zeros((n, 1), np.uint8)], axis=1)
+    if len(outlier) != n:
+        raise ValueError(f"outlier scores for {len(outlier)} events, {n} expected")
+    return np.concatenate([np.broadcast_to(feats, (n, feats.shape[1])), outlier_tail(outlier)],
+                          axis=1)  # fmt: skip
 
 
 def zigzag_varint(n: int) -> bytes:
@@ -238,11 +270,13 @@ class PredictionEncoder:
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
         features: Features | None = None,
+        outlier: npt.NDArray[np.floating[Any]] | None = None,
     ) -> list[bytes]:
         """One framed Prediction per event; ``latency_ms = processed_time - event_time``.
 
         Written by a numba kernel; strings holding a NUL character take the Python path
-        (:meth:`encode_python`), which gives the same bytes.
+        (:meth:`encode_python`), which gives the same bytes. ``outlier``: each event's
+        ``outlier_score`` (None: the field is null).
         """
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if scores.ndim != 2:
@@ -278,14 +312,14 @@ class PredictionEncoder:
         ):
             return self.encode_python(
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
-                event_time_ms, processed_time_ms, features,
+                event_time_ms, processed_time_ms, features, outlier,
             )  # fmt: skip
         if None in keys:
             present = np.fromiter((x is not None for x in keys), np.bool_, n)
         else:
             present = np.ones(n, np.bool_)
         model = self._model_bytes(model_name, model_version)
-        tail = _NULL_TAIL if features is None else _rows(features, n).tail()
+        tail = _tail(features, outlier, n)
         # header, 6 varints, union index, score, array end, latency: an exact upper bound
         per_event = HEADER_SIZE + 10 * 6 + 1 + 8 + 1 + 8 + len(model) + 4 * k
         # every label fits in all the names joined: a bound for an index into them
@@ -312,6 +346,7 @@ class PredictionEncoder:
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
         features: Features | None = None,
+        outlier: npt.NDArray[np.floating[Any]] | None = None,
     ) -> list[bytes]:
         """The same bytes as :meth:`encode`, built with numpy and ``bytes.join``."""
         scores = np.ascontiguousarray(scores, dtype=np.float32)
@@ -334,11 +369,8 @@ class PredictionEncoder:
         model = self._model_bytes(model_name, model_version)
         proc = zigzag_varint(int(processed_time_ms))
         times = np.asarray(event_time_ms, dtype=np.int64).tolist()
-        if features is None:
-            tails = [b"\x00"] * n
-        else:
-            rows = _rows(features, n).tail()
-            tails = [r.tobytes() for r in rows]
+        rows = _tail(features, outlier, n)
+        tails = [rows.tobytes()] * n if rows.shape[0] == 1 else [r.tobytes() for r in rows]
         out: list[bytes] = []
         label_bytes = self._label
         pack = _DOUBLE.pack
@@ -374,6 +406,7 @@ class PredictionEncoder:
         event_time_ms: npt.NDArray[np.int64],
         processed_time_ms: int,
         features: Features | None = None,
+        outlier: npt.NDArray[np.floating[Any]] | None = None,
     ) -> list[bytes]:
         """The same records written by fastavro (slower; the reference for tests)."""
         out = []
@@ -394,6 +427,7 @@ class PredictionEncoder:
                 "processed_time": int(processed_time_ms),
                 "latency_ms": float(processed_time_ms - t),
                 "features": None if features is None else features.record(i),
+                "outlier_score": None if outlier is None else float(outlier[i]),
             }
             out.append(encode_record("Prediction", self.schema_id, record))
         return out
@@ -453,5 +487,6 @@ __all__ = [
     "decode_prediction",
     "decode_record",
     "encode_record",
+    "outlier_tail",
     "zigzag_varint",
 ]

@@ -31,7 +31,7 @@ from streamproc.types import BatchHandlerLike
 from .alerting import AlertRouter
 from .features import FeatureStage
 from .handler import BatchHandler, Monitor, OutputTopics, SchemaIds
-from .insight import wire_insight
+from .insight import row_scores, wire_insight
 from .monitoring import StreamMonitor, VersionedMonitor, build_monitor, load_profile
 from .scoring import Scorer
 
@@ -387,6 +387,7 @@ def build_processor(
         redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
         features=features,
         include_features=cfg.outputs.include_features,
+        row_scores=row_scores(monitor),  # insight.outliers: predictions carry outlier_score
     )
     runner = KafkaRunner(
         consumer_conf=consumer_config(cfg.kafka, cfg.group_id, eos, instance_id=instance),

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from streamproc import lineage
 from streamproc.codecs.encoder import Features, IndexedLabels, PredictionEncoder
 from streamproc.errors import StreamprocError
+from streamproc.models.spec import ModelSpec
 from streamproc.personal import Redactor
 from streamproc.telemetry import BatchStats, CountingSensor, Sensor
 from streamproc.types import (
@@ -62,6 +63,19 @@ class Monitor(Protocol):
 
 class NullMonitor(Monitor):
     """No drift monitoring: :meth:`Monitor.observe`'s default."""
+
+
+class RowScores(Protocol):
+    """Per-event scores the predictions carry as ``outlier_score`` (``insight.outliers``:
+    :class:`~streamproc.pipeline.insight.InsightMonitor`). Called once per batch, before
+    encoding and before :meth:`Monitor.observe`, on the same thread."""
+
+    def scores(
+        self, features: npt.NDArray[np.float32], spec: ModelSpec
+    ) -> npt.NDArray[np.float64] | None:
+        """One score per row of ``features`` (the batch's scored events), or None: the
+        field stays null. ``spec``: the stable version."""
+        ...
 
 
 class RejectedLabels(Protocol):
@@ -131,6 +145,7 @@ class BatchHandler(BatchHandlerLike):
         clock_ms: Callable[[], float] = lambda: time.time() * 1000.0,
         features: FeatureStage | None = None,
         include_features: bool = False,
+        row_scores: RowScores | None = None,
     ) -> None:
         self.decoder = decoder
         self.scorer = scorer
@@ -149,6 +164,7 @@ class BatchHandler(BatchHandlerLike):
         # Windowed features (the decoder then reads the event fields only: see .features).
         self.features = features
         self.include_features = include_features  # predictions carry the model's inputs
+        self.row_scores = row_scores  # predictions carry an outlier score
         self._last_snapshot = -float("inf")  # the first batch sends one, then every interval
         self._encoders: dict[str, PredictionEncoder] = {}
 
@@ -286,17 +302,22 @@ class BatchHandler(BatchHandlerLike):
         out: Outputs,
         by_version: dict[str, int],
     ) -> None:
+        outlier = None
+        if self.row_scores is not None:  # one call for the batch, before any is encoded
+            x = dec.features if len(ok_rows) == len(dec) else dec.features[ok_rows]
+            outlier = self.row_scores.scores(x, self.scorer.primary)
         for vi, spec in enumerate(scored.versions):
             sel = np.flatnonzero(scored.version_index == vi)
             if not len(sel):
                 continue
             rows = ok_rows[sel]
             self._emit(raw, dec, rows, spec, scored.scores[sel], now_ms, out,
-                       self.topics.predictions)  # fmt: skip
+                       self.topics.predictions, _pick(outlier, sel))  # fmt: skip
             by_version[spec.version] = len(rows)
             out.n_predictions += len(rows)
         for spec, sel, scores in scored.shadow:
-            self._emit(raw, dec, ok_rows[sel], spec, scores, now_ms, out, self.topics.shadow)
+            self._emit(raw, dec, ok_rows[sel], spec, scores, now_ms, out, self.topics.shadow,
+                       _pick(outlier, sel))  # fmt: skip
 
     def _emit(
         self,
@@ -308,6 +329,7 @@ class BatchHandler(BatchHandlerLike):
         now_ms: int,
         out: Outputs,
         topic: str,
+        outlier: npt.NDArray[np.float64] | None = None,
     ) -> None:
         o = spec.outputs
         # The two labels and which one each event gets: no string per event.
@@ -333,6 +355,7 @@ class BatchHandler(BatchHandlerLike):
             dec.event_time_ms[rows],
             now_ms,
             feats,
+            outlier,
         )
         # Lineage, the same on every record of a block: model, version, batch and writer
         # schema id, packed in one header (streamproc.lineage: each header costs the client
@@ -412,3 +435,12 @@ class BatchHandler(BatchHandlerLike):
             processor=self.processor_id, pipeline=self.pipeline, spec=self.scorer.primary,
             now_ms=now_ms,
         )  # fmt: skip
+
+
+def _pick(
+    values: npt.NDArray[np.float64] | None, sel: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64] | None:
+    """``values[sel]``; no copy when ``sel`` takes them all in order (one version)."""
+    if values is None or len(sel) == len(values):
+        return values
+    return values[sel]

@@ -6,6 +6,11 @@ the scorer is wrapped in a :class:`KeyTap`, which keeps the keys and the :class:
 the batch whose scores were just collected; :meth:`BatchHandler.finish` collects them right
 before it calls the monitor, on the same thread, so the two always belong to one batch.
 
+With ``insight.outliers`` on, the monitor is also the handler's
+:class:`~streamproc.pipeline.handler.RowScores` (:func:`row_scores`): the handler asks it for
+the batch's outlier scores before encoding, so each prediction carries its ``outlier_score``,
+and :meth:`InsightMonitor.observe` feeds the outlier-share alert those same scores.
+
 Explanations are a side output: the :class:`~streamproc.insight.explain.ExplanationWorker`
 produces them to their topic through a producer of its own, outside the pipeline's
 transactions, so they are at most once (a crash loses what was queued; a replay may
@@ -40,7 +45,7 @@ from streamproc.personal import Redactor
 from streamproc.telemetry import Sensor
 from streamproc.types import Alert, DecodedBatch
 
-from .handler import Monitor, NullMonitor
+from .handler import Monitor, NullMonitor, RowScores
 from .monitoring import load_profile
 from .scoring import Scored, Scorer
 
@@ -94,7 +99,7 @@ class KeyTap(Scorer):
         return last
 
 
-class InsightMonitor(Monitor):
+class InsightMonitor(Monitor, RowScores):
     """Outlier scores and their share, probing keys, and explanation requests per batch, on
     top of ``inner`` (the drift monitor)."""
 
@@ -124,6 +129,7 @@ class InsightMonitor(Monitor):
         self.outliers: OutlierRateMonitor | None = None
         self.probing: ProbingDetector | None = None
         self.last_outlier_scores: npt.NDArray[np.float64] = np.zeros(0)
+        self._written: npt.NDArray[np.float64] | None = None  # by scores(), for observe()
 
     def _follow(self, spec: ModelSpec) -> None:
         """(Re)build the per-version state against ``spec``'s reference profile."""
@@ -159,6 +165,18 @@ class InsightMonitor(Monitor):
                 show_key=show,
             )  # fmt: skip
 
+    def scores(
+        self, features: npt.NDArray[np.float32], spec: ModelSpec
+    ) -> npt.NDArray[np.float64] | None:
+        """The outlier scores of this batch's scored rows against ``spec``'s (the stable
+        version's) reference, kept for :meth:`observe`; None with outliers off."""
+        self._written = None
+        self._follow(spec)
+        if self.outliers is None:
+            return None
+        self._written = self.outliers.scorer.score(features)
+        return self._written
+
     def request(self, event_ids: Sequence[str]) -> None:
         """Explain these events when they pass (explanations on request)."""
         self.policy.request(event_ids)
@@ -174,6 +192,7 @@ class InsightMonitor(Monitor):
     ) -> list[Alert]:
         alerts = self.inner.observe(decoded, ok_rows, scores, offsets, rejects, versions)
         taken = self.tap.take()
+        written, self._written = self._written, None
         if not len(ok_rows) or not scores.size or taken is None:
             return alerts
         keys, scored = taken
@@ -188,7 +207,10 @@ class InsightMonitor(Monitor):
             ids = [decoded.event_ids[i] for i in ok_rows.tolist()]
         s = scores[:, spec.outputs.score_index]
         if self.outliers is not None:
-            o = self.outliers.scorer.score(x)
+            # The scores the predictions carry, where the handler asked for them (row_scores)
+            o = written if written is not None and len(written) == len(x) else None
+            if o is None:
+                o = self.outliers.scorer.score(x)
             self.last_outlier_scores = o
             alerts += self.outliers.update(o, off)
         if self.probing is not None and len(keys) == len(s):
@@ -261,6 +283,14 @@ def explainer_factory(
         return ex
 
     return build
+
+
+def row_scores(monitor: Monitor | None) -> RowScores | None:
+    """What writes each prediction's ``outlier_score``: the insight monitor where
+    ``insight.outliers`` is on (the handler's ``row_scores``), else None (the field is null)."""
+    if isinstance(monitor, InsightMonitor) and monitor.settings.outliers.enabled:
+        return monitor
+    return None
 
 
 def wire_insight(

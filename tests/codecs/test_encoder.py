@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -160,16 +162,20 @@ def test_zigzag_matches_fastavro(n):
     k=st.integers(0, 4),
     label=st.text(max_size=4),
     key_kind=st.sampled_from(["none", "str", "bytes", "nul"]),
+    outlier=st.one_of(st.none(), st.floats(allow_nan=False, width=64)),
 )
-def test_kernel_python_and_fastavro_agree(ids, k, label, key_kind):
+def test_kernel_python_and_fastavro_agree(ids, k, label, key_kind, outlier):
     n = len(ids)
     scores = np.random.default_rng(n).random((n, k), dtype=np.float32)
     key: str | bytes | None = {"none": None, "str": "κ", "bytes": b"\xffk", "nul": "a\0b"}[key_kind]
     times = np.arange(n, dtype=np.int64) * -(2**40)
     enc = PredictionEncoder(2**31 - 1)
     args = (ids, [key] * n, "m", "1.0.0", scores, 0, [label] * n, times, 2**41)
-    fast = enc.encode(*args)
-    assert fast == enc.encode_python(*args) == enc.encode_reference(*args)
+    rows = None if outlier is None else np.linspace(outlier, outlier / 2, n)
+    fast = enc.encode(*args, None, rows)
+    assert fast == enc.encode_python(*args, None, rows) == enc.encode_reference(*args, None, rows)
+    want = [None] * n if rows is None else rows.tolist()
+    assert [decode_prediction(p)["outlier_score"] for p in fast] == want
 
 
 @settings(max_examples=200, deadline=None)
@@ -242,3 +248,28 @@ def test_prediction_features_map_compiled_python_and_reference_agree(k):
     assert all(decode_prediction(p)["features"] is None for p in enc.encode(*args))
     with pytest.raises(ValueError, match="features for 6 events"):
         enc.encode(*args, encoder.Features(names, values[:6]))
+
+
+@pytest.mark.parametrize("with_features", [False, True])
+@pytest.mark.parametrize("n", [1, 6])
+def test_prediction_outlier_score_compiled_python_and_reference_agree(n, with_features):
+    """``insight.outliers``: each event's outlier score follows the features map, the same
+    bytes on the three paths (union branch 1, then the double); None: the field is null."""
+    ids, keys, scores, labels, times = _batch(n, 2, seed=n)
+    feats = (
+        encoder.Features(["a", "b"], np.arange(2.0 * n).reshape(n, 2)) if with_features else None
+    )
+    outlier = np.random.default_rng(n).exponential(3.0, size=n)
+    outlier[0] = np.inf
+    enc = PredictionEncoder(8)
+    args = (ids, keys, "fraud", "2.0.0", scores, 1, labels, times, 1_700_000_009_000, feats)
+    out = enc.encode(*args, outlier)
+    assert out == enc.encode_python(*args, outlier) == enc.encode_reference(*args, outlier)
+    # The field is the record's last bytes: branch 1 and the little-endian double.
+    assert [p[-9:] for p in out] == [b"\x02" + struct.pack("<d", v) for v in outlier.tolist()]
+    assert [decode_prediction(p)["outlier_score"] for p in out] == outlier.tolist()
+    off = enc.encode(*args)
+    assert off == enc.encode_python(*args) == enc.encode_reference(*args)
+    assert all(p[-1:] == b"\x00" and decode_prediction(p)["outlier_score"] is None for p in off)
+    with pytest.raises(ValueError, match=f"outlier scores for {n + 1} events"):
+        enc.encode(*args, np.zeros(n + 1))

@@ -11,13 +11,14 @@ import pytest
 
 from streamproc import schemas, synth
 from streamproc.backends.onnx import OnnxRuntimeBackend
-from streamproc.codecs.encoder import decode_record
+from streamproc.codecs.encoder import decode_prediction, decode_record
 from streamproc.codecs.wire import frame
 from streamproc.config import DriftConfig, InsightSettings
 from streamproc.drift.seasonal import DAY_MS, SeasonalDriftMonitor, hour_of_day
+from streamproc.insight.outliers import OutlierScorer
 from streamproc.models.spec import load_model_spec
 from streamproc.pipeline.handler import BatchHandler, OutputTopics, SchemaIds
-from streamproc.pipeline.insight import InsightMonitor, KeyTap
+from streamproc.pipeline.insight import InsightMonitor, KeyTap, row_scores
 from streamproc.pipeline.monitoring import StreamMonitor, build_profile, load_profile
 from streamproc.pipeline.scoring import SingleScorer
 from streamproc.types import DecodedBatch, RawBatch
@@ -116,3 +117,73 @@ def test_stream_monitor_uses_the_seasonal_reference(seasonal_profile):
     prof.seasonal = None
     with pytest.raises(Exception, match="seasonal reference"):
         StreamMonitor(spec, cfg, prof)
+
+
+def _handler(spec, scorer, monitor=None, row_scores=None):
+    return BatchHandler(decoder=decoder(spec), scorer=scorer,
+                        topics=OutputTopics("p", "dlq", "alerts", "m", "s"),
+                        schema_ids=SchemaIds(2, 3, 4, 5), processor_id="t", pipeline="t",
+                        monitor=monitor, snapshot_interval_s=3600,
+                        row_scores=row_scores)  # fmt: skip
+
+
+def _predictions(out):
+    return [decode_prediction(v) for b in out.blocks if b.topic == "p" for v in b.values]
+
+
+def test_predictions_carry_the_outlier_score_of_their_row(monkeypatch):
+    """insight.outliers: each prediction's outlier_score is the stable version's
+    OutlierScorer on its own input row, written before encoding; the outlier-share monitor
+    counts those same scores, scored once per batch."""
+    spec = load_model_spec(DEMO)
+    backend = OnnxRuntimeBackend.from_spec(spec)
+    settings = InsightSettings.model_validate({"outliers": {"enabled": True}})
+    tap = KeyTap(SingleScorer(spec, backend))
+    mon = InsightMonitor(StreamMonitor(spec, DriftConfig(), load_profile(spec)), tap, settings)
+    assert row_scores(mon) is mon
+    h = _handler(spec, tap, mon, row_scores(mon))
+    reference = OutlierScorer(load_profile(spec), quantile=settings.outliers.quantile)
+    calls = []
+    real = OutlierScorer.score
+
+    def counted(self, x):
+        calls.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(OutlierScorer, "score", counted)
+    records, _ = synth.generate(90, seed=5)
+    records[3] = dict(records[3], amount=records[3]["amount"] * 1e4)  # far out
+    written = {}
+    for i in range(3):
+        batch = records[i * 30 : (i + 1) * 30]
+        keys = [r["account_id"].encode() for r in batch]
+        vals = raw(batch, keys, i * 30)
+        calls.clear()
+        preds = _predictions(h(vals))
+        assert calls == [30]  # the handler's call; the monitor reused its scores
+        x = decoder(spec).decode(vals.values).features
+        want = real(reference, x)
+        assert [p["event_id"] for p in preds] == [r["event_id"] for r in batch]
+        assert [p["outlier_score"] for p in preds] == want.tolist()
+        assert np.array_equal(mon.last_outlier_scores, want)
+        written.update((p["event_id"], p["outlier_score"]) for p in preds)
+    backend.close()
+    assert written[records[3]["event_id"]] > reference.threshold
+    assert mon.outliers is not None and mon.outliers.events == 90
+    assert mon.outliers.outliers == sum(v > reference.threshold for v in written.values())
+
+
+def test_with_outliers_off_the_prediction_outlier_score_is_null():
+    spec = load_model_spec(DEMO)
+    backend = OnnxRuntimeBackend.from_spec(spec)
+    probing = InsightSettings.model_validate({"probing": {"enabled": True}})
+    tap = KeyTap(SingleScorer(spec, backend))
+    mon = InsightMonitor(StreamMonitor(spec, DriftConfig(), load_profile(spec)), tap, probing)
+    assert row_scores(mon) is None and row_scores(None) is None
+    records, _ = synth.generate(20, seed=6)
+    keys = [r["account_id"].encode() for r in records]
+    for h in (_handler(spec, SingleScorer(spec, backend)), _handler(spec, tap, mon)):
+        preds = _predictions(h(raw(records, keys, 0)))
+        assert len(preds) == 20
+        assert all(p["outlier_score"] is None for p in preds)
+    backend.close()

@@ -28,6 +28,13 @@ def test_explanations_topic_carries_explanations_of_sampled_events(
     running = processor_factory(cfg)
     preds = read_topic(cfg.topics.predictions, 500)
     assert len(preds) == 500
+    # insight.outliers: every prediction carries its outlier score, the scores the
+    # outlier-share monitor counted.
+    mon = running.processor.handler.monitor
+    outlier = [p.value["outlier_score"] for p in preds]
+    assert all(isinstance(v, float) for v in outlier)
+    assert mon.outliers is not None and mon.outliers.events == 500
+    assert mon.outliers.outliers == sum(v > mon.outliers.scorer.threshold for v in outlier)
     worker = running.processor.handler.monitor.worker
     assert worker is not None and worker.wait_idle(60)
     running.stop()  # closes the worker's producer: its records are flushed
