@@ -91,7 +91,7 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     from streamproc.codecs.source import DictSchemaSource
     from streamproc.pipeline.app import reader_schema
     from streamproc.pipeline.handler import BatchHandler, OutputTopics, SchemaIds
-    from streamproc.pipeline.insight import InsightMonitor, KeyTap, explainer_factory
+    from streamproc.pipeline.insight import InsightMonitor, KeyTap, explainer_factory, row_scores
     from streamproc.pipeline.monitoring import build_monitor
     from streamproc.pipeline.scoring import SingleScorer
 
@@ -136,6 +136,7 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
             schema_ids=SchemaIds(prediction=2, dead_letter=3, alert=4, metrics=5),
             processor_id="insight", pipeline="insight", monitor=monitor,
             snapshot_interval_s=3600.0,
+            row_scores=row_scores(monitor) if on else None,  # outlier_score on predictions
         )  # fmt: skip
         return h, worker
 
