@@ -101,9 +101,13 @@ class RegistrySettings(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
 
 
-TopicKind = Literal["input", "predictions", "dlq", "alerts", "metrics", "control", "feedback"]
+# "state": a window store's changelog (a model with windowed features); its repartition
+# topic is of kind "input", its closed windows' topic of kind "predictions".
+TopicKind = Literal[
+    "input", "predictions", "dlq", "alerts", "metrics", "control", "feedback", "state"
+]
 TOPIC_KINDS: tuple[TopicKind, ...] = ("input", "predictions", "dlq", "alerts", "metrics",
-                                      "control", "feedback")  # fmt: skip
+                                      "control", "feedback", "state")  # fmt: skip
 
 
 class TopicPolicy(_Strict):
@@ -147,6 +151,7 @@ class TopicPolicies(_Strict):
     metrics: TopicPolicy = Field(default_factory=TopicPolicy)
     control: TopicPolicy = Field(default_factory=TopicPolicy)  # and its audit, replicas topics
     feedback: TopicPolicy = Field(default_factory=TopicPolicy)
+    state: TopicPolicy = Field(default_factory=TopicPolicy)  # window stores' changelogs
 
     def for_kind(self, kind: TopicKind) -> TopicPolicy:
         """The kind's own settings, over ``default``'s, over the built-in ones of the kind;

@@ -82,7 +82,8 @@ def build_handler(
     history: bool = False,
 ) -> tuple[BatchHandler, list[Callable[[], None]]]:
     """The live pipeline's handler for ``cfg`` (decoder, validation, monitors, dead letters
-    as :func:`~streamproc.pipeline.app.build_processor` wires them), writing to ``topics``.
+    as :func:`~streamproc.pipeline.app.build_processor` wires them, ``insight:`` included),
+    writing to ``topics``.
     Returns it with what to call when done. ``scorer``: the pipeline's model, or the control
     topic's deployment of it (no guard runs: a backfill judges no rollout). ``history``: a
     score job, which replays each partition's history into the window state of a model with
@@ -93,11 +94,12 @@ def build_handler(
     from streamproc.kafka.registry import Registry
     from streamproc.models.spec import load_model_spec
     from streamproc.personal import Redactor
-    from streamproc.telemetry import CountingSensor
+    from streamproc.telemetry import CountingSensor, Sensor
 
     from .alerting import AlertRouter
     from .app import build_decoder, reader_schema, register_output_schemas
     from .features import FeatureStage, require_stateless
+    from .insight import row_scores, wire_insight
     from .monitoring import build_monitor
     from .scoring import Scorer, SingleScorer
 
@@ -133,6 +135,17 @@ def build_handler(
         the_scorer = SingleScorer(spec, load_backend(spec))
     monitor = build_monitor(spec, cfg.drift)
     counters = CountingSensor()
+    redactor = Redactor.from_settings(cfg.personal_data, reader_schema(spec))
+    # The insight: section as the live pipeline wires it (outlier scores on the predictions,
+    # probing alerts, sampled explanations). Explanations go beside this handler's outputs
+    # when those are not the pipeline's own topics (a score job's): the live explanations
+    # topic is the stream's record.
+    ins = cfg.insight
+    if ins.explanations.enabled and topics.predictions != cfg.topics.predictions:
+        here = ins.explanations.model_copy(update={"topic": f"{topics.predictions}.explanations"})
+        cfg = cfg.model_copy(update={"insight": ins.model_copy(update={"explanations": here})})
+    the_scorer, watch = wire_insight(cfg, the_scorer, monitor, Sensor(), closers,
+                                     redactor=redactor)  # fmt: skip
     handler = BatchHandler(
         decoder=build_decoder(cfg, spec if features is None else features.decoder_spec, registry),
         scorer=the_scorer,
@@ -141,14 +154,15 @@ def build_handler(
         processor_id=instance,
         pipeline=cfg.name,
         counters=counters,
-        monitor=monitor,
+        monitor=watch,
         # The metrics topic is the live processors' view: a backfill sends no snapshots
         # (its counts are in its summary). The first batch still makes one: it is dropped.
         snapshot_interval_s=1e12,
         router=AlertRouter(cfg.alerts),
-        redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
+        redactor=redactor,
         features=features,
         include_features=cfg.outputs.include_features,
+        row_scores=row_scores(watch),
     )
     return handler, closers
 
