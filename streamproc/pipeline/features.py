@@ -63,7 +63,8 @@ class ChangelogSource(Protocol):
 
 def require_stateless(spec: ModelSpec, mode: str) -> None:
     """Refuse a model with windowed features in a mode that keeps no window state (HTTP
-    serving, ``score``, request-reply, Faust): its inputs would be computed from nothing."""
+    serving, request-reply, Faust): its inputs would be computed from nothing. (``score``
+    rebuilds the state from the input's history: streamproc.pipeline.batchscore.)"""
     if spec.features is not None:
         raise ConfigError(
             f"model {spec.name} {spec.version} computes windowed features "
