@@ -27,6 +27,7 @@ from streamproc.kafka.configuration import (
     Connection,
     client_config,
     kafka_settings,
+    principal,
     registry_config,
 )
 from streamproc.kafka.registry import Registry
@@ -220,8 +221,7 @@ class RecordConsumer:
     ) -> None:
         check_secured(bootstrap)  # the consumer would retry a refused login silently
         self.topic = topic
-        user = kafka_settings(bootstrap).sasl_username
-        self._who = f"User:{user}" if user else "this client"
+        self._settings = kafka_settings(bootstrap)
         self.decoder = FramedDecoder(make_registry(registry_url))
         self.consumer = Consumer({
             **client_config(bootstrap),
@@ -240,8 +240,9 @@ class RecordConsumer:
         for m in self.consumer.consume(max_records, timeout=timeout_s):
             err = m.error()
             if err is not None and err.code() in _DENIED:  # retrying never grants an ACL
+                who = principal(self._settings) or "this client"
                 raise KafkaError(
-                    f"{self._who} may not read {m.topic() or self.topic}: {err.str()}; grant "
+                    f"{who} may not read {m.topic() or self.topic}: {err.str()}; grant "
                     "it Read on the topic and its consumer group (`streamproc acls plan "
                     "--role consumer|alerts`)",
                     topic=m.topic() or self.topic,

@@ -186,9 +186,10 @@ def _secure_properties(tls: BrokerTls, oauth: OAuthValidation | None = None) -> 
     """
     p = "listener.name.sasl_ssl."
     mechanisms = "SCRAM-SHA-512,OAUTHBEARER" if oauth else "SCRAM-SHA-512"
+    oauth_lines = _oauth_properties(p, oauth) if oauth else ""
     return f"""\
 {p}sasl.enabled.mechanisms={mechanisms}
-{_oauth_properties(p, oauth) if oauth else ""}{p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+{p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 {p}ssl.keystore.type=PKCS12
 {p}ssl.keystore.location={tls.keystore}
 {p}ssl.keystore.password={tls.keystore_password}
@@ -197,7 +198,7 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:ANONYMOUS;User:{ADMIN_USER}
 allow.everyone.if.no.acl.found=false
 quota.window.num=2
-"""
+{oauth_lines}"""
 
 
 def _server_properties(

@@ -2,9 +2,10 @@
 that issues RS256-signed JWTs, and the JWKS the broker checks them against.
 
 Each registered client gets tokens for its own subject (the broker's principal is
-``User:<sub>``). Two kinds of client exist to make tokens a broker must refuse: one whose
+``User:<sub>``). Kinds of client exist to make tokens a broker must refuse: one whose
 tokens are already expired, one whose tokens are signed with a key the JWKS does not hold
-(under the JWKS key's own ``kid``, so that only the signature gives them away).
+(under the JWKS key's own ``kid``, so that only the signature gives them away), and one
+whose tokens are well signed but for another audience.
 
 Signing is done with ``cryptography`` (PKCS#1 v1.5, SHA-256: RS256), which the project
 already depends on for its TLS material, so no JWT library is needed.
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 AUDIENCE = "kafka"
 KID = "streamproc-test-1"
-Kind = Literal["valid", "expired", "wrong-key"]
+Kind = Literal["valid", "expired", "wrong-key", "wrong-audience"]
 
 
 def _b64(data: bytes) -> str:
@@ -86,8 +87,10 @@ class Issuer:
         """A signed JWT for ``client`` and its lifetime in seconds (negative: expired)."""
         now = int(time.time())
         life = -120 if client.kind == "expired" else self.lifetime_s
-        claims: dict[str, Any] = {"iss": self.base, "sub": client.sub, "aud": AUDIENCE,
-                                  "iat": now - 600 if life < 0 else now, "exp": now + life}  # fmt: skip
+        aud = "not-kafka" if client.kind == "wrong-audience" else AUDIENCE
+        claims: dict[str, Any] = {"iss": self.base, "sub": client.sub, "aud": aud,
+                                  "iat": now - 600 if life < 0 else now,
+                                  "exp": now + life}  # fmt: skip
         if scope:
             claims["scope"] = scope
         header = {"alg": "RS256", "typ": "JWT", "kid": KID}
