@@ -12,7 +12,7 @@ import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import fastavro
 from confluent_kafka import Consumer, KafkaException, Message, Producer
@@ -98,6 +98,8 @@ class EventProducer:
         self._parsed = fastavro.parse_schema(json.loads(text))
         self._prefix = _HEADER.pack(0, self.schema_id)
         self._errors: list[str] = []
+        self._denied = False  # a delivery refused for a missing ACL: no retry will cure it
+        self._settings = kafka_settings(bootstrap)
         self.producer = Producer({
             **client_config(bootstrap), "linger.ms": 5, "enable.idempotence": True,
             "on_delivery": self._on_delivery, "delivery.report.only.error": True, **conf,
@@ -136,15 +138,32 @@ class EventProducer:
         # Message accessors raise SystemError inside this callback, which would hide it.
         if err is not None:
             self._errors.append(f"{self.topic}: {err}")
+            self._denied |= err.code() in _WRITE_DENIED
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        left = self.producer.flush(timeout_s)
+        try:
+            left = self.producer.flush(timeout_s)
+        except KafkaException as exc:  # fatal: e.g. no idempotence PID for a principal
+            err = exc.args[0]  # that may write nothing (Cluster authorization failed)
+            if err.code() not in _WRITE_DENIED:
+                raise KafkaError(f"producing to {self.topic} failed: {err.str()}",
+                                 topic=self.topic) from exc  # fmt: skip
+            self._deny(err.str())
         errors, self._errors = self._errors, []
+        if self._denied:
+            self._deny(f"Broker: Topic authorization failed ({len(errors)} records refused)")
         if left or errors:
             raise DeliveryError(
                 f"{left} records unacknowledged after {timeout_s}s, {len(errors)} failed: "
                 f"{errors[:3]}", topic=self.topic,
             )  # fmt: skip
+
+    def _deny(self, why: str) -> NoReturn:
+        """A missing ACL, as one line naming the principal, the topic and the fix."""
+        self._denied, self._errors = False, []
+        who = principal(self._settings) or "this client"
+        raise DeliveryError(f"{who} may not write to {self.topic}: {why}; grant it Write on "
+                            "the topic (`streamproc acls plan`)", topic=self.topic)  # fmt: skip
 
     def close(self) -> None:
         """Flush, then release the client (it stops reconnecting to the broker)."""
@@ -203,6 +222,10 @@ def _headers(msg: Message) -> dict[str, bytes]:
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
 
 
+# Producer errors a retry cannot cure: the principal may not write (the topic), or may
+# write nothing at all (no idempotence PID: Cluster authorization failed).
+_WRITE_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED,
+                           CkError.CLUSTER_AUTHORIZATION_FAILED})  # fmt: skip
 # Consumer errors a retry cannot cure: the principal lacks an ACL.
 _DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED, CkError.GROUP_AUTHORIZATION_FAILED})
 

@@ -322,17 +322,17 @@ def oauth_failure(k: KafkaSettings, reason: str) -> str:
     from streamproc.errors import StreamprocError
 
     client = f"OAuth client {k.sasl_oauthbearer_client_id or '?'}"
-    at = f"(SASL OAUTHBEARER) at {k.bootstrap}"
+    at = f"SASL OAUTHBEARER) at {k.bootstrap}"
     fix = "check the token endpoint and sasl.oauthbearer.client.id/secret (--kafka-config)"
     try:
         token, _ = fetch_token(k, timeout_s=5.0)
     except KafkaError as exc:  # the endpoint refused the client, or is unreachable
-        return f"Kafka authentication failed for {client} {at}: {exc}"
+        return f"Kafka authentication failed for {client} ({at}: {exc}"
     except StreamprocError:  # no way to get a token here (a token callback of the caller's)
-        return f"Kafka authentication failed for {client} {at}: {reason}; {fix}"
+        return f"Kafka authentication failed for {client} ({at}: {reason}; {fix}"
     claims = token_claims(token)
     sub = claims.get("sub")
-    who = f"User:{sub} ({client})" if sub else client
+    who = f"User:{sub} ({client}," if sub else f"{client} ("
     url = k.sasl_oauthbearer_token_endpoint_url or "sasl_oauthbearer_config"
     exp = claims.get("exp")
     if isinstance(exp, int | float) and exp <= time.time():

@@ -105,8 +105,9 @@ def oauth(
 def _as(oauth: dict[str, Any], name: str) -> PipelineConfig:
     """The pipeline with client ``name``'s OAUTHBEARER profile (as the CLI resolves it)."""
     cfg = resolve_pipeline(oauth["pipeline"], kafka_config=oauth["props"][name],
-                           env={SECRET_ENV: _secret(name)}, stack=lambda: oauth["info"]).config
-    k = cfg.kafka  # fmt: skip
+                           env={SECRET_ENV: _secret(name)},
+                           stack=lambda: oauth["info"]).config  # fmt: skip
+    k = cfg.kafka
     assert (k.sasl_mechanism, k.sasl_oauthbearer_method, k.sasl_username) == (
         "OAUTHBEARER", "oidc", None)  # fmt: skip
     return cfg
@@ -195,8 +196,8 @@ def test_a_subject_without_acls_is_refused_naming_the_topic(
     assert rc != 0 and took < 15, (took, everything)
     assert errors.count("\n") == 0 and "authoriz" in errors.lower(), everything
     assert topic in errors, errors
-    if command == "tail":  # the consumer names the principal (User:<sub> of its token)
-        assert f"User:{_sub('nobody')} may not read {topic}" in errors, errors
+    verb = "read" if command == "tail" else "write to"  # naming User:<sub> of its token
+    assert f"User:{_sub('nobody')} may not {verb} {topic}" in errors, errors
     assert _secret("nobody") not in everything
     print(errors)  # the message, for -s
 
@@ -205,11 +206,13 @@ def test_a_subject_without_acls_in_process(oauth: dict[str, Any]) -> None:
     cfg = _as(oauth, "nobody")
     topic = cfg.topics.input
     t0 = time.monotonic()
-    with pytest.raises(StreamprocError) as caught:  # noqa: PT012  # the read is the call
-        with RecordConsumer(cfg.kafka, cfg.registry, topic) as c:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                c.poll_batch(10, 0.5)
+    with (
+        pytest.raises(StreamprocError) as caught,
+        RecordConsumer(cfg.kafka, cfg.registry, topic) as c,
+    ):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            c.poll_batch(10, 0.5)
     assert time.monotonic() - t0 < 15
     assert f"User:{_sub('nobody')} may not read {topic}" in str(caught.value)
 
@@ -229,7 +232,8 @@ def test_a_bad_token_stops_the_process_with_one_line(
     errors, everything, rc, took = _cli(oauth, name, "tail", topic, "-n", "1")
     assert rc != 0 and took < 15, (took, everything)
     assert errors.count("\n") == 0, errors  # one line
-    assert f"authentication failed for User:{_sub(name)} (OAuth client {name}-{RUN}" in errors
+    who = f"User:{_sub(name)} (OAuth client {name}-{RUN}, SASL OAUTHBEARER)"
+    assert f"authentication failed for {who}" in errors, errors
     assert why in errors, errors
     fix = "token lifetime" if name == "expired" else "sasl.oauthbearer.jwks.endpoint.url"
     assert fix in errors, errors
