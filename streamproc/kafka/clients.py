@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from streamproc.kafka.configuration import (
     registry_config,
 )
 from streamproc.kafka.registry import Registry
+
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">bI")
 
@@ -100,9 +103,11 @@ class EventProducer:
         self._errors: list[str] = []
         self._denied = False  # a delivery refused for a missing ACL: no retry will cure it
         self._settings = kafka_settings(bootstrap)
+        self._log = _ClientLog()
         self.producer = Producer({
             **client_config(bootstrap), "linger.ms": 5, "enable.idempotence": True,
-            "on_delivery": self._on_delivery, "delivery.report.only.error": True, **conf,
+            "on_delivery": self._on_delivery, "delivery.report.only.error": True,
+            "logger": self._log.logger, **conf,
         })  # fmt: skip
 
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -143,12 +148,18 @@ class EventProducer:
     def flush(self, timeout_s: float = 30.0) -> None:
         try:
             left = self.producer.flush(timeout_s)
-        except KafkaException as exc:  # fatal: e.g. no idempotence PID for a principal
-            err = exc.args[0]  # that may write nothing (Cluster authorization failed)
-            if err.code() not in _WRITE_DENIED:
-                raise KafkaError(f"producing to {self.topic} failed: {err.str()}",
-                                 topic=self.topic) from exc  # fmt: skip
-            self._deny(err.str())
+        # Fatal: e.g. no idempotence PID for a principal that may write nothing (Cluster
+        # authorization failed). confluent-kafka 2.16 raises it as KafkaException, or, when
+        # a delivery callback runs after it was set, as a SystemError caused by it.
+        except (KafkaException, SystemError) as exc:
+            err = _fatal_error(exc)
+            why = err.str() if err is not None else self._log.fatal
+            if why is None:
+                raise
+            if (err.code() in _WRITE_DENIED) if err is not None else "authorization" in why:
+                self._deny(why)
+            raise KafkaError(f"producing to {self.topic} failed: {why}",
+                             topic=self.topic) from exc  # fmt: skip
         errors, self._errors = self._errors, []
         if self._denied:
             self._deny(f"Broker: Topic authorization failed ({len(errors)} records refused)")
@@ -220,6 +231,35 @@ def _headers(msg: Message) -> dict[str, bytes]:
     raw = msg.headers() or []
     items = raw.items() if isinstance(raw, dict) else raw
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
+
+
+class _ClientLog(logging.Handler):
+    """A client's librdkafka log (confluent-kafka's ``logger``), passed on to this module's
+    logger; the first FATAL line is kept: when confluent-kafka 2.16 raises a fatal error as
+    a SystemError that hides it, this is where it still is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fatal: str | None = None
+        self.logger = logging.Logger("streamproc.kafka.librdkafka")  # one per client, unlisted
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.CRITICAL and self.fatal is None:
+            self.fatal = record.getMessage().partition("Fatal error: ")[2] or record.getMessage()
+        if log.isEnabledFor(record.levelno):
+            log.handle(record)
+
+
+def _fatal_error(exc: BaseException) -> CkError | None:
+    """The client's error behind ``exc``: a KafkaException's, or that of the KafkaException
+    that a SystemError was raised from (its cause or context)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KafkaException) and isinstance(seen.args[0], CkError):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # Producer errors a retry cannot cure: the principal may not write (the topic), or may

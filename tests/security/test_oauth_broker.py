@@ -45,6 +45,7 @@ RUN = uuid.uuid4().hex[:8]
 SECRET_ENV = "STREAMPROC_KAFKA_OAUTH_CLIENT_SECRET"
 # A subject per client: what the broker's ACLs name (User:<sub>).
 CLIENTS: dict[str, Kind] = {"proc": "valid", "reader": "valid", "nobody": "valid",
+                            "describer": "valid",
                             "expired": "expired", "forged": "wrong-key",
                             "elsewhere": "wrong-audience"}  # fmt: skip
 
@@ -215,6 +216,29 @@ def test_a_subject_without_acls_in_process(oauth: dict[str, Any]) -> None:
             c.poll_batch(10, 0.5)
     assert time.monotonic() - t0 < 15
     assert f"User:{_sub('nobody')} may not read {topic}" in str(caught.value)
+
+
+def test_a_subject_that_may_write_nothing_is_refused_in_one_line(oauth: dict[str, Any]) -> None:
+    """Describe on the topic and no Write anywhere: the topic's metadata comes, the
+    idempotent producer's PID does not (Cluster authorization failed), which the client
+    takes as fatal; the flush says who may not write where, not a bare exception."""
+    admin: PipelineConfig = oauth["admin"]
+    topic = admin.topics.input
+    describe = aclplan.AclEntry("TOPIC", topic, "LITERAL", "DESCRIBE", f"User:{_sub('describer')}")
+    create_acls(admin.kafka, [describe])
+    cfg = _as(oauth, "describer")
+    t0 = time.monotonic()
+    record = synth.generate(1, seed=3)[0][0]
+    with (
+        pytest.raises(StreamprocError) as caught,
+        EventProducer(cfg.kafka, cfg.registry, topic) as events,
+    ):
+        events.send(record)
+    assert time.monotonic() - t0 < 15
+    text = str(caught.value)
+    assert f"User:{_sub('describer')} may not write to {topic}" in text, text
+    assert "authorization failed" in text.lower() and "\n" not in text, text
+    print(text)  # the message, for -s
 
 
 @pytest.mark.parametrize(
