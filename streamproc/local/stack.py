@@ -66,6 +66,8 @@ class StackInfo:
                     "client_properties": self.client_properties}  # fmt: skip
         if self.secure_schema_registry:
             out["secure_schema_registry"] = self.secure_schema_registry
+        if self.oauth_jwks_url:
+            out["oauth_jwks_url"] = self.oauth_jwks_url
         return out
 
 
