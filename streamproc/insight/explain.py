@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -276,9 +276,11 @@ class SamplePolicy:
     ) -> npt.NDArray[np.intp]:
         """Indices of the rows to explain."""
         n = len(scores)
+        picked = self._draw(n)
+        if self.min_score is None and not self._requested:
+            return picked  # the common case: no mask over the batch
         chosen = np.zeros(n, dtype=np.bool_)
-        if self.share > 0:
-            chosen |= self._rng.random(n) < self.share
+        chosen[picked] = True
         if self.min_score is not None:
             chosen |= np.asarray(scores) >= self.min_score
         if self._requested:
@@ -288,6 +290,25 @@ class SamplePolicy:
                         del self._requested[e]
                         chosen[i] = True
         return np.flatnonzero(chosen)
+
+    def _draw(self, n: int) -> npt.NDArray[np.intp]:
+        """Rows ``0..n-1`` each taken with probability :attr:`share`, independently: the
+        gaps between taken rows are geometric, so a draw costs per row taken (about
+        ``share * n`` of them), not per row."""
+        p = self.share
+        if p <= 0 or n == 0:
+            return np.zeros(0, dtype=np.intp)
+        if p >= 1:
+            return np.arange(n, dtype=np.intp)
+        at = np.zeros(0, dtype=np.int64)
+        pos = -1  # the last row taken
+        while True:
+            k = int(n * p + 4.0 * math.sqrt(n * p) + 8)
+            nxt = pos + np.cumsum(self._rng.geometric(p, size=k))
+            at = np.concatenate([at, nxt])
+            if nxt[-1] >= n:
+                return np.asarray(at[at < n], dtype=np.intp)
+            pos = int(nxt[-1])
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -336,11 +357,13 @@ class ExplanationWorker:
         self.sink = sink
         self.batch = batch
         self.counts = WorkerCounts()
-        self._q: queue.Queue[ExplainRequest | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._q: deque[ExplainRequest] = deque()
+        self._stop = False
         self._thread = threading.Thread(target=self._run, name="explanations", daemon=True)
         self._started = False
-        self._idle = threading.Condition()
-        self._pending = 0
+        self._cv = threading.Condition()
+        self._pending = 0  # queued or being explained
 
     def start(self) -> ExplanationWorker:
         if not self._started:
@@ -348,61 +371,73 @@ class ExplanationWorker:
             self._thread.start()
         return self
 
+    def _room(self, wanted: int) -> int:
+        """Take room for up to ``wanted`` requests (call with the lock held); the rest are
+        dropped and counted."""
+        took = max(0, min(wanted, self.queue_size - len(self._q)))
+        self.counts.dropped += wanted - took
+        self.counts.queued += took
+        return took
+
     def submit(self, requests: Iterable[ExplainRequest]) -> int:
         """Queue ``requests``; returns how many were dropped (the queue was full)."""
-        dropped = 0
-        for r in requests:
-            with self._idle:
-                self._pending += 1
-            try:
-                self._q.put_nowait(r)
-                self.counts.queued += 1
-            except queue.Full:
-                dropped += 1
-                with self._idle:
-                    self._pending -= 1
-        self.counts.dropped += dropped
-        return dropped
+        reqs = list(requests)
+        with self._cv:
+            took = self._room(len(reqs))
+            self._q.extend(reqs[:took])
+            self._pending += took
+            self._cv.notify()
+        return len(reqs) - took
+
+    def submit_rows(
+        self,
+        event_ids: Sequence[str],
+        versions: Sequence[str] | str,
+        x: npt.NDArray[np.float32],
+        rows: npt.NDArray[np.intp],
+    ) -> int:
+        """Queue rows ``rows`` of the batch ``x`` (with their event ids and model
+        versions); returns how many were dropped. Never blocks; the queue's room is checked
+        once, and only the rows taken are copied (one fancy-index copy)."""
+        with self._cv:
+            took = self._room(len(rows))
+            if took:
+                take = rows[:took]
+                xs = np.asarray(x[take], dtype=np.float32)
+                for r, i in enumerate(take.tolist()):
+                    v = versions if isinstance(versions, str) else versions[i]
+                    self._q.append(ExplainRequest(event_ids[i], v, xs[r]))
+                self._pending += took
+                self._cv.notify()
+        return len(rows) - took
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued request is explained (tests, benchmarks, shutdown)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Explain what is queued (up to ``timeout_s``), then stop the thread."""
         if not self._started:
             return
         self.wait_idle(timeout_s)
-        try:
-            self._q.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while True:
-            first = self._q.get()
-            if first is None:
-                return
-            items = [first]
-            stop = False
-            while len(items) < self.batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._q) or self._stop)
+                if not self._q:
+                    return  # stopped, nothing left
+                items = [self._q.popleft() for _ in range(min(self.batch, len(self._q)))]
             t0 = time.perf_counter()
             self._explain(items)
-            with self._idle:
+            with self._cv:
                 self._pending -= len(items)
-                self._idle.notify_all()
-            if stop:
-                return
+                self._cv.notify_all()
             if self.max_cpu_share < 1.0:  # rest so as to use at most this share of a core
                 time.sleep((time.perf_counter() - t0) * (1.0 / self.max_cpu_share - 1.0))
 

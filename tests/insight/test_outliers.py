@@ -134,7 +134,7 @@ def test_compiled_tables_agree_with_the_definition(demo):
     fast, exact = tail.scores(xo), tail.exact_scores(xo)
     err = np.abs(fast - exact)
     # Interpolation error, largest in the extreme lower tail of skewed columns and next to
-    # an atom of the reference (measured: max 0.52 nats, 99th percentile 0.0045, where the
+    # an atom of the reference (measured: max 0.70 nats, 99th percentile 0.012, where the
     # scores of outliers run from about 25 upwards). The atom itself (device_trust_score
     # 0.5, a tenth of the events) is exact.
     assert np.median(err) < 0.01 and np.quantile(err, 0.99) < 0.02 and err.max() < 1.0
