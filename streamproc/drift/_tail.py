@@ -7,9 +7,9 @@ signed like ``t``: a piecewise-linear ``2**23 * log2(1 + |t|)``, fine in the bod
 log-like in the tails, computed with no ``log``, ``asinh`` or ``sqrt`` (an integer
 subtraction of the bits). Cells are ``2**shift`` bit steps, aligned so that none straddles an
 octave: within a cell ``w`` is linear in the value, and the interpolation is exact in it.
-Each column is one vectorised pass (the clamped value's float32), one pass of integer index
-arithmetic and table reads, and one pass that fixes up the rare values past the outer knots
-or missing; the row sums are vectorised passes. A value the reference holds many times (an
+Per block of rows, each column is one vectorised pass (the clamped value's float32) and one
+pass of integer index arithmetic, table reads and the row sums (with a branch, rarely
+taken, for values past the outer knots or missing). A value the reference holds many times (an
 atom: repeated quantile knots, such as a default 0.5) is a jump of the tails, which no
 interpolation gets right: each cell keeps its atom (the heaviest, if it holds several) with
 its exact tails, taken when a value equals it.
@@ -26,6 +26,7 @@ from numba import njit
 CONTINUOUS = 0
 INTEGER = 1
 ONE_BITS = 0x3F800000  # float32 1.0
+BLOCK = 256  # rows scored together
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -62,8 +63,9 @@ def tail_score_kernel(  # pragma: no cover - compiled
     rows: npt.NDArray[np.int64],  # (d,) table rows used
     knot_lo: npt.NDArray[np.float64],  # (d,) the outer knots, in x
     knot_hi: npt.NDArray[np.float64],
-    table: npt.NDArray[np.float32],  # (d, C, 4): per row log P(X <= v), its step to the next
-    # row, log P(X >= v), its step (float32: 16 bytes a row, so that more stay in cache)
+    table: npt.NDArray[np.int16],  # (d, C, 2): per row log P(X <= v) and log P(X >= v) in
+    # fixed point (4 bytes a row: the lines a batch touches are what its scoring costs)
+    unit: npt.NDArray[np.float64],  # (d,) the fixed point's unit, in nats
     atom_of: npt.NDArray[np.int16],  # (d, C): the cell's atom (0: none)
     atoms: npt.NDArray[np.float64],  # (d, A, 3): atom value, its log P(X <= v), P(X >= v)
     g_lo: npt.NDArray[np.float64],  # (d,) normal score at the outer knots
@@ -75,76 +77,74 @@ def tail_score_kernel(  # pragma: no cover - compiled
     out: npt.NDArray[np.float64],  # (n,)
 ) -> None:
     n, d = x.shape
-    a32 = np.empty(n, dtype=np.float32)
+    a32 = np.empty(BLOCK, dtype=np.float32)
     bits = a32.view(np.int32)
-    vc = np.empty(n)
-    lv = np.empty(n)
-    rv = np.empty(n)
-    sl = np.zeros(n)
-    sr = np.zeros(n)
-    sa = np.zeros(n)
-    for j in range(d):
-        t = table[j]
-        ta = atom_of[j]
-        at = atoms[j]
-        top = rows[j] - 1
-        if kind[j] == INTEGER:
-            # Rows 1..top-1 hold the values lo..; row 0 and row top what lies below / above.
-            lo = int_lo[j]
-            hi = float(top)
-            for i in range(n):
-                v = x[i, j]
-                u = 1.0 if math.isnan(v) else min(max(v - lo + 1.0, 0.0), hi)
-                lv[i] = t[math.floor(u), 0]  # P(X <= v) = P(X <= floor(v))
-                rv[i] = t[math.ceil(u), 2]  # P(X >= v) = P(X >= ceil(v))
-            for i in range(n):
-                if math.isnan(x[i, j]):  # a missing value scores 0
-                    lv[i] = 0.0
-                    rv[i] = 0.0
-        else:
+    vc = np.empty(BLOCK)
+    sl = np.empty(BLOCK)
+    sr = np.empty(BLOCK)
+    sa = np.empty(BLOCK)
+    for r0 in range(0, n, BLOCK):  # blocks of rows: the temporaries stay in L1
+        m = min(BLOCK, n - r0)
+        sl[:] = 0.0
+        sr[:] = 0.0
+        sa[:] = 0.0
+        for j in range(d):
+            t = table[j]
+            e = unit[j]
+            skew = right_skew[j]
+            top = rows[j] - 1
+            if kind[j] == INTEGER:
+                # Rows 1..top-1 hold the values lo..; rows 0 and top what lies below / above.
+                lo = int_lo[j]
+                hi = float(top)
+                for i in range(m):
+                    v = x[r0 + i, j]
+                    if math.isnan(v):  # a missing value scores 0
+                        continue
+                    u = min(max(v - lo + 1.0, 0.0), hi)
+                    lv = t[math.floor(u), 0] * e  # P(X <= v) = P(X <= floor(v))
+                    rv = t[math.ceil(u), 1] * e  # P(X >= v) = P(X >= ceil(v))
+                    sl[i] -= lv
+                    sr[i] -= rv
+                    sa[i] -= rv if skew else lv
+                continue
             c, s, kl, kh = center[j], inv[j], knot_lo[j], knot_hi[j]
-            for i in range(n):
-                v = x[i, j]
+            for i in range(m):  # vectorised: the float32 whose bits index the table
+                v = x[r0 + i, j]
                 v = c if math.isnan(v) else min(max(v, kl), kh)
                 vc[i] = v
                 a = np.float32(1.0 + abs(v - c) * s)
                 a32[i] = a if v >= c else -a  # the sign bit carries t's sign
+            ta = atom_of[j]
+            at = atoms[j]
             w0, sh = w_lo[j], shift[j]
             step = 1.0 / (1 << sh)
             last = top - 1
-            for i in range(n):
+            for i in range(m):
                 b = bits[i]
                 w = b - ONE_BITS if b >= 0 else ONE_BITS - (b & 0x7FFFFFFF)
                 q = w - w0
                 k = min(max(q >> sh, 0), last)
                 f = (q - (k << sh)) * step
-                lv[i] = t[k, 0] + t[k, 1] * f
-                rv[i] = t[k, 2] + t[k, 3] * f
+                l0, r0_ = float(t[k, 0]), float(t[k, 1])
+                lv = (l0 + (t[k + 1, 0] - l0) * f) * e
+                rv = (r0_ + (t[k + 1, 1] - r0_) * f) * e
                 a = ta[k]
                 if a > 0 and vc[i] == at[a, 0]:  # a value the reference holds many times
-                    lv[i] = at[a, 1]
-                    rv[i] = at[a, 2]
-            for i in range(n):  # past the outer knots (clamped above) or missing: rare
-                v = x[i, j]
-                if v >= kl and v <= kh:
-                    continue
-                if math.isnan(v):
-                    lv[i] = 0.0
-                    rv[i] = 0.0
-                elif v < kl:
-                    z = g_lo[j] + (v - kl) / lo_scale[j]
-                    lv[i] = max(log_phi_tail(min(z, -3.0)), floor[j])
-                else:
-                    z = g_hi[j] + (v - kh) / hi_scale[j]
-                    rv[i] = max(log_phi_tail(min(-z, -3.0)), floor[j])
-        for i in range(n):
-            sl[i] -= lv[i]
-            sr[i] -= rv[i]
-        if right_skew[j]:
-            for i in range(n):
-                sa[i] -= rv[i]
-        else:
-            for i in range(n):
-                sa[i] -= lv[i]
-    for i in range(n):
-        out[i] = max(sl[i], sr[i], sa[i])
+                    lv = at[a, 1]
+                    rv = at[a, 2]
+                v = x[r0 + i, j]
+                if not (v >= kl and v <= kh):  # past the outer knots (clamped above): rare
+                    if math.isnan(v):
+                        continue
+                    if v < kl:
+                        z = g_lo[j] + (v - kl) / lo_scale[j]
+                        lv = max(log_phi_tail(min(z, -3.0)), floor[j])
+                    else:
+                        z = g_hi[j] + (v - kh) / hi_scale[j]
+                        rv = max(log_phi_tail(min(-z, -3.0)), floor[j])
+                sl[i] -= lv
+                sr[i] -= rv
+                sa[i] -= rv if skew else lv
+        for i in range(m):
+            out[r0 + i] = max(sl[i], sr[i], sa[i])
