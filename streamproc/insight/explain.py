@@ -411,6 +411,17 @@ class ExplanationWorker:
                 self._cv.notify()
         return len(rows) - took
 
+    def discard_queued(self) -> int:
+        """Drop what is queued and not yet being explained (counted as dropped); returns how
+        many. For a shutdown that must not wait, and for benchmarks."""
+        with self._cv:
+            n = len(self._q)
+            self._q.clear()
+            self._pending -= n
+            self.counts.dropped += n
+            self._cv.notify_all()
+        return n
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued request is explained (tests, benchmarks, shutdown)."""
         with self._cv:
