@@ -6,19 +6,22 @@
 * ``throughput_ratio``: the in-process handler (``systems/core.py``'s build: decoder, ONNX
   Runtime scorer, Prediction encoder, default drift monitor; no Kafka) with explanations
   at 1% (Kernel SHAP, the default settings: 512 coalitions, 16 background rows, at most a
-  quarter of a core), outlier scores and probing on, over the same handler with all three
-  off, on the same events, passes alternating in one process; with the explanations
-  explained / dropped and their cost per explained event. What is pinned and measured: no
-  CPU is pinned, so every build's threads (the pipeline's one, and in the builds with
-  explanations on, the worker's, capped at a quarter of a core) may use all of the
-  machine's CPUs, the same ones for every build; the ratio is of wall-clock events per
-  second (median pass), so a worker that runs on a CPU the pipeline leaves idle costs it
-  nothing there. ``throughput_ratio_cpu`` charges it instead: the process's CPU time per
-  event (all threads), off over on, what the ratio would be on one CPU shared by all the
-  threads. Each build's worker explains during that build's passes only: after each of
-  them its backlog is dropped (counted as dropped) and the batch in hand finished outside
-  the timed pass (until commit 328dd36 the backlog ran on through the other builds'
-  passes, all-off included, which charged them its CPU and flattered the ratio);
+  quarter of a core, its thread at nice 19), outlier scores and probing on, over the same
+  handler with all three off, on the same events, passes alternating in one process; with
+  the explanations explained / dropped and their cost per explained event.
+
+  What is pinned and measured: no CPU is pinned, so every build's threads (the pipeline's
+  one; in the builds with explanations on, the worker's too) may use all of the machine's
+  CPUs, the same ones for every build. The ratio is of wall-clock events per second
+  (median pass): a worker that runs on CPU time the pipeline's thread leaves (an idle CPU)
+  costs it nothing there, and at nice 19 the worker gets little else, so where the CPUs
+  are contended it explains few of the sampled events (the explained / dropped counts say
+  how many). ``throughput_ratio_cpu`` is the process's CPU time per event (all threads),
+  off over on: the ratio on one CPU that every thread must share. Each build's worker
+  explains during that build's passes only: after each of them its backlog is dropped
+  (counted as dropped) and the batch in hand finished outside the timed pass (until
+  commit 328dd36 the backlog ran on through the other builds' passes, all-off included,
+  which charged them its CPU and flattered the ratio);
 * ``shap_rank_correlation``: the median per-event Spearman correlation of Kernel SHAP
   attributions with ``shap.KernelExplainer`` (2048 samples, same background) on the demo
   model 1.1.0 (without ``--quick``, also against ``shap``'s ExactExplainer);
@@ -137,6 +140,7 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
             worker = ExplanationWorker(
                 explainer_factory(settings, {spec.version: spec}), spec.columns, sent.extend,
                 queue_size=e.queue_size, batch=e.batch, max_cpu_share=e.max_cpu_share,
+                nice=e.nice,
             ).start()  # fmt: skip
             scorer = KeyTap(scorer)
             monitor = InsightMonitor(monitor, scorer, chosen, worker=worker)

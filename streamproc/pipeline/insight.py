@@ -324,6 +324,7 @@ def wire_insight(
         worker = ExplanationWorker(
             explainer_factory(s, specs), scorer.primary.columns, sink, queue_size=e.queue_size,
             batch=e.batch, model_name=scorer.primary.name, max_cpu_share=e.max_cpu_share,
+            nice=e.nice,
         ).start()  # fmt: skip
 
         def close() -> None:
