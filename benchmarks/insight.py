@@ -12,16 +12,20 @@
 
   What is pinned and measured: no CPU is pinned, so every build's threads (the pipeline's
   one; in the builds with explanations on, the worker's too) may use all of the machine's
-  CPUs, the same ones for every build. The ratio is of wall-clock events per second
-  (median pass): a worker that runs on CPU time the pipeline's thread leaves (an idle CPU)
-  costs it nothing there, and at nice 19 the worker gets little else, so where the CPUs
-  are contended it explains few of the sampled events (the explained / dropped counts say
-  how many). ``throughput_ratio_cpu`` is the process's CPU time per event (all threads),
-  off over on: the ratio on one CPU that every thread must share. Each build's worker
-  explains during that build's passes only: after each of them its backlog is dropped
-  (counted as dropped) and the batch in hand finished outside the timed pass (until
-  commit 328dd36 the backlog ran on through the other builds' passes, all-off included,
-  which charged them its CPU and flattered the ratio);
+  CPUs, the same ones for every build. The ratio is of wall-clock events per second: per
+  round (one pass of each build, in turn), the build's over all-off's, and the median over
+  the rounds (15 rounds of 65,536 events with ``--quick``, 9 of 262,144 without; before
+  commit "benchmarks/insight.py: paired ratios" the ratio of the median passes, and 5
+  rounds with ``--quick``: too few, on a loaded machine, for the same code to give the
+  same figure twice). A worker that runs on CPU time the pipeline's thread leaves (an idle
+  CPU) costs it nothing there, and at nice 19 the worker gets little else, so where the
+  CPUs are contended it explains few of the sampled events (the explained / dropped
+  counts say how many). ``throughput_ratio_cpu`` is the process's CPU time per event (all
+  threads, median pass), off over on: the ratio on one CPU that every thread must share.
+  Each build's worker explains during that build's passes only: after each of them its
+  backlog is dropped (counted as dropped) and the batch in hand finished outside the timed
+  pass (until commit 328dd36 the backlog ran on through the other builds' passes,
+  all-off included, which charged them its CPU and flattered the ratio);
 * ``shap_rank_correlation``: the median per-event Spearman correlation of Kernel SHAP
   attributions with ``shap.KernelExplainer`` (2048 samples, same background) on the demo
   model 1.1.0 (without ``--quick``, also against ``shap``'s ExactExplainer);
@@ -198,9 +202,15 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     worker2.wait_idle(120)
     worker2.close()
     r_off, r_on = statistics.median(rates["off"]), statistics.median(rates["on"])
-    r_mon = statistics.median(rates["monitors"])
+
+    def paired(name: str) -> float:
+        """The median over rounds of the build's rate over all-off's in the same round
+        (adjacent passes: load that changes slower than a round cancels)."""
+        pairs = zip(rates[name], rates["off"], strict=True)
+        return round(statistics.median(a / b for a, b in pairs), 4)
+
     return {
-        "throughput_ratio": round(r_on / r_off, 4),
+        "throughput_ratio": paired("on"),
         # CPU time of the process (every thread: the explanation worker's too) per event,
         # off over on: the ratio where the builds had one CPU to share among their threads.
         "throughput_ratio_cpu": round(
@@ -209,8 +219,8 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
         "throughput_ratio_cpu_outliers_probing_only": round(
             statistics.median(cpu["off"]) / statistics.median(cpu["monitors"]), 4
         ),
-        "throughput_ratio_outliers_probing_only": round(r_mon / r_off, 4),
-        "throughput_ratio_explanations_only": round(statistics.median(rates["explain"]) / r_off, 4),
+        "throughput_ratio_outliers_probing_only": paired("monitors"),
+        "throughput_ratio_explanations_only": paired("explain"),
         "events_per_s_off": round(r_off),
         "events_per_s_on": round(r_on),
         "cpu_us_per_event_off": round(statistics.median(cpu["off"]), 3),
@@ -432,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {}
     for name, fn in (
         ("throughput", lambda: throughput(65_536 if args.quick else 262_144,
-                                          5 if args.quick else 9)),
+                                          15 if args.quick else 9)),
         ("explanations", lambda: explanations(exact=not args.quick)),
         ("outliers", outliers),
         ("probing", probing),
