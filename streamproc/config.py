@@ -423,6 +423,9 @@ class ExplanationSettings(_Strict):
     queue_size: int = Field(1_024, ge=1)  # requests waiting; more are dropped and counted
     batch: int = Field(32, ge=1)
     max_cpu_share: float = Field(0.25, gt=0, le=1)  # of one core, for the explainer thread
+    # The explainer thread's nice value (Linux; 0: the pipeline's own priority). At 19 it
+    # takes CPU time the pipeline's thread leaves, next to nothing of what it wants.
+    nice: int = Field(19, ge=0, le=19)
 
 
 class InsightSettings(_Strict):
