@@ -377,7 +377,9 @@ def plan(
         s = order[i]
         need = min(cnt[s] + touched[s], cap)
         touched[s] = 0
-        if need > capb[s]:
+        # at the cap a key needs its spare quarter too: without it each insert (which drops
+        # the oldest event) would slide all its events back to the block's start
+        if need > capb[s] or (need == cap and capb[s] < cap + max(cap // 4, 4)):
             # a quarter to spare: the live events slide back to the block's start (events
             # evicted or dropped at the front, added at the end) once per quarter of inserts
             c = 4
@@ -910,14 +912,17 @@ def serialize(
 def restore_sizes(
     words_i: I64,
     starts: I64,
+    cap: int,
 ) -> I64:
+    """Blocks as ``plan`` sizes them: a quarter to spare (a key restored at the cap with no
+    room would slide all its events at each insert)."""
     out = np.empty(len(starts), np.int64)
     for k in range(len(starts)):
         n = words_i[starts[k]]
         c = 4
-        while c < n:
+        while c < n + n // 4:
             c *= 2
-        out[k] = c
+        out[k] = min(c, max(cap + max(cap // 4, 4), n))
     return out
 
 

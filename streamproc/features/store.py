@@ -103,36 +103,49 @@ class _Part:
     # -- arrays --------------------------------------------------------------------------
 
     def _alloc_slots(self, n: int) -> None:
+        # One row of 8-byte words per slot (a float view of the same buffer for the sums):
+        # the kernel's reads of a cold key's slot are one or two cache lines, not twelve.
         lay = self.lay
-        self.off = np.zeros(n, _I64)
-        self.capb = np.zeros(n, _I64)
-        self.head = np.zeros(n, _I64)
-        self.cnt = np.zeros(n, _I64)
-        self.dirty = np.zeros(n, np.uint8)
-        self.touched = np.zeros(n, _I64)
-        self.bsh = np.zeros((lay.npr, n), _F64)
-        self.bsl = np.zeros((lay.npr, n), _F64)
-        self.bc = np.zeros((lay.npr, n), _I64)
-        self.bqh = np.zeros((lay.nq, n), _F64)
-        self.bql = np.zeros((lay.nq, n), _F64)
-        self.first = np.zeros(n, _I64)  # the time of each key's oldest event
+        npr, nq = lay.npr, lay.nq
+        w = 7 + 3 * npr + 2 * nq
+        buf = np.zeros((n, w), _I64)
+        fl = buf.view(_F64)
+        self.slot_buf = buf
+        self.off, self.capb, self.head, self.cnt, self.first, self.dirty = (
+            buf[:, c] for c in range(6)
+        )
+        c = 6
+        self.bsh = fl[:, c : c + 3 * npr : 3].T
+        self.bsl = fl[:, c + 1 : c + 3 * npr : 3].T
+        self.bc = buf[:, c + 2 : c + 3 * npr : 3].T
+        c += 3 * npr
+        self.bqh = fl[:, c : c + 2 * nq : 2].T
+        self.bql = fl[:, c + 1 : c + 2 * nq : 2].T
+        self.touched = buf[:, w - 1]  # plan()'s scratch, only read per batch
 
     def _grow_slots(self, n: int) -> None:
-        old = {k: getattr(self, k) for k in _SLOT_ARRAYS}
+        old = self.slot_buf
         self._alloc_slots(n)
-        for k, a in old.items():
-            getattr(self, k)[..., : a.shape[-1]] = a
+        self.slot_buf[: len(old)] = old
 
     def _new_arena(self, n: int) -> _Arena:
+        # One row of 8-byte words per event: time, values, then per summed field its running
+        # sum (hi, lo) and count, then per squared field (hi, lo). Views of one buffer, so a
+        # cold key's event is one or two cache lines rather than one per array.
         lay = self.lay
+        nf, npr, nq = lay.nf, lay.npr, lay.nq
+        buf = np.zeros((n, lay.event_bytes // 8), _I64)
+        fl = buf.view(_F64)
+        c = 1 + nf
+        q = c + 3 * npr
         return (
-            np.zeros(n, _I64),
-            np.zeros((lay.nf, n), _F64),
-            np.zeros((lay.npr, n), _F64),
-            np.zeros((lay.npr, n), _F64),
-            np.zeros((lay.nq, n), _F64),
-            np.zeros((lay.nq, n), _F64),
-            np.zeros((lay.npr, n), _I64),
+            buf[:, 0],
+            fl[:, 1:c].T,
+            fl[:, c:q:3].T,
+            fl[:, c + 1 : q : 3].T,
+            fl[:, q : q + 2 * nq : 2].T,
+            fl[:, q + 1 : q + 2 * nq : 2].T,
+            buf[:, c + 2 : q : 3].T,
         )
 
     def _set_arena(self, *arrays: Any) -> None:
@@ -156,8 +169,7 @@ class _Part:
         if self.top + extra <= size:
             return
         new = self._new_arena(max(2 * size, self.top + extra))
-        for a, b in zip(self.arena, new, strict=True):
-            b[..., : self.top] = a[..., : self.top]
+        new[0].base[: self.top] = self.T.base[: self.top]  # the whole rows (see _new_arena)
         bmx, bmn = self.BMx, self.BMn
         self._set_arena(*new)
         self.BMx[:, : bmx.shape[1]] = bmx
@@ -213,13 +225,8 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched, self.first)
-        arrays = (*self.arena, *self.bases, *slots, self.BMx, self.BMn)
+        arrays = (self.T.base, self.slot_buf, self.BMx, self.BMn)
         return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
-
-
-_SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
-                "bql", "first")  # fmt: skip
 
 
 class CompiledStore:
@@ -380,8 +387,8 @@ class CompiledStore:
         words = np.frombuffer(raw, _I64)
         lens = np.fromiter(map(len, blobs), _I64, len(blobs)) // 8
         starts = np.cumsum(lens) - lens
-        sizes = K.restore_sizes(words, starts)
-        p.reserve(int(sizes.sum()))
+        sizes = K.restore_sizes(words, starts, self.spec.max_events_per_key)
+        p.reserve(int(sizes.sum()) * 5 // 4)  # room for the first batches' relocations
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
                                p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
                                p.first)  # fmt: skip
