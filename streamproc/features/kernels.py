@@ -756,18 +756,21 @@ def evict(
     bql: F64,
     bc: I64,
     first: I64,
-) -> tuple[I64, I64, int]:
+) -> tuple[I64, I64, int, int]:
     """Drop events at or before ``cut``. Returns the slots left empty (evicted keys), the
-    slots that never held an event (keys seen only late), and the capacity freed."""
+    slots that never held an event (keys seen only late), the capacity freed, and the
+    oldest event time left (``2**63 - 1`` if none)."""
     gone = []
     orphans = []
     freed = 0
+    oldest = np.iinfo(np.int64).max
     for s in range(nslots):
         if capb[s] == 0:
             continue
         c = cnt[s]
         if c > 0:
             if first[s] > cut:  # the key's oldest event (kept per slot: no arena access)
+                oldest = min(oldest, first[s])
                 continue
             h = head[s]
             k = _upper(T, h, h + c, cut) - h
@@ -775,6 +778,7 @@ def evict(
             dirty[s] = 1
             if cnt[s] > 0:
                 first[s] = T[head[s]]
+                oldest = min(oldest, first[s])
                 continue
             gone.append(s)
         else:
@@ -784,7 +788,7 @@ def evict(
         head[s] = off[s]
         dirty[s] = 0
         _reset_base(s, bsh, bsl, bqh, bql, bc)
-    return np.array(gone, np.int64), np.array(orphans, np.int64), freed
+    return np.array(gone, np.int64), np.array(orphans, np.int64), freed, oldest
 
 
 @njit(cache=True, nogil=True)

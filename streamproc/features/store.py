@@ -97,6 +97,9 @@ class _Part:
         self.meta_dirty = False
         self.top = 0
         self.garbage = 0
+        self.ser_buf = np.empty(0, _I64)  # changes()' serialization buffer, kept
+        self.sweep = True  # evict() must scan: late events may have left keys with no event
+        self.min_first = 0  # no key's oldest event is older than this when sweep is False
         self._alloc_slots(slots)
         self._set_arena(*self._new_arena(events))
 
@@ -289,6 +292,8 @@ class CompiledStore:
                 p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late,
             )  # fmt: skip
             p.wm, p.has_wm = int(wm), bool(has_wm)
+            p.min_first = min(p.min_first, int(times.min()))  # a key's oldest may be new
+            p.sweep = p.sweep or bool(n_late)  # a key seen only late holds no event
             p.late += int(n_late)
             p.dropped += int(dropped)
             p.meta_dirty = True
@@ -333,10 +338,14 @@ class CompiledStore:
         if not p.has_wm:
             return
         cut = p.wm - self.spec.allowed_lateness_ms - self.spec.max_window_ms
-        gone, orphans, freed = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
+        if not p.sweep and cut < p.min_first:  # nothing to evict: no scan of every slot
+            return
+        gone, orphans, freed, oldest = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
                                        p.T, p.PSh, p.PSl, p.PQh, p.PQl, p.PC,
                                        *p.bases, p.first)  # fmt: skip
         p.garbage += int(freed)
+        p.sweep = False
+        p.min_first = int(oldest)
         if len(gone):
             p.release(gone, evicted=True)
         if len(orphans):
@@ -352,12 +361,15 @@ class CompiledStore:
         words = 1 + p.cnt[sel] * (1 + nf)
         ends = np.cumsum(words)
         starts = ends - words
-        buf = np.empty(int(ends[-1]) if len(ends) else 0, _I64)
+        total = int(ends[-1]) if len(ends) else 0
+        if len(p.ser_buf) < total:  # kept: a fresh buffer of megabytes page-faults each batch
+            p.ser_buf = np.empty(max(total, 2 * len(p.ser_buf)), _I64)
+        buf = p.ser_buf
         K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts)
-        raw = buf.tobytes()
+        raw = memoryview(buf).cast("B")  # each value is copied once, out of the buffer
         keys = p.keys
         out: list[tuple[bytes, bytes | None]] = [
-            (keys[s], raw[8 * a : 8 * b])  # type: ignore[misc]
+            (keys[s], raw[8 * a : 8 * b].tobytes())  # type: ignore[misc]
             for s, a, b in zip(sel.tolist(), starts.tolist(), ends.tolist(), strict=True)
         ]
         index = p.index
