@@ -439,13 +439,19 @@ def relocate(
     PC: I64,
     BMx: F64,
     BMn: F64,
+    rows: I64,
 ) -> tuple[int, int]:
     """Give each slot in ``grow`` a new block of ``size`` at the arena's top; returns the new
-    top and the capacity left behind."""
+    top and the capacity left behind. ``rows``: the arena's buffer, one row per event, that
+    ``T``, ``V`` and the sums are views of (``store._Part._new_arena``)."""
     freed = 0
+    w = rows.shape[1]
     for g in range(len(grow)):
         s = grow[g]
-        _move(head[s], top, cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+        src = head[s]
+        for i in range(cnt[s]):  # whole rows: the arrays are columns of ``rows``
+            for c in range(w):
+                rows[top + i, c] = rows[src + i, c]
         _blocks(V, BMx, BMn, top, top + cnt[s])
         freed += capb[s]
         off[s] = top

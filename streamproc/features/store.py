@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from itertools import repeat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -110,14 +111,14 @@ class _Part:
         # the kernel's reads of a cold key's slot are one or two cache lines, not twelve.
         lay = self.lay
         npr, nq = lay.npr, lay.nq
-        w = 7 + 3 * npr + 2 * nq
+        w = 6 + 3 * npr + 2 * nq
         buf = np.zeros((n, w), _I64)
         fl = buf.view(_F64)
         self.slot_buf = buf
-        self.off, self.capb, self.head, self.cnt, self.first, self.dirty = (
-            buf[:, c] for c in range(6)
-        )
-        c = 6
+        self.off, self.capb, self.head, self.cnt, self.first = (buf[:, c] for c in range(5))
+        # dirty flags apart: changes() scans them all each batch (100 kB, not every row)
+        self.dirty = np.zeros(n, np.uint8)
+        c = 5
         self.bsh = fl[:, c : c + 3 * npr : 3].T
         self.bsl = fl[:, c + 1 : c + 3 * npr : 3].T
         self.bc = buf[:, c + 2 : c + 3 * npr : 3].T
@@ -127,9 +128,10 @@ class _Part:
         self.touched = buf[:, w - 1]  # plan()'s scratch, only read per batch
 
     def _grow_slots(self, n: int) -> None:
-        old = self.slot_buf
+        old, dirty = self.slot_buf, self.dirty
         self._alloc_slots(n)
         self.slot_buf[: len(old)] = old
+        self.dirty[: len(dirty)] = dirty
 
     def _new_arena(self, n: int) -> _Arena:
         # One row of 8-byte words per event: time, values, then per summed field its running
@@ -192,8 +194,7 @@ class _Part:
     # -- keys ----------------------------------------------------------------------------
 
     def slots_for(self, keys: Sequence[bytes]) -> npt.NDArray[np.int64]:
-        get = self.index.get
-        sl = [get(k, -1) for k in keys]
+        sl = list(map(self.index.get, keys, repeat(-1)))
         if -1 in sl:
             for i, found in enumerate(sl):
                 if found == -1:
@@ -228,7 +229,7 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        arrays = (self.T.base, self.slot_buf, self.BMx, self.BMn)
+        arrays = (self.T.base, self.slot_buf, self.dirty, self.BMx, self.BMn)
         return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
 
 
@@ -283,7 +284,7 @@ class CompiledStore:
             if len(grow):
                 p.reserve(int(size.sum()))
                 p.top, freed = K.relocate(grow, size, p.top, p.off, p.capb, p.head, p.cnt,
-                                          *p.arena, p.BMx, p.BMn)  # fmt: skip
+                                          *p.arena, p.BMx, p.BMn, p.T.base)  # fmt: skip
                 p.garbage += freed
             wm, has_wm, n_late, dropped = K.process(
                 slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
