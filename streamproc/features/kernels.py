@@ -987,3 +987,117 @@ def restore_fill(
             first[k] = T[top]
         top += sizes[k]
     return top
+
+
+# -- keys to slots ---------------------------------------------------------------------------
+#
+# An open-addressing table (linear probing, load <= 1/2) from a key's bytes to its slot, one
+# row of five words per entry so that a lookup is about one cache line: the slot (-1 empty,
+# -2 deleted), the key's 64-bit FNV-1a hash, its length and its first 16 bytes (zero padded,
+# little-endian); the bytes after 16 are ``kb[koff[slot] + 16 : koff[slot] + length]``.
+
+_EMPTY = -1
+_DELETED = -2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _key_words(b: U8, a: int, n: int) -> tuple[np.uint64, np.uint64, np.uint64]:
+    """FNV-1a hash of ``b[a : a + n]`` and its first 16 bytes as two words."""
+    h = np.uint64(14695981039346656037)
+    p = np.uint64(1099511628211)
+    w0 = np.uint64(0)
+    w1 = np.uint64(0)
+    for i in range(n):
+        x = np.uint64(b[a + i])
+        h = (h ^ x) * p
+        if i < 8:
+            w0 |= x << np.uint64(8 * i)
+        elif i < 16:
+            w1 |= x << np.uint64(8 * (i - 8))
+    return h, w0, w1
+
+
+@njit(cache=True, nogil=True)
+def key_lookup(
+    q: U8,
+    qstart: I64,
+    qlen: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    out: I64,
+) -> int:
+    """The slot of each query key (bytes ``q[qstart[i] : qstart[i] + qlen[i]]``), -1 where
+    the table has none; returns how many were not found."""
+    mask = np.uint64(len(tab) - 1)
+    missing = 0
+    for i in range(len(qstart)):
+        a = qstart[i]
+        n = qlen[i]
+        h, w0, w1 = _key_words(q, a, n)
+        j = h & mask
+        found = -1
+        while True:
+            s = np.int64(tab[j, 0])
+            if s == _EMPTY:
+                break
+            if (s >= 0 and tab[j, 1] == h and tab[j, 2] == np.uint64(n) and tab[j, 3] == w0
+                    and tab[j, 4] == w1):  # fmt: skip
+                same = True
+                o = koff[s]
+                for k in range(16, n):
+                    if kb[o + k] != q[a + k]:
+                        same = False
+                        break
+                if same:
+                    found = int(s)
+                    break
+            j = (j + np.uint64(1)) & mask
+        out[i] = found
+        if found < 0:
+            missing += 1
+    return missing
+
+
+@njit(cache=True, nogil=True)
+def key_insert(
+    slots: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    klen: I64,
+) -> None:
+    """Enter each slot's key (already in ``kb`` at ``koff``/``klen``; not in the table)."""
+    mask = np.uint64(len(tab) - 1)
+    for i in range(len(slots)):
+        s = slots[i]
+        h, w0, w1 = _key_words(kb, koff[s], klen[s])
+        j = h & mask
+        while np.int64(tab[j, 0]) >= 0:
+            j = (j + np.uint64(1)) & mask
+        tab[j, 0] = np.uint64(s)
+        tab[j, 1] = h
+        tab[j, 2] = np.uint64(klen[s])
+        tab[j, 3] = w0
+        tab[j, 4] = w1
+
+
+@njit(cache=True, nogil=True)
+def key_delete(
+    slots: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    klen: I64,
+) -> None:
+    """Remove each slot's entry (its key's bytes still at ``koff``/``klen``)."""
+    mask = np.uint64(len(tab) - 1)
+    for i in range(len(slots)):
+        s = slots[i]
+        h, _, _ = _key_words(kb, koff[s], klen[s])
+        j = h & mask
+        while np.int64(tab[j, 0]) != _EMPTY:
+            if np.int64(tab[j, 0]) == s:
+                tab[j, 0] = np.uint64(0xFFFFFFFFFFFFFFFE)  # -2: deleted
+                break
+            j = (j + np.uint64(1)) & mask

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import repeat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +78,90 @@ class _Layout:
         self.event_bytes = 8 * (1 + self.nf + 3 * self.npr + 2 * self.nq)
 
 
+def _rows(view: _A) -> _A:
+    base = view.base
+    assert base is not None
+    return base
+
+
+class _KeyTable:
+    """Keys to slots in compiled code (``kernels.key_lookup``): a batch's keys are joined
+    into one buffer and looked up in one call, instead of a dict lookup per event. Mirrors
+    ``_Part.index`` (which still answers membership and stats)."""
+
+    MIN_SIZE = 1024  # entries (a power of two); the tests set it small to force rebuilds
+    MIN_GARBAGE = 1 << 16  # bytes of removed keys below which the key bytes are kept
+
+    def __init__(self, keys: Sequence[bytes | None] = ()) -> None:
+        self.rebuild(keys)
+
+    def rebuild(self, keys: Sequence[bytes | None]) -> None:
+        live = [s for s, k in enumerate(keys) if k is not None]
+        size = self.MIN_SIZE
+        while size < 4 * (len(live) + 1):  # load <= 1/4 after a rebuild, 1/2 at most
+            size *= 2
+        self.tab = np.zeros((size, 5), np.uint64)  # see kernels.key_lookup
+        self.tab[:, 0] = np.uint64(2**64 - 1)  # -1: empty
+        self.used = 0  # entries and deleted entries
+        n = max(64, len(keys))
+        self.koff = np.zeros(n, _I64)
+        self.klen = np.zeros(n, _I64)
+        lens = np.fromiter((len(k) if k is not None else 0 for k in keys), _I64, len(keys))
+        self.klen[: len(keys)] = lens
+        self.koff[: len(keys)] = np.cumsum(lens) - lens
+        self.ktop = int(lens.sum())
+        self.kb = np.zeros(max(64, 2 * self.ktop), np.uint8)
+        self.kb[: self.ktop] = np.frombuffer(b"".join(k for k in keys if k is not None),
+                                             np.uint8)  # fmt: skip
+        self.garbage = 0
+        self._insert(np.array(live, _I64))
+
+    def _insert(self, slots: npt.NDArray[np.int64]) -> None:
+        K.key_insert(slots, self.tab, self.kb, self.koff, self.klen)
+        self.used += len(slots)
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[npt.NDArray[np.int64], int]:
+        q = np.frombuffer(b"".join(keys), np.uint8)
+        qlen = np.fromiter(map(len, keys), _I64, len(keys))
+        qstart = np.cumsum(qlen) - qlen
+        out = np.empty(len(keys), _I64)
+        missing = K.key_lookup(q, qstart, qlen, self.tab, self.kb, self.koff, out)
+        return out, int(missing)
+
+    def add(self, slots: list[int], keys: list[bytes], all_keys: Sequence[bytes | None]) -> None:
+        """New keys at new slots (``all_keys``: every slot's key, these included)."""
+        if not slots:
+            return
+        full = 2 * (self.used + len(slots)) > len(self.tab)
+        if full or self.garbage > max(self.ktop // 2, self.MIN_GARBAGE):
+            self.rebuild(all_keys)
+            return
+        need = max(slots) + 1
+        if need > len(self.koff):
+            n = max(need, 2 * len(self.koff))
+            for name in ("koff", "klen"):
+                a = getattr(self, name)
+                b = np.zeros(n, _I64)
+                b[: len(a)] = a
+                setattr(self, name, b)
+        raw = b"".join(keys)
+        if self.ktop + len(raw) > len(self.kb):
+            kb = np.zeros(max(2 * len(self.kb), self.ktop + len(raw)), np.uint8)
+            kb[: self.ktop] = self.kb[: self.ktop]
+            self.kb = kb
+        self.kb[self.ktop : self.ktop + len(raw)] = np.frombuffer(raw, np.uint8)
+        sl = np.array(slots, _I64)
+        lens = np.fromiter(map(len, keys), _I64, len(keys))
+        self.klen[sl] = lens
+        self.koff[sl] = self.ktop + np.cumsum(lens) - lens
+        self.ktop += len(raw)
+        self._insert(sl)
+
+    def remove(self, slots: npt.NDArray[np.int64]) -> None:
+        K.key_delete(slots, self.tab, self.kb, self.koff, self.klen)
+        self.garbage += int(self.klen[slots].sum())
+
+
 class _Part:
     """One partition's state."""
 
@@ -98,6 +181,7 @@ class _Part:
         self.meta_dirty = False
         self.top = 0
         self.garbage = 0
+        self.table = _KeyTable()
         self.ser_buf = np.empty(0, _I64)  # changes()' serialization buffer, kept
         self.sweep = True  # evict() must scan: late events may have left keys with no event
         self.min_first = 0  # no key's oldest event is older than this when sweep is False
@@ -161,6 +245,11 @@ class _Part:
         self.BMn = np.full((rows, blocks), np.nan)
 
     @property
+    def rows(self) -> _A:
+        """The arena's buffer, one row per event, that ``T``, ``V`` and the sums view."""
+        return _rows(self.T)
+
+    @property
     def arena(self) -> _Arena:
         return (self.T, self.V, self.PSh, self.PSl, self.PQh, self.PQl, self.PC)
 
@@ -174,7 +263,7 @@ class _Part:
         if self.top + extra <= size:
             return
         new = self._new_arena(max(2 * size, self.top + extra))
-        new[0].base[: self.top] = self.T.base[: self.top]  # the whole rows (see _new_arena)
+        _rows(new[0])[: self.top] = self.rows[: self.top]  # whole rows (see _new_arena)
         bmx, bmn = self.BMx, self.BMn
         self._set_arena(*new)
         self.BMx[:, : bmx.shape[1]] = bmx
@@ -194,14 +283,21 @@ class _Part:
     # -- keys ----------------------------------------------------------------------------
 
     def slots_for(self, keys: Sequence[bytes]) -> npt.NDArray[np.int64]:
-        sl = list(map(self.index.get, keys, repeat(-1)))
-        if -1 in sl:
-            for i, found in enumerate(sl):
-                if found == -1:
-                    k = keys[i]
-                    s = self.index.get(k, -1)  # a new key twice in the batch
-                    sl[i] = s if s != -1 else self._new_slot(k)
-        return np.array(sl, _I64)
+        sl, missing = self.table.lookup(keys)
+        if missing:
+            new_slots: list[int] = []
+            new_keys: list[bytes] = []
+            index = self.index
+            for i in np.flatnonzero(sl < 0).tolist():
+                k = keys[i]
+                s = index.get(k, -1)  # a new key twice in the batch
+                if s == -1:
+                    s = self._new_slot(k)
+                    new_slots.append(s)
+                    new_keys.append(k)
+                sl[i] = s
+            self.table.add(new_slots, new_keys, self.keys)
+        return sl
 
     def _new_slot(self, key: bytes) -> int:
         if self.free:
@@ -217,6 +313,7 @@ class _Part:
         return s
 
     def release(self, slots: npt.NDArray[np.int64], evicted: bool) -> None:
+        self.table.remove(slots)
         for s in slots.tolist():
             key = self.keys[s]
             assert key is not None
@@ -229,7 +326,7 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        arrays = (self.T.base, self.slot_buf, self.dirty, self.BMx, self.BMn)
+        arrays = (self.rows, self.slot_buf, self.dirty, self.BMx, self.BMn)
         return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
 
 
@@ -284,7 +381,7 @@ class CompiledStore:
             if len(grow):
                 p.reserve(int(size.sum()))
                 p.top, freed = K.relocate(grow, size, p.top, p.off, p.capb, p.head, p.cnt,
-                                          *p.arena, p.BMx, p.BMn, p.T.base)  # fmt: skip
+                                          *p.arena, p.BMx, p.BMn, p.rows)  # fmt: skip
                 p.garbage += freed
             wm, has_wm, n_late, dropped = K.process(
                 slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
@@ -341,9 +438,10 @@ class CompiledStore:
         cut = p.wm - self.spec.allowed_lateness_ms - self.spec.max_window_ms
         if not p.sweep and cut < p.min_first:  # nothing to evict: no scan of every slot
             return
-        gone, orphans, freed, oldest = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
-                                       p.T, p.PSh, p.PSl, p.PQh, p.PQl, p.PC,
-                                       *p.bases, p.first)  # fmt: skip
+        gone, orphans, freed, oldest = K.evict(
+            cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty, p.T, p.PSh, p.PSl, p.PQh,
+            p.PQl, p.PC, *p.bases, p.first,
+        )  # fmt: skip
         p.garbage += int(freed)
         p.sweep = False
         p.min_first = int(oldest)
@@ -367,7 +465,7 @@ class CompiledStore:
             p.ser_buf = np.empty(max(total, 2 * len(p.ser_buf)), _I64)
         buf = p.ser_buf
         K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts)
-        raw = memoryview(buf).cast("B")  # each value is copied once, out of the buffer
+        raw = buf.data.cast("B")  # each value is copied once, out of the buffer
         keys = p.keys
         out: list[tuple[bytes, bytes | None]] = [
             (keys[s], raw[8 * a : 8 * b].tobytes())  # type: ignore[misc]
@@ -408,6 +506,7 @@ class CompiledStore:
         K.rebuild_blocks(len(keys), p.head, p.cnt, p.capb, p.V, p.BMx, p.BMn)
         p.keys = list(keys)
         p.index = dict(zip(keys, range(len(keys)), strict=True))
+        p.table.rebuild(p.keys)
         p.key_bytes = sum(map(len, keys))
         if meta is not None:
             wm, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(meta)

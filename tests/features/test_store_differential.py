@@ -233,3 +233,40 @@ def test_values_do_not_depend_on_where_batches_are_cut(
     got = FeatureResult(np.concatenate([r.values for r in cut]),
                         np.concatenate([r.late for r in cut]))  # fmt: skip
     _assert_values(spec, want, got, scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=24)), max_size=300))
+def test_key_table_agrees_with_a_dict(ops: list[tuple[bool, bytes]]) -> None:
+    """The compiled key -> slot table (``store._KeyTable``) through adds, removals, slot
+    reuse, growth and rebuilds answers as a dict does."""
+    from streamproc.features.store import _KeyTable
+
+    class Small(_KeyTable):
+        MIN_SIZE = 4
+        MIN_GARBAGE = 8
+
+    table = Small()
+    table.rebuild([])
+    keys: list[bytes | None] = []
+    index: dict[bytes, int] = {}
+    free: list[int] = []
+    for add, key in ops:
+        if add and key not in index:
+            s = free.pop() if free else len(keys)
+            if s == len(keys):
+                keys.append(key)
+            else:
+                keys[s] = key
+            index[key] = s
+            table.add([s], [key], keys)
+        elif not add and key in index:
+            s = index.pop(key)
+            table.remove(np.array([s], np.int64))
+            keys[s] = None
+            free.append(s)
+        probe = [*index, key, key + b"\x00"]
+        got, missing = table.lookup(probe)
+        want = [index.get(k, -1) for k in probe]
+        assert got.tolist() == want
+        assert missing == want.count(-1)
