@@ -223,7 +223,8 @@ class _Part:
         # cold key's event is one or two cache lines rather than one per array.
         lay = self.lay
         nf, npr, nq = lay.nf, lay.npr, lay.nq
-        buf = np.zeros((n, lay.event_bytes // 8), _I64)
+        buf = np.empty((n, lay.event_bytes // 8), _I64)
+        buf.fill(0)  # touched now: not a page fault per 4 kB as relocations reach it later
         fl = buf.view(_F64)
         c = 1 + nf
         q = c + 3 * npr
