@@ -1,7 +1,9 @@
 """Numba kernels of the compiled window store (``store.py``): one call per batch, no Python
 per event.
 
-Layout of one partition's state (structure of arrays, see ``store._Part``):
+Layout of one partition's state (see ``store._Part``; the arrays below are strided views of
+one buffer of rows, one row per event and one per slot, so a kernel reads them as separate
+arrays while an event's fields share a cache line):
 
 * an *arena* of events: ``T[i]`` event time, ``V[f, i]`` value of value field ``f``, and for
   the fields that sum/mean/std read, inclusive running sums in double-double (``PSh``/``PSl``;

@@ -2,9 +2,12 @@
 (``kernels.py``), with the state of each partition in flat numpy arrays.
 
 Per partition, each key has a *slot*; the key's events that can still be seen live in a block
-of an event arena, sorted by (event time, arrival), with running sums beside them. Python
-touches a batch once to map its keys to slots (a dict lookup per event, a new slot per new
-key); everything per event or per key after that is compiled.
+of an event arena, sorted by (event time, arrival), with running sums beside them. The arena
+is one row of 8-byte words per event (time, values, running sums) and the slots one row per
+key, so that an event of a cold key costs a cache line or two, not one per array. A batch's
+keys are joined into one buffer and mapped to slots by a compiled hash table
+(``_KeyTable``); Python only adds the keys it has not seen. Everything per event or per key
+after that is compiled.
 
 Memory per key is bounded by ``FeaturesSpec.max_events_per_key`` (the oldest events beyond it
 are dropped and counted); a key's block is the smallest power of two that holds its events.
