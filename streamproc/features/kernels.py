@@ -924,17 +924,16 @@ def serialize(
 def restore_sizes(
     words_i: I64,
     starts: I64,
-    cap: int,
 ) -> I64:
-    """Blocks as ``plan`` sizes them: a quarter to spare (a key restored at the cap with no
-    room would slide all its events at each insert)."""
+    """Blocks of the smallest power of two (>= 4) holding each key, as compact as the
+    changelog; a key at the cap gets its spare quarter (``plan``) when first touched."""
     out = np.empty(len(starts), np.int64)
     for k in range(len(starts)):
         n = words_i[starts[k]]
         c = 4
-        while c < n + n // 4:
+        while c < n:
             c *= 2
-        out[k] = min(c, max(cap + max(cap // 4, 4), n))
+        out[k] = c
     return out
 
 

@@ -502,7 +502,7 @@ class CompiledStore:
         words = np.frombuffer(raw, _I64)
         lens = np.fromiter(map(len, blobs), _I64, len(blobs)) // 8
         starts = np.cumsum(lens) - lens
-        sizes = K.restore_sizes(words, starts, self.spec.max_events_per_key)
+        sizes = K.restore_sizes(words, starts)
         p.reserve(int(sizes.sum()) * 5 // 4)  # room for the first batches' relocations
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
                                p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
