@@ -160,6 +160,9 @@ class _KeyTable:
         self.ktop += len(raw)
         self._insert(sl)
 
+    def nbytes(self) -> int:
+        return int(self.tab.nbytes + self.kb.nbytes + self.koff.nbytes + self.klen.nbytes)
+
     def remove(self, slots: npt.NDArray[np.int64]) -> None:
         K.key_delete(slots, self.tab, self.kb, self.koff, self.klen)
         self.garbage += int(self.klen[slots].sum())
@@ -331,7 +334,12 @@ class _Part:
 
     def nbytes(self) -> int:
         arrays = (self.rows, self.slot_buf, self.dirty, self.BMx, self.BMn)
-        return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
+        return (
+            int(sum(a.nbytes for a in arrays))
+            + self.table.nbytes()
+            + self.key_bytes
+            + _KEY_OVERHEAD * len(self.index)
+        )
 
 
 class CompiledStore:
