@@ -101,7 +101,7 @@ class _KeyTable:
     def rebuild(self, keys: Sequence[bytes | None]) -> None:
         live = [s for s, k in enumerate(keys) if k is not None]
         size = self.MIN_SIZE
-        while size < 4 * (len(live) + 1):  # load <= 1/4 after a rebuild, 1/2 at most
+        while size < 2 * (len(live) + 1):  # load <= 1/2 (add() rebuilds past it)
             size *= 2
         self.tab = np.zeros((size, 5), np.uint64)  # see kernels.key_lookup
         self.tab[:, 0] = np.uint64(2**64 - 1)  # -1: empty
