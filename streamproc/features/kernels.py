@@ -1,7 +1,9 @@
 """Numba kernels of the compiled window store (``store.py``): one call per batch, no Python
 per event.
 
-Layout of one partition's state (structure of arrays, see ``store._Part``):
+Layout of one partition's state (see ``store._Part``; the arrays below are strided views of
+one buffer of rows, one row per event and one per slot, so a kernel reads them as separate
+arrays while an event's fields share a cache line):
 
 * an *arena* of events: ``T[i]`` event time, ``V[f, i]`` value of value field ``f``, and for
   the fields that sum/mean/std read, inclusive running sums in double-double (``PSh``/``PSl``;
@@ -377,7 +379,9 @@ def plan(
         s = order[i]
         need = min(cnt[s] + touched[s], cap)
         touched[s] = 0
-        if need > capb[s]:
+        # at the cap a key needs its spare quarter too: without it each insert (which drops
+        # the oldest event) would slide all its events back to the block's start
+        if need > capb[s] or (need == cap and capb[s] < cap + max(cap // 4, 4)):
             # a quarter to spare: the live events slide back to the block's start (events
             # evicted or dropped at the front, added at the end) once per quarter of inserts
             c = 4
@@ -437,13 +441,19 @@ def relocate(
     PC: I64,
     BMx: F64,
     BMn: F64,
+    rows: I64,
 ) -> tuple[int, int]:
     """Give each slot in ``grow`` a new block of ``size`` at the arena's top; returns the new
-    top and the capacity left behind."""
+    top and the capacity left behind. ``rows``: the arena's buffer, one row per event, that
+    ``T``, ``V`` and the sums are views of (``store._Part._new_arena``)."""
     freed = 0
+    w = rows.shape[1]
     for g in range(len(grow)):
         s = grow[g]
-        _move(head[s], top, cnt[s], T, V, PSh, PSl, PQh, PQl, PC)
+        src = head[s]
+        for i in range(cnt[s]):  # whole rows: the arrays are columns of ``rows``
+            for c in range(w):
+                rows[top + i, c] = rows[src + i, c]
         _blocks(V, BMx, BMn, top, top + cnt[s])
         freed += capb[s]
         off[s] = top
@@ -754,18 +764,21 @@ def evict(
     bql: F64,
     bc: I64,
     first: I64,
-) -> tuple[I64, I64, int]:
+) -> tuple[I64, I64, int, int]:
     """Drop events at or before ``cut``. Returns the slots left empty (evicted keys), the
-    slots that never held an event (keys seen only late), and the capacity freed."""
+    slots that never held an event (keys seen only late), the capacity freed, and the
+    oldest event time left (``2**63 - 1`` if none)."""
     gone = []
     orphans = []
     freed = 0
+    oldest = np.iinfo(np.int64).max
     for s in range(nslots):
         if capb[s] == 0:
             continue
         c = cnt[s]
         if c > 0:
             if first[s] > cut:  # the key's oldest event (kept per slot: no arena access)
+                oldest = min(oldest, first[s])
                 continue
             h = head[s]
             k = _upper(T, h, h + c, cut) - h
@@ -773,6 +786,7 @@ def evict(
             dirty[s] = 1
             if cnt[s] > 0:
                 first[s] = T[head[s]]
+                oldest = min(oldest, first[s])
                 continue
             gone.append(s)
         else:
@@ -782,7 +796,7 @@ def evict(
         head[s] = off[s]
         dirty[s] = 0
         _reset_base(s, bsh, bsl, bqh, bql, bc)
-    return np.array(gone, np.int64), np.array(orphans, np.int64), freed
+    return np.array(gone, np.int64), np.array(orphans, np.int64), freed, oldest
 
 
 @njit(cache=True, nogil=True)
@@ -911,6 +925,8 @@ def restore_sizes(
     words_i: I64,
     starts: I64,
 ) -> I64:
+    """Blocks of the smallest power of two (>= 4) holding each key, as compact as the
+    changelog; a key at the cap gets its spare quarter (``plan``) when first touched."""
     out = np.empty(len(starts), np.int64)
     for k in range(len(starts)):
         n = words_i[starts[k]]
@@ -972,3 +988,117 @@ def restore_fill(
             first[k] = T[top]
         top += sizes[k]
     return top
+
+
+# -- keys to slots ---------------------------------------------------------------------------
+#
+# An open-addressing table (linear probing, load <= 1/2) from a key's bytes to its slot, one
+# row of five words per entry so that a lookup is about one cache line: the slot (-1 empty,
+# -2 deleted), the key's 64-bit FNV-1a hash, its length and its first 16 bytes (zero padded,
+# little-endian); the bytes after 16 are ``kb[koff[slot] + 16 : koff[slot] + length]``.
+
+_EMPTY = -1
+_DELETED = -2
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _key_words(b: U8, a: int, n: int) -> tuple[np.uint64, np.uint64, np.uint64]:
+    """FNV-1a hash of ``b[a : a + n]`` and its first 16 bytes as two words."""
+    h = np.uint64(14695981039346656037)
+    p = np.uint64(1099511628211)
+    w0 = np.uint64(0)
+    w1 = np.uint64(0)
+    for i in range(n):
+        x = np.uint64(b[a + i])
+        h = (h ^ x) * p
+        if i < 8:
+            w0 |= x << np.uint64(8 * i)
+        elif i < 16:
+            w1 |= x << np.uint64(8 * (i - 8))
+    return h, w0, w1
+
+
+@njit(cache=True, nogil=True)
+def key_lookup(
+    q: U8,
+    qstart: I64,
+    qlen: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    out: I64,
+) -> int:
+    """The slot of each query key (bytes ``q[qstart[i] : qstart[i] + qlen[i]]``), -1 where
+    the table has none; returns how many were not found."""
+    mask = np.uint64(len(tab) - 1)
+    missing = 0
+    for i in range(len(qstart)):
+        a = qstart[i]
+        n = qlen[i]
+        h, w0, w1 = _key_words(q, a, n)
+        j = h & mask
+        found = -1
+        while True:
+            s = np.int64(tab[j, 0])
+            if s == _EMPTY:
+                break
+            if (s >= 0 and tab[j, 1] == h and tab[j, 2] == np.uint64(n) and tab[j, 3] == w0
+                    and tab[j, 4] == w1):  # fmt: skip
+                same = True
+                o = koff[s]
+                for k in range(16, n):
+                    if kb[o + k] != q[a + k]:
+                        same = False
+                        break
+                if same:
+                    found = int(s)
+                    break
+            j = (j + np.uint64(1)) & mask
+        out[i] = found
+        if found < 0:
+            missing += 1
+    return missing
+
+
+@njit(cache=True, nogil=True)
+def key_insert(
+    slots: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    klen: I64,
+) -> None:
+    """Enter each slot's key (already in ``kb`` at ``koff``/``klen``; not in the table)."""
+    mask = np.uint64(len(tab) - 1)
+    for i in range(len(slots)):
+        s = slots[i]
+        h, w0, w1 = _key_words(kb, koff[s], klen[s])
+        j = h & mask
+        while np.int64(tab[j, 0]) >= 0:
+            j = (j + np.uint64(1)) & mask
+        tab[j, 0] = np.uint64(s)
+        tab[j, 1] = h
+        tab[j, 2] = np.uint64(klen[s])
+        tab[j, 3] = w0
+        tab[j, 4] = w1
+
+
+@njit(cache=True, nogil=True)
+def key_delete(
+    slots: I64,
+    tab: npt.NDArray[np.uint64],
+    kb: U8,
+    koff: I64,
+    klen: I64,
+) -> None:
+    """Remove each slot's entry (its key's bytes still at ``koff``/``klen``)."""
+    mask = np.uint64(len(tab) - 1)
+    for i in range(len(slots)):
+        s = slots[i]
+        h, _, _ = _key_words(kb, koff[s], klen[s])
+        j = h & mask
+        while np.int64(tab[j, 0]) != _EMPTY:
+            if np.int64(tab[j, 0]) == s:
+                tab[j, 0] = np.uint64(0xFFFFFFFFFFFFFFFE)  # -2: deleted
+                break
+            j = (j + np.uint64(1)) & mask

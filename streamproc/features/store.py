@@ -2,9 +2,12 @@
 (``kernels.py``), with the state of each partition in flat numpy arrays.
 
 Per partition, each key has a *slot*; the key's events that can still be seen live in a block
-of an event arena, sorted by (event time, arrival), with running sums beside them. Python
-touches a batch once to map its keys to slots (a dict lookup per event, a new slot per new
-key); everything per event or per key after that is compiled.
+of an event arena, sorted by (event time, arrival), with running sums beside them. The arena
+is one row of 8-byte words per event (time, values, running sums) and the slots one row per
+key, so that an event of a cold key costs a cache line or two, not one per array. A batch's
+keys are joined into one buffer and mapped to slots by a compiled hash table
+(``_KeyTable``); Python only adds the keys it has not seen. Everything per event or per key
+after that is compiled.
 
 Memory per key is bounded by ``FeaturesSpec.max_events_per_key`` (the oldest events beyond it
 are dropped and counted); a key's block is the smallest power of two that holds its events.
@@ -78,6 +81,93 @@ class _Layout:
         self.event_bytes = 8 * (1 + self.nf + 3 * self.npr + 2 * self.nq)
 
 
+def _rows(view: _A) -> _A:
+    base = view.base
+    assert base is not None
+    return base
+
+
+class _KeyTable:
+    """Keys to slots in compiled code (``kernels.key_lookup``): a batch's keys are joined
+    into one buffer and looked up in one call, instead of a dict lookup per event. Mirrors
+    ``_Part.index`` (which still answers membership and stats)."""
+
+    MIN_SIZE = 1024  # entries (a power of two); the tests set it small to force rebuilds
+    MIN_GARBAGE = 1 << 16  # bytes of removed keys below which the key bytes are kept
+
+    def __init__(self, keys: Sequence[bytes | None] = ()) -> None:
+        self.rebuild(keys)
+
+    def rebuild(self, keys: Sequence[bytes | None]) -> None:
+        live = [s for s, k in enumerate(keys) if k is not None]
+        size = self.MIN_SIZE
+        while size < 2 * (len(live) + 1):  # load <= 1/2 (add() rebuilds past it)
+            size *= 2
+        self.tab = np.zeros((size, 5), np.uint64)  # see kernels.key_lookup
+        self.tab[:, 0] = np.uint64(2**64 - 1)  # -1: empty
+        self.used = 0  # entries and deleted entries
+        n = max(64, len(keys))
+        self.koff = np.zeros(n, _I64)
+        self.klen = np.zeros(n, _I64)
+        lens = np.fromiter((len(k) if k is not None else 0 for k in keys), _I64, len(keys))
+        self.klen[: len(keys)] = lens
+        self.koff[: len(keys)] = np.cumsum(lens) - lens
+        self.ktop = int(lens.sum())
+        self.kb = np.zeros(max(64, 2 * self.ktop), np.uint8)
+        self.kb[: self.ktop] = np.frombuffer(b"".join(k for k in keys if k is not None),
+                                             np.uint8)  # fmt: skip
+        self.garbage = 0
+        self._insert(np.array(live, _I64))
+
+    def _insert(self, slots: npt.NDArray[np.int64]) -> None:
+        K.key_insert(slots, self.tab, self.kb, self.koff, self.klen)
+        self.used += len(slots)
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[npt.NDArray[np.int64], int]:
+        q = np.frombuffer(b"".join(keys), np.uint8)
+        qlen = np.fromiter(map(len, keys), _I64, len(keys))
+        qstart = np.cumsum(qlen) - qlen
+        out = np.empty(len(keys), _I64)
+        missing = K.key_lookup(q, qstart, qlen, self.tab, self.kb, self.koff, out)
+        return out, int(missing)
+
+    def add(self, slots: list[int], keys: list[bytes], all_keys: Sequence[bytes | None]) -> None:
+        """New keys at new slots (``all_keys``: every slot's key, these included)."""
+        if not slots:
+            return
+        full = 2 * (self.used + len(slots)) > len(self.tab)
+        if full or self.garbage > max(self.ktop // 2, self.MIN_GARBAGE):
+            self.rebuild(all_keys)
+            return
+        need = max(slots) + 1
+        if need > len(self.koff):
+            n = max(need, 2 * len(self.koff))
+            for name in ("koff", "klen"):
+                a = getattr(self, name)
+                b = np.zeros(n, _I64)
+                b[: len(a)] = a
+                setattr(self, name, b)
+        raw = b"".join(keys)
+        if self.ktop + len(raw) > len(self.kb):
+            kb = np.zeros(max(2 * len(self.kb), self.ktop + len(raw)), np.uint8)
+            kb[: self.ktop] = self.kb[: self.ktop]
+            self.kb = kb
+        self.kb[self.ktop : self.ktop + len(raw)] = np.frombuffer(raw, np.uint8)
+        sl = np.array(slots, _I64)
+        lens = np.fromiter(map(len, keys), _I64, len(keys))
+        self.klen[sl] = lens
+        self.koff[sl] = self.ktop + np.cumsum(lens) - lens
+        self.ktop += len(raw)
+        self._insert(sl)
+
+    def nbytes(self) -> int:
+        return int(self.tab.nbytes + self.kb.nbytes + self.koff.nbytes + self.klen.nbytes)
+
+    def remove(self, slots: npt.NDArray[np.int64]) -> None:
+        K.key_delete(slots, self.tab, self.kb, self.koff, self.klen)
+        self.garbage += int(self.klen[slots].sum())
+
+
 class _Part:
     """One partition's state."""
 
@@ -97,42 +187,61 @@ class _Part:
         self.meta_dirty = False
         self.top = 0
         self.garbage = 0
+        self.table = _KeyTable()
+        self.ser_buf = np.empty(0, _I64)  # changes()' serialization buffer, kept
+        self.sweep = True  # evict() must scan: late events may have left keys with no event
+        self.min_first = 0  # no key's oldest event is older than this when sweep is False
         self._alloc_slots(slots)
         self._set_arena(*self._new_arena(events))
 
     # -- arrays --------------------------------------------------------------------------
 
     def _alloc_slots(self, n: int) -> None:
+        # One row of 8-byte words per slot (a float view of the same buffer for the sums):
+        # the kernel's reads of a cold key's slot are one or two cache lines, not twelve.
         lay = self.lay
-        self.off = np.zeros(n, _I64)
-        self.capb = np.zeros(n, _I64)
-        self.head = np.zeros(n, _I64)
-        self.cnt = np.zeros(n, _I64)
+        npr, nq = lay.npr, lay.nq
+        w = 6 + 3 * npr + 2 * nq
+        buf = np.zeros((n, w), _I64)
+        fl = buf.view(_F64)
+        self.slot_buf = buf
+        self.off, self.capb, self.head, self.cnt, self.first = (buf[:, c] for c in range(5))
+        # dirty flags apart: changes() scans them all each batch (100 kB, not every row)
         self.dirty = np.zeros(n, np.uint8)
-        self.touched = np.zeros(n, _I64)
-        self.bsh = np.zeros((lay.npr, n), _F64)
-        self.bsl = np.zeros((lay.npr, n), _F64)
-        self.bc = np.zeros((lay.npr, n), _I64)
-        self.bqh = np.zeros((lay.nq, n), _F64)
-        self.bql = np.zeros((lay.nq, n), _F64)
-        self.first = np.zeros(n, _I64)  # the time of each key's oldest event
+        c = 5
+        self.bsh = fl[:, c : c + 3 * npr : 3].T
+        self.bsl = fl[:, c + 1 : c + 3 * npr : 3].T
+        self.bc = buf[:, c + 2 : c + 3 * npr : 3].T
+        c += 3 * npr
+        self.bqh = fl[:, c : c + 2 * nq : 2].T
+        self.bql = fl[:, c + 1 : c + 2 * nq : 2].T
+        self.touched = buf[:, w - 1]  # plan()'s scratch, only read per batch
 
     def _grow_slots(self, n: int) -> None:
-        old = {k: getattr(self, k) for k in _SLOT_ARRAYS}
+        old, dirty = self.slot_buf, self.dirty
         self._alloc_slots(n)
-        for k, a in old.items():
-            getattr(self, k)[..., : a.shape[-1]] = a
+        self.slot_buf[: len(old)] = old
+        self.dirty[: len(dirty)] = dirty
 
     def _new_arena(self, n: int) -> _Arena:
+        # One row of 8-byte words per event: time, values, then per summed field its running
+        # sum (hi, lo) and count, then per squared field (hi, lo). Views of one buffer, so a
+        # cold key's event is one or two cache lines rather than one per array.
         lay = self.lay
+        nf, npr, nq = lay.nf, lay.npr, lay.nq
+        buf = np.empty((n, lay.event_bytes // 8), _I64)
+        buf.fill(0)  # touched now: not a page fault per 4 kB as relocations reach it later
+        fl = buf.view(_F64)
+        c = 1 + nf
+        q = c + 3 * npr
         return (
-            np.zeros(n, _I64),
-            np.zeros((lay.nf, n), _F64),
-            np.zeros((lay.npr, n), _F64),
-            np.zeros((lay.npr, n), _F64),
-            np.zeros((lay.nq, n), _F64),
-            np.zeros((lay.nq, n), _F64),
-            np.zeros((lay.npr, n), _I64),
+            buf[:, 0],
+            fl[:, 1:c].T,
+            fl[:, c:q:3].T,
+            fl[:, c + 1 : q : 3].T,
+            fl[:, q : q + 2 * nq : 2].T,
+            fl[:, q + 1 : q + 2 * nq : 2].T,
+            buf[:, c + 2 : q : 3].T,
         )
 
     def _set_arena(self, *arrays: Any) -> None:
@@ -141,6 +250,11 @@ class _Part:
         rows = self.lay.nf if self.lay.extremes else 0
         self.BMx = np.full((rows, blocks), np.nan)
         self.BMn = np.full((rows, blocks), np.nan)
+
+    @property
+    def rows(self) -> _A:
+        """The arena's buffer, one row per event, that ``T``, ``V`` and the sums view."""
+        return _rows(self.T)
 
     @property
     def arena(self) -> _Arena:
@@ -156,8 +270,7 @@ class _Part:
         if self.top + extra <= size:
             return
         new = self._new_arena(max(2 * size, self.top + extra))
-        for a, b in zip(self.arena, new, strict=True):
-            b[..., : self.top] = a[..., : self.top]
+        _rows(new[0])[: self.top] = self.rows[: self.top]  # whole rows (see _new_arena)
         bmx, bmn = self.BMx, self.BMn
         self._set_arena(*new)
         self.BMx[:, : bmx.shape[1]] = bmx
@@ -177,15 +290,21 @@ class _Part:
     # -- keys ----------------------------------------------------------------------------
 
     def slots_for(self, keys: Sequence[bytes]) -> npt.NDArray[np.int64]:
-        get = self.index.get
-        sl = [get(k, -1) for k in keys]
-        if -1 in sl:
-            for i, found in enumerate(sl):
-                if found == -1:
-                    k = keys[i]
-                    s = self.index.get(k, -1)  # a new key twice in the batch
-                    sl[i] = s if s != -1 else self._new_slot(k)
-        return np.array(sl, _I64)
+        sl, missing = self.table.lookup(keys)
+        if missing:
+            new_slots: list[int] = []
+            new_keys: list[bytes] = []
+            index = self.index
+            for i in np.flatnonzero(sl < 0).tolist():
+                k = keys[i]
+                s = index.get(k, -1)  # a new key twice in the batch
+                if s == -1:
+                    s = self._new_slot(k)
+                    new_slots.append(s)
+                    new_keys.append(k)
+                sl[i] = s
+            self.table.add(new_slots, new_keys, self.keys)
+        return sl
 
     def _new_slot(self, key: bytes) -> int:
         if self.free:
@@ -201,6 +320,7 @@ class _Part:
         return s
 
     def release(self, slots: npt.NDArray[np.int64], evicted: bool) -> None:
+        self.table.remove(slots)
         for s in slots.tolist():
             key = self.keys[s]
             assert key is not None
@@ -213,13 +333,13 @@ class _Part:
                 self.evicted += 1
 
     def nbytes(self) -> int:
-        slots = (self.off, self.capb, self.head, self.cnt, self.dirty, self.touched, self.first)
-        arrays = (*self.arena, *self.bases, *slots, self.BMx, self.BMn)
-        return int(sum(a.nbytes for a in arrays)) + self.key_bytes + _KEY_OVERHEAD * len(self.index)
-
-
-_SLOT_ARRAYS = ("off", "capb", "head", "cnt", "dirty", "touched", "bsh", "bsl", "bc", "bqh",
-                "bql", "first")  # fmt: skip
+        arrays = (self.rows, self.slot_buf, self.dirty, self.BMx, self.BMn)
+        return (
+            int(sum(a.nbytes for a in arrays))
+            + self.table.nbytes()
+            + self.key_bytes
+            + _KEY_OVERHEAD * len(self.index)
+        )
 
 
 class CompiledStore:
@@ -273,7 +393,7 @@ class CompiledStore:
             if len(grow):
                 p.reserve(int(size.sum()))
                 p.top, freed = K.relocate(grow, size, p.top, p.off, p.capb, p.head, p.cnt,
-                                          *p.arena, p.BMx, p.BMn)  # fmt: skip
+                                          *p.arena, p.BMx, p.BMn, p.rows)  # fmt: skip
                 p.garbage += freed
             wm, has_wm, n_late, dropped = K.process(
                 slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
@@ -282,6 +402,8 @@ class CompiledStore:
                 p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late,
             )  # fmt: skip
             p.wm, p.has_wm = int(wm), bool(has_wm)
+            p.min_first = min(p.min_first, int(times.min()))  # a key's oldest may be new
+            p.sweep = p.sweep or bool(n_late)  # a key seen only late holds no event
             p.late += int(n_late)
             p.dropped += int(dropped)
             p.meta_dirty = True
@@ -326,10 +448,15 @@ class CompiledStore:
         if not p.has_wm:
             return
         cut = p.wm - self.spec.allowed_lateness_ms - self.spec.max_window_ms
-        gone, orphans, freed = K.evict(cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty,
-                                       p.T, p.PSh, p.PSl, p.PQh, p.PQl, p.PC,
-                                       *p.bases, p.first)  # fmt: skip
+        if not p.sweep and cut < p.min_first:  # nothing to evict: no scan of every slot
+            return
+        gone, orphans, freed, oldest = K.evict(
+            cut, len(p.keys), p.off, p.capb, p.head, p.cnt, p.dirty, p.T, p.PSh, p.PSl, p.PQh,
+            p.PQl, p.PC, *p.bases, p.first,
+        )  # fmt: skip
         p.garbage += int(freed)
+        p.sweep = False
+        p.min_first = int(oldest)
         if len(gone):
             p.release(gone, evicted=True)
         if len(orphans):
@@ -345,12 +472,15 @@ class CompiledStore:
         words = 1 + p.cnt[sel] * (1 + nf)
         ends = np.cumsum(words)
         starts = ends - words
-        buf = np.empty(int(ends[-1]) if len(ends) else 0, _I64)
+        total = int(ends[-1]) if len(ends) else 0
+        if len(p.ser_buf) < total:  # kept: a fresh buffer of megabytes page-faults each batch
+            p.ser_buf = np.empty(max(total, 2 * len(p.ser_buf)), _I64)
+        buf = p.ser_buf
         K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts)
-        raw = buf.tobytes()
+        raw = buf.data.cast("B")  # each value is copied once, out of the buffer
         keys = p.keys
         out: list[tuple[bytes, bytes | None]] = [
-            (keys[s], raw[8 * a : 8 * b])  # type: ignore[misc]
+            (keys[s], raw[8 * a : 8 * b].tobytes())  # type: ignore[misc]
             for s, a, b in zip(sel.tolist(), starts.tolist(), ends.tolist(), strict=True)
         ]
         index = p.index
@@ -381,13 +511,14 @@ class CompiledStore:
         lens = np.fromiter(map(len, blobs), _I64, len(blobs)) // 8
         starts = np.cumsum(lens) - lens
         sizes = K.restore_sizes(words, starts)
-        p.reserve(int(sizes.sum()))
+        p.reserve(int(sizes.sum()) * 5 // 4)  # room for the first batches' relocations
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
                                p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
                                p.first)  # fmt: skip
         K.rebuild_blocks(len(keys), p.head, p.cnt, p.capb, p.V, p.BMx, p.BMn)
         p.keys = list(keys)
         p.index = dict(zip(keys, range(len(keys)), strict=True))
+        p.table.rebuild(p.keys)
         p.key_bytes = sum(map(len, keys))
         if meta is not None:
             wm, p.closed_bound, p.late, p.evicted, p.dropped = json.loads(meta)

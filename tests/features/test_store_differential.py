@@ -198,6 +198,16 @@ def test_memory_per_key_is_bounded_and_drops_are_counted() -> None:
         assert got.values[-1, 0] == cap  # the key's sum covers its last `cap` events only
     assert store.stats(0).dropped_events == 20_000 - cap
     assert max(sizes) == sizes[0]  # memory stops growing once the key is at its cap
+    # Restored at the cap, the key gets the same spare room once touched: without it every
+    # insert slid all of its events back to its block's start.
+    restored = CompiledStore(spec)
+    restored.restore(0, store.changes(0))
+    part = restored._parts[0]
+    slot = part.index[b"hot"]
+    t = np.arange(20_000, 21_000, dtype=np.int64)
+    got = restored.process(0, [b"hot"] * 1_000, t, {"x": np.ones(1_000)})
+    assert got.values[-1, 0] == cap
+    assert part.capb[slot] == cap + cap // 4
 
 
 def test_open_store_is_the_compiled_store_and_warms_without_state() -> None:
@@ -233,3 +243,40 @@ def test_values_do_not_depend_on_where_batches_are_cut(
     got = FeatureResult(np.concatenate([r.values for r in cut]),
                         np.concatenate([r.late for r in cut]))  # fmt: skip
     _assert_values(spec, want, got, scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=24)), max_size=300))
+def test_key_table_agrees_with_a_dict(ops: list[tuple[bool, bytes]]) -> None:
+    """The compiled key -> slot table (``store._KeyTable``) through adds, removals, slot
+    reuse, growth and rebuilds answers as a dict does."""
+    from streamproc.features.store import _KeyTable
+
+    class Small(_KeyTable):
+        MIN_SIZE = 4
+        MIN_GARBAGE = 8
+
+    table = Small()
+    table.rebuild([])
+    keys: list[bytes | None] = []
+    index: dict[bytes, int] = {}
+    free: list[int] = []
+    for add, key in ops:
+        if add and key not in index:
+            s = free.pop() if free else len(keys)
+            if s == len(keys):
+                keys.append(key)
+            else:
+                keys[s] = key
+            index[key] = s
+            table.add([s], [key], keys)
+        elif not add and key in index:
+            s = index.pop(key)
+            table.remove(np.array([s], np.int64))
+            keys[s] = None
+            free.append(s)
+        probe = [*index, key, key + b"\x00"]
+        got, missing = table.lookup(probe)
+        want = [index.get(k, -1) for k in probe]
+        assert got.tolist() == want
+        assert missing == want.count(-1)
