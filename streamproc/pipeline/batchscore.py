@@ -34,7 +34,6 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -232,6 +231,7 @@ class ScoreJob:
     out_topic: str | None = None
     out_dir: Path | None = None
     out_format: Literal["avro", "parquet"] = "avro"
+    out_codec: Literal["deflate", "null", "snappy"] = "deflate"  # Avro part files
     key_field: str | None = None  # files: the field whose value is each record's key
     scorer: ScorerKind = "single"
     batch_size: int = 4096
@@ -563,11 +563,11 @@ class Bound:
 
 
 def count_records(path: Path) -> int:
-    """Records in an Avro container file (its blocks' counts: nothing is decoded)."""
-    import fastavro
+    """Records in an Avro container file (its blocks' counts: nothing is decompressed)."""
+    from streamproc.codecs import container
 
     with path.open("rb") as f:
-        return sum(b.num_records for b in fastavro.block_reader(f))
+        return container.count_records(f)
 
 
 class AvroFileSource:
@@ -586,25 +586,45 @@ class AvroFileSource:
         self.registry = Registry(registry_config(job.config.registry))
         self.subject = schemas.subject_for(job.config.topics.input)
 
+    def _register(self, path: Path, schema: Any) -> int:
+        try:
+            return self.registry.register(self.subject, json.dumps(schema))
+        except StreamprocError as exc:
+            raise ConfigError(
+                f"{path}: its writer schema was refused on {self.subject} "
+                f"(must be compatible with the pipeline's): {exc}"
+            ) from exc
+
     def batches(self, partition: int, start: int, end: int, size: int) -> Iterator[RawBatch]:
+        from streamproc.codecs import container
+
+        path = self.job.files[partition]
+        with path.open("rb") as f:
+            head = container.read_header(f)
+            walker = _walk_program(head.schema, self.job.key_field)
+            if walker is None:  # a schema the walk does not handle: record by record
+                f.seek(0)
+                yield from self._record_batches(path, partition, start, end, size)
+                return
+            sid = self._register(path, head.schema)
+            yield from _block_batches(f, head, walker, sid, str(path), partition, start, end,
+                                      size, self.job.key_field is not None)  # fmt: skip
+
+    def _record_batches(
+        self, path: Path, partition: int, start: int, end: int, size: int
+    ) -> Iterator[RawBatch]:
+        """fastavro's reader, each record written again: schemas the walk does not take."""
         import uuid
 
         import fastavro
 
         from streamproc.codecs.wire import header
 
-        path = self.job.files[partition]
         key_field = self.job.key_field
         with path.open("rb") as f:
             reader = fastavro.reader(f)
             schema = reader.writer_schema
-            try:
-                sid = self.registry.register(self.subject, json.dumps(schema))
-            except StreamprocError as exc:
-                raise ConfigError(
-                    f"{path}: its writer schema was refused on {self.subject} "
-                    f"(must be compatible with the pipeline's): {exc}"
-                ) from exc
+            sid = self._register(path, schema)
             parsed = fastavro.parse_schema(schema)
             head = header(sid)
             values: list[bytes | None] = []
@@ -633,6 +653,108 @@ class AvroFileSource:
         pass
 
 
+def _walk_program(schema: Any, key_field: str | None) -> Any:
+    """The program that walks records of ``schema`` (every field skipped, the key field's
+    string located), or None where the walk does not apply: a recursive schema, or a key
+    field that is not a string (its text is made by the record-by-record path)."""
+    from streamproc.codecs import tree
+    from streamproc.codecs.features import non_null_branches, resolve_path
+    from streamproc.codecs.program import Unsupported, build_program
+    from streamproc.codecs.resolve import project_reader
+
+    try:
+        writer = tree.build(schema)
+        if writer.kind != "record":
+            return None
+        key_path = None
+        reader = tree.build(project_reader(schema, [key_field] if key_field else []))
+        if key_field:
+            found = resolve_path(reader, key_field)
+            if found is None:
+                return None
+            key_path, leaf = found
+            if not {b.kind for b in non_null_branches(leaf)} <= {"string", "bytes"}:
+                return None
+        return build_program(writer, reader, [], key_path, None)
+    except (Unsupported, ValueError, KeyError, TypeError):
+        return None
+
+
+def _block_batches(
+    f: Any, head: Any, prog: Any, sid: int, src: str, partition: int,
+    start: int, end: int, size: int, with_keys: bool,
+) -> Iterator[RawBatch]:  # fmt: skip
+    """Batches of records ``start`` .. ``end`` of a container file, read block by block:
+    blocks are gathered until they hold ``size`` records, their datums walked and framed
+    in one pass (no Python object per record but its key)."""
+    import uuid
+
+    from streamproc.codecs import container
+    from streamproc.codecs.wire import header
+
+    inflate = container.decompressor(head.codec)
+    frame_head = header(sid)
+    group: list[bytes] = []
+    counts: list[int] = []
+    first = offset = 0  # the group's first record; the next block's first record
+
+    def emit() -> Iterator[RawBatch]:
+        total = sum(counts)
+        split = container.split_block(b"".join(group), total, prog, frame_head, with_keys)
+        parts = [split]
+        if not split.ok and len(group) > 1:  # a corrupt block: keep the others' records
+            parts = [container.split_block(d, c, prog, frame_head, with_keys)
+                     for d, c in zip(group, counts, strict=True)]  # fmt: skip
+        at = first
+        for part in parts:
+            n = len(part.values)
+            lo, hi = max(start - at, 0), min(end - at, n)
+            for i in range(lo, hi, size):
+                j = min(i + size, hi)
+                vals = part.values.view(i, j)
+                yield RawBatch(
+                    topic=src, values=vals, keys=part.keys[i:j],  # type: ignore[arg-type]
+                    partitions=np.full(j - i, partition, dtype=np.int32),
+                    offsets=np.arange(at + i, at + j, dtype=np.int64),
+                    headers=_NoHeaders(j - i), batch_id=uuid.uuid4().hex[:16],
+                )  # fmt: skip
+            at += n
+
+    for count, data in container.read_blocks(f, head):
+        if offset + count <= start:
+            offset += count
+            continue
+        if offset >= end:
+            break
+        if not group:
+            first = offset
+        group.append(inflate(data))
+        counts.append(count)
+        offset += count
+        if sum(counts) >= size:
+            yield from emit()
+            group, counts = [], []
+    if group:
+        yield from emit()
+
+
+class _NoHeaders(Sequence[None]):
+    """Records of a file have no headers: ``[None] * n`` without the list."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [None] * len(range(*i.indices(self.n)))
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return None
+
+
 def _file_batch(src: str, partition: int, first: int, values: list[bytes | None],
                 keys: list[bytes | None], batch: Any) -> RawBatch:  # fmt: skip
     n = len(values)
@@ -655,14 +777,18 @@ def _long(n: int) -> bytes:
 
 class AvroContainerWriter:
     """An Avro object container file from already-encoded records (Confluent-framed
-    values: the 5-byte header is cut). One block per :meth:`write`, deflate-compressed;
-    any Avro reader reads it (fastavro, avro-tools, Spark)."""
+    values: the 5-byte header is cut). One block per :meth:`write`, compressed with
+    ``codec`` (deflate by default; null or snappy); any Avro reader reads it (fastavro,
+    avro-tools, Spark)."""
 
-    def __init__(self, path: Path, schema_text: str) -> None:
+    def __init__(self, path: Path, schema_text: str, codec: str = "deflate") -> None:
+        from streamproc.codecs.container import compressor
+
         self.path = path
         self.sync = os.urandom(16)
+        self.compress = compressor(codec)
         self.f = path.open("wb")
-        meta = {"avro.schema": schema_text.encode(), "avro.codec": b"deflate"}
+        meta = {"avro.schema": schema_text.encode(), "avro.codec": codec.encode()}
         head = bytearray(b"Obj\x01")
         head += _long(len(meta))
         for k, v in meta.items():
@@ -673,10 +799,15 @@ class AvroContainerWriter:
     def write(self, framed: Sequence[bytes]) -> None:
         if not framed:
             return
-        data = b"".join(v[5:] for v in framed)
-        c = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec says
-        body = c.compress(data) + c.flush()
-        self.f.write(_long(len(framed)) + _long(len(body)) + body + self.sync)
+        from streamproc.codecs.container import HEADER_SIZE, strip
+
+        n = len(framed)
+        joined = b"".join(framed)
+        ends = np.cumsum(np.fromiter(map(len, framed), np.int64, n))
+        out = np.empty(len(joined), np.uint8)
+        size = strip(np.frombuffer(joined, np.uint8), ends, HEADER_SIZE, out)
+        body = self.compress(out[:size].tobytes())
+        self.f.write(_long(n) + _long(len(body)) + body + self.sync)
 
     def close(self) -> None:
         self.f.flush()
@@ -746,7 +877,7 @@ class FileSink:
     def _write_part(self, path: Path, kind: str, values: list[bytes]) -> None:
         text = schemas.schema_text(_KINDS[kind])
         if self.job.out_format == "avro":
-            w = AvroContainerWriter(path, text)
+            w = AvroContainerWriter(path, text, self.job.out_codec)
             for i in range(0, len(values), 10_000):
                 w.write(values[i : i + 10_000])
             w.close()

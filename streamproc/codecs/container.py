@@ -1,0 +1,393 @@
+"""Avro object container files read block by block, without a Python object per record.
+
+A container is a header (``Obj\\x01``, a metadata map holding ``avro.schema`` and
+``avro.codec``, a 16-byte sync marker) then blocks: a record count, a byte size, that many
+bytes of datums laid end to end (compressed by the codec), the sync marker again.
+
+:func:`read_blocks` yields each block's datums decompressed. Datums carry no length, so
+where one ends is found by walking it: :func:`split_block` runs a compiled walk over the
+block (the decoder's own program for the writer schema, :mod:`streamproc.codecs.program`,
+with every field skipped but the key) and returns each record's start and end, and the
+key's place when one is asked for. :func:`frame_block` then lays the records out as
+Confluent-framed payloads in one buffer (:class:`FramedValues`), which the compiled decoder
+takes as it is (:func:`streamproc.codecs.compiled.pack`): no ``bytes`` per record.
+
+A record that cannot be walked (its block is corrupt) keeps the rest of the block as its
+bytes, so the decoder gives it its reason (TRUNCATED, CORRUPT, TRAILING_BYTES); the records
+the block says follow it cannot be found and have an empty body (TRUNCATED).
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, overload
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamproc.codecs.kernel import TRUNCATED, gather_ids, next_block, read_varint
+from streamproc.codecs.program import (
+    D_ID,
+    D_SYM_ID,
+    OP_ARR,
+    OP_ARR_NEXT,
+    OP_BOOL,
+    OP_DOUBLE,
+    OP_END,
+    OP_ENUM,
+    OP_FIXED,
+    OP_FLOAT,
+    OP_JUMP,
+    OP_LONG,
+    OP_STR,
+    OP_UNION,
+    Program,
+)
+from streamproc.errors import StreamprocError
+
+MAGIC = b"Obj\x01"
+HEADER_SIZE = 5  # Confluent framing: magic byte + schema id
+WALK_OK, WALK_BAD = 0, 1
+
+
+class ContainerError(StreamprocError):
+    """The file is not an Avro container, or its blocks are not where they should be."""
+
+
+def decompressor(codec: str) -> Any:
+    """``bytes -> bytes`` for a container's codec (null, deflate, bzip2, xz, snappy, zstandard)."""
+    if codec == "null":
+        return lambda b: b
+    if codec == "deflate":
+        return lambda b: zlib.decompress(b, -15)
+    if codec == "bzip2":
+        return bz2.decompress
+    if codec == "xz":
+        return lzma.decompress
+    if codec == "snappy":  # 4-byte big-endian CRC32 of the uncompressed data after it
+        import cramjam
+
+        def snappy(b: bytes) -> bytes:
+            data = bytes(cramjam.snappy.decompress_raw(b[:-4]))
+            if zlib.crc32(data) != int.from_bytes(b[-4:], "big"):
+                raise ContainerError("snappy block fails its CRC32")
+            return data
+
+        return snappy
+    if codec == "zstandard":
+        import cramjam
+
+        return lambda b: bytes(cramjam.zstd.decompress(b))
+    raise ContainerError(f"Avro codec {codec!r} is not supported")
+
+
+def compressor(codec: str) -> Any:
+    """``bytes -> bytes`` for an output codec: null, deflate (raw, level 6) or snappy."""
+    if codec == "null":
+        return lambda b: b
+    if codec == "deflate":
+
+        def deflate(b: bytes) -> bytes:
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the spec says
+            return c.compress(b) + c.flush()
+
+        return deflate
+    if codec == "snappy":
+        import cramjam
+
+        return lambda b: bytes(cramjam.snappy.compress_raw(b)) + zlib.crc32(b).to_bytes(4, "big")
+    raise ContainerError(f"Avro output codec {codec!r} is not supported (null, deflate, snappy)")
+
+
+def _long(f: IO[bytes]) -> int | None:
+    """A zig-zag varint from ``f``; None at end of file before its first byte."""
+    z = shift = 0
+    while True:
+        c = f.read(1)
+        if not c:
+            if shift == 0:
+                return None
+            raise ContainerError("file ends inside a number")
+        b = c[0]
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (z >> 1) ^ -(z & 1)
+        shift += 7
+
+
+def _need_long(f: IO[bytes]) -> int:
+    v = _long(f)
+    if v is None:
+        raise ContainerError("file ends inside its header")
+    return v
+
+
+@dataclass
+class Header:
+    schema: Any
+    codec: str
+    sync: bytes
+
+
+def read_header(f: IO[bytes]) -> Header:
+    if f.read(4) != MAGIC:
+        raise ContainerError("not an Avro object container file (no Obj\\x01)")
+    meta: dict[str, bytes] = {}
+    while True:
+        n = _need_long(f)
+        if n == 0:
+            break
+        if n < 0:
+            n = -n
+            _need_long(f)  # the block's byte size
+        for _ in range(n):
+            k = f.read(_need_long(f)).decode()
+            meta[k] = f.read(_need_long(f))
+    sync = f.read(16)
+    if len(sync) != 16 or "avro.schema" not in meta:
+        raise ContainerError("Avro container header without its schema or sync marker")
+    codec = meta.get("avro.codec", b"null").decode() or "null"
+    return Header(json.loads(meta["avro.schema"]), codec, sync)
+
+
+def read_blocks(f: IO[bytes], header: Header) -> Iterator[tuple[int, bytes]]:
+    """Each block after the header: (record count, its datums as stored: compressed by
+    the header's codec, see :func:`decompressor`)."""
+    while True:
+        count = _long(f)
+        if count is None:
+            return
+        size = _need_long(f)
+        if count < 0 or size < 0:
+            raise ContainerError("negative block count or size")
+        data = f.read(size)
+        if len(data) != size or f.read(16) != header.sync:
+            raise ContainerError("a block is cut short or its sync marker is wrong")
+        yield count, data
+
+
+def count_records(f: IO[bytes]) -> int:
+    """Records in a container: the blocks' counts, nothing decompressed."""
+    header = read_header(f)
+    return sum(count for count, _ in read_blocks(f, header))
+
+
+# -- the walk ------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def walk(buf, count, ops, tables, max_depth, starts, ends, key_off, key_len):  # type: ignore[no-untyped-def]
+    """Walk ``count`` datums laid end to end in ``buf`` with a program's ops (values are
+    skipped; a string marked as the event id is the key). Fills starts/ends/key_*; returns
+    (records walked whole, WALK_OK or WALK_BAD). Structural checks only: lengths, union
+    branches, bounds."""
+    end = buf.shape[0]
+    st_pc = np.zeros(max_depth + 1, np.int64)
+    st_rem = np.zeros(max_depth + 1, np.int64)
+    pos = np.int64(0)
+    for r in range(count):
+        starts[r] = pos
+        key_off[r] = 0
+        key_len[r] = -1
+        pc = 0
+        sp = 0
+        code = 0
+        while True:
+            op = ops[pc, 0]
+            if op == OP_END:
+                break
+            dk = ops[pc, 1]
+            if op == OP_LONG or op == OP_ENUM:
+                _, pos, code = read_varint(buf, pos, end)
+                if code != 0:
+                    break
+                pc += 1
+            elif op == OP_DOUBLE or op == OP_FLOAT or op == OP_BOOL:
+                w = 8 if op == OP_DOUBLE else (4 if op == OP_FLOAT else 1)
+                if end - pos < w:
+                    code = TRUNCATED
+                    break
+                pos += w
+                pc += 1
+            elif op == OP_STR:
+                n, pos, code = read_varint(buf, pos, end)
+                if code != 0:
+                    break
+                if n < 0 or n > end - pos:
+                    code = TRUNCATED
+                    break
+                if dk == D_ID or dk == D_SYM_ID:
+                    key_off[r] = pos
+                    key_len[r] = n
+                pos += n
+                pc += 1
+            elif op == OP_UNION:
+                idx, pos, code = read_varint(buf, pos, end)
+                if code != 0:
+                    break
+                nb = ops[pc, 1]
+                if idx < 0:
+                    idx += nb
+                if idx < 0 or idx >= nb:
+                    code = TRUNCATED
+                    break
+                target = tables[ops[pc, 2] + idx]
+                if target < 0:
+                    code = TRUNCATED
+                    break
+                pc = target
+            elif op == OP_JUMP:
+                pc = dk
+            elif op == OP_ARR:
+                n, pos, code = next_block(buf, pos, end, ops[pc, 2])
+                if code != 0:
+                    break
+                if n == 0:
+                    pc = ops[pc, 1]
+                else:
+                    st_pc[sp] = pc
+                    st_rem[sp] = n
+                    sp += 1
+                    pc += 1
+            elif op == OP_ARR_NEXT:
+                top = sp - 1
+                st_rem[top] -= 1
+                if st_rem[top] == 0:
+                    arr = st_pc[top]
+                    n, pos, code = next_block(buf, pos, end, ops[arr, 2])
+                    if code != 0:
+                        break
+                    if n == 0:
+                        sp -= 1
+                        pc += 1
+                        continue
+                    st_rem[top] = n
+                pc = st_pc[top] + 1
+            elif op == OP_FIXED:
+                if end - pos < dk:
+                    code = TRUNCATED
+                    break
+                pos += dk
+                pc += 1
+            else:  # defaults (SET*): nothing to read
+                pc += 1
+        if code != 0:
+            # This record keeps the rest of the block; those after it cannot be found.
+            ends[r] = end
+            key_len[r] = -1
+            for q in range(r + 1, count):
+                starts[q] = end
+                ends[q] = end
+                key_len[q] = -1
+            return r, WALK_BAD
+        ends[r] = pos
+    if count > 0 and pos != end:  # bytes after the last record: it is the one at fault
+        ends[count - 1] = end
+        return count - 1, WALK_BAD
+    return count, WALK_OK
+
+
+@njit(cache=True, nogil=True)
+def strip(buf, ends, cut, out):  # type: ignore[no-untyped-def]
+    """Records laid end to end (``ends``) without the first ``cut`` bytes of each."""
+    pos = 0
+    start = 0
+    for i in range(ends.shape[0]):
+        s = start + cut
+        n = ends[i] - s
+        if n > 0:
+            out[pos : pos + n] = buf[s : s + n]
+            pos += n
+        start = ends[i]
+    return pos
+
+
+# -- framed records in one buffer ------------------------------------------------------------
+
+
+class FramedValues(Sequence[bytes]):
+    """Confluent-framed payloads without the copy: datums laid end to end in ``raw``
+    (``starts``/``ends``), all framed by the same ``head`` (magic byte and writer schema
+    id). A ``RawBatch.values`` that the compiled decoder reads in place, its header known
+    (:func:`streamproc.codecs.compiled.pack`); an item is only made into ``bytes``, header
+    and datum, when asked for (a dead letter)."""
+
+    __slots__ = ("buf", "ends", "head", "raw", "schema_id", "starts")
+
+    def __init__(
+        self, raw: bytes, starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64], head: bytes
+    ) -> None:
+        self.raw = raw
+        self.buf = np.frombuffer(raw, np.uint8)
+        self.starts = starts
+        self.ends = ends
+        self.head = head
+        self.schema_id = int.from_bytes(head[1:5], "big", signed=True)
+
+    def view(self, i: int, j: int) -> FramedValues:
+        return FramedValues(self.raw, self.starts[i:j], self.ends[i:j], self.head)
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.head + self.raw[int(self.starts[i]) : int(self.ends[i])]
+
+    def __iter__(self) -> Iterator[bytes]:
+        raw, head = self.raw, self.head
+        for s, e in zip(self.starts.tolist(), self.ends.tolist(), strict=True):
+            yield head + raw[s:e]
+
+
+@dataclass
+class Split:
+    """One block's records (framed values) and keys (None without a key field)."""
+
+    values: FramedValues
+    keys: list[bytes | None]
+    walked: int  # records found whole; those after them are dead letters
+    ok: bool
+
+
+def split_block(data: bytes, count: int, prog: Program, head: bytes, with_keys: bool) -> Split:
+    """Find the ``count`` records of a decompressed block; ``head`` frames them."""
+    buf = np.frombuffer(data, np.uint8)
+    starts = np.empty(count, np.int64)
+    ends = np.empty(count, np.int64)
+    key_off = np.empty(count, np.int64)
+    key_len = np.empty(count, np.int64)
+    walked, code = walk(buf, count, prog.ops, prog.tables, prog.max_depth, starts, ends,
+                        key_off, key_len)  # fmt: skip
+    values = FramedValues(data, starts, ends, head)
+    keys: list[bytes | None]
+    if not with_keys:
+        keys = [None] * count
+    elif (key_len >= 0).all() and count:
+        # The keys NUL-joined in one buffer, then one split (unless a key holds a NUL).
+        scratch = np.empty(int(key_len.sum()) + count, np.uint8)
+        w = gather_ids(buf, key_off, key_len, scratch)
+        if w >= 0:
+            keys = scratch[:w].tobytes().split(b"\0")  # type: ignore[assignment]
+        else:
+            pairs = zip(key_off.tolist(), key_len.tolist(), strict=True)
+            keys = [data[s : s + k] for s, k in pairs]
+    else:
+        keys = [
+            data[s : s + k] if k >= 0 else None
+            for s, k in zip(key_off.tolist(), key_len.tolist(), strict=True)
+        ]
+    return Split(values, keys, int(walked), code == WALK_OK)
