@@ -54,6 +54,18 @@ class Guarantee(enum.StrEnum):
     EXACTLY_ONCE = "exactly-once"
 
 
+class JoinedKeys(list[bytes | None]):
+    """Record keys as a list that also keeps them NUL-joined in one buffer (``joined``:
+    valid UTF-8, no NUL inside a key, no None), as the Avro file reader finds them: the
+    prediction encoder copies the buffer instead of joining the keys again."""
+
+    __slots__ = ("joined",)
+
+    def __init__(self, joined: bytes) -> None:
+        super().__init__(joined.split(b"\0"))
+        self.joined = joined
+
+
 class JoinedIds(Sequence[str]):
     """A batch's event ids as the decoder found them: one buffer of the ids' bytes,
     NUL-separated. Split into strings only when read; the prediction encoder copies the

@@ -50,6 +50,7 @@ from streamproc.codecs.program import (
     Program,
 )
 from streamproc.errors import StreamprocError
+from streamproc.types import JoinedKeys
 
 MAGIC = b"Obj\x01"
 HEADER_SIZE = 5  # Confluent framing: magic byte + schema id
@@ -355,15 +356,17 @@ class FramedValues(Sequence[bytes]):
 
 @dataclass
 class Split:
-    """One block's records (framed values) and keys (None without a key field)."""
+    """One block's records: framed values, and where each key is in ``values.raw``
+    (``key_len`` -1: none)."""
 
     values: FramedValues
-    keys: list[bytes | None]
+    key_off: npt.NDArray[np.int64]
+    key_len: npt.NDArray[np.int64]
     walked: int  # records found whole; those after them are dead letters
     ok: bool
 
 
-def split_block(data: bytes, count: int, prog: Program, head: bytes, with_keys: bool) -> Split:
+def split_block(data: bytes, count: int, prog: Program, head: bytes) -> Split:
     """Find the ``count`` records of a decompressed block; ``head`` frames them."""
     buf = np.frombuffer(data, np.uint8)
     starts = np.empty(count, np.int64)
@@ -372,22 +375,25 @@ def split_block(data: bytes, count: int, prog: Program, head: bytes, with_keys: 
     key_len = np.empty(count, np.int64)
     walked, code = walk(buf, count, prog.ops, prog.tables, prog.max_depth, starts, ends,
                         key_off, key_len)  # fmt: skip
-    values = FramedValues(data, starts, ends, head)
-    keys: list[bytes | None]
-    if not with_keys:
-        keys = [None] * count
-    elif (key_len >= 0).all() and count:
-        # The keys NUL-joined in one buffer, then one split (unless a key holds a NUL).
-        scratch = np.empty(int(key_len.sum()) + count, np.uint8)
-        w = gather_ids(buf, key_off, key_len, scratch)
+    return Split(FramedValues(data, starts, ends, head), key_off, key_len, int(walked),
+                 code == WALK_OK)  # fmt: skip
+
+
+def keys(
+    raw: bytes, key_off: npt.NDArray[np.int64], key_len: npt.NDArray[np.int64]
+) -> list[bytes | None]:
+    """The keys at ``key_off``/``key_len`` in ``raw``: a :class:`JoinedKeys` (one buffer,
+    one split) when every record has one, UTF-8 without NUL; else a list."""
+    n = key_off.shape[0]
+    if n and (key_len >= 0).all():
+        scratch = np.empty(int(key_len.sum()) + n, np.uint8)
+        w = gather_ids(np.frombuffer(raw, np.uint8), key_off, key_len, scratch)
         if w >= 0:
-            keys = scratch[:w].tobytes().split(b"\0")  # type: ignore[assignment]
-        else:
-            pairs = zip(key_off.tolist(), key_len.tolist(), strict=True)
-            keys = [data[s : s + k] for s, k in pairs]
-    else:
-        keys = [
-            data[s : s + k] if k >= 0 else None
-            for s, k in zip(key_off.tolist(), key_len.tolist(), strict=True)
-        ]
-    return Split(values, keys, int(walked), code == WALK_OK)
+            joined = scratch[:w].tobytes()
+            try:
+                joined.decode("utf-8")
+                return JoinedKeys(joined)
+            except UnicodeDecodeError:
+                pass
+    pairs = zip(key_off.tolist(), key_len.tolist(), strict=True)
+    return [raw[s : s + k] if k >= 0 else None for s, k in pairs]

@@ -684,9 +684,10 @@ def _block_batches(
     f: Any, head: Any, prog: Any, sid: int, src: str, partition: int,
     start: int, end: int, size: int, with_keys: bool,
 ) -> Iterator[RawBatch]:  # fmt: skip
-    """Batches of records ``start`` .. ``end`` of a container file, read block by block:
-    blocks are gathered until they hold ``size`` records, their datums walked and framed
-    in one pass (no Python object per record but its key)."""
+    """Batches of ``size`` records (``start`` .. ``end``) of a container file, read block
+    by block: blocks are gathered until they hold ``size`` records, their datums walked in
+    one pass (no Python object per record but its key); what is left over after the last
+    full batch goes into the next one."""
     import uuid
 
     from streamproc.codecs import container
@@ -697,28 +698,67 @@ def _block_batches(
     group: list[bytes] = []
     counts: list[int] = []
     first = offset = 0  # the group's first record; the next block's first record
+    # Records walked but not yet in a batch: datums, starts, ends, key offsets and
+    # lengths (in the datums), the first one's offset.
+    pend: tuple[bytes, Any, Any, Any, Any, int] | None = None
 
-    def emit() -> Iterator[RawBatch]:
-        total = sum(counts)
-        split = container.split_block(b"".join(group), total, prog, frame_head, with_keys)
-        parts = [split]
-        if not split.ok and len(group) > 1:  # a corrupt block: keep the others' records
-            parts = [container.split_block(d, c, prog, frame_head, with_keys)
-                     for d, c in zip(group, counts, strict=True)]  # fmt: skip
-        at = first
-        for part in parts:
-            n = len(part.values)
-            lo, hi = max(start - at, 0), min(end - at, n)
-            for i in range(lo, hi, size):
-                j = min(i + size, hi)
-                vals = part.values.view(i, j)
-                yield RawBatch(
-                    topic=src, values=vals, keys=part.keys[i:j],  # type: ignore[arg-type]
-                    partitions=np.full(j - i, partition, dtype=np.int32),
-                    offsets=np.arange(at + i, at + j, dtype=np.int64),
-                    headers=_NoHeaders(j - i), batch_id=uuid.uuid4().hex[:16],
-                )  # fmt: skip
-            at += n
+    def walk() -> list[tuple[container.Split, int]]:
+        """The group's records (as many splits as needed: one, or one per block when a
+        block is corrupt, so the others keep their records), with their first offsets."""
+        split = container.split_block(b"".join(group), sum(counts), prog, frame_head)
+        if split.ok or len(group) == 1:
+            return [(split, first)]
+        out, at = [], first
+        for d, c in zip(group, counts, strict=True):
+            out.append((container.split_block(d, c, prog, frame_head), at))
+            at += c
+        return out
+
+    def take(split: container.Split, at: int) -> None:
+        """Add a split's records within start..end to the pending ones."""
+        nonlocal pend
+        v = split.values
+        lo, hi = max(start - at, 0), min(end - at, len(v))
+        if lo >= hi:
+            return
+        s0, e1 = int(v.starts[lo]), int(v.ends[hi - 1])
+        raw = v.raw if (s0, e1) == (0, len(v.raw)) else v.raw[s0:e1]
+        cols = (v.starts[lo:hi] - s0, v.ends[lo:hi] - s0, split.key_off[lo:hi] - s0,
+                split.key_len[lo:hi])  # fmt: skip
+        if pend is None:
+            pend = (raw, *cols, at + lo)
+            return
+        p_raw, *p_cols, p_first = pend
+        shift = (len(p_raw), len(p_raw), len(p_raw), 0)
+        pend = (p_raw + raw, *(np.concatenate([a, b + d])
+                               for a, b, d in zip(p_cols, cols, shift, strict=True)),
+                p_first)  # fmt: skip
+
+    def batches(final: bool) -> Iterator[RawBatch]:
+        nonlocal pend
+        if pend is None:
+            return
+        raw, starts, ends, key_off, key_len, at = pend
+        n = len(starts)
+        full = n if final else n - n % size
+        values = container.FramedValues(raw, starts, ends, frame_head)
+        for i in range(0, full, size):
+            j = min(i + size, full)
+            keys: list[bytes | None] = (
+                container.keys(raw, key_off[i:j], key_len[i:j]) if with_keys else [None] * (j - i)
+            )
+            yield RawBatch(
+                topic=src, values=values.view(i, j), keys=keys,
+                partitions=np.full(j - i, partition, dtype=np.int32),
+                offsets=np.arange(at + i, at + j, dtype=np.int64),
+                headers=_NoHeaders(j - i), batch_id=uuid.uuid4().hex[:16],
+            )  # fmt: skip
+        if full == n:
+            pend = None
+        else:
+            s0 = int(starts[full])
+            pend = (raw[s0:], starts[full:] - s0, ends[full:] - s0, key_off[full:] - s0,
+                    key_len[full:], at + full)  # fmt: skip
 
     for count, data in container.read_blocks(f, head):
         if offset + count <= start:
@@ -732,10 +772,14 @@ def _block_batches(
         counts.append(count)
         offset += count
         if sum(counts) >= size:
-            yield from emit()
+            for split, at in walk():
+                take(split, at)
             group, counts = [], []
+            yield from batches(final=False)
     if group:
-        yield from emit()
+        for split, at in walk():
+            take(split, at)
+    yield from batches(final=True)
 
 
 class _NoHeaders(Sequence[None]):
@@ -800,12 +844,16 @@ class AvroContainerWriter:
         if not framed:
             return
         from streamproc.codecs.container import HEADER_SIZE, strip
+        from streamproc.codecs.encoder import EncodedRecords
 
         n = len(framed)
-        joined = b"".join(framed)
-        ends = np.cumsum(np.fromiter(map(len, framed), np.int64, n))
-        out = np.empty(len(joined), np.uint8)
-        size = strip(np.frombuffer(joined, np.uint8), ends, HEADER_SIZE, out)
+        if isinstance(framed, EncodedRecords):  # as the encoder laid them out: no join
+            buf, ends = framed.buf, framed.ends
+        else:
+            buf = np.frombuffer(b"".join(framed), np.uint8)
+            ends = np.cumsum(np.fromiter(map(len, framed), np.int64, n))
+        out = np.empty(buf.size, np.uint8)
+        size = strip(buf, ends, HEADER_SIZE, out)
         body = self.compress(out[:size].tobytes())
         self.f.write(_long(n) + _long(len(body)) + body + self.sync)
 
@@ -838,12 +886,14 @@ class FileSink:
         self.progress = progress
         self.topics = job.topics
         self._buf: dict[str, list[bytes]] = {k: [] for k in _KINDS}
+        # Predictions as the encoder made them, a list per batch (one Avro block each).
+        self._chunks: list[list[bytes]] = []
 
     def write(self, out: Outputs) -> None:
         t = self.topics
         for b in out.blocks:
-            if b.topic == t.predictions:
-                self._buf["predictions"].extend(b.values)
+            if b.topic == t.predictions and b.values:
+                self._chunks.append(b.values)
         for r in out.records:
             kind = {t.dlq: "deadletters", t.alerts: "alerts"}.get(r.topic)
             if kind is not None and r.value is not None:  # None: state tombstones only
@@ -851,15 +901,17 @@ class FileSink:
 
     def commit(self, progress: PartitionProgress) -> None:
         part = progress.parts
-        if any(self._buf.values()):
+        if self._chunks or any(self._buf.values()):
             for kind, values in self._buf.items():
-                if not values:
+                chunks = self._chunks if kind == "predictions" else [values]
+                if not any(chunks):
                     continue
                 name = f"{kind}-p{progress.partition:05d}-{part:06d}.{self.job.out_format}"
                 tmp = self.dir / f".{name}.tmp"
-                self._write_part(tmp, kind, values)
+                self._write_part(tmp, kind, chunks)
                 os.replace(tmp, self.dir / name)
             self._buf = {k: [] for k in _KINDS}
+            self._chunks = []
             progress.parts = part + 1
         path = self._progress_path(self.dir, progress.job, progress.partition)
         tmp = path.with_suffix(".tmp")
@@ -874,14 +926,16 @@ class FileSink:
                     if int(stale.stem.rsplit("-", 1)[1]) >= progress.parts:
                         stale.unlink()
 
-    def _write_part(self, path: Path, kind: str, values: list[bytes]) -> None:
+    def _write_part(self, path: Path, kind: str, chunks: list[list[bytes]]) -> None:
         text = schemas.schema_text(_KINDS[kind])
         if self.job.out_format == "avro":
             w = AvroContainerWriter(path, text, self.job.out_codec)
-            for i in range(0, len(values), 10_000):
-                w.write(values[i : i + 10_000])
+            for values in chunks:  # a block per batch (at most 10,000 records)
+                for i in range(0, len(values), 10_000):
+                    w.write(values if len(values) <= 10_000 else values[i : i + 10_000])
             w.close()
             return
+        values = [v for c in chunks for v in c]
         import fastavro
         import pyarrow as pa
         import pyarrow.parquet as pq

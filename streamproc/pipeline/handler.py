@@ -27,6 +27,7 @@ from streamproc.types import (
     AlertState,
     BatchHandlerLike,
     DecodedBatch,
+    JoinedKeys,
     Outputs,
     OutRecord,
     RawBatch,
@@ -337,7 +338,8 @@ class BatchHandler(BatchHandlerLike):
             o.labels[:2], (scores[:, o.score_index] >= o.threshold).view(np.uint8)
         )
         if len(rows) == len(raw):  # every event of the batch (rows are sorted, unique)
-            keys, ids = list(raw.keys), dec.event_ids
+            keys = raw.keys if isinstance(raw.keys, JoinedKeys) else list(raw.keys)
+            ids = dec.event_ids
         else:
             idx = rows.tolist()
             keys, ids = [raw.keys[i] for i in idx], [dec.event_ids[i] for i in idx]
