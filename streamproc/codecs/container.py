@@ -392,7 +392,7 @@ def keys(
             joined = scratch[:w].tobytes()
             try:
                 joined.decode("utf-8")
-                return JoinedKeys(joined)
+                return JoinedKeys(joined, n)  # type: ignore[return-value]
             except UnicodeDecodeError:
                 pass
     pairs = zip(key_off.tolist(), key_len.tolist(), strict=True)

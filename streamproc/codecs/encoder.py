@@ -331,7 +331,7 @@ class PredictionEncoder:
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
                 event_time_ms, processed_time_ms, features, outlier,
             )  # fmt: skip
-        if None in keys:
+        if not isinstance(keys, JoinedKeys) and None in keys:
             present = np.fromiter((x is not None for x in keys), np.bool_, n)
         else:
             present = np.ones(n, np.bool_)

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -728,11 +728,11 @@ def _block_batches(
         if pend is None:
             pend = (raw, *cols, at + lo)
             return
-        p_raw, *p_cols, p_first = pend
-        shift = (len(p_raw), len(p_raw), len(p_raw), 0)
-        pend = (p_raw + raw, *(np.concatenate([a, b + d])
-                               for a, b, d in zip(p_cols, cols, shift, strict=True)),
-                p_first)  # fmt: skip
+        p_raw, p_starts, p_ends, p_off, p_len, p_first = pend
+        k = len(p_raw)
+        pend = (p_raw + raw, np.concatenate([p_starts, cols[0] + k]),
+                np.concatenate([p_ends, cols[1] + k]), np.concatenate([p_off, cols[2] + k]),
+                np.concatenate([p_len, cols[3]]), p_first)  # fmt: skip
 
     def batches(final: bool) -> Iterator[RawBatch]:
         nonlocal pend
@@ -748,7 +748,7 @@ def _block_batches(
                 container.keys(raw, key_off[i:j], key_len[i:j]) if with_keys else [None] * (j - i)
             )
             yield RawBatch(
-                topic=src, values=values.view(i, j), keys=keys,
+                topic=src, values=cast("list[bytes | None]", values.view(i, j)), keys=keys,
                 partitions=np.full(j - i, partition, dtype=np.int32),
                 offsets=np.arange(at + i, at + j, dtype=np.int64),
                 headers=_NoHeaders(j - i), batch_id=uuid.uuid4().hex[:16],
