@@ -250,9 +250,11 @@ class IndexedLabels(Sequence[str]):
 class PredictionEncoder:
     """Encodes batches of predictions as framed ``Prediction`` records."""
 
-    def __init__(self, schema_id: int) -> None:
+    def __init__(self, schema_id: int, framed: bool = True) -> None:
+        """``framed`` False: the records without their 5-byte header, bare Avro datums (as
+        an Avro container file holds them)."""
         self.schema_id = schema_id
-        self._header = header(schema_id)
+        self._header = header(schema_id) if framed else b""
         self._header_arr = np.frombuffer(self._header, np.uint8)
         _warm_up()
         self._labels: dict[str, bytes] = {}

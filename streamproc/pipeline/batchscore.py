@@ -69,6 +69,7 @@ def build_handler(
     *,
     scorer: ScorerKind = "single",
     instance: str = "score",
+    framed: bool = True,
 ) -> tuple[BatchHandler, list[Callable[[], None]]]:
     """The live pipeline's handler for ``cfg`` (decoder, validation, monitors, dead letters
     as :func:`~streamproc.pipeline.app.build_processor` wires them), writing to ``topics``.
@@ -119,6 +120,8 @@ def build_handler(
         snapshot_interval_s=1e12,
         router=AlertRouter(cfg.alerts),
         redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
+        # Files hold bare datums: predictions without the header there is no need to cut.
+        framed_predictions=framed,
     )
     return handler, closers
 
@@ -394,7 +397,8 @@ def _worker(job: ScoreJob, progresses: list[PartitionProgress], queue: Any, inde
     """One worker process: its own handler, its partitions one after the other."""
     try:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
-                                         instance=f"score-{job.name}-{index}")  # fmt: skip
+                                         instance=f"score-{job.name}-{index}",
+                                         framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for done in score_partitions(job, handler, source, progresses,
@@ -434,7 +438,8 @@ def run(
     workers = max(1, min(job.workers, len(pending)))
     if pending and workers == 1:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
-                                         instance=f"score-{job.name}-0")  # fmt: skip
+                                         instance=f"score-{job.name}-0",
+                                         framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for pr in score_partitions(job, handler, source, pending, on_events):
@@ -840,21 +845,26 @@ class AvroContainerWriter:
         head += _long(0) + self.sync
         self.f.write(head)
 
-    def write(self, framed: Sequence[bytes]) -> None:
+    def write(self, framed: Sequence[bytes], cut: int = 5) -> None:
+        """One block of these records, ``cut`` bytes (the Confluent header) off each: 0
+        for bare datums."""
         if not framed:
             return
-        from streamproc.codecs.container import HEADER_SIZE, strip
+        from streamproc.codecs.container import strip
         from streamproc.codecs.encoder import EncodedRecords
 
         n = len(framed)
         if isinstance(framed, EncodedRecords):  # as the encoder laid them out: no join
             buf, ends = framed.buf, framed.ends
-        else:
+        elif cut:
             buf = np.frombuffer(b"".join(framed), np.uint8)
             ends = np.cumsum(np.fromiter(map(len, framed), np.int64, n))
-        out = np.empty(buf.size, np.uint8)
-        size = strip(buf, ends, HEADER_SIZE, out)
-        body = self.compress(out[:size].tobytes())
+        else:
+            buf, ends = np.frombuffer(b"".join(framed), np.uint8), None
+        if cut:
+            out = np.empty(buf.size, np.uint8)
+            buf = out[: strip(buf, ends, cut, out)]
+        body = self.compress(buf.tobytes())
         self.f.write(_long(n) + _long(len(body)) + body + self.sync)
 
     def close(self) -> None:
@@ -862,6 +872,8 @@ class AvroContainerWriter:
         os.fsync(self.f.fileno())
         self.f.close()
 
+
+HEADER_SIZE = 5  # the Confluent framing of dead letters and alerts, cut in files
 
 _KINDS = {"predictions": "Prediction", "deadletters": "DeadLetter", "alerts": "Alert"}
 
@@ -930,9 +942,11 @@ class FileSink:
         text = schemas.schema_text(_KINDS[kind])
         if self.job.out_format == "avro":
             w = AvroContainerWriter(path, text, self.job.out_codec)
+            # Predictions are bare datums (the handler of a file job makes them so).
+            cut = 0 if kind == "predictions" else HEADER_SIZE
             for values in chunks:  # a block per batch (at most 10,000 records)
                 for i in range(0, len(values), 10_000):
-                    w.write(values if len(values) <= 10_000 else values[i : i + 10_000])
+                    w.write(values if len(values) <= 10_000 else values[i : i + 10_000], cut)
             w.close()
             return
         values = [v for c in chunks for v in c]
@@ -941,7 +955,8 @@ class FileSink:
         import pyarrow.parquet as pq
 
         parsed = fastavro.parse_schema(json.loads(text))
-        rows = [fastavro.schemaless_reader(io.BytesIO(v[5:]), parsed, None) for v in values]
+        cut = 0 if kind == "predictions" else HEADER_SIZE
+        rows = [fastavro.schemaless_reader(io.BytesIO(v[cut:]), parsed, None) for v in values]
         pq.write_table(pa.Table.from_pylist(rows), path)
 
     @staticmethod

@@ -147,8 +147,11 @@ class BatchHandler(BatchHandlerLike):
         features: FeatureStage | None = None,
         include_features: bool = False,
         row_scores: RowScores | None = None,
+        framed_predictions: bool = True,
     ) -> None:
         self.decoder = decoder
+        # False: predictions are bare Avro datums, no Confluent header (file outputs).
+        self.framed_predictions = framed_predictions
         self.scorer = scorer
         self.topics = topics
         self.ids = schema_ids
@@ -172,7 +175,9 @@ class BatchHandler(BatchHandlerLike):
     def _encoder(self, version: str) -> PredictionEncoder:
         enc = self._encoders.get(version)
         if enc is None:
-            enc = self._encoders[version] = PredictionEncoder(self.ids.prediction)
+            enc = self._encoders[version] = PredictionEncoder(
+                self.ids.prediction, framed=self.framed_predictions
+            )
         return enc
 
     @property
