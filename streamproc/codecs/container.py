@@ -20,6 +20,8 @@ the block says follow it cannot be found and have an empty body (TRUNCATED).
 from __future__ import annotations
 
 import bz2
+import contextlib
+import io
 import json
 import lzma
 import zlib
@@ -159,18 +161,49 @@ def read_header(f: IO[bytes]) -> Header:
 
 def read_blocks(f: IO[bytes], header: Header) -> Iterator[tuple[int, bytes]]:
     """Each block after the header: (record count, its datums as stored: compressed by
-    the header's codec, see :func:`decompressor`)."""
-    while True:
-        count = _long(f)
-        if count is None:
-            return
-        size = _need_long(f)
+    the header's codec, see :func:`decompressor`). The file is mapped, not read byte by
+    byte (a seekable file); otherwise it is read through."""
+    import mmap
+
+    try:
+        mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a file: its bytes
+        mm = f.read()
+        pos = 0
+    else:
+        pos = f.tell()
+    try:
+        yield from _blocks(mm, pos, header.sync)
+    finally:
+        if isinstance(mm, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a view still out: the GC closes it
+                mm.close()
+
+
+def _blocks(buf: Any, pos: int, sync: bytes) -> Iterator[tuple[int, bytes]]:
+    end = len(buf)
+    while pos < end:
+        count, pos = _varint(buf, pos, end)
+        size, pos = _varint(buf, pos, end)
         if count < 0 or size < 0:
             raise ContainerError("negative block count or size")
-        data = f.read(size)
-        if len(data) != size or f.read(16) != header.sync:
+        if pos + size + 16 > end or buf[pos + size : pos + size + 16] != sync:
             raise ContainerError("a block is cut short or its sync marker is wrong")
-        yield count, data
+        yield count, buf[pos : pos + size]
+        pos += size + 16
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    z = shift = 0
+    while True:
+        if pos >= end:
+            raise ContainerError("file ends inside a number")
+        b = buf[pos]
+        pos += 1
+        z |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+        shift += 7
 
 
 def count_records(f: IO[bytes]) -> int:

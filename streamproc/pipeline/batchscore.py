@@ -590,6 +590,8 @@ class AvroFileSource:
         self.name = "files"
         self.registry = Registry(registry_config(job.config.registry))
         self.subject = schemas.subject_for(job.config.topics.input)
+        self._walkers: dict[str, Any] = {}  # by writer schema: its walk program (None: none)
+        self._sids: dict[str, int] = {}  # by writer schema: its id on the input subject
 
     def _register(self, path: Path, schema: Any) -> int:
         try:
@@ -606,12 +608,17 @@ class AvroFileSource:
         path = self.job.files[partition]
         with path.open("rb") as f:
             head = container.read_header(f)
-            walker = _walk_program(head.schema, self.job.key_field)
+            text = json.dumps(head.schema, sort_keys=True)
+            if text not in self._walkers:  # files of one schema: planned and registered once
+                self._walkers[text] = _walk_program(head.schema, self.job.key_field)
+            walker = self._walkers[text]
             if walker is None:  # a schema the walk does not handle: record by record
                 f.seek(0)
                 yield from self._record_batches(path, partition, start, end, size)
                 return
-            sid = self._register(path, head.schema)
+            if text not in self._sids:
+                self._sids[text] = self._register(path, head.schema)
+            sid = self._sids[text]
             yield from _block_batches(f, head, walker, sid, str(path), partition, start, end,
                                       size, self.job.key_field is not None)  # fmt: skip
 
