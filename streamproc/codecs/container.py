@@ -23,9 +23,10 @@ import bz2
 import contextlib
 import io
 import json
+import logging
 import lzma
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, overload
 
@@ -53,6 +54,8 @@ from streamproc.codecs.program import (
 )
 from streamproc.errors import StreamprocError
 from streamproc.types import JoinedKeys
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"Obj\x01"
 HEADER_SIZE = 5  # Confluent framing: magic byte + schema id
@@ -399,15 +402,47 @@ class Split:
     ok: bool
 
 
-def split_block(data: bytes, count: int, prog: Program, head: bytes) -> Split:
+class Walker:
+    """The walk for one writer schema: its specialised kernel (:func:`walk_source`) when
+    it compiled, else :func:`walk` interpreting the program."""
+
+    def __init__(self, program: Program, fn: Callable[..., tuple[int, int]] | None = None):
+        self.program = program
+        self.fn = fn
+
+    def __call__(self, buf: Any, count: int, *out: Any) -> tuple[int, int]:
+        if self.fn is not None:
+            return self.fn(buf, count, *out)
+        p = self.program
+        return walk(buf, count, p.ops, p.tables, p.max_depth, *out)  # type: ignore[no-any-return]
+
+
+def specialised_walker(writer: Any, key_path: tuple[str, ...] | None, program: Program) -> Walker:
+    """A :class:`Walker` with its kernel compiled (or loaded from the kernel cache); the
+    interpreted walk when that fails."""
+    import hashlib
+
+    from streamproc.codecs.kernel_cache import Specialiser
+
+    src = walk_source(writer, key_path)
+    name = "streamproc_walk_" + hashlib.sha256(src.encode()).hexdigest()[:24]
+    try:
+        fn = Specialiser().load_module(name, src).walk
+        fn(np.zeros(0, np.uint8), 0, *(np.zeros(0, np.int64) for _ in range(4)))  # compiles
+    except Exception:  # a generator bug must not stop the job: interpret instead
+        log.exception("the specialised walk did not compile; interpreting")
+        return Walker(program)
+    return Walker(program, fn)
+
+
+def split_block(data: bytes, count: int, prog: Walker, head: bytes) -> Split:
     """Find the ``count`` records of a decompressed block; ``head`` frames them."""
     buf = np.frombuffer(data, np.uint8)
     starts = np.empty(count, np.int64)
     ends = np.empty(count, np.int64)
     key_off = np.empty(count, np.int64)
     key_len = np.empty(count, np.int64)
-    walked, code = walk(buf, count, prog.ops, prog.tables, prog.max_depth, starts, ends,
-                        key_off, key_len)  # fmt: skip
+    walked, code = prog(buf, count, starts, ends, key_off, key_len)
     return Split(FramedValues(data, starts, ends, head), key_off, key_len, int(walked),
                  code == WALK_OK)  # fmt: skip
 
@@ -430,3 +465,157 @@ def keys(
                 pass
     pairs = zip(key_off.tolist(), key_len.tolist(), strict=True)
     return [raw[s : s + k] if k >= 0 else None for s, k in pairs]
+
+
+# -- the walk, specialised -----------------------------------------------------------------
+
+
+class _Gen:
+    """Python source walking one record of a writer schema: the tree written out (records
+    as sequences, unions as ``if``/``elif``, arrays and maps as loops), as
+    :mod:`streamproc.codecs.specialise` writes the decoder; :func:`walk` interprets the
+    same walk from a program."""
+
+    def __init__(self, key_path: tuple[str, ...] | None) -> None:
+        self.key_path = key_path
+        self.lines: list[str] = []
+        self.n = 0
+
+    def w(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def var(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    def varint(self, d: int, target: str) -> None:
+        self.w(d, f"{target}, pos, code = read_varint(buf, pos, end)")
+        self.w(d, "if code != 0:")
+        self.w(d + 1, "return pos, code")
+
+    def skip_varint(self, d: int) -> None:
+        self.w(d, "while True:")
+        self.w(d + 1, "if pos >= end:")
+        self.w(d + 2, "return pos, TRUNCATED")
+        self.w(d + 1, "pos += 1")
+        self.w(d + 1, "if buf[pos - 1] < 0x80:")
+        self.w(d + 2, "break")
+
+    def fixed(self, d: int, size: int) -> None:
+        self.w(d, f"if end - pos < {size}:")
+        self.w(d + 1, "return pos, TRUNCATED")
+        self.w(d, f"pos += {size}")
+
+    def node(self, n: Any, d: int, path: tuple[str, ...] | None) -> None:
+        k = n.kind
+        if k == "null":
+            return
+        if k == "boolean":
+            self.fixed(d, 1)
+        elif k in ("int", "long", "enum"):
+            self.skip_varint(d)
+        elif k == "float":
+            self.fixed(d, 4)
+        elif k == "double":
+            self.fixed(d, 8)
+        elif k == "fixed":
+            self.fixed(d, n.size)
+        elif k in ("string", "bytes"):
+            ln = self.var("n")
+            self.varint(d, ln)
+            self.w(d, f"if {ln} < 0 or {ln} > end - pos:")
+            self.w(d + 1, "return pos, TRUNCATED")
+            if path is not None and path == self.key_path:
+                self.w(d, "key_off[r] = pos")
+                self.w(d, f"key_len[r] = {ln}")
+            self.w(d, f"pos += {ln}")
+        elif k == "record":
+            for f in n.fields:
+                self.node(f.type, d, None if path is None else (*path, f.name))
+        elif k == "union":
+            idx = self.var("u")
+            self.varint(d, idx)
+            nb = len(n.branches)
+            self.w(d, f"if {idx} < 0:")
+            self.w(d + 1, f"{idx} += {nb}")
+            for i, b in enumerate(n.branches):
+                self.w(d, f"{'if' if i == 0 else 'elif'} {idx} == {i}:")
+                before = len(self.lines)
+                self.node(b, d + 1, path)
+                if len(self.lines) == before:
+                    self.w(d + 1, "pass")
+            self.w(d, "else:")
+            self.w(d + 1, "return pos, TRUNCATED")
+        elif k in ("array", "map"):
+            cnt, size, i = self.var("c"), self.var("s"), self.var("i")
+            self.w(d, "while True:")
+            self.varint(d + 1, cnt)
+            self.w(d + 1, f"if {cnt} == 0:")
+            self.w(d + 2, "break")
+            self.w(d + 1, f"if {cnt} < 0:  # a block with its byte size: jumped over")
+            self.varint(d + 2, size)
+            self.w(d + 2, f"if {size} < 0 or {size} > end - pos:")
+            self.w(d + 3, "return pos, TRUNCATED")
+            self.w(d + 2, f"pos += {size}")
+            self.w(d + 2, "continue")
+            self.w(d + 1, f"for {i} in range({cnt}):")
+            if k == "map":
+                self.node(_STRING, d + 2, None)
+            before = len(self.lines)
+            self.node(n.items, d + 2, None)
+            if len(self.lines) == before:
+                self.w(d + 2, "pass")
+        else:  # pragma: no cover - tree.build makes no other kinds
+            raise ValueError(f"cannot walk {k}")
+
+
+class _Str:
+    kind = "string"
+
+
+_STRING = _Str()
+
+
+def walk_source(writer: Any, key_path: tuple[str, ...] | None) -> str:
+    """A module with ``walk`` (the signature of :func:`walk`, less the program) for records
+    of ``writer`` (a :class:`~streamproc.codecs.tree.Node`, not recursive)."""
+    g = _Gen(key_path)
+    g.node(writer, 1, ())
+    body = "\n".join(g.lines) or "    pass"
+    return f"""# streamproc specialised container walk
+import numpy as np
+from numba import njit
+
+from streamproc.codecs.kernel import TRUNCATED, read_varint
+
+
+@njit(cache=True, nogil=True)
+def record(buf, pos, end, r, key_off, key_len):
+    code = 0
+{body}
+    return pos, code
+
+
+@njit(cache=True, nogil=True)
+def walk(buf, count, starts, ends, key_off, key_len):
+    end = buf.shape[0]
+    pos = np.int64(0)
+    for r in range(count):
+        starts[r] = pos
+        key_off[r] = 0
+        key_len[r] = -1
+        pos, code = record(buf, pos, end, r, key_off, key_len)
+        if code != 0:
+            ends[r] = end
+            key_len[r] = -1
+            for q in range(r + 1, count):
+                starts[q] = end
+                ends[q] = end
+                key_len[q] = -1
+            return r, 1
+        ends[r] = pos
+    if count > 0 and pos != end:
+        ends[count - 1] = end
+        return count - 1, 1
+    return count, 0
+"""

@@ -687,9 +687,12 @@ def _walk_program(schema: Any, key_field: str | None) -> Any:
             key_path, leaf = found
             if not {b.kind for b in non_null_branches(leaf)} <= {"string", "bytes"}:
                 return None
-        return build_program(writer, reader, [], key_path, None)
+        program = build_program(writer, reader, [], key_path, None)
     except (Unsupported, ValueError, KeyError, TypeError):
         return None
+    from streamproc.codecs.container import specialised_walker
+
+    return specialised_walker(writer, key_path, program)
 
 
 def _block_batches(

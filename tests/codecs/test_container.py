@@ -166,3 +166,67 @@ def test_the_part_writer_writes_what_fastavro_reads(tmp_path: Path, codec: str):
         assert reader.codec == codec
         got = list(reader)
     assert [r["event_id"] for r in got] == [r["event_id"] for r in records]
+
+
+RICH = {
+    "type": "record", "name": "R", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "meta", "type": {"type": "record", "name": "M", "fields": [
+            {"name": "flag", "type": "boolean"},
+            {"name": "acct", "type": ["null", "string"]},
+            {"name": "h", "type": {"type": "fixed", "name": "H", "size": 3}}]}},
+        {"name": "tags", "type": {"type": "array", "items": {"type": "record", "name": "T",
+            "fields": [{"name": "k", "type": "bytes"}, {"name": "w", "type": "float"}]}}},
+        {"name": "counts", "type": {"type": "map", "values": "long"}},
+        {"name": "kind", "type": {"type": "enum", "name": "K", "symbols": ["A", "B", "C"]}},
+        {"name": "alt", "type": ["null", "double", "M"]},
+    ],
+}  # fmt: skip
+
+
+def _rich(i: int) -> dict:
+    meta = {"flag": i % 2 == 0, "acct": None if i % 5 == 0 else f"acct-{i}", "h": b"abc"}
+    return {
+        "id": f"e{i}", "meta": meta,
+        "tags": [{"k": bytes([i % 256]) * (i % 4), "w": 0.5 * j} for j in range(i % 3)],
+        "counts": {f"c{j}": j * i for j in range(i % 4)},
+        "kind": "ABC"[i % 3], "alt": [None, 1.5 * i, meta][i % 3],
+    }  # fmt: skip
+
+
+def test_the_specialised_walk_is_the_interpreted_walk():
+    records = [_rich(i) for i in range(500)]
+    parsed = fastavro.parse_schema(RICH)
+    f = io.BytesIO()
+    fastavro.writer(f, parsed, records, codec="null")
+    f.seek(0)
+    head = container.read_header(f)
+    data = b"".join(d for _, d in container.read_blocks(f, head))
+    data_bad = data[:-2]  # the last record cut short
+    for key in ("meta.acct", "id", None):
+        walker = _walk_program(head.schema, key)
+        assert walker is not None and walker.fn is not None  # compiled, not interpreted
+        for blob in (data, data_bad):
+            interpreted = container.Walker(walker.program)
+            a = container.split_block(blob, 500, walker, b"\0\0\0\0\1")
+            b = container.split_block(blob, 500, interpreted, b"\0\0\0\0\1")
+            assert (a.walked, a.ok) == (b.walked, b.ok)
+            assert (a.values.starts == b.values.starts).all()
+            assert (a.values.ends == b.values.ends).all()
+            assert container.keys(blob, a.key_off, a.key_len) == container.keys(
+                blob, b.key_off, b.key_len
+            )
+        whole = container.split_block(data, 500, walker, b"\0\0\0\0\1")
+        assert whole.ok and list(whole.values) == [
+            b"\0\0\0\0\1" + body for body in (_encode(parsed, r) for r in records)
+        ]
+        if key == "meta.acct":
+            keys = container.keys(data, whole.key_off, whole.key_len)
+            assert keys == [None if r["meta"]["acct"] is None else r["meta"]["acct"].encode()
+                            for r in records]  # fmt: skip
+
+
+def _encode(parsed, record) -> bytes:
+    b = io.BytesIO()
+    fastavro.schemaless_writer(b, parsed, record)
+    return b.getvalue()
