@@ -547,7 +547,7 @@ class _Gen:
             self.w(d, "else:")
             self.w(d + 1, "return pos, TRUNCATED")
         elif k in ("array", "map"):
-            cnt, size, i = self.var("c"), self.var("s"), self.var("i")
+            cnt, size, loop = self.var("c"), self.var("s"), self.var("i")
             self.w(d, "while True:")
             self.varint(d + 1, cnt)
             self.w(d + 1, f"if {cnt} == 0:")
@@ -558,7 +558,7 @@ class _Gen:
             self.w(d + 3, "return pos, TRUNCATED")
             self.w(d + 2, f"pos += {size}")
             self.w(d + 2, "continue")
-            self.w(d + 1, f"for {i} in range({cnt}):")
+            self.w(d + 1, f"for {loop} in range({cnt}):")
             if k == "map":
                 self.node(_STRING, d + 2, None)
             before = len(self.lines)
