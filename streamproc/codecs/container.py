@@ -142,6 +142,21 @@ class Header:
 
 
 def read_header(f: IO[bytes]) -> Header:
+    """The header of a container, ``f`` left at its first block."""
+    start = f.tell()
+    head = io.BytesIO(f.read(1 << 16))  # parsed in memory, not a read(1) a byte
+    try:
+        out = _read_header(head)
+    except ContainerError:
+        if len(head.getbuffer()) < 1 << 16:
+            raise
+        f.seek(start)  # a header over 64 kB: from the file itself
+        return _read_header(f)
+    f.seek(start + head.tell())
+    return out
+
+
+def _read_header(f: IO[bytes]) -> Header:
     if f.read(4) != MAGIC:
         raise ContainerError("not an Avro object container file (no Obj\\x01)")
     meta: dict[str, bytes] = {}
@@ -184,29 +199,47 @@ def read_blocks(f: IO[bytes], header: Header) -> Iterator[tuple[int, bytes]]:
 
 
 def _blocks(buf: Any, pos: int, sync: bytes) -> Iterator[tuple[int, bytes]]:
-    end = len(buf)
-    while pos < end:
-        count, pos = _varint(buf, pos, end)
-        size, pos = _varint(buf, pos, end)
-        if count < 0 or size < 0:
-            raise ContainerError("negative block count or size")
-        if pos + size + 16 > end or buf[pos + size : pos + size + 16] != sync:
-            raise ContainerError("a block is cut short or its sync marker is wrong")
-        yield count, buf[pos : pos + size]
-        pos += size + 16
+    """The blocks from ``pos``: their headers found by :func:`scan_blocks` a chunk at a time."""
+    arr = np.frombuffer(buf, np.uint8)
+    want = np.frombuffer(sync, np.uint8)
+    counts = np.empty(1024, np.int64)
+    starts = np.empty(1024, np.int64)
+    sizes = np.empty(1024, np.int64)
+    try:
+        while pos < arr.shape[0]:
+            n, pos, bad = scan_blocks(arr, pos, want, counts, starts, sizes)
+            for c, s, z in zip(counts[:n].tolist(), starts[:n].tolist(), sizes[:n].tolist(),
+                               strict=True):  # fmt: skip
+                yield c, buf[s : s + z]
+            if bad:
+                raise ContainerError("a block is cut short, negative, or its sync marker is wrong")
+    finally:
+        del arr  # no view left on a mapped file: it can be closed
 
 
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
-    z = shift = 0
-    while True:
-        if pos >= end:
-            raise ContainerError("file ends inside a number")
-        b = buf[pos]
-        pos += 1
-        z |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (z >> 1) ^ -(z & 1), pos
-        shift += 7
+@njit(cache=True, nogil=True)
+def scan_blocks(buf, pos, sync, counts, starts, sizes):  # type: ignore[no-untyped-def]
+    """Block headers from ``pos`` (count, where the data starts, its size), each checked
+    against its sync marker, until the arrays are full or the file ends; returns (blocks
+    found, position after them, 1 when the next block is not whole)."""
+    end = buf.shape[0]
+    n = 0
+    while pos < end and n < counts.shape[0]:
+        c, p, err = read_varint(buf, pos, end)
+        if err != 0:
+            return n, pos, 1
+        z, p, err = read_varint(buf, p, end)
+        if err != 0 or c < 0 or z < 0 or z + 16 > end - p:
+            return n, pos, 1
+        for k in range(16):
+            if buf[p + z + k] != sync[k]:
+                return n, pos, 1
+        counts[n] = c
+        starts[n] = p
+        sizes[n] = z
+        n += 1
+        pos = p + z + 16
+    return n, pos, 0
 
 
 def count_records(f: IO[bytes]) -> int:
