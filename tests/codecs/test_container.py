@@ -189,7 +189,8 @@ def _rich(i: int) -> dict:
     return {
         "id": f"e{i}", "meta": meta,
         "tags": [{"k": bytes([i % 256]) * (i % 4), "w": 0.5 * j} for j in range(i % 3)],
-        "counts": {f"c{j}": j * i for j in range(i % 4)},
+        # -64 is the varint 0x7f; the others several bytes, negative, large
+        "counts": {"neg": -64, "big": -(2**40) - i, **{f"c{j}": j * i for j in range(i % 4)}},
         "kind": "ABC"[i % 3], "alt": [None, 1.5 * i, meta][i % 3],
     }  # fmt: skip
 
