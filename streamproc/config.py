@@ -101,9 +101,13 @@ class RegistrySettings(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
 
 
-TopicKind = Literal["input", "predictions", "dlq", "alerts", "metrics", "control", "feedback"]
+# "state": a window store's changelog (a model with windowed features); its repartition
+# topic is of kind "input", its closed windows' topic of kind "predictions".
+TopicKind = Literal[
+    "input", "predictions", "dlq", "alerts", "metrics", "control", "feedback", "state"
+]
 TOPIC_KINDS: tuple[TopicKind, ...] = ("input", "predictions", "dlq", "alerts", "metrics",
-                                      "control", "feedback")  # fmt: skip
+                                      "control", "feedback", "state")  # fmt: skip
 
 
 class TopicPolicy(_Strict):
@@ -147,6 +151,7 @@ class TopicPolicies(_Strict):
     metrics: TopicPolicy = Field(default_factory=TopicPolicy)
     control: TopicPolicy = Field(default_factory=TopicPolicy)  # and its audit, replicas topics
     feedback: TopicPolicy = Field(default_factory=TopicPolicy)
+    state: TopicPolicy = Field(default_factory=TopicPolicy)  # window stores' changelogs
 
     def for_kind(self, kind: TopicKind) -> TopicPolicy:
         """The kind's own settings, over ``default``'s, over the built-in ones of the kind;
@@ -418,6 +423,9 @@ class ExplanationSettings(_Strict):
     queue_size: int = Field(1_024, ge=1)  # requests waiting; more are dropped and counted
     batch: int = Field(32, ge=1)
     max_cpu_share: float = Field(0.25, gt=0, le=1)  # of one core, for the explainer thread
+    # The explainer thread's nice value (Linux; 0: the pipeline's own priority). At 19 it
+    # takes CPU time the pipeline's thread leaves, next to nothing of what it wants.
+    nice: int = Field(19, ge=0, le=19)
 
 
 class InsightSettings(_Strict):

@@ -23,6 +23,12 @@ from typing import Any, Literal
 
 from streamproc.config import PipelineConfig, TopicKind, TopicPolicy
 from streamproc.errors import ConfigError
+from streamproc.features.spec import (
+    CHANGELOG_TOPIC_CONFIG,
+    FeaturesSpec,
+    changelog_topic,
+    repartition_topic,
+)
 from streamproc.rollout.replicas import REPLICAS_TOPIC_CONFIG, replicas_topic
 from streamproc.rollout.store import audit_topic
 
@@ -32,7 +38,7 @@ from streamproc.rollout.store import audit_topic
 CONTROL_TOPIC_CONFIG = {"cleanup.policy": "compact"}
 AUDIT_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "-1"}
 _FIXED = {"control": CONTROL_TOPIC_CONFIG, "audit": AUDIT_TOPIC_CONFIG,
-          "replicas": REPLICAS_TOPIC_CONFIG}  # fmt: skip
+          "replicas": REPLICAS_TOPIC_CONFIG, "state": CHANGELOG_TOPIC_CONFIG}  # fmt: skip
 # The topic configs a policy names, as Kafka spells them.
 POLICY_KEYS = ("min.insync.replicas", "retention.ms", "cleanup.policy")
 Action = Literal["create", "alter", "ok"]
@@ -93,8 +99,26 @@ def policy_config(policy: TopicPolicy) -> dict[str, str]:
     return out
 
 
-def desired(cfg: PipelineConfig) -> list[TopicSpec]:
-    """Every topic the processor creates when it is missing, as the policy makes it."""
+def desired(
+    cfg: PipelineConfig, model: str | None = None, features: FeaturesSpec | None = None
+) -> list[TopicSpec]:
+    """Every topic the processor creates when it is missing, as the policy makes it.
+
+    ``model`` and ``features``: the pipeline model's name and ``features`` section, whose
+    window store adds its changelog (kind ``state``, compacted whatever the policy says), the
+    repartition topic of features keyed by event fields (kind ``input``) and the closed
+    windows' topic (kind ``predictions``), each with the input's partition count.
+
+    >>> from streamproc.config import PipelineConfig
+    >>> cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "group_id": "g",
+    ...     "topics": {"input": "tx", "policy": {"default": {"retention_ms": 86400000}}}})
+    >>> fs = FeaturesSpec.model_validate({"key": ["account_id"], "definitions": [
+    ...     {"name": "n_1h", "agg": "count", "window": {"size": "1h"}}]})
+    >>> for s in desired(cfg, "fraud", fs)[-2:]:
+    ...     print(s.name, s.kind, s.config.get("cleanup.policy"), s.config["retention.ms"])
+    g.fraud.features-changelog state compact 86400000
+    tx.repartition.fraud input None 86400000
+    """
     t = cfg.topics
     rows: list[tuple[str, TopicKind, int, str | None]] = [
         (t.input, "input", t.partitions, None),
@@ -109,6 +133,13 @@ def desired(cfg: PipelineConfig) -> list[TopicSpec]:
     ]
     if t.feedback:
         rows.append((t.feedback, "feedback", t.partitions, None))
+    if features is not None:
+        assert model is not None, "the features' model names their topics"
+        rows.append((changelog_topic(cfg.group_id, model), "state", t.partitions, "state"))
+        if features.key:
+            rows.append((repartition_topic(t.input, model), "input", t.partitions, None))
+        if features.closed_topic:
+            rows.append((features.closed_topic, "predictions", t.partitions, None))
     specs: dict[str, TopicSpec] = {}
     for name, kind, partitions, fixed in rows:
         if name in specs:
@@ -117,8 +148,8 @@ def desired(cfg: PipelineConfig) -> list[TopicSpec]:
         conf = policy_config(policy)
         if fixed is not None:
             clash = {k for k, v in _FIXED[fixed].items() if conf.get(k, v) != v}
-            if clash and fixed == "control":
-                raise ConfigError(f"topics.policy.control: {name} must keep {sorted(clash)} "
+            if clash and fixed in ("control", "state"):
+                raise ConfigError(f"topics.policy.{fixed}: {name} must keep {sorted(clash)} "
                                   f"as {_FIXED[fixed]} (it is compacted state)")  # fmt: skip
             conf.update(_FIXED[fixed])
         specs[name] = TopicSpec(name, kind, partitions, policy.replication_factor, conf)

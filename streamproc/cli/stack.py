@@ -33,14 +33,36 @@ def local_up(
             "print the admin user's client properties file (kcat -F, --kafka-config)"
         ),
     ] = False,
+    oauth_jwks_url: Annotated[
+        str | None,
+        typer.Option(
+            help="With --secure: the SASL_SSL listener takes OAUTHBEARER tokens too, checked "
+            "against this OpenID Connect issuer's JWKS (principal User:<sub>)"
+        ),
+    ] = None,
+    oauth_audience: Annotated[
+        str | None, typer.Option(help="With --oauth-jwks-url: the tokens' required aud")
+    ] = None,
+    oauth_issuer: Annotated[
+        str | None, typer.Option(help="With --oauth-jwks-url: the tokens' required iss")
+    ] = None,
 ) -> None:
     """Start what is down of the local stack (on its remembered ports); print where it
     listens."""
+    from streamproc.errors import ConfigError
     from streamproc.local import LocalStack
+    from streamproc.local.broker import OAuthValidation
 
-    info = LocalStack().up(
-        kafka_port=kafka_port, registry_port=registry_port, fresh=fresh, secure=secure
+    if oauth_jwks_url and not secure:
+        raise ConfigError("--oauth-jwks-url needs --secure (OAUTHBEARER is on the SASL_SSL "
+                          "listener)")  # fmt: skip
+    oauth = (
+        OAuthValidation(oauth_jwks_url, oauth_audience, oauth_issuer) if oauth_jwks_url else None
     )
+    info = LocalStack().up(
+        kafka_port=kafka_port, registry_port=registry_port, fresh=fresh, secure=secure,
+        oauth=oauth,
+    )  # fmt: skip
     print(json.dumps(info.public()))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -18,6 +18,7 @@ from streamproc.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from streamproc.config import PipelineConfig
     from streamproc.topicplan import TopicChange
 
 app = typer.Typer(
@@ -55,7 +56,7 @@ def plan_cmd(
 
     resolved = get_deps(ctx).pipeline(config, bootstrap, need=("kafka.bootstrap",),
                                       kafka_config=kafka_config)  # fmt: skip
-    _show(plan(resolved.config), output)
+    _show(plan(resolved.config, **_store_topics(resolved.config)), output)
 
 
 @app.command("apply")
@@ -73,4 +74,12 @@ def apply_cmd(
 
     resolved = get_deps(ctx).pipeline(config, bootstrap, need=("kafka.bootstrap",),
                                       kafka_config=kafka_config)  # fmt: skip
-    _show(apply(resolved.config), output)
+    _show(apply(resolved.config, **_store_topics(resolved.config)), output)
+
+
+def _store_topics(cfg: PipelineConfig) -> dict[str, Any]:
+    """The pipeline model's window store, whose topics the plan includes (``features:``)."""
+    from streamproc.models.spec import load_model_spec
+
+    spec = load_model_spec(cfg.model)
+    return {"model": spec.name, "features": spec.features}

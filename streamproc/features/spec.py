@@ -157,6 +157,15 @@ class FeaturesSpec(_Frozen):
         return max(d.window.size_ms for d in self.definitions)
 
 
+# A window store's changelog: compaction keeps one record per key; deleted keys' tombstones
+# go after a day. What the topic is for, so a topic policy cannot change these.
+CHANGELOG_TOPIC_CONFIG: dict[str, str] = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": "0",
+    "delete.retention.ms": "86400000",
+}
+
+
 def changelog_topic(group_id: str, model: str) -> str:
     """The compacted changelog topic of the window store of ``model`` in ``group_id``."""
     return f"{group_id}.{model}.features-changelog"

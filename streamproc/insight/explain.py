@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
 Infer = Callable[[Matrix], Matrix]
+CHUNK_ROWS = 16_384  # model rows per call when explaining (about 1 MB at 16 inputs)
 
 
 def background_from_profile(profile: ReferenceProfile, k: int = 16, seed: int = 0) -> Matrix:
@@ -194,10 +196,18 @@ class KernelShap:
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.background.shape[1])
         n, d = x.shape
         m, k = self.masks.shape[0], self.background.shape[0]
-        # (n * M * K, d): x where the coalition holds the feature, the background elsewhere.
-        rows = np.empty((n * m * k, d), dtype=np.float32)
-        coalition_rows(x, self.masks, self.background, rows)
-        v = self._f(rows).reshape(n, m, k).mean(axis=2)
+        # (e * M * K, d) per chunk of e events: x where the coalition holds the feature, the
+        # background elsewhere. In chunks of about CHUNK_ROWS rows (one buffer, reused):
+        # the rows of a whole batch (16 MB for 32 events) evicted the pipeline thread's
+        # data from the shared caches and cost page faults on every batch.
+        e = max(1, CHUNK_ROWS // (m * k))
+        rows = np.empty((min(n, e) * m * k, d), dtype=np.float32)
+        v = np.empty((n, m))
+        for a in range(0, n, e):
+            b = min(n, a + e)
+            r = rows[: (b - a) * m * k]
+            coalition_rows(x[a:b], self.masks, self.background, r)
+            v[a:b] = self._f(r).reshape(b - a, m, k).mean(axis=2)
         fx = self._f(x)
         y = v - self.base_value
         py = y @ self._p.T  # (n, d)
@@ -276,9 +286,11 @@ class SamplePolicy:
     ) -> npt.NDArray[np.intp]:
         """Indices of the rows to explain."""
         n = len(scores)
+        picked = self._draw(n)
+        if self.min_score is None and not self._requested:
+            return picked  # the common case: no mask over the batch
         chosen = np.zeros(n, dtype=np.bool_)
-        if self.share > 0:
-            chosen |= self._rng.random(n) < self.share
+        chosen[picked] = True
         if self.min_score is not None:
             chosen |= np.asarray(scores) >= self.min_score
         if self._requested:
@@ -288,6 +300,25 @@ class SamplePolicy:
                         del self._requested[e]
                         chosen[i] = True
         return np.flatnonzero(chosen)
+
+    def _draw(self, n: int) -> npt.NDArray[np.intp]:
+        """Rows ``0..n-1`` each taken with probability :attr:`share`, independently: the
+        gaps between taken rows are geometric, so a draw costs per row taken (about
+        ``share * n`` of them), not per row."""
+        p = self.share
+        if p <= 0 or n == 0:
+            return np.zeros(0, dtype=np.intp)
+        if p >= 1:
+            return np.arange(n, dtype=np.intp)
+        at = np.zeros(0, dtype=np.int64)
+        pos = -1  # the last row taken
+        while True:
+            k = int(n * p + 4.0 * math.sqrt(n * p) + 8)
+            nxt = pos + np.cumsum(self._rng.geometric(p, size=k))
+            at = np.concatenate([at, nxt])
+            if nxt[-1] >= n:
+                return np.asarray(at[at < n], dtype=np.intp)
+            pos = int(nxt[-1])
 
 
 # ---------------------------------------------------------------------------- the worker
@@ -316,7 +347,9 @@ class ExplanationWorker:
     ``columns`` name the attributions. :meth:`submit` never blocks: past ``queue_size``
     waiting requests it drops and counts (:attr:`counts`). The thread rests between batches
     so as to use at most ``max_cpu_share`` of a core: explanations beyond that are dropped
-    rather than taken from the pipeline's CPU."""
+    rather than taken from the pipeline's CPU. With ``nice`` > 0 (Linux) the thread runs at
+    that nice value: where the CPU is contended (the pipeline thread busy, other processes)
+    it gets little of it, so that it takes mostly time the pipeline leaves idle."""
 
     def __init__(
         self,
@@ -328,19 +361,23 @@ class ExplanationWorker:
         batch: int = 32,
         model_name: str = "",
         max_cpu_share: float = 1.0,
+        nice: int = 0,
     ) -> None:
         self.model_name = model_name
         self.max_cpu_share = max_cpu_share
+        self.nice = nice
         self.explainer_for = explainer_for
         self.columns = list(columns)
         self.sink = sink
         self.batch = batch
         self.counts = WorkerCounts()
-        self._q: queue.Queue[ExplainRequest | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._q: deque[ExplainRequest] = deque()
+        self._stop = False
         self._thread = threading.Thread(target=self._run, name="explanations", daemon=True)
         self._started = False
-        self._idle = threading.Condition()
-        self._pending = 0
+        self._cv = threading.Condition()
+        self._pending = 0  # queued or being explained
 
     def start(self) -> ExplanationWorker:
         if not self._started:
@@ -348,61 +385,86 @@ class ExplanationWorker:
             self._thread.start()
         return self
 
+    def _room(self, wanted: int) -> int:
+        """Take room for up to ``wanted`` requests (call with the lock held); the rest are
+        dropped and counted."""
+        took = max(0, min(wanted, self.queue_size - len(self._q)))
+        self.counts.dropped += wanted - took
+        self.counts.queued += took
+        return took
+
     def submit(self, requests: Iterable[ExplainRequest]) -> int:
         """Queue ``requests``; returns how many were dropped (the queue was full)."""
-        dropped = 0
-        for r in requests:
-            with self._idle:
-                self._pending += 1
-            try:
-                self._q.put_nowait(r)
-                self.counts.queued += 1
-            except queue.Full:
-                dropped += 1
-                with self._idle:
-                    self._pending -= 1
-        self.counts.dropped += dropped
-        return dropped
+        reqs = list(requests)
+        with self._cv:
+            took = self._room(len(reqs))
+            self._q.extend(reqs[:took])
+            self._pending += took
+            self._cv.notify()
+        return len(reqs) - took
+
+    def submit_rows(
+        self,
+        event_ids: Sequence[str],
+        versions: Sequence[str] | str,
+        x: npt.NDArray[np.float32],
+        rows: npt.NDArray[np.intp],
+    ) -> int:
+        """Queue rows ``rows`` of the batch ``x`` (with their event ids and model
+        versions); returns how many were dropped. Never blocks; the queue's room is checked
+        once, and only the rows taken are copied (one fancy-index copy)."""
+        with self._cv:
+            took = self._room(len(rows))
+            if took:
+                take = rows[:took]
+                xs = np.asarray(x[take], dtype=np.float32)
+                for r, i in enumerate(take.tolist()):
+                    v = versions if isinstance(versions, str) else versions[i]
+                    self._q.append(ExplainRequest(event_ids[i], v, xs[r]))
+                self._pending += took
+                self._cv.notify()
+        return len(rows) - took
+
+    def discard_queued(self) -> int:
+        """Drop what is queued and not yet being explained (counted as dropped); returns how
+        many. For a shutdown that must not wait, and for benchmarks."""
+        with self._cv:
+            n = len(self._q)
+            self._q.clear()
+            self._pending -= n
+            self.counts.dropped += n
+            self._cv.notify_all()
+        return n
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued request is explained (tests, benchmarks, shutdown)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Explain what is queued (up to ``timeout_s``), then stop the thread."""
         if not self._started:
             return
         self.wait_idle(timeout_s)
-        try:
-            self._q.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        if self.nice > 0:
+            _lower_priority(self.nice)
         while True:
-            first = self._q.get()
-            if first is None:
-                return
-            items = [first]
-            stop = False
-            while len(items) < self.batch:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                items.append(nxt)
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._q) or self._stop)
+                if not self._q:
+                    return  # stopped, nothing left
+                items = [self._q.popleft() for _ in range(min(self.batch, len(self._q)))]
             t0 = time.perf_counter()
             self._explain(items)
-            with self._idle:
+            with self._cv:
                 self._pending -= len(items)
-                self._idle.notify_all()
-            if stop:
-                return
+                self._cv.notify_all()
             if self.max_cpu_share < 1.0:  # rest so as to use at most this share of a core
                 time.sleep((time.perf_counter() - t0) * (1.0 / self.max_cpu_share - 1.0))
 
@@ -435,6 +497,15 @@ class ExplanationWorker:
                 log.exception("explaining %d events of version %s failed", len(reqs), version)
                 self.counts.failed += len(reqs)
         self.counts.busy_s += time.perf_counter() - t0
+
+
+def _lower_priority(nice: int) -> None:
+    """Give the calling thread (not the process: Linux schedules threads) nice value
+    ``nice``; a no-op where that is not possible."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        log.debug("the explanation thread keeps the pipeline's priority")
 
 
 def explanation_record(

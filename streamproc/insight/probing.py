@@ -5,19 +5,25 @@ small steps, from one key (an account, a device, an API tenant): its requests sc
 band of the threshold and each is close to the key's previous one. Normal traffic rarely
 does either, and almost never both, many times in a row.
 
-Per key the detector keeps the last input (standardised by the reference's robust scale)
-and a decayed count of *suspicious* requests: ``c <- decay * c + [suspicious]`` over the
-key's requests, with ``decay = 1 - 1 / horizon``. A request is suspicious when its score is
-within ``band`` of the threshold and its RMS distance to the key's previous input is below
-``radius`` (robust sigma). A key whose count reaches ``min_suspicious`` raises a ``probing``
-alert (once, until its count falls below half of that: then a RESOLVED one). A client that
+Only requests that score within ``band`` of the threshold can be suspicious, so only they
+are looked at: per batch a vectorised filter keeps the rows in the band (about 1% of normal
+traffic for the demo model) and everything per key happens for those rows alone. Per key
+the detector keeps its last in-band input (standardised by the reference's robust scale)
+and a decayed count of *suspicious* in-band requests: ``c <- decay * c + [suspicious]``
+over the key's in-band requests, with ``decay = 1 - 1 / horizon``. An in-band request is
+suspicious when its RMS distance to the key's previous in-band input is below ``radius``
+(robust sigma). A key whose count reaches ``min_suspicious`` raises a ``probing`` alert
+(once, until its count falls below half of that: then a RESOLVED one). A client that
 probes on every request is alerted within ``min_suspicious`` + 1 requests or so (the
-first request has no predecessor; see :func:`requests_to_alert`).
+first request has no predecessor; see :func:`requests_to_alert`); requests out of the band
+in between neither reset nor decay its count, so interleaving them does not hide a probe.
 
-Memory is bounded: at most ``max_keys`` keys are tracked, each ``4 * d + 17`` bytes of
-arrays (d input columns) plus one dict entry; when full, the least recently seen tenth is
-evicted (an evicted key starts afresh). The work per batch: one dict lookup per event,
-then one compiled pass (:func:`~streamproc.insight._kernels.probing_kernel`).
+Memory is bounded: at most ``max_keys`` keys are tracked (keys seen in the band), each
+``4 * d + 18`` bytes of arrays (d input columns) plus one dict entry; when full, the least
+recently seen tenth is evicted (an evicted key starts afresh). The work per batch: one
+vectorised band test over the scores, then, for the rows in the band only, one dict
+lookup each and one compiled pass
+(:func:`~streamproc.insight._kernels.probing_kernel`).
 
 >>> import numpy as np
 >>> det = ProbingDetector(np.zeros(2), np.ones(2), threshold=0.5, min_suspicious=5)
@@ -106,15 +112,17 @@ class ProbingDetector:
         return int(self._last.nbytes + self._has.nbytes + self._count.nbytes
                    + self._seen.nbytes + self._alerted.nbytes)  # fmt: skip
 
-    def _slots(self, keys: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
+    def _slots(
+        self, keys: Sequence[bytes | None], seen: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
         """Each key's slot (-1: no key), new keys given one; one C-level pass over the keys,
-        a Python step only for keys not seen before."""
+        a Python step only for keys not seen before. ``seen``: each request's number (LRU)."""
         n = len(keys)
         out = np.fromiter(map(self._slot.get, keys, itertools.repeat(-1)), np.int64, count=n)
         found = np.flatnonzero(out >= 0)
         # Seen now, before any eviction below: this batch's keys are the most recent ones
         # (max_keys must exceed the distinct keys of a batch several times).
-        self._seen[out[found]] = self._t + found
+        self._seen[out[found]] = seen[found]
         for i in np.flatnonzero(out < 0).tolist():
             k = keys[i]
             if k is None:
@@ -130,7 +138,7 @@ class ProbingDetector:
                 self._count[s] = 0.0
                 self._alerted[s] = False
             out[i] = s
-            self._seen[s] = self._t + i
+            self._seen[s] = seen[i]
         return out
 
     def _evict(self) -> None:
@@ -157,22 +165,27 @@ class ProbingDetector:
         n = len(keys)
         if n == 0:
             return []
+        s = np.asarray(scores).reshape(-1)
+        # Only the rows within the band can be suspicious: the rest never touch per-key state.
+        band = np.flatnonzero(np.abs(s - self.threshold) < self.band)
+        self._t += n
+        if not len(band):
+            return []
         a = np.asarray(x)
         if a.dtype not in (np.float32, np.float64):
             a = a.astype(np.float64)
-        a = np.ascontiguousarray(a).reshape(n, -1)
-        s = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
-        slots = self._slots(keys)
-        self._t += n
+        a = np.ascontiguousarray(a.reshape(n, -1)[band])
+        sb = np.ascontiguousarray(s[band], dtype=np.float64)
+        slots = self._slots([keys[i] for i in band.tolist()], self._t - n + band)
         valid = np.flatnonzero(slots >= 0)
         if not len(valid):
             return []
-        c = np.empty(n)
-        self.suspicious += probing_kernel(a, self.center, self.inv_scale64, s, slots,
+        c = np.empty(len(band))
+        self.suspicious += probing_kernel(a, self.center, self.inv_scale64, sb, slots,
                                           self._last, self._has, self._count,
                                           self.threshold, self.band, self.radius2,
                                           self.decay, c)  # fmt: skip
-        return self._alerts(valid, slots[valid], c[valid], offsets)
+        return self._alerts(band[valid], slots[valid], c[valid], offsets)
 
     def _alerts(
         self,

@@ -20,14 +20,18 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from streamproc.errors import KafkaError
-from streamproc.kafka.configuration import Connection, client_config, kafka_settings
+from streamproc.kafka.configuration import (
+    Connection,
+    client_config,
+    kafka_settings,
+    oauth_failure,
+)
 
 # Errors after which a client only retries the same thing forever: a wrong password, a
 # certificate the client does not trust. The admin client reports them at once.
 _FATAL = {CkKafkaError._AUTHENTICATION: "authentication", CkKafkaError._SSL: "TLS"}
 _FIX = {
     "authentication": "check sasl.username and sasl.password (--kafka-config)",
-    "token": "check the token endpoint and sasl.oauthbearer.client.id/secret (--kafka-config)",
     "TLS": "check ssl.ca.location and the broker's address (--kafka-config)",
 }
 
@@ -91,11 +95,11 @@ class Admin:
             return
         what, _, reason = self._fatal.partition(": ")
         k = self._settings
+        if k.sasl_mechanism == "OAUTHBEARER" and what != "TLS":
+            raise KafkaError(oauth_failure(k, reason))
         who = f"User:{k.sasl_username}" if k.sasl_username else "the client"
-        if k.sasl_mechanism == "OAUTHBEARER" and k.sasl_oauthbearer_client_id:
-            who = f"OAuth client {k.sasl_oauthbearer_client_id}"
         how = f" (SASL {k.sasl_mechanism})" if k.sasl_mechanism else ""
-        fix = _FIX["token" if k.sasl_mechanism == "OAUTHBEARER" and what != "TLS" else what]
+        fix = _FIX[what]
         raise KafkaError(f"Kafka {what} failed for {who}{how} at {k.bootstrap}: {reason}; "
                          f"{fix}")  # fmt: skip
 

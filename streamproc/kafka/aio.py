@@ -10,7 +10,12 @@ from typing import Any
 from streamproc.errors import DependencyMissingError, KafkaError
 from streamproc.kafka.admin import check_secured
 from streamproc.kafka.clients import FramedDecoder, RegistryConnection, make_registry
-from streamproc.kafka.configuration import Connection, aiokafka_config, kafka_settings
+from streamproc.kafka.configuration import (
+    Connection,
+    aiokafka_config,
+    kafka_settings,
+    principal,
+)
 
 
 class AsyncRecordConsumer:
@@ -61,8 +66,7 @@ class AsyncRecordConsumer:
         principal, the topic and the fix; anything else is left to the caller."""
         if "AuthorizationFailed" not in type(exc).__name__:
             return
-        user = kafka_settings(self._conn).sasl_username
-        who = f"User:{user}" if user else "this client"
+        who = principal(kafka_settings(self._conn)) or "this client"
         raise KafkaError(f"{who} may not read {self.topic}: {type(exc).__name__}; grant it "
                          "Read on the topic and its consumer group (`streamproc acls plan "
                          "--role consumer|alerts`)", topic=self.topic) from exc  # fmt: skip

@@ -35,23 +35,11 @@ from confluent_kafka import KafkaError as CkError
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from streamproc.errors import KafkaError
-from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import Connection, client_config, kafka_settings
 
 log = logging.getLogger(__name__)
 
 _OFFSET = struct.Struct(">q")
-# Compaction keeps one record per key; deleted keys' tombstones go after a day.
-CHANGELOG_TOPIC_CONFIG: dict[str, str] = {
-    "cleanup.policy": "compact",
-    "min.compaction.lag.ms": "0",
-    "delete.retention.ms": "86400000",
-}
-
-
-def ensure_changelog(conn: Connection, topic: str, partitions: int) -> None:
-    """Create the compacted changelog topic if it does not exist."""
-    Admin(conn).ensure_topics([topic], partitions=partitions, config=CHANGELOG_TOPIC_CONFIG)
 
 
 def frame_state(offset: int, state: bytes | None) -> bytes | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import fastavro
 from confluent_kafka import Consumer, KafkaException, Message, Producer
@@ -27,9 +28,12 @@ from streamproc.kafka.configuration import (
     Connection,
     client_config,
     kafka_settings,
+    principal,
     registry_config,
 )
 from streamproc.kafka.registry import Registry
+
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">bI")
 
@@ -97,9 +101,13 @@ class EventProducer:
         self._parsed = fastavro.parse_schema(json.loads(text))
         self._prefix = _HEADER.pack(0, self.schema_id)
         self._errors: list[str] = []
+        self._denied = False  # a delivery refused for a missing ACL: no retry will cure it
+        self._settings = kafka_settings(bootstrap)
+        self._log = _ClientLog()
         self.producer = Producer({
             **client_config(bootstrap), "linger.ms": 5, "enable.idempotence": True,
-            "on_delivery": self._on_delivery, "delivery.report.only.error": True, **conf,
+            "on_delivery": self._on_delivery, "delivery.report.only.error": True,
+            "logger": self._log.logger, **conf,
         })  # fmt: skip
 
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -135,15 +143,38 @@ class EventProducer:
         # Message accessors raise SystemError inside this callback, which would hide it.
         if err is not None:
             self._errors.append(f"{self.topic}: {err}")
+            self._denied |= err.code() in _WRITE_DENIED
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        left = self.producer.flush(timeout_s)
+        try:
+            left = self.producer.flush(timeout_s)
+        # Fatal: e.g. no idempotence PID for a principal that may write nothing (Cluster
+        # authorization failed). confluent-kafka 2.16 raises it as KafkaException, or, when
+        # a delivery callback runs after it was set, as a SystemError caused by it.
+        except (KafkaException, SystemError) as exc:
+            err = _fatal_error(exc)
+            why = err.str() if err is not None else self._log.fatal
+            if why is None:
+                raise
+            if (err.code() in _WRITE_DENIED) if err is not None else "authorization" in why:
+                self._deny(why)
+            raise KafkaError(f"producing to {self.topic} failed: {why}",
+                             topic=self.topic) from exc  # fmt: skip
         errors, self._errors = self._errors, []
+        if self._denied:
+            self._deny(f"Broker: Topic authorization failed ({len(errors)} records refused)")
         if left or errors:
             raise DeliveryError(
                 f"{left} records unacknowledged after {timeout_s}s, {len(errors)} failed: "
                 f"{errors[:3]}", topic=self.topic,
             )  # fmt: skip
+
+    def _deny(self, why: str) -> NoReturn:
+        """A missing ACL, as one line naming the principal, the topic and the fix."""
+        self._denied, self._errors = False, []
+        who = principal(self._settings) or "this client"
+        raise DeliveryError(f"{who} may not write to {self.topic}: {why}; grant it Write on "
+                            "the topic (`streamproc acls plan`)", topic=self.topic)  # fmt: skip
 
     def close(self) -> None:
         """Flush, then release the client (it stops reconnecting to the broker)."""
@@ -202,6 +233,39 @@ def _headers(msg: Message) -> dict[str, bytes]:
     return {k: v if isinstance(v, bytes) else (v or "").encode() for k, v in items}
 
 
+class _ClientLog(logging.Handler):
+    """A client's librdkafka log (confluent-kafka's ``logger``), passed on to this module's
+    logger; the first FATAL line is kept: when confluent-kafka 2.16 raises a fatal error as
+    a SystemError that hides it, this is where it still is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fatal: str | None = None
+        self.logger = logging.Logger("streamproc.kafka.librdkafka")  # one per client, unlisted
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.CRITICAL and self.fatal is None:
+            self.fatal = record.getMessage().partition("Fatal error: ")[2] or record.getMessage()
+        if log.isEnabledFor(record.levelno):
+            log.handle(record)
+
+
+def _fatal_error(exc: BaseException) -> CkError | None:
+    """The client's error behind ``exc``: a KafkaException's, or that of the KafkaException
+    that a SystemError was raised from (its cause or context)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KafkaException) and isinstance(seen.args[0], CkError):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# Producer errors a retry cannot cure: the principal may not write (the topic), or may
+# write nothing at all (no idempotence PID: Cluster authorization failed).
+_WRITE_DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED,
+                           CkError.CLUSTER_AUTHORIZATION_FAILED})  # fmt: skip
 # Consumer errors a retry cannot cure: the principal lacks an ACL.
 _DENIED = frozenset({CkError.TOPIC_AUTHORIZATION_FAILED, CkError.GROUP_AUTHORIZATION_FAILED})
 
@@ -220,8 +284,7 @@ class RecordConsumer:
     ) -> None:
         check_secured(bootstrap)  # the consumer would retry a refused login silently
         self.topic = topic
-        user = kafka_settings(bootstrap).sasl_username
-        self._who = f"User:{user}" if user else "this client"
+        self._settings = kafka_settings(bootstrap)
         self.decoder = FramedDecoder(make_registry(registry_url))
         self.consumer = Consumer({
             **client_config(bootstrap),
@@ -240,8 +303,9 @@ class RecordConsumer:
         for m in self.consumer.consume(max_records, timeout=timeout_s):
             err = m.error()
             if err is not None and err.code() in _DENIED:  # retrying never grants an ACL
+                who = principal(self._settings) or "this client"
                 raise KafkaError(
-                    f"{self._who} may not read {m.topic() or self.topic}: {err.str()}; grant "
+                    f"{who} may not read {m.topic() or self.topic}: {err.str()}; grant "
                     "it Read on the topic and its consumer group (`streamproc acls plan "
                     "--role consumer|alerts`)",
                     topic=m.topic() or self.topic,

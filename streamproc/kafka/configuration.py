@@ -266,6 +266,86 @@ def fetch_token(k: KafkaSettings, timeout_s: float = 10.0) -> tuple[str, float]:
     return str(doc["access_token"]), time.time() + float(doc.get("expires_in", 300))
 
 
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, read without checking its signature: for naming the principal
+    and the expiry in an error message, never for trusting it; {} if it is not a JWT.
+
+    >>> token, _ = fetch_token(KafkaSettings(sasl_mechanism="OAUTHBEARER",
+    ...     sasl_oauthbearer_config="principal=alice"))
+    >>> token_claims(token)["sub"], token_claims("opaque")
+    ('alice', {})
+    """
+    import base64
+    import binascii
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def principal(k: KafkaSettings) -> str | None:
+    """The principal the broker's ACLs name for this profile: ``User:<sasl.username>``
+    (PLAIN, SCRAM); under OAUTHBEARER ``User:<sub>`` of a token from the profile's token
+    endpoint (asked once; None when it gives none); None without SASL.
+
+    >>> principal(KafkaSettings(sasl_mechanism="SCRAM-SHA-512", sasl_username="u"))
+    'User:u'
+    >>> principal(KafkaSettings(sasl_mechanism="OAUTHBEARER",
+    ...     sasl_oauthbearer_config="principal=alice"))
+    'User:alice'
+    """
+    from streamproc.errors import StreamprocError
+
+    if k.sasl_mechanism == "OAUTHBEARER":
+        try:
+            token, _ = fetch_token(k, timeout_s=5.0)
+        except StreamprocError:
+            return None
+        sub = token_claims(token).get("sub")
+        return f"User:{sub}" if sub else None
+    return f"User:{k.sasl_username}" if k.sasl_mechanism and k.sasl_username else None
+
+
+def oauth_failure(k: KafkaSettings, reason: str) -> str:
+    """One line for a refused OAUTHBEARER login (librdkafka's ``reason``): the principal
+    (``User:<sub>`` of a fresh token from the same endpoint), what is wrong with the token
+    and the fix; the token endpoint's own refusal as it is."""
+    import datetime as dt
+    import time
+
+    from streamproc.errors import StreamprocError
+
+    client = f"OAuth client {k.sasl_oauthbearer_client_id or '?'}"
+    at = f"SASL OAUTHBEARER) at {k.bootstrap}"
+    fix = "check the token endpoint and sasl.oauthbearer.client.id/secret (--kafka-config)"
+    try:
+        token, _ = fetch_token(k, timeout_s=5.0)
+    except KafkaError as exc:  # the endpoint refused the client, or is unreachable
+        return f"Kafka authentication failed for {client} ({at}: {exc}"
+    except StreamprocError:  # no way to get a token here (a token callback of the caller's)
+        return f"Kafka authentication failed for {client} ({at}: {reason}; {fix}"
+    claims = token_claims(token)
+    sub = claims.get("sub")
+    who = f"User:{sub} ({client}," if sub else f"{client} ("
+    url = k.sasl_oauthbearer_token_endpoint_url or "sasl_oauthbearer_config"
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and exp <= time.time():
+        when = dt.datetime.fromtimestamp(exp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return (f"Kafka authentication failed for {who} {at}: the token from {url} expired "
+                f"at {when} ({time.time() - exp:.0f}s ago) when it was issued; fix the token "
+                "endpoint's token lifetime or clock (an expired token is never sent)")  # fmt: skip
+    return (f"Kafka authentication failed for {who} {at}: the broker refused its token "
+            f"({reason}); check that the broker trusts the issuer of {url} (its "
+            "sasl.oauthbearer.jwks.endpoint.url, expected audience and issuer) and that "
+            "sasl.oauthbearer.client.id/secret and scope are the ones it expects")  # fmt: skip
+
+
 def _token_provider(k: KafkaSettings) -> Any:
     """aiokafka's OAUTHBEARER token provider: :func:`fetch_token`, renewed before expiry."""
     import asyncio

@@ -15,7 +15,12 @@ from typing import Any
 
 from streamproc.config import TenantSettings
 from streamproc.errors import DependencyMissingError, KafkaError
-from streamproc.kafka.configuration import Connection, aiokafka_config, kafka_settings
+from streamproc.kafka.configuration import (
+    Connection,
+    aiokafka_config,
+    kafka_settings,
+    principal,
+)
 
 QUOTA_KEYS = ("producer_byte_rate", "consumer_byte_rate", "request_percentage")
 
@@ -121,7 +126,7 @@ def _run(conn: Connection, request: Any, timeout_s: float) -> Any:
     except Exception as exc:  # aiokafka's errors (authentication, ...): one line, no trace
         if isinstance(exc, KafkaError):
             raise
-        who = f"User:{k.sasl_username}" if k.sasl_username else "the client"
+        who = principal(k) or "the client"
         raise KafkaError(f"client quotas request as {who} at {k.bootstrap} failed: "
                          f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
 

@@ -3,6 +3,7 @@ configs that differ from the policy (:mod:`streamproc.topicplan`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable
 
 from confluent_kafka import KafkaException
@@ -15,6 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from streamproc.config import PipelineConfig
 from streamproc.errors import KafkaError
+from streamproc.features.spec import FeaturesSpec
 from streamproc.kafka.admin import Admin
 from streamproc.topicplan import (
     TopicChange,
@@ -49,11 +51,17 @@ def _describe(admin: Admin, names: Iterable[str], timeout_s: float) -> dict[str,
 
 
 def plan(
-    cfg: PipelineConfig, admin: Admin | None = None, timeout_s: float = 30.0
+    cfg: PipelineConfig,
+    admin: Admin | None = None,
+    timeout_s: float = 30.0,
+    *,
+    model: str | None = None,
+    features: FeaturesSpec | None = None,
 ) -> list[TopicChange]:
-    """What :func:`apply` would do; changes nothing."""
+    """What :func:`apply` would do; changes nothing. ``model``, ``features``: see
+    :func:`~streamproc.topicplan.desired`."""
     admin = admin or Admin(cfg.kafka)
-    specs = desired(cfg)
+    specs = desired(cfg, model, features)
     return diff(specs, _describe(admin, [s.name for s in specs], timeout_s))
 
 
@@ -64,12 +72,18 @@ def _create(admin: Admin, specs: list[TopicSpec], timeout_s: float) -> None:
                             replication_factor=s.replication_factor or -1)  # fmt: skip
 
 
-def apply(cfg: PipelineConfig, timeout_s: float = 30.0) -> list[TopicChange]:
+def apply(
+    cfg: PipelineConfig,
+    timeout_s: float = 30.0,
+    *,
+    model: str | None = None,
+    features: FeaturesSpec | None = None,
+) -> list[TopicChange]:
     """Create the missing topics and alter the policy's configs of existing ones
     (incrementalAlterConfigs: the keys the policy does not name are left as they are).
     A replication factor above the number of brokers fails first, naming the topic."""
     admin = Admin(cfg.kafka)
-    specs = desired(cfg)
+    specs = desired(cfg, model, features)
     check_replication(specs, len(admin.list_topics(timeout_s=timeout_s).brokers))
     changes = diff(specs, _describe(admin, [s.name for s in specs], timeout_s))
     by_name = {s.name: s for s in specs}
@@ -107,4 +121,22 @@ def ensure_pipeline_topics(
         _create(admin, missing, timeout_s)
 
 
-__all__ = ["apply", "ensure_pipeline_topics", "plan"]
+def ensure_features_topics(
+    cfg: PipelineConfig, model: str, features: FeaturesSpec, timeout_s: float = 30.0
+) -> None:
+    """At a processor's start: create the missing topics of a model's window store (its
+    changelog, repartition and closed-windows topics) as the policy makes them, with as
+    many partitions as the input has (state is partitioned like the input)."""
+    admin = Admin(cfg.kafka)
+    base = {s.name for s in desired(cfg)}
+    parts = admin.partitions(cfg.topics.input)
+    specs = [dataclasses.replace(s, partitions=parts)
+             for s in desired(cfg, model, features) if s.name not in base]  # fmt: skip
+    existing = set(admin.list_topics(timeout_s=timeout_s).topics)
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        check_replication(missing, len(admin.list_topics(timeout_s=timeout_s).brokers))
+        _create(admin, missing, timeout_s)
+
+
+__all__ = ["apply", "ensure_features_topics", "ensure_pipeline_topics", "plan"]

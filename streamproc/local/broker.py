@@ -124,8 +124,56 @@ group.consumer.heartbeat.interval.ms=500
 ADMIN_USER = "admin"
 
 
-def _secure_properties(tls: BrokerTls) -> str:
-    """The SASL_SSL listener (SCRAM-SHA-512 over TLS) and KRaft's standard authorizer.
+@dataclass(frozen=True)
+class OAuthValidation:
+    """OAUTHBEARER on the SASL_SSL listener: tokens (JWTs) checked by Kafka's own
+    validator against the issuer's JWKS; the principal is ``User:<sub>``."""
+
+    jwks_url: str
+    audience: str | None = None
+    issuer: str | None = None
+
+
+def _oauth_properties(p: str, oauth: OAuthValidation) -> str:
+    """Kafka's OAUTHBEARER validator on listener prefix ``p``: signature (the JWKS), expiry
+    (30 s of clock skew), audience and issuer when given; ``sub`` names the principal.
+
+    The login module and the callback handler take the mechanism's prefix; the
+    ``sasl.oauthbearer.*`` settings are read from the listener's own (with the mechanism's
+    prefix Kafka 4.1 did not see them, and so checked no signature: the wrong-key test).
+    """
+    m = f"{p}oauthbearer."
+    pkg = "org.apache.kafka.common.security.oauthbearer."
+    lines = [
+        f"{m}sasl.jaas.config={pkg}OAuthBearerLoginModule required;",
+        f"{m}sasl.server.callback.handler.class={pkg}OAuthBearerValidatorCallbackHandler",
+        # Named, not left to the default: Kafka 4.1's DefaultJwtValidator, as the callback
+        # handler makes it (without a key resolver), checks expiry and claims but no
+        # signature, so that any well-formed token with a sub passed.
+        f"{p}sasl.oauthbearer.jwt.validator.class={pkg}BrokerJwtValidator",
+        f"{p}sasl.oauthbearer.jwks.endpoint.url={oauth.jwks_url}",
+        f"{p}sasl.oauthbearer.sub.claim.name=sub",
+    ]
+    if oauth.audience:
+        lines.append(f"{p}sasl.oauthbearer.expected.audience={oauth.audience}")
+    if oauth.issuer:
+        lines.append(f"{p}sasl.oauthbearer.expected.issuer={oauth.issuer}")
+    return "".join(line + "\n" for line in lines)
+
+
+def oauth_jvm_options(oauth: OAuthValidation | None) -> list[str]:
+    """Kafka 4 reads no OAuth URL that this system property does not list.
+
+    >>> oauth_jvm_options(OAuthValidation("http://127.0.0.1:1/jwks"))
+    ['-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls=http://127.0.0.1:1/jwks']
+    """
+    return [] if oauth is None else [
+        f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={oauth.jwks_url}"]  # fmt: skip
+
+
+def _secure_properties(tls: BrokerTls, oauth: OAuthValidation | None = None) -> str:
+    """The SASL_SSL listener (SCRAM-SHA-512 over TLS; OAUTHBEARER too with ``oauth``) and
+    KRaft's standard authorizer.
 
     ``User:ANONYMOUS`` is the principal of the PLAINTEXT and CONTROLLER listeners: the
     broker itself (its controller and inter-broker traffic) and the schema registry's
@@ -137,8 +185,10 @@ def _secure_properties(tls: BrokerTls) -> str:
     so that the local broker shows a quota's effect within seconds.
     """
     p = "listener.name.sasl_ssl."
+    mechanisms = "SCRAM-SHA-512,OAUTHBEARER" if oauth else "SCRAM-SHA-512"
+    oauth_lines = _oauth_properties(p, oauth) if oauth else ""
     return f"""\
-{p}sasl.enabled.mechanisms=SCRAM-SHA-512
+{p}sasl.enabled.mechanisms={mechanisms}
 {p}scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 {p}ssl.keystore.type=PKCS12
 {p}ssl.keystore.location={tls.keystore}
@@ -148,7 +198,7 @@ authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:ANONYMOUS;User:{ADMIN_USER}
 allow.everyone.if.no.acl.found=false
 quota.window.num=2
-"""
+{oauth_lines}"""
 
 
 def _server_properties(
@@ -158,6 +208,7 @@ def _server_properties(
     cores: int,
     secure_port: int | None = None,
     tls: BrokerTls | None = None,
+    oauth: OAuthValidation | None = None,
 ) -> str:
     threads = "".join(f"{k}={v}\n" for k, v in thread_settings(cores).items())
     listeners = f"PLAINTEXT://127.0.0.1:{port}"
@@ -166,7 +217,7 @@ def _server_properties(
     if secure_port is not None and tls is not None:
         listeners += f",SASL_SSL://127.0.0.1:{secure_port}"
         protocols += ",SASL_SSL:SASL_SSL"
-        secure = _secure_properties(tls)
+        secure = _secure_properties(tls, oauth)
     return f"""\
 process.roles=broker,controller
 node.id=1
@@ -208,6 +259,8 @@ class KafkaBroker:
     controller_port: int
     # With a port: a SASL_SSL listener there too, ACLs enforced (``_secure_properties``).
     secure_port: int | None = None
+    # With it: that listener takes OAUTHBEARER tokens too, checked against an issuer's JWKS.
+    oauth: OAuthValidation | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -246,10 +299,11 @@ class KafkaBroker:
         fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds secrets
         with os.fdopen(fd, "w") as f:
             f.write(_server_properties(data, self.port, self.controller_port,
-                                       available_cores(), self.secure_port, tls))  # fmt: skip
+                                       available_cores(), self.secure_port, tls,
+                                       self.oauth if tls else None))  # fmt: skip
         log4j = self.home / "log4j2.properties"
         log4j.write_text(_LOG4J.format(level="INFO"))  # stdout, into self.log
-        opts = [*jvm_options(os.environ, java_major(java) or 17),
+        opts = [*jvm_options(os.environ, java_major(java) or 17), *oauth_jvm_options(self.oauth),
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*"]  # fmt: skip
         base = [java, *opts]
         if not (data / "meta.properties").exists():

@@ -20,7 +20,7 @@ import platformdirs
 
 from streamproc.errors import LocalStackError
 from streamproc.local import process
-from streamproc.local.broker import KafkaBroker
+from streamproc.local.broker import KafkaBroker, OAuthValidation
 from streamproc.local.proxy import RegistryProxy
 from streamproc.local.registry import ApicurioRegistry
 from streamproc.local.tls import ensure_broker_tls
@@ -56,6 +56,8 @@ class StackInfo:
     proxy_pid: int | None = None
     proxy_port: int | None = None
     secure_schema_registry: str | None = None
+    # The JWKS that the SASL_SSL listener checks OAUTHBEARER tokens against, if it takes them.
+    oauth_jwks_url: str | None = None
 
     def public(self) -> dict[str, str]:
         out = {"bootstrap": self.bootstrap, "schema_registry": self.schema_registry}
@@ -64,6 +66,8 @@ class StackInfo:
                     "client_properties": self.client_properties}  # fmt: skip
         if self.secure_schema_registry:
             out["secure_schema_registry"] = self.secure_schema_registry
+        if self.oauth_jwks_url:
+            out["oauth_jwks_url"] = self.oauth_jwks_url
         return out
 
 
@@ -102,6 +106,7 @@ class LocalStack:
         registry_port: int | None = None,
         fresh: bool = False,
         secure: bool = False,
+        oauth: OAuthValidation | None = None,
     ) -> StackInfo:
         """Start what is not running (or reuse what is) and return where the stack listens.
 
@@ -113,6 +118,9 @@ class LocalStack:
 
         ``secure`` adds the broker's SASL_SSL listener with ACLs enforced (see
         :mod:`streamproc.local.kafka`); a stack once started secure stays so until ``fresh``.
+        ``oauth`` (with ``secure``) has that listener take OAUTHBEARER tokens as well,
+        checked against an OpenID Connect issuer's JWKS; it is not remembered: an ``up``
+        without it restarts a broker that has it, and the other way round.
         """
         if fresh:
             self.down()
@@ -124,6 +132,7 @@ class LocalStack:
         if secure or old.secure_port:
             ports = [broker.port, broker.controller_port, registry.port, registry.management_port]
             broker.secure_port = old.secure_port or process.free_ports(1, exclude=ports)[0]
+            broker.oauth = oauth
         proxy: RegistryProxy | None = None
         if broker.secure_port:
             taken = [broker.port, broker.controller_port, broker.secure_port, registry.port,
@@ -136,10 +145,11 @@ class LocalStack:
         )
         kafka_alive = self._running(old.kafka_pid, "kafka")
         registry_alive = self._running(old.registry_pid, "registry")
-        keep_broker = kafka_alive and (old.kafka_port, old.controller_port, old.secure_port) == (
-            broker.port,
-            broker.controller_port,
-            broker.secure_port,
+        keep_broker = (
+            kafka_alive
+            and (old.kafka_port, old.controller_port, old.secure_port)
+            == (broker.port, broker.controller_port, broker.secure_port)
+            and old.oauth_jwks_url == (broker.oauth.jwks_url if broker.oauth else None)
         )
         # A registry outlives its broker's restart on the same address: its Kafka clients
         # reconnect by themselves.
@@ -194,6 +204,7 @@ class LocalStack:
                 secure_port=broker.secure_port,
                 secure_bootstrap=broker.secure_bootstrap,
                 client_properties=str(broker.client_properties) if broker.secure_port else None,
+                oauth_jwks_url=broker.oauth.jwks_url if broker.oauth else None,
             )
             self._save(info)
         if not keep_registry:

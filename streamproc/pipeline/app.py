@@ -16,7 +16,6 @@ from streamproc.batching import WindowPolicy
 from streamproc.config import PipelineConfig
 from streamproc.errors import ModelError, StreamprocError
 from streamproc.features.spec import changelog_topic, repartition_group, repartition_topic
-from streamproc.kafka.admin import Admin
 from streamproc.kafka.configuration import consumer_config, producer_config, registry_config
 from streamproc.kafka.feedback import FeedbackReader
 from streamproc.kafka.registry import Registry
@@ -227,15 +226,13 @@ def build_features(
     if spec.features is None:
         return None
     from streamproc.features.factory import open_store
-    from streamproc.kafka.changelog import ChangelogReader, ensure_changelog
+    from streamproc.kafka.changelog import ChangelogReader
 
     check_feature_fields(spec)
     t = cfg.topics
-    topic = changelog_topic(cfg.group_id, spec.name)
-    ensure_changelog(cfg.kafka, topic, Admin(cfg.kafka).partitions(t.input))
+    topic = changelog_topic(cfg.group_id, spec.name)  # made by ensure_features_topics
     closed_id = None
     if spec.features.closed_topic:  # closed tumbling/hopping windows' aggregates
-        Admin(cfg.kafka).ensure_topics([spec.features.closed_topic], partitions=t.partitions)
         closed_id = registry.register(schemas.subject_for(spec.features.closed_topic),
                                       schemas.schema_text("WindowAggregate"))  # fmt: skip
     reader = ChangelogReader(cfg.kafka, topic, input_topic=input_topic, group_id=cfg.group_id)
@@ -256,9 +253,7 @@ def build_repartition(
 
     assert spec.features is not None
     t = cfg.topics
-    admin = Admin(cfg.kafka)
-    topic = repartition_topic(t.input, spec.name)
-    admin.ensure_topics([topic], partitions=admin.partitions(t.input))
+    topic = repartition_topic(t.input, spec.name)  # made by ensure_features_topics
     eos = cfg.delivery.guarantee == "exactly-once"
     group = repartition_group(cfg.group_id)
     runner = KafkaRunner(
@@ -362,6 +357,10 @@ def build_processor(
     txn_id = cfg.delivery.transactional_id or f"{cfg.group_id}-{instance}"
     source = t.input  # what the processor reads: the input, or its repartition topic
     upstream: list[KafkaRunner] = []
+    if spec.features is not None:  # its changelog (and repartition, closed) topics
+        from streamproc.kafka.topics import ensure_features_topics
+
+        ensure_features_topics(cfg, spec.name, spec.features)
     if spec.features is not None and spec.features.key:
         source, stage = build_repartition(cfg, spec, registry, instance, txn_id)
         upstream.append(stage)

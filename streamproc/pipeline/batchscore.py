@@ -20,6 +20,15 @@ committed batch and nothing is scored twice:
   renamed), then the progress file ``_progress/<job>-<partition>.json`` is replaced
   atomically; a part left by a crash after its rename is written again under the same name.
 
+A model with windowed features (``features:`` in its model.yaml) gets the live pipeline's
+window stage, with its state kept in memory for the job: before a partition's range (or its
+resume point) the job replays that partition's history from its first offset into the state
+without scoring it (:meth:`BatchHandler.warm`), so that each event of the range is scored
+with the feature values the live pipeline computed, as ``streamproc features backfill``
+does. The state is partitioned like the input, so the input must be keyed by the feature
+key (a model with ``features.key`` is refused: the live pipeline repartitions its input
+first); for files, ``--key-field`` names each record's key. No changelog is written.
+
 Nothing here imports confluent_kafka: the Kafka source and sink are in
 streamproc.kafka.backfill.
 """
@@ -69,22 +78,28 @@ def build_handler(
     *,
     scorer: ScorerKind = "single",
     instance: str = "score",
+    history: bool = False,
     framed: bool = True,
 ) -> tuple[BatchHandler, list[Callable[[], None]]]:
     """The live pipeline's handler for ``cfg`` (decoder, validation, monitors, dead letters
-    as :func:`~streamproc.pipeline.app.build_processor` wires them), writing to ``topics``.
+    as :func:`~streamproc.pipeline.app.build_processor` wires them, ``insight:`` included),
+    writing to ``topics``.
     Returns it with what to call when done. ``scorer``: the pipeline's model, or the control
-    topic's deployment of it (no guard runs: a backfill judges no rollout)."""
+    topic's deployment of it (no guard runs: a backfill judges no rollout). ``history``: a
+    score job, which replays each partition's history into the window state of a model with
+    windowed features; other callers (request-reply, Faust) keep no such state and refuse
+    such a model."""
     from streamproc.backends.select import load_backend
     from streamproc.kafka.configuration import registry_config
     from streamproc.kafka.registry import Registry
     from streamproc.models.spec import load_model_spec
     from streamproc.personal import Redactor
-    from streamproc.telemetry import CountingSensor
+    from streamproc.telemetry import CountingSensor, Sensor
 
     from .alerting import AlertRouter
     from .app import build_decoder, reader_schema, register_output_schemas
-    from .features import require_stateless
+    from .features import FeatureStage, require_stateless
+    from .insight import row_scores, wire_insight
     from .monitoring import build_monitor
     from .scoring import Scorer, SingleScorer
 
@@ -92,7 +107,21 @@ def build_handler(
     # The output subjects are the pipeline's (the same schemas): register them once.
     ids = register_output_schemas(registry, cfg)
     spec = load_model_spec(cfg.model)
-    require_stateless(spec, "this mode (score, request-reply, Faust)")
+    features = None
+    if not history:
+        require_stateless(spec, "this mode (request-reply, Faust)")
+    elif spec.features is not None:
+        from streamproc.features.factory import open_store
+
+        if spec.features.key:
+            raise ConfigError(
+                f"model {spec.name} {spec.version} keys its windowed features by "
+                f"{list(spec.features.key)}: score keeps window state per input partition, "
+                "so the input must be keyed by the feature key (the live pipeline "
+                "repartitions it first); compute the features with `streamproc features "
+                "backfill` instead"
+            )
+        features = FeatureStage(spec, open_store(spec.features), changelog_topic=None)
     closers: list[Callable[[], None]] = []
     the_scorer: Scorer
     if scorer == "rollout":
@@ -106,20 +135,34 @@ def build_handler(
         the_scorer = SingleScorer(spec, load_backend(spec))
     monitor = build_monitor(spec, cfg.drift)
     counters = CountingSensor()
+    redactor = Redactor.from_settings(cfg.personal_data, reader_schema(spec))
+    # The insight: section as the live pipeline wires it (outlier scores on the predictions,
+    # probing alerts, sampled explanations). Explanations go beside this handler's outputs
+    # when those are not the pipeline's own topics (a score job's): the live explanations
+    # topic is the stream's record.
+    ins = cfg.insight
+    if ins.explanations.enabled and topics.predictions != cfg.topics.predictions:
+        here = ins.explanations.model_copy(update={"topic": f"{topics.predictions}.explanations"})
+        cfg = cfg.model_copy(update={"insight": ins.model_copy(update={"explanations": here})})
+    the_scorer, watch = wire_insight(cfg, the_scorer, monitor, Sensor(), closers,
+                                     redactor=redactor)  # fmt: skip
     handler = BatchHandler(
-        decoder=build_decoder(cfg, spec, registry),
+        decoder=build_decoder(cfg, spec if features is None else features.decoder_spec, registry),
         scorer=the_scorer,
         topics=topics,
         schema_ids=ids,
         processor_id=instance,
         pipeline=cfg.name,
         counters=counters,
-        monitor=monitor,
+        monitor=watch,
         # The metrics topic is the live processors' view: a backfill sends no snapshots
         # (its counts are in its summary). The first batch still makes one: it is dropped.
         snapshot_interval_s=1e12,
         router=AlertRouter(cfg.alerts),
-        redactor=Redactor.from_settings(cfg.personal_data, reader_schema(spec)),
+        redactor=redactor,
+        features=features,
+        include_features=cfg.outputs.include_features,
+        row_scores=row_scores(watch),
         # Files hold bare datums: predictions without the header there is no need to cut.
         framed_predictions=framed,
     )
@@ -148,6 +191,10 @@ class PartitionProgress:
     rejects: dict[str, int] = field(default_factory=dict)
     parts: int = 0  # file sinks: part files written
     updated_ms: int = 0
+    # Windowed features: the partition's first offset, from which its history is replayed
+    # into the window state before next_offset; and how many records that took (this run).
+    history_offset: int = 0
+    history_read: int = 0
 
     @property
     def done(self) -> bool:
@@ -294,6 +341,7 @@ def plan(job: ScoreJob) -> list[PartitionProgress]:
     """Each partition's progress: the committed one of an earlier run, else a new one over
     the range ``--from`` .. ``--to`` resolves to now."""
     stored = load_progress(job)
+    first: dict[int, int] = {}  # each partition's first offset (window state's history)
     if job.files:
         ranges = {i: (0, count_records(f)) for i, f in enumerate(job.files)}
         names = {i: str(f) for i, f in enumerate(job.files)}
@@ -303,13 +351,17 @@ def plan(job: ScoreJob) -> list[PartitionProgress]:
         assert job.topic is not None
         ranges = resolve_range(job.config.kafka, job.topic, job.start, job.end)
         names = dict.fromkeys(ranges, job.topic)
+        if job.start != "beginning":
+            whole = resolve_range(job.config.kafka, job.topic, "beginning", "end")
+            first = {p: lo for p, (lo, _) in whole.items()}
     out = []
     for p, (lo, hi) in sorted(ranges.items()):
         prev = stored.get(p)
         if prev is not None:
             out.append(prev)
         else:
-            out.append(PartitionProgress(job.name, names[p], p, lo, hi, lo))
+            out.append(PartitionProgress(job.name, names[p], p, lo, hi, lo,
+                                         history_offset=first.get(p, lo)))  # fmt: skip
     return out
 
 
@@ -337,6 +389,8 @@ def score_partition(
         return progress
     sink = sink or open_sink(job, progress)
     try:
+        if handler.features is not None:
+            _replay_history(job, handler, source, progress)
         last_commit = time.monotonic()
         since_part = 0
         alerts_topic = handler.topics.alerts
@@ -359,7 +413,25 @@ def score_partition(
         sink.commit(progress)
     finally:
         sink.close()
+        handler.revoked([progress.partition])  # its window state, if any: done with it
     return progress
+
+
+def _replay_history(job: ScoreJob, handler: BatchHandler, source: Source,
+                    progress: PartitionProgress) -> None:  # fmt: skip
+    """The window state of ``progress``'s partition as the live pipeline had it at
+    ``next_offset``: every record from the partition's first offset, unscored."""
+    handler.revoked([progress.partition])
+    progress.history_read = 0
+    t0 = time.monotonic()
+    for raw in source.batches(progress.partition, progress.history_offset,
+                              progress.next_offset, job.batch_size):  # fmt: skip
+        handler.warm(raw)
+        progress.history_read += len(raw)
+    if progress.history_read:
+        log.info("partition %d: window state from %d records of history (offsets %d-%d) "
+                 "in %.1fs", progress.partition, progress.history_read,
+                 progress.history_offset, progress.next_offset, time.monotonic() - t0)  # fmt: skip
 
 
 def score_partitions(
@@ -398,7 +470,7 @@ def _worker(job: ScoreJob, progresses: list[PartitionProgress], queue: Any, inde
     try:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
                                          instance=f"score-{job.name}-{index}",
-                                         framed=job.out_dir is None)  # fmt: skip
+                                         history=True, framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for done in score_partitions(job, handler, source, progresses,
@@ -425,6 +497,15 @@ def run(
     t0 = time.monotonic()
     if job.out_topic is None and job.out_dir is None:
         raise ConfigError("score needs an output: --out-topic TOPIC or --out-dir DIR")
+    if job.files and not job.key_field:
+        from streamproc.models.spec import load_model_spec
+
+        spec = load_model_spec(job.config.model)
+        if spec.features is not None:
+            raise ConfigError(
+                f"model {spec.name} {spec.version} computes windowed features "
+                "per key: score files with --key-field FIELD (each record's key)"
+            )
     if job.out_dir is None:
         from streamproc.kafka.backfill import ensure_output_topics
 
@@ -439,7 +520,7 @@ def run(
     if pending and workers == 1:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
                                          instance=f"score-{job.name}-0",
-                                         framed=job.out_dir is None)  # fmt: skip
+                                         history=True, framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for pr in score_partitions(job, handler, source, pending, on_events):
@@ -462,7 +543,8 @@ def run(
         summary.partitions[p] = {"source": pr.source, "from": pr.start_offset,
                                  "to": pr.end_offset, "read": pr.read,
                                  "predictions": pr.predictions,
-                                 "dead_letters": pr.dead_letters}  # fmt: skip
+                                 "dead_letters": pr.dead_letters,
+                                 "history_read": pr.history_read}  # fmt: skip
     summary.seconds = time.monotonic() - t0
     return summary
 

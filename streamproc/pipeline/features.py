@@ -63,7 +63,8 @@ class ChangelogSource(Protocol):
 
 def require_stateless(spec: ModelSpec, mode: str) -> None:
     """Refuse a model with windowed features in a mode that keeps no window state (HTTP
-    serving, ``score``, request-reply, Faust): its inputs would be computed from nothing."""
+    serving, request-reply, Faust): its inputs would be computed from nothing. (``score``
+    rebuilds the state from the input's history: streamproc.pipeline.batchscore.)"""
     if spec.features is not None:
         raise ConfigError(
             f"model {spec.name} {spec.version} computes windowed features "
@@ -106,7 +107,7 @@ class FeatureStage:
         spec: ModelSpec,
         store: WindowStore,
         *,
-        changelog_topic: str,
+        changelog_topic: str | None,
         source: ChangelogSource | None = None,
         sensor: Sensor | None = None,
         closed_schema_id: int | None = None,
@@ -114,7 +115,9 @@ class FeatureStage:
     ) -> None:
         """``closed_schema_id``: the registry id of ``WindowAggregate`` on the features'
         ``closed_topic``; with it, closed tumbling/hopping windows go out there.
-        ``repartitioned``: the input was re-keyed by ``features.key`` (.repartition)."""
+        ``repartitioned``: the input was re-keyed by ``features.key`` (.repartition).
+        ``changelog_topic`` None: the state is kept for this run only (``score``, which
+        builds it from the input's history), and no changelog entries are made."""
         if spec.features is None:
             raise ModelError(f"model {spec.name} has no features section")
         fs: FeaturesSpec = spec.features
@@ -232,9 +235,10 @@ class FeatureStage:
             out.late += late
             out.closed.extend(res.closed)
             reached_at = self._next[p]
-            for key, state in self.store.changes(p):
-                out.state.append(OutRecord(self.changelog_topic, key,
-                                           _frame(reached_at, state), partition=p))  # fmt: skip
+            if self.changelog_topic is not None:
+                for key, state in self.store.changes(p):
+                    out.state.append(OutRecord(self.changelog_topic, key,
+                                               _frame(reached_at, state), partition=p))  # fmt: skip
             st = self.store.stats(p)
             self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
         if out.late:

@@ -197,6 +197,13 @@ class BatchHandler(BatchHandlerLike):
         if self.features is not None:
             self.features.revoked(partitions)
 
+    def warm(self, raw: RawBatch) -> None:
+        """Add ``raw``'s events to the window state without scoring them (no outputs): a
+        ``score`` job replays the history before its range so that the range's first
+        events see the state the live pipeline had."""
+        if self.features is not None:
+            self.features.apply(raw, self.decoder.decode(raw.values))
+
     def start(self, raw: RawBatch) -> Started:
         """Decode ``raw`` and start scoring its valid events. Raises only what decoding
         raises (a registry outage: the caller retries); a model error is kept for

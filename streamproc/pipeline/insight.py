@@ -31,7 +31,6 @@ from streamproc.drift.profile import ReferenceProfile
 from streamproc.errors import ConfigError
 from streamproc.insight.explain import (
     Explainer,
-    ExplainRequest,
     ExplanationWorker,
     IntegratedGradients,
     KernelShap,
@@ -233,12 +232,9 @@ class InsightMonitor(Monitor, RowScores):
         if self._keys and len(keys) == len(s):
             extra = [i for i, k in enumerate(keys) if k in self._keys]
             rows = np.union1d(rows, np.asarray(extra, dtype=np.intp)).astype(np.intp)
-        if len(rows):
-            self.worker.submit(
-                ExplainRequest(ids[i], versions[i] if versions is not None else spec.version,
-                               x[i].copy())
-                for i in rows.tolist()
-            )  # fmt: skip
+        if len(rows):  # the sampled rows alone are copied, and only those the queue takes
+            self.worker.submit_rows(ids, versions if versions is not None else spec.version,
+                                    x, rows)  # fmt: skip
         c = self.worker.counts
         self.sensor.on_gauge("streamproc_explanations_dropped", float(c.dropped), {})
         self.sensor.on_gauge("streamproc_explanations_sent", float(c.explained), {})
@@ -328,6 +324,7 @@ def wire_insight(
         worker = ExplanationWorker(
             explainer_factory(s, specs), scorer.primary.columns, sink, queue_size=e.queue_size,
             batch=e.batch, model_name=scorer.primary.name, max_cpu_share=e.max_cpu_share,
+            nice=e.nice,
         ).start()  # fmt: skip
 
         def close() -> None:

@@ -149,3 +149,28 @@ def test_worker_counts_failures_and_goes_on():
     assert w.wait_idle(30)
     w.close()
     assert w.counts.failed == 1 and w.counts.explained == 0
+
+
+def test_worker_thread_runs_at_its_nice_value():
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice values are Linux's")
+    seen: list[int] = []
+
+    class Probe:
+        method = "probe"
+
+        def explain(self, x):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            n = len(x)
+            return np.zeros((n, x.shape[1])), 0.5, np.full(n, 0.5)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    w = ExplanationWorker(lambda v: Probe(), ["a"], lambda r: None, nice=5).start()
+    w.submit([ExplainRequest("e1", "1.0.0", np.zeros(1, np.float32))])
+    assert w.wait_idle(30)
+    w.close()
+    assert seen and seen[0] >= 5  # set absolutely (or kept, where it was higher)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # not the process

@@ -115,7 +115,8 @@ def test_memory_is_bounded_by_max_keys():
     rng = np.random.default_rng(0)
     for i in range(20):
         keys = [b"k%d" % (i * 500 + j) for j in range(500)]
-        det.update(keys, rng.normal(size=(500, 3)), rng.random(500))
+        # Scores within the band: only keys seen there are tracked at all.
+        det.update(keys, rng.normal(size=(500, 3)), rng.uniform(0.45, 0.55, 500))
     assert det.keys_tracked <= 1_000 and det.evicted >= 9_000
     assert det.memory_bytes == 1_000 * (3 * 4 + 8 + 8 + 1 + 1)
 
@@ -140,3 +141,26 @@ def test_vectorised_counts_match_a_per_event_loop():
     ]
     assert a == b and len(a) > 4
     assert np.allclose(det._count, one._count)
+
+
+def test_rows_out_of_the_band_touch_no_key_state():
+    det = ProbingDetector(np.zeros(2), np.ones(2), threshold=0.5, band=0.1)
+    keys = [b"k%d" % i for i in range(1_000)]
+    s = np.full(1_000, 0.05)
+    s[[10, 500]] = 0.52
+    det.update(keys, np.zeros((1_000, 2)), s)
+    assert det.keys_tracked == 2
+
+
+def test_out_of_band_requests_do_not_hide_a_probe():
+    """A prober that interleaves far-off requests is alerted as fast as one that does not."""
+    det = ProbingDetector(np.zeros(2), np.ones(2), threshold=0.5, min_suspicious=5)
+    alerts, sent = [], 0
+    for i in range(40):
+        near = i % 2 == 0
+        x = np.zeros((1, 2)) if near else np.full((1, 2), 9.0)
+        alerts += det.update([b"m"], x, np.array([0.49 if near else 0.01]))
+        sent += near
+        if alerts:
+            break
+    assert len(alerts) == 1 and sent == requests_to_alert(5, 100)

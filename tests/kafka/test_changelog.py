@@ -7,7 +7,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streamproc.kafka.changelog import CHANGELOG_TOPIC_CONFIG, ChangelogReader, frame_state
+from streamproc.features.spec import CHANGELOG_TOPIC_CONFIG
+from streamproc.kafka.changelog import ChangelogReader, frame_state
 
 pytestmark = pytest.mark.kafka
 

@@ -112,7 +112,9 @@ def test_a_lookup_from_a_silent_registry_takes_one_timeout_then_none_while_it_st
     with pytest.raises(RegistryUnavailableError, match="schema id 5") as err:
         registry.schema(5)
     took = time.monotonic() - start
-    assert 0.9 <= took < 2.5, took
+    # One request: one timeout (1 s) and some; the client's own retries would take 1 s per
+    # request plus jittered waits, 6 s and more. The margin is for a loaded machine.
+    assert 0.9 <= took < 4.0, took
     assert err.value.schema_ids == (5,)
     assert "did not answer for schema id 5" in caplog.text
     # While the registry is failing, a lookup (the same id, another one) does not wait.
@@ -120,7 +122,7 @@ def test_a_lookup_from_a_silent_registry_takes_one_timeout_then_none_while_it_st
         start = time.monotonic()
         with pytest.raises(RegistryUnavailableError):
             registry.schema(sid)
-        assert time.monotonic() - start < 0.5
+        assert time.monotonic() - start < 0.9  # no request: less than one timeout
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 

@@ -217,6 +217,34 @@ def test_parquet_output_or_the_extra_it_needs(pipeline_config_factory, tmp_path)
     assert pq.read_table(part).num_rows == 10
 
 
+def test_score_with_insight_writes_the_live_outlier_scores_and_explains_beside_its_output(
+    pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    cfg = pipeline_config_factory(partitions=2, insight={
+        "outliers": {"enabled": True},
+        "probing": {"enabled": True},
+        "explanations": {"enabled": True, "share": 0.05, "samples": 64},
+    })  # fmt: skip
+    producer = event_producer_factory(cfg.topics.input)
+    produce_synthetic(producer, 600, seed=9)
+    live = processor_factory(cfg)
+    live_preds = read_topic(cfg.topics.predictions, 600, idle_s=60)
+    live.stop()
+    want = {r.value["event_id"]: r.value["outlier_score"] for r in live_preds}
+    assert len(want) == 600 and all(isinstance(v, float) for v in want.values())
+
+    out = f"{cfg.topics.input}.rescored"
+    summary = run(ScoreJob(cfg, name=f"j-{uuid.uuid4().hex[:6]}", topic=cfg.topics.input,
+                           out_topic=out, batch_size=128))  # fmt: skip
+    assert summary.predictions == 600
+    got = {r.value["event_id"]: r.value["outlier_score"] for r in read_topic(out, 600, idle_s=10)}
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(v, abs=1e-6) for k, v in want.items())
+    # Its explanations go beside its output, not onto the live explanations topic.
+    explained = read_topic(f"{out}.explanations", 600, idle_s=5, committed=False)
+    assert explained and {e.value["event_id"] for e in explained} <= got.keys()
+
+
 def test_an_avro_file_scores_as_the_same_events_on_a_topic(
     pipeline_config_factory, event_producer_factory, read_topic, tmp_path
 ):

@@ -144,3 +144,25 @@ def test_an_expired_token_fails_clearly_within_seconds() -> None:
     text = str(caught.value)
     assert text.startswith("Kafka authentication failed for OAuth client svc (SASL OAUTHBEARER)")
     assert "token" in text and "check the token endpoint" in text, text
+
+
+def test_the_broker_s_oauthbearer_settings_check_signatures(tmp_path: Path) -> None:
+    """What the secure broker's listener gets (test_oauth_broker.py checks it works): Kafka
+    4.1's default validator, as its callback handler makes it, checks no signature; the
+    JWKS settings count only without the mechanism's prefix."""
+    from streamproc.local.broker import OAuthValidation, _secure_properties
+    from streamproc.local.tls import ensure_broker_tls
+
+    tls = ensure_broker_tls(tmp_path / "tls")
+    assert "OAUTHBEARER" not in _secure_properties(tls)
+    props = _secure_properties(tls, OAuthValidation("http://127.0.0.1:1/jwks", "kafka", "iss"))
+    lines = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
+    p = "listener.name.sasl_ssl."
+    assert lines[f"{p}sasl.enabled.mechanisms"] == "SCRAM-SHA-512,OAUTHBEARER"
+    assert lines[f"{p}sasl.oauthbearer.jwt.validator.class"].endswith(".BrokerJwtValidator")
+    assert lines[f"{p}oauthbearer.sasl.server.callback.handler.class"].endswith(
+        ".OAuthBearerValidatorCallbackHandler")  # fmt: skip
+    assert lines[f"{p}sasl.oauthbearer.jwks.endpoint.url"] == "http://127.0.0.1:1/jwks"
+    assert lines[f"{p}sasl.oauthbearer.expected.audience"] == "kafka"
+    assert lines[f"{p}sasl.oauthbearer.expected.issuer"] == "iss"
+    assert lines["allow.everyone.if.no.acl.found"] == "false"

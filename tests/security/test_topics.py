@@ -36,10 +36,14 @@ def run_id(admin: Admin) -> Iterator[str]:
     admin.delete_topics([t for t in admin.list_topics().topics if run in t])
 
 
-def _pipeline(tmp_path: Path, run: str, policy: dict[str, Any]) -> Path:
+MODELS = Path(__file__).resolve().parents[2] / "deploy" / "models" / "fraud"
+
+
+def _pipeline(tmp_path: Path, run: str, policy: dict[str, Any], model: str = "1.0.0",
+              **extra: Any) -> Path:  # fmt: skip
     path = tmp_path / f"pipeline-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "fraud", "model": "m",
+        "name": "fraud", "model": str(MODELS / model), **extra,
         "topics": {"input": f"tx-{run}", "alerts": f"alerts-{run}", "metrics": f"metrics-{run}",
                    "control": f"control-{run}", "feedback": f"labels-{run}", "partitions": 2,
                    "policy": policy},
@@ -143,3 +147,44 @@ def test_the_control_topic_stays_compacted() -> None:
         "input": "t", "policy": {"control": {"cleanup_policy": "delete"}}}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"topics\.policy\.control"):
         desired(cfg)
+
+
+def test_a_window_stores_topics_follow_the_policy(
+    kafka: str, admin: Admin, tmp_path: Path, run_id: str
+) -> None:
+    from streamproc.kafka.topics import ensure_features_topics
+    from streamproc.models.spec import load_model_spec
+
+    policy = {"default": {"min_insync_replicas": 1},
+              "state": {"config": {"segment.ms": "3600000"}}}  # fmt: skip
+    # fraud 2.0.0 computes windowed features: its store's changelog is one of the topics.
+    path = _pipeline(tmp_path, run_id, policy, model="2.0.0", group_id=f"g-{run_id}")
+    res = _cli(kafka, "topics", "apply", "-c", str(path), "-o", "json")
+    assert res.exit_code == 0, res.output
+    made = {c["topic"]: c for c in json.loads(res.output)}
+    changelog = f"g-{run_id}.fraud.features-changelog"
+    assert made[changelog]["action"] == "create" and made[changelog]["kind"] == "state"
+    conf = _configs(admin, changelog)
+    assert conf["cleanup.policy"] == "compact"  # what it is for, whatever the policy says
+    assert (conf["segment.ms"], conf["min.insync.replicas"]) == ("3600000", "1")
+    assert admin.partitions(changelog) == 2  # partitioned like the input
+
+    # The processor at start: the same topics, as the policy makes them.
+    other = _pipeline(tmp_path, run_id, policy, model="2.0.0", group_id=f"h-{run_id}")
+    cfg = PipelineConfig.model_validate({**yaml.safe_load(other.read_text()),
+                                         "kafka": {"bootstrap": kafka}})  # fmt: skip
+    features = load_model_spec(cfg.model).features
+    assert features is not None
+    ensure_features_topics(cfg, "fraud", features)
+    assert _configs(admin, f"h-{run_id}.fraud.features-changelog")["segment.ms"] == "3600000"
+
+
+def test_a_changelog_stays_compacted() -> None:
+    cfg = PipelineConfig.model_validate({"name": "p", "model": "m", "topics": {
+        "input": "t", "policy": {"state": {"cleanup_policy": "delete"}}}})  # fmt: skip
+    from streamproc.models.spec import load_model_spec
+
+    features = load_model_spec(MODELS / "2.0.0").features
+    desired(cfg)  # without the model's store: no changelog, nothing to refuse
+    with pytest.raises(ConfigError, match=r"topics\.policy\.state"):
+        desired(cfg, "fraud", features)
