@@ -248,8 +248,9 @@ def main() -> None:
                 r["scores_match_onnx"] = bool(np.allclose(scores, want, rtol=1e-5, atol=1e-6))
             out[name] = r
     if args.only in (None, "backfill"):
-        # `streamproc score` over a topic range against the in-process core, same run
-        # (benchmarks/backfill.py): backfill_events_per_s, core_events_per_s and ratios.
+        # `streamproc score` over a topic range and over Avro files against the in-process
+        # core, same run (benchmarks/backfill.py): backfill_events_per_s, files_*,
+        # core_events_per_s and ratios.
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import backfill
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +52,56 @@ class ReleaseReason(enum.StrEnum):
 class Guarantee(enum.StrEnum):
     AT_LEAST_ONCE = "at-least-once"
     EXACTLY_ONCE = "exactly-once"
+
+
+class JoinedKeys(Sequence[bytes | None]):
+    """Record keys NUL-joined in one buffer (``joined``: valid UTF-8, no NUL inside a key,
+    no None), as the Avro file reader finds them. Split into ``bytes`` only when read: the
+    prediction encoder copies the buffer as it is.
+
+    >>> keys = JoinedKeys(b"a\\x00\\x00c", 3)
+    >>> keys[2], list(keys), keys == [b"a", b"", b"c"]
+    (b'c', [b'a', b'', b'c'], True)
+    """
+
+    __slots__ = ("_items", "_n", "joined")
+
+    def __init__(self, joined: bytes, n: int) -> None:
+        self.joined = joined
+        self._n = n
+        self._items: list[bytes] | None = None
+
+    def _list(self) -> list[bytes]:
+        if self._items is None:
+            items = self.joined.split(b"\0") if self._n else []
+            if len(items) != self._n:
+                raise ValueError(f"{len(items)} keys joined where {self._n} were expected")
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JoinedKeys):
+            return self.joined == other.joined and self._n == other._n
+        if isinstance(other, Sequence):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class JoinedIds(Sequence[str]):

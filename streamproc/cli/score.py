@@ -71,6 +71,9 @@ def score(
     out_format: Annotated[
         str, typer.Option("--format", help="avro | parquet (parquet needs pyarrow)")
     ] = "avro",
+    codec: Annotated[
+        str, typer.Option(help="Avro part files' codec: deflate | snappy | null")
+    ] = "deflate",
     job: Annotated[
         str | None,
         typer.Option(
@@ -111,6 +114,8 @@ def score(
     cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     if out_format not in ("avro", "parquet"):
         raise ConfigError(f"--format must be avro or parquet, not {out_format!r}")
+    if codec not in ("deflate", "snappy", "null"):
+        raise ConfigError(f"--codec must be deflate, snappy or null, not {codec!r}")
     if scorer not in ("single", "rollout"):
         raise ConfigError(f"--scorer must be single or rollout, not {scorer!r}")
     if out_topic and out_dir:
@@ -124,6 +129,7 @@ def score(
     the_job = ScoreJob(
         config=cfg, name=name, topic=in_topic, files=in_files, start=start, end=end,
         out_topic=out_topic, out_dir=out_dir, out_format=out_format,  # type: ignore[arg-type]
+        out_codec=codec,  # type: ignore[arg-type]
         key_field=key_field, scorer=scorer,  # type: ignore[arg-type]
         batch_size=batch_size or cfg.batching.max_batch_size,
         commit_interval_s=commit_interval, part_events=part_events, workers=workers,

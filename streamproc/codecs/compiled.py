@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.codecs import kernel
+from streamproc.codecs.container import FramedValues
 from streamproc.codecs.features import FeaturePlan, check_number, non_null_branches
 from streamproc.codecs.program import OP_NAMES, Program
 from streamproc.types import JoinedIds, ReasonCode
@@ -55,6 +56,9 @@ class Packed:
     starts: npt.NDArray[np.int64]
     ends: npt.NDArray[np.int64]
     present: npt.NDArray[np.uint8]
+    # Every payload's writer schema id when the headers are not in ``buf`` (FramedValues:
+    # ``starts`` are 5 bytes before each datum); None: read them from ``buf``.
+    schema_id: int | None = None
 
 
 PRESENT, ABSENT, TOO_BIG = 1, 0, 2  # values of Packed.present
@@ -63,6 +67,14 @@ PRESENT, ABSENT, TOO_BIG = 1, 0, 2  # values of Packed.present
 def pack(payloads: Sequence[bytes | None], max_bytes: int) -> Packed:
     """Lay a batch end to end; None payloads and payloads over ``max_bytes`` are left out
     (``present`` says which), so an oversize message is never copied."""
+    if isinstance(payloads, FramedValues):  # laid end to end already (Avro container files)
+        # Each datum's header is known, not in the buffer: a start 5 bytes before the
+        # datum (the kernel reads from start + 5), read_headers is not run (schema_id).
+        starts = payloads.starts - len(payloads.head)
+        present = np.ones(len(payloads), np.uint8)
+        present[(payloads.ends - starts) > max_bytes] = TOO_BIG
+        return Packed(payloads.raw, payloads.buf, starts, payloads.ends, present,
+                      payloads.schema_id)  # fmt: skip
     n = len(payloads)
     vals: Sequence[bytes] = payloads  # type: ignore[assignment]
     present = np.ones(n, np.uint8)

@@ -327,10 +327,14 @@ class BatchDecoder:
         packed = native.pack(payloads, self.max_message_bytes)
         ids = np.full(n, -1, dtype=np.int32)
         errors = np.zeros(n, dtype=np.uint8)
-        kernel.read_headers(
-            packed.buf, packed.starts, packed.ends, packed.present, self.max_message_bytes,
-            ids, errors,
-        )  # fmt: skip
+        if packed.schema_id is None:
+            kernel.read_headers(
+                packed.buf, packed.starts, packed.ends, packed.present, self.max_message_bytes,
+                ids, errors,
+            )  # fmt: skip
+        else:  # one known header for all (Avro container records): only the size to check
+            ids[:] = packed.schema_id
+            errors[packed.present == native.TOO_BIG] = ReasonCode.OVERSIZE
         out = _Out.empty(n, self.n_features, errors)
         bad = np.flatnonzero(errors)
         for i in bad.tolist():

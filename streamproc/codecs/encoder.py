@@ -30,7 +30,7 @@ from streamproc import schemas
 from streamproc.codecs import encode_kernel as enc_kernel
 from streamproc.codecs.tree import parse, strip_logical
 from streamproc.codecs.wire import HEADER_SIZE, frame, header, unframe
-from streamproc.types import JoinedIds
+from streamproc.types import JoinedIds, JoinedKeys
 
 _DOUBLE = struct.Struct("<d")
 # The features and outlier_score fields when both are off: union branch null twice.
@@ -152,6 +152,21 @@ def _warm_up() -> None:
         )  # fmt: skip
 
 
+class EncodedRecords(list[bytes]):
+    """The encoder's records, a list of ``bytes``, that also keeps the one buffer they were
+    cut from (``buf``, record ``i`` ending at ``ends[i]``): a file sink writes them from it
+    without joining them again."""
+
+    __slots__ = ("buf", "ends")
+
+    def __init__(
+        self, records: list[bytes], buf: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]
+    ) -> None:
+        super().__init__(records)
+        self.buf = buf
+        self.ends = ends
+
+
 def split_records(buf: npt.NDArray[np.uint8], ends: npt.NDArray[np.int64]) -> list[bytes]:
     """The records laid end to end in ``buf`` (record ``i`` ends at ``ends[i]``) as a list
     of ``bytes``.
@@ -192,6 +207,8 @@ def _marshal_ok() -> bool:
 def _joined_keys(keys: Sequence[str | bytes | None]) -> bytes:
     """The keys as UTF-8, NUL-separated (None as ""); bytes keys that are not UTF-8 are
     decoded with replacement characters, as ``bytes.decode(errors="replace")`` does."""
+    if isinstance(keys, JoinedKeys):  # joined already (and checked: UTF-8, no None)
+        return keys.joined
     try:  # join raises TypeError for a None or str key: no per-key type test
         joined = b"\0".join(keys)  # type: ignore[arg-type]
         joined.decode("utf-8")  # one validation for the whole batch
@@ -233,9 +250,11 @@ class IndexedLabels(Sequence[str]):
 class PredictionEncoder:
     """Encodes batches of predictions as framed ``Prediction`` records."""
 
-    def __init__(self, schema_id: int) -> None:
+    def __init__(self, schema_id: int, framed: bool = True) -> None:
+        """``framed`` False: the records without their 5-byte header, bare Avro datums (as
+        an Avro container file holds them)."""
         self.schema_id = schema_id
-        self._header = header(schema_id)
+        self._header = header(schema_id) if framed else b""
         self._header_arr = np.frombuffer(self._header, np.uint8)
         _warm_up()
         self._labels: dict[str, bytes] = {}
@@ -314,7 +333,7 @@ class PredictionEncoder:
                 event_ids, keys, model_name, model_version, scores, score_index, labels,
                 event_time_ms, processed_time_ms, features, outlier,
             )  # fmt: skip
-        if None in keys:
+        if not isinstance(keys, JoinedKeys) and None in keys:
             present = np.fromiter((x is not None for x in keys), np.bool_, n)
         else:
             present = np.ones(n, np.bool_)
@@ -332,7 +351,7 @@ class PredictionEncoder:
             np.frombuffer(model, np.uint8), scores, score_index, bufs[2], label_ends, label_idx,
             times, int(processed_time_ms), tail, out, out_ends,
         )  # fmt: skip
-        return split_records(out[:written], out_ends)
+        return EncodedRecords(split_records(out[:written], out_ends), out[:written], out_ends)
 
     def encode_python(
         self,

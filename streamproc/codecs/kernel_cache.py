@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,15 +136,19 @@ class Specialiser:
             self._done.notify_all()
 
     def _load(self, key: str, src: str) -> Kernel:
-        name = f"streamproc_kernel_{key}"
+        fn: Kernel = self.load_module(f"streamproc_kernel_{key}", src).decode
+        return fn
+
+    def load_module(self, name: str, src: str) -> Any:
+        """Import ``src`` as module ``name`` from the cache directory (numba's ``cache=True``
+        then keeps its compiled code beside it)."""
         path = self._write(name, src)
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        fn: Kernel = module.decode
-        return fn
+        return module
 
     def _write(self, name: str, src: str) -> Path:
         try:

@@ -19,6 +19,7 @@ from itertools import repeat
 from operator import length_hint
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from confluent_kafka import (  # type: ignore[attr-defined]  # IsolationLevel: not in __all__
     Consumer,
     IsolationLevel,
@@ -29,11 +30,10 @@ from confluent_kafka import (  # type: ignore[attr-defined]  # IsolationLevel: n
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from streamproc.batching import Released
 from streamproc.errors import KafkaError
 from streamproc.kafka.admin import Admin, check_secured
 from streamproc.kafka.configuration import Connection, client_config, producer_config
-from streamproc.kafka.runner import to_raw_batch
+from streamproc.kafka.runner import LazyHeaders
 from streamproc.types import Outputs, RawBatch, ReleaseReason
 
 if TYPE_CHECKING:
@@ -112,6 +112,22 @@ def resolve_range(
     return {p: (lo[p], max(lo[p], hi[p])) for p in parts}
 
 
+def _raw_batch(topic: str, partition: int, msgs: list[Message]) -> RawBatch:
+    """:func:`~streamproc.kafka.runner.to_raw_batch` for records of one partition: the
+    partition column without a call per record."""
+    n = len(msgs)
+    return RawBatch(
+        topic=topic,
+        values=list(map(Message.value, msgs)),
+        keys=list(map(Message.key, msgs)),
+        partitions=np.full(n, partition, dtype=np.int32),
+        offsets=np.fromiter(map(Message.offset, msgs), dtype=np.int64, count=n),
+        headers=LazyHeaders(msgs),
+        batch_id=uuid.uuid4().hex[:16],
+        release=ReleaseReason.SIZE,
+    )
+
+
 class KafkaRangeSource:
     """Committed records of one partition at a time between two offsets, as RawBatches.
 
@@ -182,7 +198,7 @@ class KafkaRangeSource:
             if good:
                 deadline = time.monotonic() + self.timeout_s
                 expect = (good[-1].offset() or 0) + 1
-                yield to_raw_batch(self.topic, good, Released(good, ReleaseReason.SIZE, 0.0))
+                yield _raw_batch(self.topic, partition, good)
             if last >= end - 1:
                 return
             # Transaction markers (or compaction) can leave the last offsets empty.
@@ -200,6 +216,12 @@ class KafkaRangeSource:
         self.consumer.close()
 
 
+# A score sink commits a transaction a second: wait longer for fuller produce requests
+# (fewer of them for librdkafka's threads to build, compress and send) than the live
+# pipeline does (linger.ms 2).
+SINK_TUNING: dict[str, Any] = {"linger.ms": 50, "batch.num.messages": 100_000}
+
+
 def transactional_id(job: str, partition: int) -> str:
     return f"streamproc-score-{job}-{partition}"
 
@@ -213,6 +235,8 @@ class KafkaTransactionalSink:
         self.timeout_s = timeout_s
         self.errors: list[str] = []
         conf = producer_config(job.config.kafka, transactional_id(job.name, partition))
+        conf.update(SINK_TUNING)
+        conf.update(job.config.kafka.extra)  # the user's settings win
         conf["on_delivery"] = self._on_delivery
         conf["delivery.report.only.error"] = True
         self.producer = Producer(conf)

@@ -43,12 +43,11 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 
@@ -80,6 +79,7 @@ def build_handler(
     scorer: ScorerKind = "single",
     instance: str = "score",
     history: bool = False,
+    framed: bool = True,
 ) -> tuple[BatchHandler, list[Callable[[], None]]]:
     """The live pipeline's handler for ``cfg`` (decoder, validation, monitors, dead letters
     as :func:`~streamproc.pipeline.app.build_processor` wires them, ``insight:`` included),
@@ -163,6 +163,8 @@ def build_handler(
         features=features,
         include_features=cfg.outputs.include_features,
         row_scores=row_scores(watch),
+        # Files hold bare datums: predictions without the header there is no need to cut.
+        framed_predictions=framed,
     )
     return handler, closers
 
@@ -279,6 +281,7 @@ class ScoreJob:
     out_topic: str | None = None
     out_dir: Path | None = None
     out_format: Literal["avro", "parquet"] = "avro"
+    out_codec: Literal["deflate", "null", "snappy"] = "deflate"  # Avro part files
     key_field: str | None = None  # files: the field whose value is each record's key
     scorer: ScorerKind = "single"
     batch_size: int = 4096
@@ -467,7 +470,7 @@ def _worker(job: ScoreJob, progresses: list[PartitionProgress], queue: Any, inde
     try:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
                                          instance=f"score-{job.name}-{index}",
-                                         history=True)  # fmt: skip
+                                         history=True, framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for done in score_partitions(job, handler, source, progresses,
@@ -517,7 +520,7 @@ def run(
     if pending and workers == 1:
         handler, closers = build_handler(job.config, job.topics, scorer=job.scorer,
                                          instance=f"score-{job.name}-0",
-                                         history=True)  # fmt: skip
+                                         history=True, framed=job.out_dir is None)  # fmt: skip
         source = open_source(job)
         try:
             for pr in score_partitions(job, handler, source, pending, on_events):
@@ -647,11 +650,11 @@ class Bound:
 
 
 def count_records(path: Path) -> int:
-    """Records in an Avro container file (its blocks' counts: nothing is decoded)."""
-    import fastavro
+    """Records in an Avro container file (its blocks' counts: nothing is decompressed)."""
+    from streamproc.codecs import container
 
     with path.open("rb") as f:
-        return sum(b.num_records for b in fastavro.block_reader(f))
+        return container.count_records(f)
 
 
 class AvroFileSource:
@@ -669,26 +672,53 @@ class AvroFileSource:
         self.name = "files"
         self.registry = Registry(registry_config(job.config.registry))
         self.subject = schemas.subject_for(job.config.topics.input)
+        self._walkers: dict[str, Any] = {}  # by writer schema: its walk program (None: none)
+        self._sids: dict[str, int] = {}  # by writer schema: its id on the input subject
+
+    def _register(self, path: Path, schema: Any) -> int:
+        try:
+            return self.registry.register(self.subject, json.dumps(schema))
+        except StreamprocError as exc:
+            raise ConfigError(
+                f"{path}: its writer schema was refused on {self.subject} "
+                f"(must be compatible with the pipeline's): {exc}"
+            ) from exc
 
     def batches(self, partition: int, start: int, end: int, size: int) -> Iterator[RawBatch]:
+        from streamproc.codecs import container
+
+        path = self.job.files[partition]
+        with path.open("rb") as f:
+            head = container.read_header(f)
+            text = json.dumps(head.schema, sort_keys=True)
+            if text not in self._walkers:  # files of one schema: planned and registered once
+                self._walkers[text] = _walk_program(head.schema, self.job.key_field)
+            walker = self._walkers[text]
+            if walker is None:  # a schema the walk does not handle: record by record
+                f.seek(0)
+                yield from self._record_batches(path, partition, start, end, size)
+                return
+            if text not in self._sids:
+                self._sids[text] = self._register(path, head.schema)
+            sid = self._sids[text]
+            yield from _block_batches(f, head, walker, sid, str(path), partition, start, end,
+                                      size, self.job.key_field is not None)  # fmt: skip
+
+    def _record_batches(
+        self, path: Path, partition: int, start: int, end: int, size: int
+    ) -> Iterator[RawBatch]:
+        """fastavro's reader, each record written again: schemas the walk does not take."""
         import uuid
 
         import fastavro
 
         from streamproc.codecs.wire import header
 
-        path = self.job.files[partition]
         key_field = self.job.key_field
         with path.open("rb") as f:
             reader = fastavro.reader(f)
             schema = reader.writer_schema
-            try:
-                sid = self.registry.register(self.subject, json.dumps(schema))
-            except StreamprocError as exc:
-                raise ConfigError(
-                    f"{path}: its writer schema was refused on {self.subject} "
-                    f"(must be compatible with the pipeline's): {exc}"
-                ) from exc
+            sid = self._register(path, schema)
             parsed = fastavro.parse_schema(schema)
             head = header(sid)
             values: list[bytes | None] = []
@@ -717,6 +747,155 @@ class AvroFileSource:
         pass
 
 
+def _walk_program(schema: Any, key_field: str | None) -> Any:
+    """The program that walks records of ``schema`` (every field skipped, the key field's
+    string located), or None where the walk does not apply: a recursive schema, or a key
+    field that is not a string (its text is made by the record-by-record path)."""
+    from streamproc.codecs import tree
+    from streamproc.codecs.features import non_null_branches, resolve_path
+    from streamproc.codecs.program import Unsupported, build_program
+    from streamproc.codecs.resolve import project_reader
+
+    try:
+        writer = tree.build(schema)
+        if writer.kind != "record":
+            return None
+        key_path = None
+        reader = tree.build(project_reader(schema, [key_field] if key_field else []))
+        if key_field:
+            found = resolve_path(reader, key_field)
+            if found is None:
+                return None
+            key_path, leaf = found
+            if not {b.kind for b in non_null_branches(leaf)} <= {"string", "bytes"}:
+                return None
+        program = build_program(writer, reader, [], key_path, None)
+    except (Unsupported, ValueError, KeyError, TypeError):
+        return None
+    from streamproc.codecs.container import specialised_walker
+
+    return specialised_walker(writer, key_path, program)
+
+
+def _block_batches(
+    f: Any, head: Any, prog: Any, sid: int, src: str, partition: int,
+    start: int, end: int, size: int, with_keys: bool,
+) -> Iterator[RawBatch]:  # fmt: skip
+    """Batches of ``size`` records (``start`` .. ``end``) of a container file, read block
+    by block: blocks are gathered until they hold ``size`` records, their datums walked in
+    one pass (no Python object per record but its key); what is left over after the last
+    full batch goes into the next one."""
+    import uuid
+
+    from streamproc.codecs import container
+    from streamproc.codecs.wire import header
+
+    inflate = container.decompressor(head.codec)
+    frame_head = header(sid)
+    group: list[bytes] = []
+    counts: list[int] = []
+    first = offset = 0  # the group's first record; the next block's first record
+    # Records walked but not yet in a batch: datums, starts, ends, key offsets and
+    # lengths (in the datums), the first one's offset.
+    pend: tuple[bytes, Any, Any, Any, Any, int] | None = None
+
+    def walk() -> list[tuple[container.Split, int]]:
+        """The group's records (as many splits as needed: one, or one per block when a
+        block is corrupt, so the others keep their records), with their first offsets."""
+        split = container.split_block(b"".join(group), sum(counts), prog, frame_head)
+        if split.ok or len(group) == 1:
+            return [(split, first)]
+        out, at = [], first
+        for d, c in zip(group, counts, strict=True):
+            out.append((container.split_block(d, c, prog, frame_head), at))
+            at += c
+        return out
+
+    def take(split: container.Split, at: int) -> None:
+        """Add a split's records within start..end to the pending ones."""
+        nonlocal pend
+        v = split.values
+        lo, hi = max(start - at, 0), min(end - at, len(v))
+        if lo >= hi:
+            return
+        s0, e1 = int(v.starts[lo]), int(v.ends[hi - 1])
+        raw = v.raw if (s0, e1) == (0, len(v.raw)) else v.raw[s0:e1]
+        cols = (v.starts[lo:hi] - s0, v.ends[lo:hi] - s0, split.key_off[lo:hi] - s0,
+                split.key_len[lo:hi])  # fmt: skip
+        if pend is None:
+            pend = (raw, *cols, at + lo)
+            return
+        p_raw, p_starts, p_ends, p_off, p_len, p_first = pend
+        k = len(p_raw)
+        pend = (p_raw + raw, np.concatenate([p_starts, cols[0] + k]),
+                np.concatenate([p_ends, cols[1] + k]), np.concatenate([p_off, cols[2] + k]),
+                np.concatenate([p_len, cols[3]]), p_first)  # fmt: skip
+
+    def batches(final: bool) -> Iterator[RawBatch]:
+        nonlocal pend
+        if pend is None:
+            return
+        raw, starts, ends, key_off, key_len, at = pend
+        n = len(starts)
+        full = n if final else n - n % size
+        values = container.FramedValues(raw, starts, ends, frame_head)
+        for i in range(0, full, size):
+            j = min(i + size, full)
+            keys: list[bytes | None] = (
+                container.keys(raw, key_off[i:j], key_len[i:j]) if with_keys else [None] * (j - i)
+            )
+            yield RawBatch(
+                topic=src, values=cast("list[bytes | None]", values.view(i, j)), keys=keys,
+                partitions=np.full(j - i, partition, dtype=np.int32),
+                offsets=np.arange(at + i, at + j, dtype=np.int64),
+                headers=_NoHeaders(j - i), batch_id=uuid.uuid4().hex[:16],
+            )  # fmt: skip
+        if full == n:
+            pend = None
+        else:
+            s0 = int(starts[full])
+            pend = (raw[s0:], starts[full:] - s0, ends[full:] - s0, key_off[full:] - s0,
+                    key_len[full:], at + full)  # fmt: skip
+
+    for count, data in container.read_blocks(f, head):
+        if offset + count <= start:
+            offset += count
+            continue
+        if offset >= end:
+            break
+        if not group:
+            first = offset
+        group.append(inflate(data))
+        counts.append(count)
+        offset += count
+        if sum(counts) >= size:
+            for split, at in walk():
+                take(split, at)
+            group, counts = [], []
+            yield from batches(final=False)
+    if group:
+        for split, at in walk():
+            take(split, at)
+    yield from batches(final=True)
+
+
+class _NoHeaders(Sequence[None]):
+    """Records of a file have no headers: ``[None] * n`` without the list."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [None] * len(range(*i.indices(self.n)))
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return None
+
+
 def _file_batch(src: str, partition: int, first: int, values: list[bytes | None],
                 keys: list[bytes | None], batch: Any) -> RawBatch:  # fmt: skip
     n = len(values)
@@ -739,14 +918,18 @@ def _long(n: int) -> bytes:
 
 class AvroContainerWriter:
     """An Avro object container file from already-encoded records (Confluent-framed
-    values: the 5-byte header is cut). One block per :meth:`write`, deflate-compressed;
-    any Avro reader reads it (fastavro, avro-tools, Spark)."""
+    values: the 5-byte header is cut). One block per :meth:`write`, compressed with
+    ``codec`` (deflate by default; null or snappy); any Avro reader reads it (fastavro,
+    avro-tools, Spark)."""
 
-    def __init__(self, path: Path, schema_text: str) -> None:
+    def __init__(self, path: Path, schema_text: str, codec: str = "deflate") -> None:
+        from streamproc.codecs.container import compressor
+
         self.path = path
         self.sync = os.urandom(16)
+        self.compress = compressor(codec)
         self.f = path.open("wb")
-        meta = {"avro.schema": schema_text.encode(), "avro.codec": b"deflate"}
+        meta = {"avro.schema": schema_text.encode(), "avro.codec": codec.encode()}
         head = bytearray(b"Obj\x01")
         head += _long(len(meta))
         for k, v in meta.items():
@@ -754,19 +937,35 @@ class AvroContainerWriter:
         head += _long(0) + self.sync
         self.f.write(head)
 
-    def write(self, framed: Sequence[bytes]) -> None:
+    def write(self, framed: Sequence[bytes], cut: int = 5) -> None:
+        """One block of these records, ``cut`` bytes (the Confluent header) off each: 0
+        for bare datums."""
         if not framed:
             return
-        data = b"".join(v[5:] for v in framed)
-        c = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as the Avro spec says
-        body = c.compress(data) + c.flush()
-        self.f.write(_long(len(framed)) + _long(len(body)) + body + self.sync)
+        from streamproc.codecs.container import strip
+        from streamproc.codecs.encoder import EncodedRecords
+
+        n = len(framed)
+        if isinstance(framed, EncodedRecords):  # as the encoder laid them out: no join
+            buf, ends = framed.buf, framed.ends
+        elif cut:
+            buf = np.frombuffer(b"".join(framed), np.uint8)
+            ends = np.cumsum(np.fromiter(map(len, framed), np.int64, n))
+        else:
+            buf, ends = np.frombuffer(b"".join(framed), np.uint8), None
+        if cut:
+            out = np.empty(buf.size, np.uint8)
+            buf = out[: strip(buf, ends, cut, out)]
+        body = self.compress(buf.tobytes())
+        self.f.write(_long(n) + _long(len(body)) + body + self.sync)
 
     def close(self) -> None:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
 
+
+HEADER_SIZE = 5  # the Confluent framing of dead letters and alerts, cut in files
 
 _KINDS = {"predictions": "Prediction", "deadletters": "DeadLetter", "alerts": "Alert"}
 
@@ -791,12 +990,14 @@ class FileSink:
         self.progress = progress
         self.topics = job.topics
         self._buf: dict[str, list[bytes]] = {k: [] for k in _KINDS}
+        # Predictions as the encoder made them, a list per batch (one Avro block each).
+        self._chunks: list[list[bytes]] = []
 
     def write(self, out: Outputs) -> None:
         t = self.topics
         for b in out.blocks:
-            if b.topic == t.predictions:
-                self._buf["predictions"].extend(b.values)
+            if b.topic == t.predictions and b.values:
+                self._chunks.append(b.values)
         for r in out.records:
             kind = {t.dlq: "deadletters", t.alerts: "alerts"}.get(r.topic)
             if kind is not None and r.value is not None:  # None: state tombstones only
@@ -804,15 +1005,17 @@ class FileSink:
 
     def commit(self, progress: PartitionProgress) -> None:
         part = progress.parts
-        if any(self._buf.values()):
+        if self._chunks or any(self._buf.values()):
             for kind, values in self._buf.items():
-                if not values:
+                chunks = self._chunks if kind == "predictions" else [values]
+                if not any(chunks):
                     continue
                 name = f"{kind}-p{progress.partition:05d}-{part:06d}.{self.job.out_format}"
                 tmp = self.dir / f".{name}.tmp"
-                self._write_part(tmp, kind, values)
+                self._write_part(tmp, kind, chunks)
                 os.replace(tmp, self.dir / name)
             self._buf = {k: [] for k in _KINDS}
+            self._chunks = []
             progress.parts = part + 1
         path = self._progress_path(self.dir, progress.job, progress.partition)
         tmp = path.with_suffix(".tmp")
@@ -827,20 +1030,25 @@ class FileSink:
                     if int(stale.stem.rsplit("-", 1)[1]) >= progress.parts:
                         stale.unlink()
 
-    def _write_part(self, path: Path, kind: str, values: list[bytes]) -> None:
+    def _write_part(self, path: Path, kind: str, chunks: list[list[bytes]]) -> None:
         text = schemas.schema_text(_KINDS[kind])
         if self.job.out_format == "avro":
-            w = AvroContainerWriter(path, text)
-            for i in range(0, len(values), 10_000):
-                w.write(values[i : i + 10_000])
+            w = AvroContainerWriter(path, text, self.job.out_codec)
+            # Predictions are bare datums (the handler of a file job makes them so).
+            cut = 0 if kind == "predictions" else HEADER_SIZE
+            for values in chunks:  # a block per batch (at most 10,000 records)
+                for i in range(0, len(values), 10_000):
+                    w.write(values if len(values) <= 10_000 else values[i : i + 10_000], cut)
             w.close()
             return
+        values = [v for c in chunks for v in c]
         import fastavro
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         parsed = fastavro.parse_schema(json.loads(text))
-        rows = [fastavro.schemaless_reader(io.BytesIO(v[5:]), parsed, None) for v in values]
+        cut = 0 if kind == "predictions" else HEADER_SIZE
+        rows = [fastavro.schemaless_reader(io.BytesIO(v[cut:]), parsed, None) for v in values]
         pq.write_table(pa.Table.from_pylist(rows), path)
 
     @staticmethod

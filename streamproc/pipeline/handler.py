@@ -27,6 +27,7 @@ from streamproc.types import (
     AlertState,
     BatchHandlerLike,
     DecodedBatch,
+    JoinedKeys,
     Outputs,
     OutRecord,
     RawBatch,
@@ -146,8 +147,11 @@ class BatchHandler(BatchHandlerLike):
         features: FeatureStage | None = None,
         include_features: bool = False,
         row_scores: RowScores | None = None,
+        framed_predictions: bool = True,
     ) -> None:
         self.decoder = decoder
+        # False: predictions are bare Avro datums, no Confluent header (file outputs).
+        self.framed_predictions = framed_predictions
         self.scorer = scorer
         self.topics = topics
         self.ids = schema_ids
@@ -171,7 +175,9 @@ class BatchHandler(BatchHandlerLike):
     def _encoder(self, version: str) -> PredictionEncoder:
         enc = self._encoders.get(version)
         if enc is None:
-            enc = self._encoders[version] = PredictionEncoder(self.ids.prediction)
+            enc = self._encoders[version] = PredictionEncoder(
+                self.ids.prediction, framed=self.framed_predictions
+            )
         return enc
 
     @property
@@ -344,7 +350,8 @@ class BatchHandler(BatchHandlerLike):
             o.labels[:2], (scores[:, o.score_index] >= o.threshold).view(np.uint8)
         )
         if len(rows) == len(raw):  # every event of the batch (rows are sorted, unique)
-            keys, ids = list(raw.keys), dec.event_ids
+            keys = raw.keys if isinstance(raw.keys, JoinedKeys) else list(raw.keys)
+            ids = dec.event_ids
         else:
             idx = rows.tolist()
             keys, ids = [raw.keys[i] for i in idx], [dec.event_ids[i] for i in idx]

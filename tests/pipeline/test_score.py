@@ -243,3 +243,81 @@ def test_score_with_insight_writes_the_live_outlier_scores_and_explains_beside_i
     # Its explanations go beside its output, not onto the live explanations topic.
     explained = read_topic(f"{out}.explanations", 600, idle_s=5, committed=False)
     assert explained and {e.value["event_id"] for e in explained} <= got.keys()
+
+
+def test_an_avro_file_scores_as_the_same_events_on_a_topic(
+    pipeline_config_factory, event_producer_factory, read_topic, tmp_path
+):
+    """The block reader (compiled walk, no record objects) against the topic path: the same
+    predictions, and a malformed record of the file is a dead letter with its reason."""
+    cfg = pipeline_config_factory(partitions=1)
+    records, _ = synth.generate(1500, seed=40)
+    records[33] = {**records[33], "amount": float("nan")}  # NAN_FEATURE, in the file and topic
+    producer = event_producer_factory(cfg.topics.input)
+    for r in records:
+        producer.send(r, key=r["account_id"])
+    producer.flush()
+    out = f"{cfg.topics.input}.rescored"
+    topic_job = ScoreJob(cfg, name=f"t-{uuid.uuid4().hex[:6]}", topic=cfg.topics.input,
+                         out_topic=out, batch_size=256)  # fmt: skip
+    assert run(topic_job).predictions == 1499
+    from_topic = {r.value["event_id"]: r.value for r in read_topic(out, 1499, idle_s=10)}
+
+    path = tmp_path / "in.avro"
+    with path.open("wb") as f:  # small blocks, snappy: batches span blocks
+        fastavro.writer(f, schemas_parsed(), records, codec="snappy", sync_interval=5000)
+    # A second file: the first records, then a block whose second record is not Avro.
+    bad = _avro_file(tmp_path / "bad.avro", records[:3])  # one block, codec null
+    from streamproc.codecs import container
+
+    with bad.open("rb") as f:
+        sync = container.read_header(f).sync
+    broken = _datums(records[3:4]) + b"\x0b"  # event_id: a string of length -6
+    bad.write_bytes(bad.read_bytes() + _zz(2) + _zz(len(broken)) + broken + sync)
+    out_dir = tmp_path / "out"
+    job = ScoreJob(cfg, name="f", files=[path, bad], out_dir=out_dir, batch_size=256,
+                   key_field="account_id", out_codec="snappy")  # fmt: skip
+    summary = run(job)
+    assert (summary.read, summary.predictions, summary.dead_letters) == (1505, 1499 + 4, 2)
+    assert dict(summary.rejects) == {"NAN_FEATURE": 1, "CORRUPT": 1}
+    preds = []
+    for p in sorted(out_dir.glob("predictions-p00000-*.avro")):
+        with p.open("rb") as f:
+            preds.extend(fastavro.reader(f))
+    assert len(preds) == 1499
+    for p in preds:
+        want = from_topic[p["event_id"]]
+        assert p["score"] == pytest.approx(want["score"], abs=1e-6)
+        assert (p["label"], p["key"], p["event_time"]) == (
+            want["label"], want["key"], want["event_time"])  # fmt: skip
+    dead = []
+    for p in sorted(out_dir.glob("deadletters-*.avro")):
+        with p.open("rb") as f:
+            dead.extend(fastavro.reader(f))
+    by = {(d["source_topic"], d["offset"]): d for d in dead}
+    assert by[(str(path), 33)]["reason"] == "NAN_FEATURE"
+    corrupt = by[(str(bad), 4)]
+    assert corrupt["reason"] == "CORRUPT" and "negative length" in corrupt["detail"]
+
+
+def schemas_parsed():
+    from streamproc import schemas
+
+    return schemas.parsed("Transaction")
+
+
+def _datums(records: list[dict]) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    for r in records:
+        fastavro.schemaless_writer(out, schemas_parsed(), r)
+    return out.getvalue()
+
+
+def _zz(n: int) -> bytes:
+    z, out = (n << 1) ^ (n >> 63), bytearray()
+    while z & ~0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    return bytes([*out, z])
