@@ -30,6 +30,7 @@ from streamproc.kafka.configuration import client_config, registry_config
 from streamproc.kafka.registry import Registry
 from streamproc.local.stack import StackInfo
 from streamproc.pipeline.app import apply_schemas, build_processor, ensure_topics
+from tests.security.running import predictions_under
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
@@ -85,35 +86,8 @@ def test_a_processor_with_the_planned_acls_runs_and_a_consumer_cannot_write(
     planned = aclplan.plan(admin, f"User:{proc_user}")
     assert [aclplan.AclEntry(**e) for e in json.loads(applied.stdout)] == planned
 
-    proc = build_processor(proc_cfg)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            proc.run()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True, name="acl-processor")
-    thread.start()
+    records, _ = predictions_under(proc_cfg, admin, admin, 50, seed=5)
     t = admin.topics
-    try:
-        records, _ = synth.generate(50, seed=5)
-        with EventProducer(admin.kafka, admin.registry, t.input) as events:
-            for r in records:
-                events.send(r, key=r["account_id"])
-        preds: list[dict[str, Any]] = []
-        with RecordConsumer(admin.kafka, admin.registry, t.predictions) as pc:
-            deadline = time.monotonic() + 90
-            while len(preds) < len(records):
-                assert not errors, errors
-                assert time.monotonic() < deadline, len(preds)
-                preds += [r for _, r in pc.poll_batch(500, 0.5)]
-        assert sorted(p["event_id"] for p in preds) == sorted(r["event_id"] for r in records)
-    finally:
-        proc.stop()
-        thread.join(60)
-    assert not thread.is_alive() and not errors, errors
 
     # A prediction consumer: reads predictions (in a streamproc-reader- group), writes nothing.
     reader = f"reader-{run}"

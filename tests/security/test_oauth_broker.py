@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -36,8 +35,9 @@ from streamproc.kafka.clients import EventProducer, RecordConsumer
 from streamproc.kafka.configuration import registry_config
 from streamproc.kafka.registry import Registry
 from streamproc.local.stack import StackInfo
-from streamproc.pipeline.app import apply_schemas, build_processor, ensure_topics
+from streamproc.pipeline.app import apply_schemas, ensure_topics
 from tests.security.oidc import Issuer, Kind
+from tests.security.running import predictions_under
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "deploy" / "models" / "fraud" / "1.0.0"
@@ -154,36 +154,8 @@ def test_the_planned_acls_run_the_processor_over_oauthbearer(
     create_acls(admin.kafka, aclplan.plan(admin, reader_principal, "consumer"))
 
     issued = oidc_issuer.issued
-    proc = build_processor(_as(oauth, "proc").with_overrides(instance_id="oauth-1"))
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            proc.run()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True, name="oauth-processor")
-    thread.start()
-    t = admin.topics
-    try:
-        records, _ = synth.generate(40, seed=7)
-        with EventProducer(admin.kafka, admin.registry, t.input) as events:
-            for r in records:
-                events.send(r, key=r["account_id"])
-        preds: list[dict[str, Any]] = []
-        reader = _as(oauth, "reader")
-        with RecordConsumer(reader.kafka, reader.registry, t.predictions) as pc:
-            deadline = time.monotonic() + 90
-            while len(preds) < len(records):
-                assert not errors, errors
-                assert time.monotonic() < deadline, len(preds)
-                preds += [r for _, r in pc.poll_batch(500, 0.5)]
-        assert sorted(p["event_id"] for p in preds) == sorted(r["event_id"] for r in records)
-    finally:
-        proc.stop()
-        thread.join(60)
-    assert not thread.is_alive() and not errors, errors
+    proc = _as(oauth, "proc").with_overrides(instance_id="oauth-1")
+    predictions_under(proc, admin, _as(oauth, "reader"), 40, seed=7)
     assert oidc_issuer.issued > issued  # the tokens came from the issuer's endpoint
 
 
