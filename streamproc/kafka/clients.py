@@ -141,17 +141,25 @@ class EventProducer:
     def _on_delivery(self, err: Any, msg: Message) -> None:
         # Only the error is read: on some failures (an authorization error) the client's
         # Message accessors raise SystemError inside this callback, which would hide it.
-        if err is not None:
-            self._errors.append(f"{self.topic}: {err}")
+        if err is None:
+            return
+        try:
+            self._errors.append(f"{self.topic}: {err.str()}")
             self._denied |= err.code() in _WRITE_DENIED
+        except Exception:  # the same client bug, on the error itself
+            # After a fatal error, confluent-kafka 2.16 has also handed this callback an
+            # error object that formatting could not read (TypeError: "doesn't define
+            # __format__"); flush reports the fatal error from the client's log.
+            self._errors.append(f"{self.topic}: delivery failed")
 
     def flush(self, timeout_s: float = 30.0) -> None:
         try:
             left = self.producer.flush(timeout_s)
         # Fatal: e.g. no idempotence PID for a principal that may write nothing (Cluster
         # authorization failed). confluent-kafka 2.16 raises it as KafkaException, or, when
-        # a delivery callback runs after it was set, as a SystemError caused by it.
-        except (KafkaException, SystemError) as exc:
+        # a delivery callback runs after it was set, as a SystemError caused by it (or a
+        # TypeError from reading that callback's error: seen once in CI).
+        except (KafkaException, SystemError, TypeError) as exc:
             err = _fatal_error(exc)
             why = err.str() if err is not None else self._log.fatal
             if why is None:
@@ -161,6 +169,11 @@ class EventProducer:
             raise KafkaError(f"producing to {self.topic} failed: {why}",
                              topic=self.topic) from exc  # fmt: skip
         errors, self._errors = self._errors, []
+        fatal = self._log.fatal
+        if fatal is not None:  # a fatal error that flush did not raise (see above)
+            if "authorization" in fatal.lower():
+                self._deny(fatal)
+            raise KafkaError(f"producing to {self.topic} failed: {fatal}", topic=self.topic)
         if self._denied:
             self._deny(f"Broker: Topic authorization failed ({len(errors)} records refused)")
         if left or errors:
