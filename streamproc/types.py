@@ -417,6 +417,12 @@ class BatchHandlerLike(Protocol):
     def finish(self, started: Any) -> Outputs:
         return self(started)
 
+    def pending(self) -> list[OutRecord]:
+        """Records that no batch carries, to send now: an alert decided between batches (a
+        rollout guard's rollback). The runner asks when it finds nothing to read, so such a
+        record never waits for the next event."""
+        return []
+
     def assigned(self, partitions: list[int]) -> None:
         """The group gave these input partitions to this replica (before any of their
         records is consumed): a stateful handler restores their state here."""

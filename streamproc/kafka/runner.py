@@ -292,6 +292,8 @@ class KafkaRunner:
         # An overlapping handler's started batch, not yet finished (the module docstring).
         self._overlap: BatchHandlerLike | None = handler if handler.overlaps else None
         self._inflight: tuple[RawBatch, Any] | None = None
+        # Records for no batch (handler.pending) whose transaction aborted: sent again.
+        self._pending: list[OutRecord] = []
         if self._overlap is not None:
             log.info("one batch in flight: the next batch is decoded while the model scores")
 
@@ -316,6 +318,7 @@ class KafkaRunner:
             self._process_all(self.batcher.release_all(ReleaseReason.SHUTDOWN))
             self._finish_inflight()
             self._aborted = []  # stopping: a restart reads it again from the last commit
+            self._send_pending()
             self._flush_and_commit()
         finally:
             self.producer.flush(s.flush_timeout_s)  # anything not yet acknowledged
@@ -373,6 +376,8 @@ class KafkaRunner:
         if held is not None and self._inflight is held:  # no next batch was due: finish it
             self._finish_inflight()
             self._process_all([])  # rewinds if its transaction aborted
+        if not msgs and self._inflight is None and not len(self.batcher):
+            self._send_pending()  # idle: an alert decided between batches goes out now
         if not msgs and self._uncommitted:
             self._commit_if_due()  # idle: the last batches' offsets need no new batch
         now = self.monotonic()
@@ -598,6 +603,37 @@ class KafkaRunner:
                 self.producer.poll(0.01)
             return
         self.batches_committed += 1
+
+    def _send_pending(self) -> None:
+        """Produce the records the handler has for no batch (:meth:`BatchHandlerLike.pending`).
+
+        exactly-once: in a transaction of their own, with no offsets (1. begin: no wait;
+        2. produce; 3. commit: waits up to flush_timeout_s for them to be acknowledged and
+        visible). A transaction that must be aborted keeps them for the next idle look;
+        any other failure stops the runner, as a batch's would.
+        at-least-once: produced now; the next flush (a commit, a revoke, the stop) waits for
+        them, and a failed one stops the runner at the next batch (_on_delivery).
+        """
+        self._pending += self.handler.pending()
+        if not self._pending:
+            return
+        records, self._pending = self._pending, []
+        if not self.settings.exactly_once:
+            self._produce_records(records)
+            self.producer.poll(0)  # serves failure reports already in, without waiting
+            return
+        try:
+            self.producer.begin_transaction()
+            self._produce_records(records)
+            self.producer.commit_transaction(self.settings.flush_timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not err.txn_requires_abort():
+                raise KafkaError(f"transaction failed: {err}", topic=self.settings.topic) from exc
+            log.warning("aborting the transaction of %d records sent between batches; "
+                        "sending them again: %s", len(records), err)  # fmt: skip
+            self.producer.abort_transaction(self.settings.flush_timeout_s)
+            self._pending = records + self._pending
 
     def _commit_if_due(self) -> None:
         """at-least-once, at most every ``commit_interval_s``: commit once the producer's

@@ -189,6 +189,16 @@ class BatchHandler(BatchHandlerLike):
     def __call__(self, raw: RawBatch) -> Outputs:
         return self.finish(self.start(raw))
 
+    def pending(self) -> list[OutRecord]:
+        """The rollout guard's alerts decided since the last batch (a rollback), as records."""
+        alerts = self.scorer.drain_alerts()
+        if not alerts:
+            return []
+        out, now_ms = Outputs(), int(self.clock_ms())
+        for a in alerts:
+            self._alert(a, now_ms, out)
+        return out.records
+
     def assigned(self, partitions: list[int]) -> None:
         if self.features is not None:
             self.features.assigned(partitions)

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
 
 from streamproc.errors import StreamprocError
-from streamproc.types import BatchHandlerLike, Outputs, RawBatch
+from streamproc.types import BatchHandlerLike, Outputs, OutRecord, RawBatch
 
 log = logging.getLogger(__name__)
 UNKNOWN = "unknown"  # no tenant could be read: a malformed payload, a schema without it
@@ -111,6 +111,9 @@ class TenantCountingHandler(BatchHandlerLike):
     def finish(self, started: Any) -> Outputs:
         raw, inner = started
         return self._counted(raw, self.inner.finish(inner))
+
+    def pending(self) -> list[OutRecord]:
+        return self.inner.pending()
 
     def assigned(self, partitions: list[int]) -> None:
         self.inner.assigned(partitions)  # a stateful handler restores their state

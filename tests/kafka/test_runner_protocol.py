@@ -436,6 +436,59 @@ def test_exactly_once_a_fatal_error_stops_the_runner_without_committing() -> Non
     assert broker.kinds("consumer.close", "producer.close") == ["consumer.close", "producer.close"]
 
 
+class Deciding(Echo):
+    """A handler with an alert decided between batches (a rollout guard's rollback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.later = [OutRecord("alerts", b"fraud", b"rollback")]
+
+    def pending(self) -> list[OutRecord]:
+        out, self.later = self.later, []
+        return out
+
+
+def test_exactly_once_records_for_no_batch_go_out_when_idle_in_their_own_transaction() -> None:
+    broker = Broker(b"AB")
+    runner = _runner(broker, Deciding(), exactly_once=True, flush_timeout_s=9.0)
+    _run_until_idle(broker, runner)
+    # The batch's transaction, then (nothing left to read) one with the alert and no offsets.
+    assert broker.kinds("begin_transaction", "send_offsets", "commit_transaction") == [
+        "begin_transaction", "send_offsets", "commit_transaction",
+        "begin_transaction", "commit_transaction",
+    ]  # fmt: skip
+    assert broker.values("alerts") == [b"alert-AB", b"rollback"]
+    assert broker.committed == {0: 2} and broker.violations == []
+
+
+def test_exactly_once_an_aborted_transaction_for_no_batch_sends_its_records_again() -> None:
+    broker = Broker(b"")
+    broker.txn_errors = [_abortable()]
+    handler = Deciding()
+    runner = _runner(broker, handler, exactly_once=True)
+    _steps(runner, 1)
+    assert broker.kinds("abort_transaction") == ["abort_transaction"]
+    assert broker.values("alerts") == [] and handler.later == []  # the runner keeps it
+    _steps(runner, 1)
+    assert broker.values("alerts") == [b"rollback"]  # once
+
+
+def test_at_least_once_records_for_no_batch_go_out_when_idle() -> None:
+    broker = Broker(b"")
+    runner = _runner(broker, Deciding())
+    _steps(runner, 1)
+    assert broker.kinds("begin_transaction") == []
+    assert broker.values("alerts") == [b"rollback"]  # acknowledged on the poll that follows
+
+
+def test_a_fatal_error_sending_records_for_no_batch_stops_the_runner() -> None:
+    broker = Broker(b"")
+    broker.txn_errors = [CkError(CkError._FENCED, "fenced", fatal=True)]
+    runner = _runner(broker, Deciding(), exactly_once=True)
+    with pytest.raises(KafkaError, match="transaction failed"):
+        _steps(runner, 1)
+
+
 def test_at_least_once_a_failed_delivery_stops_before_any_later_offset_moves() -> None:
     # B's record fails (the broker refuses it): the runner raises as soon as the report is
     # served (right after AB is produced), before committing AB and before producing CD.
