@@ -72,6 +72,7 @@ class Restored:
     entries: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     ahead: dict[bytes, int] = field(default_factory=dict)
     committed: int | None = None  # the group's committed input offset (None: none)
+    input_end: int | None = None  # the input partition's end offset now (None: not read)
     records: int = 0
     seconds: float = 0.0
 
@@ -161,6 +162,17 @@ class ChangelogReader:
                              topic=self.input_topic) from exc  # fmt: skip
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in got}
 
+    def input_end(self, partition: int) -> int:
+        """The input partition's end offset (high watermark) now."""
+        try:
+            _, hi = self._consumer.get_watermark_offsets(
+                TopicPartition(self.input_topic, partition), timeout=self.timeout_s
+            )
+        except KafkaException as exc:
+            raise KafkaError(f"cannot read the end offset: {exc}", topic=self.input_topic,
+                             partition=partition) from exc  # fmt: skip
+        return int(hi)
+
     def read(self, partitions: list[int]) -> dict[int, Restored]:
         """Every record of each changelog partition, up to its last stable offset now."""
         t0 = time.perf_counter()
@@ -170,6 +182,8 @@ class ChangelogReader:
         committed = self.committed(partitions)
         for p, c in committed.items():
             out[p].committed = c
+        for p in partitions:
+            out[p].input_end = self.input_end(p)
         ends = self._stable_ends(partitions)
         left = {p for p, (lo, hi) in ends.items() if hi > lo}
         if left:

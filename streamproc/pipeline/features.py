@@ -21,6 +21,8 @@ not given their replayed events again: those events are dropped, with no predict
 predictions were acknowledged before the state was written, see ``KafkaRunner._commit``).
 A batch that starts before the offset the state reached (exactly-once: a transaction
 aborted and its batches are read again) restores the partition from the changelog first.
+A changelog written from an earlier topic of the input's name (its state past the input
+partition's end) is discarded, not restored (:func:`_stale`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class RestoredPartition(Protocol):
 
     entries: list[tuple[bytes, bytes | None]]  # the store's, in changelog order
     ahead: dict[bytes, int]  # keys whose state is past the committed input offset
+    committed: int | None  # the group's committed input offset (None: none)
+    input_end: int | None  # the input partition's end offset now (None: not known)
     records: int
     seconds: float
 
@@ -153,6 +157,8 @@ class FeatureStage:
         self._next: dict[int, int] = {}  # the input offset each partition's state reached
         self._ahead: dict[int, dict[bytes, int]] = {}  # see the module docstring
         self._ahead_max: dict[int, int] = {}
+        # Keys of a discarded changelog (_discard), tombstoned with the partition's next batch.
+        self._tombstones: dict[int, list[bytes]] = {}
 
     # -- partitions ------------------------------------------------------------------------
 
@@ -165,6 +171,9 @@ class FeatureStage:
         got = self.source.read(sorted(partitions))
         for p in sorted(partitions):
             r = got[p]
+            if _stale(r):
+                self._discard(p, r)
+                continue
             n = self.store.restore(p, r.entries)
             self._next.pop(p, None)
             self._ahead[p] = r.ahead
@@ -176,10 +185,32 @@ class FeatureStage:
             self.sensor.on_feature_restore(p, r.records, r.seconds)
             self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
 
+    def _discard(self, p: int, r: RestoredPartition) -> None:
+        """Start partition ``p`` with no state: its changelog was written from an earlier
+        topic of the input's name (see :func:`_stale`). Its keys are tombstoned with the
+        partition's next batch, so that a later restore does not bring them back."""
+        latest = dict(r.entries)
+        dead = [k for k, v in latest.items() if v is not None]
+        self.store.revoke(p)
+        self._next.pop(p, None)
+        self._ahead[p], self._ahead_max[p] = {}, -1
+        self._tombstones[p] = dead
+        log.warning(
+            "partition %d: the changelog's state reached input offset %d (group committed "
+            "%s) but the input partition ends at %s: the input topic was deleted and created "
+            "again, or truncated, since that state was written. Its %d keys are discarded and "
+            "the partition's features start from no state.",
+            p, max(r.ahead.values(), default=r.committed or 0), r.committed, r.input_end,
+            len(dead),
+        )  # fmt: skip
+        self.sensor.on_feature_discarded(p, len(dead))
+        self.sensor.on_feature_state(p, 0, 0, 0)
+
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.store.revoke(p)
             self._next.pop(p, None)
+            self._tombstones.pop(p, None)
             self._ahead.pop(p, None)
             self._ahead_max.pop(p, None)
             self.sensor.on_feature_state(p, 0, 0, 0)
@@ -221,6 +252,9 @@ class FeatureStage:
             ok = rows[~keyless[rows] & ~times_missing[rows]]
             good = self._drop_ahead(p, raw, ok.tolist(), skip)
             self._next[p] = int(raw.offsets[in_p].max()) + 1
+            dead = self._tombstones.pop(p, None)
+            if dead and self.changelog_topic is not None:
+                out.state += [OutRecord(self.changelog_topic, k, None, partition=p) for k in dead]
             if not good:
                 continue
             idx = np.asarray(good, np.intp)
@@ -330,6 +364,17 @@ class FeatureStage:
             errors[i] = ReasonCode.OUT_OF_RANGE
             details[i] = f"{f.field}={v[i]} is outside [{f.min}, {f.max}]"
         return v
+
+
+def _stale(r: RestoredPartition) -> bool:
+    """Whether a changelog partition was written from an earlier topic of the input's name:
+    its state (or the group's committed offset) is past the input partition's end, which
+    a state written from this topic's records never is. (An earlier topic that held fewer
+    records than this one holds now cannot be told apart by offsets.)"""
+    if r.input_end is None:
+        return False
+    past = max(r.ahead.values(), default=-1)  # with nothing committed, every key is ahead
+    return past > r.input_end or (r.committed is not None and r.committed > r.input_end)
 
 
 def _no_key(key: bytes | None) -> bool:

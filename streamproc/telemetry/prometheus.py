@@ -163,6 +163,10 @@ class PrometheusSensor(Sensor):
                                     "Windowed features: events past the allowed lateness "
                                     "(scored, not added to the windows)", lp,
                                     registry=r)  # fmt: skip
+        self.feature_discarded = Counter("streamproc_feature_discarded_keys",
+                                         "Windowed features: keys of a changelog written from "
+                                         "an earlier topic of the input's name, discarded at "
+                                         "restore", fp, registry=r)  # fmt: skip
         self.alerts.labels(pipeline, "rollback", "CRITICAL", "firing")
         for type_ in _DRIFT_TYPES:
             self.alerts_firing.labels(pipeline, type_)
@@ -280,6 +284,9 @@ class PrometheusSensor(Sensor):
 
     def on_feature_late(self, events: int) -> None:
         self.feature_late.labels(self.pipeline).inc(events)
+
+    def on_feature_discarded(self, partition: int, keys: int) -> None:
+        self.feature_discarded.labels(self.pipeline, str(partition)).inc(keys)
 
     def serve(self, port: int, host: str = "127.0.0.1", readiness: Readiness | None = None) -> int:
         """Serve /metrics, /healthz and /readyz (from ``readiness``: see

@@ -77,6 +77,10 @@ class Sensor:
     def on_feature_late(self, events: int) -> None:
         """Windowed features: events later than the allowed lateness (scored, not added)."""
 
+    def on_feature_discarded(self, partition: int, keys: int) -> None:
+        """Windowed features: a partition's changelog was written from an earlier topic of
+        the input's name (deleted and created again): its ``keys`` were discarded."""
+
 
 class SensorGroup(Sensor):
     """Fan one call out to several sensors."""
@@ -127,6 +131,10 @@ class SensorGroup(Sensor):
     def on_feature_late(self, events: int) -> None:
         for s in self.sensors:
             s.on_feature_late(events)
+
+    def on_feature_discarded(self, partition: int, keys: int) -> None:
+        for s in self.sensors:
+            s.on_feature_discarded(partition, keys)
 
 
 class CountingSensor(Sensor):

@@ -25,6 +25,8 @@ def test_reads_every_partition_to_its_end_with_the_keys_ahead_of_the_commit(
                             (b"a", 30, b"A2"), (b"c", 30, None)]:  # fmt: skip
         p.produce(cl, frame_state(off, state), key, partition=0)
     p.produce(cl, frame_state(5, b"D"), b"d", partition=1)
+    for i in range(3):  # the input: 3 records on partition 1, none on partition 0
+        p.produce(inp, b"x%d" % i, None, partition=1)
     assert p.flush(30) == 0
     # The group committed input offset 20 on partition 0 and nothing on partition 1.
     c = Consumer({"bootstrap.servers": kafka, "group.id": group})
@@ -40,6 +42,7 @@ def test_reads_every_partition_to_its_end_with_the_keys_ahead_of_the_commit(
     zero, one = got[0], got[1]
     assert zero.entries == [(b"a", b"A1"), (b"b", b"B"), (b"c", b"C"), (b"a", b"A2"), (b"c", None)]
     assert zero.records == 5 and zero.committed == 20
+    assert (zero.input_end, one.input_end) == (0, 3)  # what tells an earlier input topic
     assert zero.ahead == {b"a": 30}  # b is at the commit; c is gone
     assert one.entries == [(b"d", b"D")] and one.committed is None
     assert one.ahead == {b"d": 5}  # nothing committed: every key is ahead

@@ -31,6 +31,7 @@ from streamproc.features.reference import ReferenceStore
 from streamproc.kafka.admin import Admin
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.pipeline.features import FeatureStage, decoder_spec
+from streamproc.telemetry import Sensor
 from streamproc.types import RawBatch, ReasonCode
 from tests.pipeline.conftest import MODEL
 from tests.pipeline.trickle import Trickle
@@ -282,6 +283,67 @@ def test_pipeline_features_equal_the_reference(
     assert all(0 < int.from_bytes(v[:8], "big") <= ends[p] for p, _, v in cl if v)
 
 
+@pytest.mark.kafka
+def test_an_input_topic_created_again_starts_its_features_from_no_state(
+    feature_model, pipeline_config_factory, processor_factory, event_producer_factory, read_topic
+):
+    """The changelog outlives a delete and create of the input topic. The new topic's
+    offsets start over below what the old state reached: obeyed, that state would drop the
+    new events of its keys as already counted. The processor discards it instead."""
+    from streamproc.loadgen import produce_synthetic
+    from streamproc.synth import generate
+
+    cfg = _cfg(pipeline_config_factory, feature_model)
+    produce_synthetic(event_producer_factory(cfg.topics.input), 600, seed=5)
+    first = processor_factory(cfg)
+    assert len(_wait_for(600, read_topic, cfg.topics.predictions)) >= 600
+    first.stop()
+    old = read_topic(cfg.topics.input, 600, idle_s=5, committed=False)
+    # The keys of the old topic's last events: their state reached its highest offsets.
+    last = sorted(old, key=lambda e: -e.offset)
+    keys = list(dict.fromkeys(e.value["account_id"] for e in last))[:20]
+    _create_again(cfg.kafka.bootstrap, cfg.topics.input, partitions=2)
+    producer = event_producer_factory(cfg.topics.input)
+    records, _ = generate(200, seed=6)
+    now_ms = int(time.time() * 1000)
+    for i, r in enumerate(records):
+        rec = {**r, "account_id": keys[i % len(keys)], "event_time": now_ms + i}
+        producer.send(rec, key=rec["account_id"])
+    producer.flush()
+    second = processor_factory(cfg)
+    new_ids = {r["event_id"] for r in records}
+    assert not new_ids & {e.value["event_id"] for e in old}
+    preds = _wait_for(800, read_topic, cfg.topics.predictions)
+    reg = second.processor.prometheus.registry
+    discarded = sum(reg.get_sample_value("streamproc_feature_discarded_keys_total",
+                                         {"pipeline": cfg.name, "partition": str(p)}) or 0
+                    for p in (0, 1))  # fmt: skip
+    second.stop()
+    mine = [p for p in preds if p.value["event_id"] in new_ids]
+    assert {p.value["event_id"] for p in mine} == new_ids  # none dropped as already counted
+    events = read_topic(cfg.topics.input, 200, idle_s=5, committed=False)
+    assert len(events) == 200
+    assert check_predictions(load_model_spec(feature_model), events, mine) == len(mine)
+    assert discarded > 0
+
+
+def _create_again(bootstrap: str, topic: str, partitions: int) -> None:
+    """Delete ``topic`` and create it again (empty), waiting for each step."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.delete_topics([topic])[topic].result(timeout=30)
+    end = time.monotonic() + 60
+    while True:  # the name is free once the deletion has gone through
+        try:
+            admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(timeout=30)
+            return
+        except Exception as exc:  # TOPIC_ALREADY_EXISTS while the deletion is under way
+            if time.monotonic() > end:
+                raise AssertionError(f"{topic} could not be created again: {exc}") from exc
+            time.sleep(0.2)
+
+
 def _raw_records(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every record of ``topic`` as (partition, key, value), read to the end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:8]}",
@@ -381,13 +443,14 @@ class MemoryChangelog:
     def __init__(self) -> None:
         self.records: list[Any] = []
         self.committed: int | None = None
+        self.input_end: int | None = None
 
     def read(self, partitions: list[int]) -> dict[int, Any]:
         from streamproc.kafka.changelog import Restored, unframe_state
 
         out = {}
         for p in partitions:
-            r = Restored(committed=self.committed)
+            r = Restored(committed=self.committed, input_end=self.input_end)
             for rec in self.records:
                 if rec.partition != p:
                     continue
@@ -451,6 +514,46 @@ def test_replayed_events_already_in_the_state_are_dropped(feature_model):
     after = second.apply(batches[2], dec.decode(batches[2].values))
     assert not after.skip.any()
     assert np.array_equal(after.dec.features, want[2])
+
+
+def test_a_changelog_from_an_earlier_input_topic_is_discarded_not_obeyed(feature_model):
+    """The input topic was deleted and created again (its offsets start over, the group's
+    committed offsets went with it) while the changelog kept the old topic's state, up to
+    offset 300. Obeyed, that state would drop the new topic's first 300 events of its keys
+    as already counted; they are scored from no state, and the old keys are tombstoned."""
+    spec, batches, dec = _batches(feature_model, 300, 100)
+    assert spec.features is not None
+    old = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    log = MemoryChangelog()
+    for b in batches:
+        log.records += old.apply(b, dec.decode(b.values)).state
+    log.committed, log.input_end = None, 100  # the new topic holds 100 records so far
+    sensor = CountingDiscards()
+    stage = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl", source=log,
+                         sensor=sensor)  # fmt: skip
+    stage.assigned([0])
+    fresh = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl")
+    want = fresh.apply(batches[0], dec.decode(batches[0].values))
+    got = stage.apply(batches[0], dec.decode(batches[0].values))
+    assert not got.skip.any()
+    assert np.array_equal(got.dec.features, want.dec.features)
+    old_keys = {r.key for r in log.records}
+    tombs = [r for r in got.state if r.value is None]
+    assert {r.key for r in tombs} == old_keys and sensor.discarded == [(0, len(old_keys))]
+    assert got.state[: len(tombs)] == tombs  # before the batch's own state: that one wins
+    # The same changelog read for a topic that still holds the old records is obeyed.
+    log.input_end = 300
+    kept = FeatureStage(spec, ReferenceStore(spec.features), changelog_topic="cl", source=log)
+    kept.assigned([0])
+    assert kept.apply(batches[2], dec.decode(batches[2].values)).skip.all()
+
+
+class CountingDiscards(Sensor):
+    def __init__(self) -> None:
+        self.discarded: list[tuple[int, int]] = []
+
+    def on_feature_discarded(self, partition: int, keys: int) -> None:
+        self.discarded.append((partition, keys))
 
 
 def test_a_batch_read_again_restores_the_partition_first(feature_model):
