@@ -33,6 +33,7 @@ from streamproc.cli.options import (
     wants_json,
 )
 from streamproc.errors import DeploymentError, ModelError
+from streamproc.models.diff import input_changes
 from streamproc.models.repository import DEFAULT_ROOT, ModelRepository
 from streamproc.rollout.ab import ab_report, render, variants_from_predictions
 from streamproc.rollout.state import (
@@ -199,6 +200,23 @@ def _check_in_repo(repo: Path, name: str, version: str) -> None:
         )
 
 
+def _check_same_inputs(repo: Path, name: str, stable: str, version: str) -> None:
+    """Refuse a rollout of a version whose input matrix differs from the stable's: the
+    pipeline builds one matrix (the processors would keep the version off traffic)."""
+    models = ModelRepository(repo)
+    if not models.has(name, stable):
+        return  # a stable from elsewhere: the processors check when they load the version
+    changed = input_changes(models.spec(name, stable), models.spec(name, version))
+    if changed:
+        lines = "\n".join(f"  {c.describe()}" for c in changed)
+        raise ModelError(
+            f"{name} {version} reads other inputs than the stable {stable}, and a rollout "
+            f"scores every version from the one input matrix its pipeline builds:\n{lines}\n"
+            f"Run {version} in a pipeline of its own (its model in the pipeline's YAML), "
+            "or roll it out in the pipeline it was trained for."
+        )
+
+
 # The options that mean something to only some strategies; given to another, they are refused
 # rather than ignored.
 _USED_BY = {
@@ -301,6 +319,9 @@ def deploy(
     store = _store(ctx, config, bootstrap, topic, kafka_config)
     if strategy is not None and config is not None and store.latest(name) is None:
         _seed_from_pipeline(d, store, config, name)
+    current = store.latest(name)
+    if check_repo and current is not None and current.stable not in (None, version):
+        _check_same_inputs(repo, name, current.stable or "", version)
     command = Deploy(name, version, strategy, params, at_ms=d.clock_ms(), reason=reason,
                      actor=_actor(ctx, config, bootstrap, kafka_config))  # fmt: skip
     _run(ctx, store, command)

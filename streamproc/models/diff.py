@@ -184,6 +184,35 @@ def diff_specs(old: ModelSpec, new: ModelSpec) -> list[Change]:
     return changes
 
 
+# Model attributes the pipeline builds the input matrix from, besides the inputs: the
+# window store's definitions and the event-time field it reads.
+_MATRIX_ATTRS = frozenset({"features", "time_field"})
+
+
+def input_changes(old: ModelSpec, new: ModelSpec) -> list[Change]:
+    """The differences between ``old`` and ``new`` that change the input matrix: inputs
+    (added, removed, reordered, any attribute: an impute value or a range changes what the
+    model sees), windowed features and the event-time field. One pipeline builds one matrix
+    and scores every version of a rollout from it, so ``new`` can roll out against ``old``
+    there only when this is empty.
+
+    >>> a = ModelSpec.model_validate({"name": "m", "version": "1.0.0",
+    ...     "inputs": [{"field": "x"}], "buckets": [1, 8]})
+    >>> b = a.model_copy(update={"version": "1.1.0", "buckets": (1, 64)})
+    >>> input_changes(a, b)                   # other buckets: the same matrix
+    []
+    >>> c = ModelSpec.model_validate({"name": "m", "version": "2.0.0",
+    ...     "inputs": [{"field": "x", "impute": 1.0}]})
+    >>> [ch.describe() for ch in input_changes(a, c)]
+    ['~ input x.impute: 0.0 -> 1.0 (imputed value changed)']
+    """
+    return [
+        c
+        for c in diff_specs(old, new)
+        if c.section == "input" or (c.section == "model" and c.item in _MATRIX_ATTRS)
+    ]
+
+
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:

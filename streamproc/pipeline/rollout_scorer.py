@@ -54,7 +54,8 @@ import numpy.typing as npt
 
 from streamproc.backends.base import Backend
 from streamproc.config import KafkaSettings, RolloutSettings
-from streamproc.errors import StreamprocError
+from streamproc.errors import ModelError, StreamprocError
+from streamproc.models.diff import input_changes
 from streamproc.models.spec import ModelSpec, load_model_spec
 from streamproc.rollout.controller import RolloutController
 from streamproc.rollout.guardrails import Guardrails, GuardrailThresholds
@@ -122,7 +123,11 @@ class RolloutScorer(Scorer):
         loader: Loader,
         *,
         on_applied: Callable[[DeploymentState], None] | None = None,
+        contract: ModelSpec | None = None,
     ) -> None:
+        """``contract``: the spec the pipeline builds its input matrix from (its decoder's and
+        window store's); a version whose inputs differ from it (:func:`input_changes`) fails
+        to load: it could only be scored with inputs it was not trained on."""
         if state.stable is None:
             raise StreamprocError(f"{state.model} has no stable version to serve")
         # Compile (or load from numba's cache: ~0.3 s) the key hash now, not in the first
@@ -130,6 +135,7 @@ class RolloutScorer(Scorer):
         buckets([b""])
         self._loader = loader
         self._on_applied = on_applied
+        self._contract = contract
         self._lock = threading.Lock()  # serialises appliers, never the hot path
         snap = self._prepare(state, None)
         if snap is None:
@@ -207,6 +213,7 @@ class RolloutScorer(Scorer):
                 continue
             try:
                 specs[version], backends[version] = self._loader(version)
+                self._check_inputs(specs[version])
             except Exception as exc:  # any load failure keeps the version off traffic
                 log.error("%s %s failed to load, it takes no traffic: %s",
                           state.model, version, exc)  # fmt: skip
@@ -218,6 +225,17 @@ class RolloutScorer(Scorer):
             routed = replace(state, status=Status.ROLLED_BACK,
                              reason=f"{state.candidate} failed to load")  # fmt: skip
         return Snapshot(routed, specs, backends, state)
+
+    def _check_inputs(self, spec: ModelSpec) -> None:
+        changed = [] if self._contract is None else input_changes(self._contract, spec)
+        if changed:
+            said = "; ".join(c.describe() for c in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise ModelError(
+                f"its inputs differ from those this pipeline builds for "
+                f"{self._contract.version if self._contract else ''} ({said}{more}): "
+                "run it in a pipeline of its own"
+            )
 
     def apply(self, state: DeploymentState) -> bool:
         """Install ``state`` if it is newer; True when it was installed."""
@@ -406,7 +424,7 @@ def build_rollout_scorer(
         if on_applied is not None:
             on_applied(s)
 
-    scorer = RolloutScorer(state, load, on_applied=applied)
+    scorer = RolloutScorer(state, load, on_applied=applied, contract=spec)
     if controller:
         scorer.guard = RolloutGuard(
             lambda: scorer.snapshot.requested,

@@ -247,6 +247,37 @@ def test_a_candidate_that_fails_to_load_takes_no_traffic_and_is_logged(caplog):
     assert not scorer.apply(s)  # the same revision is not applied twice
 
 
+def test_a_candidate_reading_other_inputs_than_the_pipeline_builds_takes_no_traffic(caplog):
+    import numpy as np
+
+    from streamproc.models.spec import load_model_spec
+    from streamproc.pipeline.rollout_scorer import RolloutScorer
+    from streamproc.rollout.state import apply
+    from tests.pipeline.conftest import MODEL
+
+    base = load_model_spec(MODEL)
+    first, *rest = base.inputs
+    wider = first.model_copy(update={"impute": (first.impute or 0.0) + 1.0})
+
+    def load(version: str):
+        spec = base.model_copy(update={"version": version})
+        if version == CANDIDATE:  # trained with another impute value for the first input
+            spec = spec.model_copy(update={"inputs": (wider, *rest)})
+        return spec, _Const(float(version.split(".")[1]))
+
+    s = apply(None, Deploy("fraud", STABLE, at_ms=1))
+    scorer = RolloutScorer(s, load, contract=base)
+    s = apply(s, Deploy("fraud", CANDIDATE, Strategy.CANARY, StrategyParams(percent=50), at_ms=2))
+    assert scorer.apply(s)
+    assert f"fraud {CANDIDATE} failed to load, it takes no traffic" in caplog.text
+    assert f"~ input {first.field}.impute" in caplog.text and "pipeline of its own" in caplog.text
+    out = scorer.score(np.zeros((100, 3), np.float32), [f"k{i}".encode() for i in range(100)])
+    assert [v.version for v in out.versions] == [STABLE] and not out.version_index.any()
+    # Without the pipeline's spec to hold it to, the same candidate would take traffic.
+    blind = RolloutScorer(apply(None, Deploy("fraud", STABLE, at_ms=1)), load)
+    assert blind.apply(s) and CANDIDATE in blind.snapshot.backends
+
+
 def test_a_stable_version_that_fails_to_load_is_not_switched_to(caplog):
     from streamproc.pipeline.rollout_scorer import RolloutScorer
     from streamproc.rollout.state import Promote, apply

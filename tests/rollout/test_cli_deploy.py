@@ -142,6 +142,27 @@ def test_invalid_commands_are_refused_and_change_nothing(cli):
     assert steps.exit_code == 2 and "comma-separated" in steps.output
 
 
+def test_a_version_reading_other_inputs_is_refused_against_the_stable(cli, repo):
+    # 3.0.0 computes windowed features and imputes amount differently: the pipeline that
+    # serves 1.0.0 builds no such matrix.
+    d = repo / "fraud" / "3.0.0"
+    d.mkdir()
+    n_1h = {"name": "n_1h", "agg": "count", "window": {"type": "sliding", "size": "1h"}}
+    spec = {"name": "fraud", "version": "3.0.0", "time_field": "ts",
+            "inputs": [{"field": "amount", "impute": 5.0}, {"field": "n_1h"}],
+            "features": {"definitions": [n_1h]}}  # fmt: skip
+    (d / "model.yaml").write_text(yaml.safe_dump(spec))
+    cli("deploy", "fraud", "1.0.0")
+    bad = cli("deploy", "fraud", "3.0.0", "--strategy", "canary", ok=False)
+    assert isinstance(bad.exception, ModelError)
+    text = str(bad.exception)
+    assert "reads other inputs than the stable 1.0.0" in text and "pipeline of its own" in text
+    for change in ("+ input n_1h", "~ input amount.impute", "model features", "time_field"):
+        assert change in text
+    assert cli.store.latest("fraud").revision == 1  # nothing published
+    cli("deploy", "fraud", "1.1.0", "--strategy", "canary")  # the same inputs: rolls out
+
+
 def test_status_of_all_models(cli):
     assert cli("status").output.strip() == "no deployments"
     cli("deploy", "fraud", "1.0.0")
