@@ -110,8 +110,7 @@ def score(
     again to resume an interrupted job: nothing is scored twice."""
     from streamproc.pipeline.batchscore import ScoreJob, run
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
+    # The options alone first: a wrong one fails before the pipeline is resolved.
     if out_format not in ("avro", "parquet"):
         raise ConfigError(f"--format must be avro or parquet, not {out_format!r}")
     if codec not in ("deflate", "snappy", "null"):
@@ -120,6 +119,8 @@ def score(
         raise ConfigError(f"--scorer must be single or rollout, not {scorer!r}")
     if out_topic and out_dir:
         raise ConfigError("give --out-topic or --out-dir, not both")
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = get_deps(ctx).pipeline(config, bootstrap, registry, kafka_config=kafka_config).config
     in_files = list(files or [])
     in_topic = None if in_files else (topic or cfg.topics.input)
     if not out_dir and not out_topic:

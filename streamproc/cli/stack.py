@@ -56,6 +56,10 @@ def local_up(
     if oauth_jwks_url and not secure:
         raise ConfigError("--oauth-jwks-url needs --secure (OAUTHBEARER is on the SASL_SSL "
                           "listener)")  # fmt: skip
+    if (oauth_audience or oauth_issuer) and not oauth_jwks_url:
+        given = "--oauth-audience" if oauth_audience else "--oauth-issuer"
+        raise ConfigError(f"{given} needs --oauth-jwks-url (the tokens' checks go with "
+                          "the issuer's keys)")  # fmt: skip
     oauth = (
         OAuthValidation(oauth_jwks_url, oauth_audience, oauth_issuer) if oauth_jwks_url else None
     )

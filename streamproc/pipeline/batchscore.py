@@ -970,6 +970,57 @@ HEADER_SIZE = 5  # the Confluent framing of dead letters and alerts, cut in file
 _KINDS = {"predictions": "Prediction", "deadletters": "DeadLetter", "alerts": "Alert"}
 
 
+def arrow_schema(avro: dict[str, Any]) -> Any:
+    """The Arrow schema (pyarrow) of an Avro record schema: optional fields (a union with
+    null) nullable, the others not; enums as strings, maps as maps of strings
+    (tests/pipeline/test_score.py reads the part files back).
+    """
+    import pyarrow as pa
+
+    prims = {"null": pa.null(), "boolean": pa.bool_(), "int": pa.int32(), "long": pa.int64(),
+             "float": pa.float32(), "double": pa.float64(), "bytes": pa.binary(),
+             "string": pa.string()}  # fmt: skip
+    named: dict[str, Any] = {}
+
+    def field(name: str, t: Any) -> Any:
+        if isinstance(t, list):
+            rest = [b for b in t if b != "null"]
+            if len(rest) != 1:
+                raise ConfigError(f"no Parquet column for the Avro union {t} of field {name}")
+            return pa.field(name, of(rest[0]), nullable=len(rest) < len(t))
+        return pa.field(name, of(t), nullable=t == "null")
+
+    def of(t: Any) -> Any:
+        if isinstance(t, str):
+            if t in prims:
+                return prims[t]
+            return named[t]
+        logical, kind = t.get("logicalType"), t["type"]
+        if kind == "long" and logical in ("timestamp-millis", "timestamp-micros"):
+            return pa.timestamp("ms" if logical == "timestamp-millis" else "us", tz="UTC")
+        if kind == "int" and logical == "date":
+            return pa.date32()
+        if kind in prims:
+            return prims[kind]
+        if kind == "enum":
+            out: Any = pa.string()
+        elif kind == "fixed":
+            out = pa.binary(t["size"])
+        elif kind == "array":
+            return pa.list_(field("item", t["items"]))
+        elif kind == "map":
+            return pa.map_(pa.string(), field("value", t["values"]))
+        elif kind == "record":
+            out = pa.struct([field(f["name"], f["type"]) for f in t["fields"]])
+        else:
+            return of(kind)  # {"type": "string"} and the like
+        for name in (t["name"], f"{t.get('namespace')}.{t['name']}"):
+            named[name] = out
+        return out
+
+    return pa.schema(list(of(avro)))
+
+
 class FileSink:
     """Part files under ``out_dir``: ``<kind>-p<partition>-<part>.avro`` (or ``.parquet``),
     kind one of predictions, deadletters, alerts. A part is written under a temporary name,
@@ -1046,10 +1097,14 @@ class FileSink:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parsed = fastavro.parse_schema(json.loads(text))
+        avro_schema = json.loads(text)
+        parsed = fastavro.parse_schema(avro_schema)
         cut = 0 if kind == "predictions" else HEADER_SIZE
         rows = [fastavro.schemaless_reader(io.BytesIO(v[cut:]), parsed, None) for v in values]
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        # The columns' types from the Avro schema, not inferred from the rows: every part of
+        # a kind has the same schema (a part whose keys are all null still has a string
+        # column), a map stays a map, timestamps stay milliseconds in UTC.
+        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(avro_schema)), path)
 
     @staticmethod
     def _progress_path(out_dir: Path, job: str, partition: int) -> Path:

@@ -158,16 +158,22 @@ def _avro_file(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def test_avro_files_in_and_out_account_for_every_record_and_resume(
-    pipeline_config_factory, tmp_path
-):
-    cfg = pipeline_config_factory(partitions=2)
+def _two_files(tmp_path: Path) -> tuple[list[Path], list[dict], list[dict]]:
+    """a.avro (900 records) and b.avro (400, its 8th and 9th rejected: OUT_OF_RANGE and
+    NAN_FEATURE)."""
     a, _ = synth.generate(900, seed=30)
     b, _ = synth.generate(400, seed=31)
     b = [{**r, "event_id": f"b-{i}"} for i, r in enumerate(b)]
     b[7] = {**b[7], "amount": -5.0}  # OUT_OF_RANGE
     b[8] = {**b[8], "amount": float("nan")}  # NAN_FEATURE
-    files = [_avro_file(tmp_path / "a.avro", a), _avro_file(tmp_path / "b.avro", b)]
+    return [_avro_file(tmp_path / "a.avro", a), _avro_file(tmp_path / "b.avro", b)], a, b
+
+
+def test_avro_files_in_and_out_account_for_every_record_and_resume(
+    pipeline_config_factory, tmp_path
+):
+    cfg = pipeline_config_factory(partitions=2)
+    files, a, b = _two_files(tmp_path)
     out_dir = tmp_path / "out"
     job = ScoreJob(cfg, name="files", files=files, out_dir=out_dir, batch_size=128,
                    part_events=256, key_field="account_id", workers=2)  # fmt: skip
@@ -201,20 +207,155 @@ def test_avro_files_in_and_out_account_for_every_record_and_resume(
     assert len(read("predictions")) == 1298
 
 
-def test_parquet_output_or_the_extra_it_needs(pipeline_config_factory, tmp_path):
+def test_parquet_output_without_pyarrow_names_the_extra(
+    pipeline_config_factory, tmp_path, monkeypatch
+):
     cfg = pipeline_config_factory(partitions=1)
     a, _ = synth.generate(10, seed=1)
     job = ScoreJob(cfg, name="pq", files=[_avro_file(tmp_path / "a.avro", a)],
                    out_dir=tmp_path / "pq", out_format="parquet")  # fmt: skip
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # not a dependency of streamproc: the error names what to install
-        with pytest.raises(DependencyMissingError, match="pyarrow"):
-            run(job)
-        return
-    assert run(job).predictions == 10
-    (part,) = (tmp_path / "pq").glob("predictions-*.parquet")
-    assert pq.read_table(part).num_rows == 10
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ImportError
+    with pytest.raises(DependencyMissingError, match=r"pyarrow.*streamproc\[parquet\]"):
+        run(job)
+    assert not list((tmp_path / "pq").glob("*.parquet"))
+
+
+def _score_cli(config: Path, files: list[Path], out_dir: Path, *args: str) -> dict:
+    """``streamproc score --file ... --out-dir OUT_DIR ARGS`` as a user types it: its
+    summary (it exits 0: every record accounted for)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproc", "score", "-c", str(config),
+         *[a for f in files for a in ("--file", str(f))], "--key-field", "account_id",
+         "--out-dir", str(out_dir), "--part-events", "512", "-o", "json", "--no-progress",
+         *args],
+        check=False, capture_output=True, timeout=120, env={**os.environ},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["accounted"] and summary["read"] == 1300
+    assert (summary["predictions"], summary["dead_letters"]) == (1298, 2)
+    return summary
+
+
+def _avro_rows(out_dir: Path, kind: str, codec: str = "deflate") -> list[dict]:
+    """The records of ``kind``'s Avro part files, each file checked to use ``codec``."""
+    rows: list[dict] = []
+    parts = sorted(out_dir.glob(f"{kind}-*.avro"))
+    assert parts
+    for p in parts:
+        with p.open("rb") as f:
+            reader = fastavro.reader(f)
+            assert reader.codec == codec and reader.metadata["avro.codec"] == codec, p
+            rows.extend(reader)
+    return rows
+
+
+def _by_event(rows: list[dict]) -> dict[str, dict]:
+    out = {r["event_id"]: r for r in rows}
+    assert len(out) == len(rows)  # each input scored once
+    return out
+
+
+def _by_offset(rows: list[dict]) -> dict[tuple[str, int, int], dict]:
+    return {(r["source_topic"], r["partition"], r["offset"]): r for r in rows}
+
+
+@pytest.mark.requires_extra("pyarrow", "parquet")
+def test_cli_parquet_output_holds_the_avro_output_s_predictions_and_dead_letters(
+    pipeline_config_factory, tmp_path
+):
+    """`score --format parquet`: the same predictions (ids, scores, labels, keys, times, the
+    features map) and dead letters as the Avro output, typed from the Avro schemas the same
+    way in every part (a column of nulls is still a string; a map stays a map)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg = pipeline_config_factory(partitions=2, outputs={"include_features": True})
+    config = _config_file(cfg, tmp_path / "p.yaml")
+    files, _, _ = _two_files(tmp_path)
+    avro = _score_cli(config, files, tmp_path / "avro")
+    parquet = _score_cli(config, files, tmp_path / "parquet", "--format", "parquet")
+    assert parquet["dead_letters_by_reason"] == avro["dead_letters_by_reason"] == {
+        "NAN_FEATURE": 1, "OUT_OF_RANGE": 1}  # fmt: skip
+    assert not list((tmp_path / "parquet").glob("*.avro"))
+
+    def table(kind: str) -> pa.Table:
+        parts = sorted((tmp_path / "parquet").glob(f"{kind}-*.parquet"))
+        assert parts
+        tables = [pq.read_table(p) for p in parts]
+        assert all(t.schema == tables[0].schema for t in tables)  # one schema for the kind
+        return pa.concat_tables(tables)
+
+    preds = table("predictions")
+    assert len(list((tmp_path / "parquet").glob("predictions-*.parquet"))) >= 3  # several parts
+    types = {f.name: f.type for f in preds.schema}
+    assert types["key"] == pa.string() and types["score"] == pa.float64()
+    assert types["event_time"] == pa.timestamp("ms", tz="UTC")
+    features = types["features"]
+    assert pa.types.is_map(features)
+    assert (features.key_type, features.item_type) == (pa.string(), pa.float64())
+    assert types["outlier_score"] == pa.float64()  # null in every row: still a number column
+    want = _by_event(_avro_rows(tmp_path / "avro", "predictions"))
+    got = _by_event(preds.to_pylist())
+    assert got.keys() == want.keys() and len(got) == 1298
+    for eid, p in got.items():
+        w = want[eid]
+        assert p["score"] == w["score"] and p["scores"] == pytest.approx(w["scores"])
+        assert (p["label"], p["key"], p["model_version"], p["event_time"]) == (
+            w["label"], w["key"], w["model_version"], w["event_time"])  # fmt: skip
+        assert dict(p["features"]) == w["features"] and w["features"]
+
+    dead = table("deadletters")
+    assert {f.name: f.type for f in dead.schema}["value"] == pa.binary()
+    want_dead = _by_offset(_avro_rows(tmp_path / "avro", "deadletters"))
+    got_dead = _by_offset(dead.to_pylist())
+    assert got_dead.keys() == want_dead.keys() == {(str(files[1]), 1, 7), (str(files[1]), 1, 8)}
+    for k, d in got_dead.items():
+        assert (d["reason"], d["reason_code"], d["detail"], d["value"]) == (
+            want_dead[k]["reason"], want_dead[k]["reason_code"], want_dead[k]["detail"],
+            want_dead[k]["value"])  # fmt: skip
+
+
+def test_cli_codec_writes_its_codec_and_the_same_records(pipeline_config_factory, tmp_path):
+    """`score --codec snappy|null`: every part file says (and uses) the codec asked for, and
+    holds the records of the default (deflate) run."""
+    cfg = pipeline_config_factory(partitions=2)
+    config = _config_file(cfg, tmp_path / "p.yaml")
+    files, _, _ = _two_files(tmp_path)
+    _score_cli(config, files, tmp_path / "deflate")
+    want = _by_event(_avro_rows(tmp_path / "deflate", "predictions", "deflate"))
+    want_dead = _by_offset(_avro_rows(tmp_path / "deflate", "deadletters", "deflate"))
+    sizes = {}
+    for codec in ("snappy", "null"):
+        _score_cli(config, files, tmp_path / codec, "--codec", codec)
+        got = _by_event(_avro_rows(tmp_path / codec, "predictions", codec))
+        assert got.keys() == want.keys()
+        drop = ("processed_time", "latency_ms")  # when it was scored: differs between runs
+        assert all({k: v for k, v in got[e].items() if k not in drop}
+                   == {k: v for k, v in want[e].items() if k not in drop}
+                   for e in got)  # fmt: skip
+        got_dead = _by_offset(_avro_rows(tmp_path / codec, "deadletters", codec))
+        assert {k: d["reason"] for k, d in got_dead.items()} == {
+            k: d["reason"] for k, d in want_dead.items()}  # fmt: skip
+        sizes[codec] = sum(p.stat().st_size for p in (tmp_path / codec).glob("predictions-*"))
+    # Compressed: snappy's parts are smaller than the uncompressed ones.
+    assert sizes["snappy"] < sizes["null"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--codec", "zstd", "error: --codec must be deflate, snappy or null, not 'zstd'"),
+     ("--format", "csv", "error: --format must be avro or parquet, not 'csv'")],
+)  # fmt: skip
+def test_cli_a_bad_codec_or_format_is_one_line_naming_the_allowed(option, value, message):
+    """Checked before anything else: no pipeline file, broker or registry is needed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamproc", "score", "--out-dir", "x", option, value],
+        check=False, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message and proc.stdout == ""
 
 
 def test_score_with_insight_writes_the_live_outlier_scores_and_explains_beside_its_output(

@@ -166,3 +166,84 @@ def test_the_broker_s_oauthbearer_settings_check_signatures(tmp_path: Path) -> N
     assert lines[f"{p}sasl.oauthbearer.expected.audience"] == "kafka"
     assert lines[f"{p}sasl.oauthbearer.expected.issuer"] == "iss"
     assert lines["allow.everyone.if.no.acl.found"] == "false"
+
+
+# --- `streamproc local up --secure --oauth-jwks-url URL`, as typed --------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--oauth-jwks-url", "http://127.0.0.1:1/jwks"],
+      "error: --oauth-jwks-url needs --secure (OAUTHBEARER is on the SASL_SSL listener)"),
+     (["--secure", "--oauth-audience", "kafka"],
+      "error: --oauth-audience needs --oauth-jwks-url (the tokens' checks go with the "
+      "issuer's keys)"),
+     (["--secure", "--oauth-issuer", "http://127.0.0.1:1"],
+      "error: --oauth-issuer needs --oauth-jwks-url (the tokens' checks go with the "
+      "issuer's keys)")],
+)  # fmt: skip
+def test_local_up_oauth_flags_without_what_they_need_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Refused before anything starts: exit 2, one line, nothing under the stack's home."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STREAMPROC_HOME": str(tmp_path / "home"), "COLUMNS": "2000"}
+    res = subprocess.run([sys.executable, "-m", "streamproc", "local", "up", *args],
+                         capture_output=True, text=True, timeout=60, env=env,
+                         check=False)  # fmt: skip
+    assert (res.returncode, res.stderr.strip(), res.stdout) == (2, message, "")
+    assert not (tmp_path / "home").exists()
+
+
+def test_local_up_oauth_flags_reach_the_broker_s_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`local up --secure --oauth-jwks-url U --oauth-audience A --oauth-issuer I` up to the
+    broker's JVM (not started): the server.properties it would read has the SASL_SSL
+    listener take OAUTHBEARER, checked by Kafka's BrokerJwtValidator against U for A and I,
+    and the JVM is allowed to fetch U. (test_oauth_broker.py runs such a broker.)"""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from streamproc.cli import Deps, app
+    from streamproc.local import broker
+
+    class JvmStart(Exception):
+        pass
+
+    commands: list[list[str]] = []
+
+    def run(cmd: list[str], **_: object) -> None:  # the storage format: the first JVM
+        commands.append(cmd)
+        raise JvmStart
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("STREAMPROC_HOME", str(home))
+    monkeypatch.setattr(broker, "broker_java", lambda env: "java")
+    monkeypatch.setattr(broker, "java_major", lambda java: 21)
+    monkeypatch.setattr(broker.artifacts, "kafka_libs", lambda: tmp_path / "libs")
+    monkeypatch.setattr(broker, "subprocess", SimpleNamespace(run=run))
+    jwks, issuer = "http://127.0.0.1:1/oidc/jwks", "http://127.0.0.1:1/oidc"
+    res = CliRunner().invoke(app, ["local", "up", "--secure", "--oauth-jwks-url", jwks,
+                                   "--oauth-audience", "kafka-test", "--oauth-issuer", issuer],
+                             obj=Deps())  # fmt: skip
+    assert isinstance(res.exception, JvmStart), res.output
+    text = (home / "stack" / "kafka" / "server.properties").read_text()
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    p = "listener.name.sasl_ssl."
+    pkg = "org.apache.kafka.common.security.oauthbearer."
+    assert "SASL_SSL://127.0.0.1:" in props["listeners"]
+    assert props[f"{p}sasl.enabled.mechanisms"] == "SCRAM-SHA-512,OAUTHBEARER"
+    assert props[f"{p}sasl.oauthbearer.jwt.validator.class"] == f"{pkg}BrokerJwtValidator"
+    assert props[f"{p}oauthbearer.sasl.server.callback.handler.class"] == (
+        f"{pkg}OAuthBearerValidatorCallbackHandler")  # fmt: skip
+    assert props[f"{p}sasl.oauthbearer.jwks.endpoint.url"] == jwks
+    assert props[f"{p}sasl.oauthbearer.expected.audience"] == "kafka-test"
+    assert props[f"{p}sasl.oauthbearer.expected.issuer"] == issuer
+    assert props[f"{p}sasl.oauthbearer.sub.claim.name"] == "sub"
+    (cmd,) = commands
+    assert f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={jwks}" in cmd
