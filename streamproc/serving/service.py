@@ -511,12 +511,14 @@ def build_service(
     spec = load_model_spec(cfg.model)
     require_stateless(spec, "streamproc serve")
     closers: list[Callable[[], None]] = []
+    drain_every_s = 1.0  # idle, how often the rollout guard's alerts are looked for
     if scorer is None:
         if follow_control:
             from streamproc.pipeline.rollout_scorer import build_rollout_scorer, live_guard_settings
 
             ensure_control_topics(cfg)
             guardrails, every = live_guard_settings(cfg.rollout)
+            drain_every_s = max(0.05, min(drain_every_s, every))  # never a busy loop
             rollout = build_rollout_scorer(
                 cfg.kafka, cfg.topics.control, cfg.model, guardrails=guardrails,
                 decide_interval_s=every, pipeline=cfg.name,
@@ -556,4 +558,5 @@ def build_service(
         cache=PredictionCache.from_settings(s.cache), sensor=prom, monitor=monitor,
         router=AlertRouter(cfg.alerts), reader_schema=reader_schema(spec), pipeline=cfg.name,
         registry=prom.registry, closers=closers, alert_sink=alert_sink,
+        drain_every_s=drain_every_s,
     )  # fmt: skip
