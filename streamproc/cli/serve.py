@@ -32,7 +32,8 @@ def serve(
         typer.Option(
             "--control/--no-control",
             help="Follow the control topic's deployment of the model (needs Kafka); "
-            "--no-control serves the configured model version alone, without Kafka",
+            "--no-control serves the configured model version alone, without Kafka (its "
+            "alerts go to the log, the webhook and /metrics, not to the alerts topic)",
         ),
     ] = True,
     instance: Annotated[str | None, typer.Option(help="Replica id it reports as")] = None,

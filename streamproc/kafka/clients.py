@@ -152,6 +152,14 @@ class EventProducer:
             # __format__"); flush reports the fatal error from the client's log.
             self._errors.append(f"{self.topic}: delivery failed")
 
+    def failures(self) -> list[str]:
+        """Serve the delivery reports that are in, without waiting, and take the failed
+        records' errors reported since the last call (or :meth:`flush`): for a producer that
+        does not flush after each record."""
+        self.producer.poll(0)
+        errors, self._errors = self._errors, []
+        return errors
+
     def flush(self, timeout_s: float = 30.0) -> None:
         try:
             left = self.producer.flush(timeout_s)

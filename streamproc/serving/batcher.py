@@ -7,7 +7,9 @@ carries no event time the policy could compare with its clock, so ``max_event_ag
 batches; it is answered when all of its rows are scored. One driver task forms batches on
 the event loop and hands each to ``score`` in one worker thread, awaiting it: rows that
 arrive meanwhile wait, and the next batch takes them at once when their window has passed
-(larger batches under load, as in the stream).
+(larger batches under load, as in the stream). With an ``idle`` callable, the driver also
+runs it in that thread whenever ``idle_s`` pass with no rows waiting (the service sends the
+alerts a rollout guard decided between requests).
 
 The queue is bounded: :meth:`AsyncBatcher.submit` refuses a request whose rows would take
 the rows not yet answered past ``max_queue_rows`` (:class:`QueueFull`: the server answers
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +33,8 @@ import numpy.typing as npt
 
 from streamproc.batching import WindowPolicy
 from streamproc.types import ReleaseReason
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -103,9 +108,13 @@ class AsyncBatcher:
         score: Callable[[Batch], Scores],
         max_queue_rows: int,
         clock_ms: Callable[[], float] = _ms,
+        idle: Callable[[], None] | None = None,
+        idle_s: float = 1.0,
     ) -> None:
         self.policy = policy
         self.score = score
+        self.idle = idle
+        self.idle_s = idle_s
         self.max_queue_rows = max_queue_rows
         self.clock_ms = clock_ms
         self.queued_rows = 0  # accepted, not yet answered
@@ -179,11 +188,24 @@ class AsyncBatcher:
             deadline = policy.deadline_ms()
             self._wake.clear()
             if deadline is None:
-                await self._wake.wait()
+                if self.idle is None:
+                    await self._wake.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.idle_s)
+                except TimeoutError:
+                    await self._run_idle(loop)
                 continue
             timeout = max(0.0, (deadline - now) / 1000.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _run_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.idle is not None
+        try:
+            await loop.run_in_executor(self._pool, self.idle)
+        except Exception as exc:  # the next idle period tries again
+            log.warning("the batcher's idle task failed: %s", exc)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
         n = len(batch)

@@ -11,10 +11,15 @@ Two kinds of input reach it:
 
 A row that breaks a rule rejects its request (HTTP 400) with the :class:`ReasonCode` of
 each bad row; nothing of a rejected request is scored.
+
+Alerts (the drift monitor's on HTTP rows, the rollout guard's rollbacks) go where a stream
+batch's go: the log, the webhook router, the sensor, and the :data:`AlertSink` the service
+is given (:func:`build_service`: the pipeline's alerts topic, as the processor writes it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -43,6 +48,12 @@ from .batcher import AsyncBatcher, Batch, Scores
 from .cache import CachedScorer, PredictionCache
 
 log = logging.getLogger(__name__)
+
+AlertSink = Callable[[Alert], None]
+"""Where the service's stamped alerts are written besides the log, the router and the sensor
+(:class:`streamproc.kafka.alerts.AlertPublisher`: the pipeline's alerts topic). It may
+raise: the service logs and counts the failure, and the request that raised the alert is
+answered as if nothing happened."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,8 @@ class InferenceService:
         pipeline: str = "",
         registry: Any = None,  # the Prometheus registry /metrics serves (None: no /metrics)
         closers: Sequence[Callable[[], None]] = (),
+        alert_sink: AlertSink | None = None,
+        drain_every_s: float = 1.0,
     ) -> None:
         self.spec = spec
         self.base_scorer = scorer
@@ -226,6 +239,8 @@ class InferenceService:
         self.sensor = sensor or Sensor()
         self.monitor = monitor
         self.router = router
+        self.alert_sink = alert_sink
+        self.alerts_undelivered = 0
         self.pipeline = pipeline
         self.registry = registry
         self.max_request_rows = max_request_rows
@@ -234,7 +249,10 @@ class InferenceService:
         self.rules = ColumnRules.of(spec)
         self.n_features = spec.n_features  # ModelSpec builds its column list on every read
         self.records = RecordReader(spec, reader_schema) if reader_schema is not None else None
-        self.batcher = AsyncBatcher(policy, self._score_batch, max_queue_rows)
+        # Idle for drain_every_s, the batcher's thread sends what the rollout guard decided
+        # meanwhile (a rollback), as a runner with nothing to read does.
+        self.batcher = AsyncBatcher(policy, self._score_batch, max_queue_rows,
+                                    idle=self.drain_alerts, idle_s=drain_every_s)  # fmt: skip
         self.closers = list(closers)
         self.ready = False
         self._seq = 0  # rows scored: the monitors' offsets
@@ -284,9 +302,11 @@ class InferenceService:
         self.ready = True
 
     async def close(self) -> None:
-        """Answer every accepted request, then stop following the control topic."""
+        """Answer every accepted request, send the alerts decided since, then stop following
+        the control topic and flush the alerts (the closers)."""
         self.ready = False
         await self.batcher.close()
+        await asyncio.to_thread(self.drain_alerts)
         for close in self.closers:
             try:
                 close()
@@ -413,6 +433,11 @@ class InferenceService:
         for alert in alerts:
             self._alert(alert)
 
+    def drain_alerts(self) -> None:
+        """Send the rollout guard's alerts decided since the last batch (a rollback)."""
+        for alert in self.base_scorer.drain_alerts():
+            self._alert(alert)
+
     def _alert(self, alert: Alert) -> None:
         primary = self.base_scorer.primary
         a = alert.stamped(model_name=primary.name, model_version=primary.version,
@@ -420,6 +445,14 @@ class InferenceService:
         if self.router is not None and not self.router.routes(a):
             return
         log.warning("alert %s %s %s: %s", a.type, a.state, a.feature or "", a.message)
+        if self.alert_sink is not None:
+            try:
+                self.alert_sink(a)
+            except Exception as exc:  # an alert never fails the request that raised it
+                self.alerts_undelivered += 1
+                self.sensor.on_alert_undelivered(str(a.type))
+                log.error("alert %s %s not written to the alerts topic: %s", a.type,
+                          a.alert_id, exc)  # fmt: skip
         if self.router is not None:
             self.router.notify(a)
         self.sensor.on_alert(str(a.type), str(a.severity), a.feature, a.state == "FIRING")
@@ -452,10 +485,16 @@ def build_service(
     scorer: Scorer | None = None,
     env: Mapping[str, str] | None = None,
     instance: str = "",
+    alert_sink: AlertSink | None = None,
 ) -> InferenceService:
     """The service of a pipeline: its model (following the control topic's deployment of it
     unless ``follow_control`` is False or a ``scorer`` is given), its drift monitor, alert
-    routing, metrics, the ``serving:`` section's tenants and cache."""
+    routing, metrics, the ``serving:`` section's tenants and cache.
+
+    Its alerts also go to ``alert_sink``; by default, when ``follow_control`` (Kafka in use),
+    to the pipeline's alerts topic as ``Alert`` records, as the processor writes them (the
+    producer is flushed and closed with the service). With ``follow_control=False`` (no
+    Kafka) and no sink they go to the log, the webhook and the metrics only."""
     from streamproc.models.spec import load_model_spec
     from streamproc.pipeline.app import reader_schema
     from streamproc.pipeline.features import require_stateless
@@ -472,12 +511,14 @@ def build_service(
     spec = load_model_spec(cfg.model)
     require_stateless(spec, "streamproc serve")
     closers: list[Callable[[], None]] = []
+    drain_every_s = 1.0  # idle, how often the rollout guard's alerts are looked for
     if scorer is None:
         if follow_control:
             from streamproc.pipeline.rollout_scorer import build_rollout_scorer, live_guard_settings
 
             ensure_control_topics(cfg)
             guardrails, every = live_guard_settings(cfg.rollout)
+            drain_every_s = max(0.05, min(drain_every_s, every))  # never a busy loop
             rollout = build_rollout_scorer(
                 cfg.kafka, cfg.topics.control, cfg.model, guardrails=guardrails,
                 decide_interval_s=every, pipeline=cfg.name,
@@ -489,6 +530,12 @@ def build_service(
             from streamproc.backends.select import load_backend
 
             scorer = SingleScorer(spec, load_backend(spec))
+    if alert_sink is None and follow_control:
+        from streamproc.kafka.alerts import AlertPublisher
+
+        publisher = AlertPublisher.for_pipeline(cfg)
+        closers.append(publisher.close)  # flushes the queued alerts
+        alert_sink = publisher
     monitor: Monitor | None = build_monitor(spec, cfg.drift)
     from streamproc.pipeline.rollout_scorer import RolloutScorer
 
@@ -510,5 +557,6 @@ def build_service(
         retry_after_s=s.retry_after_s, auth=auth,
         cache=PredictionCache.from_settings(s.cache), sensor=prom, monitor=monitor,
         router=AlertRouter(cfg.alerts), reader_schema=reader_schema(spec), pipeline=cfg.name,
-        registry=prom.registry, closers=closers,
+        registry=prom.registry, closers=closers, alert_sink=alert_sink,
+        drain_every_s=drain_every_s,
     )  # fmt: skip

@@ -140,6 +140,9 @@ class PrometheusSensor(Sensor):
                                     [*lp, "schema_id"], registry=r)  # fmt: skip
         self.alerts = Counter("streamproc_alerts", "Alerts raised",
                               [*lp, "type", "severity", "state"], registry=r)  # fmt: skip
+        self.alerts_undelivered = Counter("streamproc_alerts_undelivered",
+                                          "Alerts not written to the alerts topic (serve)",
+                                          [*lp, "type"], registry=r)  # fmt: skip
         self.alerts_firing = Gauge("streamproc_alerts_firing", "Alerts firing now (not resolved)",
                                    [*lp, "type"], registry=r)  # fmt: skip
         fp = [*lp, "partition"]
@@ -259,6 +262,9 @@ class PrometheusSensor(Sensor):
             self._firing[key] = firing
             g = self.alerts_firing.labels(self.pipeline, type_)
             g.inc() if firing else g.dec()
+
+    def on_alert_undelivered(self, type_: str) -> None:
+        self.alerts_undelivered.labels(self.pipeline, type_).inc()
 
     def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         g = self.gauges.get(name)

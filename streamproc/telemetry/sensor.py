@@ -64,6 +64,10 @@ class Sensor:
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         """An alert fired or resolved."""
 
+    def on_alert_undelivered(self, type_: str) -> None:
+        """An alert of ``type_`` could not be written to the alerts topic (``streamproc
+        serve``, whose alerts are not in a batch's transaction)."""
+
     def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         """A free-form gauge (GPU telemetry, drift statistics)."""
 
@@ -115,6 +119,10 @@ class SensorGroup(Sensor):
     def on_alert(self, type_: str, severity: str, feature: str | None, firing: bool) -> None:
         for s in self.sensors:
             s.on_alert(type_, severity, feature, firing)
+
+    def on_alert_undelivered(self, type_: str) -> None:
+        for s in self.sensors:
+            s.on_alert_undelivered(type_)
 
     def on_gauge(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         for s in self.sensors:

@@ -16,7 +16,7 @@ import_extra("fastapi", "serve")
 
 from streamproc.serving.http import build_app  # noqa: E402
 from streamproc.serving.service import InferenceService  # noqa: E402
-from tests.pipeline.conftest import pipeline_config_factory  # noqa: E402, F401
+from tests.pipeline.conftest import pipeline_config_factory, read_topic  # noqa: E402, F401
 
 START_LIMIT_S = 60
 
