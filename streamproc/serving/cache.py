@@ -35,6 +35,7 @@ from cachetools import TTLCache
 from streamproc.config import CacheSettings
 from streamproc.models.spec import ModelSpec
 from streamproc.pipeline.scoring import Scored, Scorer
+from streamproc.types import Alert
 
 ENTRY_OVERHEAD = 200  # bytes per entry besides its data: the key tuple, the dict slot, ...
 
@@ -153,7 +154,7 @@ class CachedScorer(Scorer):
     def device(self) -> str:
         return self.inner.device
 
-    def drain_alerts(self):  # type: ignore[no-untyped-def]
+    def drain_alerts(self) -> list[Alert]:
         return self.inner.drain_alerts()
 
     def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
