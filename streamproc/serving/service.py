@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 AlertSink = Callable[[Alert], None]
 """Where the service's stamped alerts are written besides the log, the router and the sensor
-(:class:`streamproc.kafka.alerts.AlertPublisher`: the pipeline's alerts topic). It may
+(:class:`streamproc.serving.alert_sink.AlertPublisher`: the pipeline's alerts topic). It may
 raise: the service logs and counts the failure, and the request that raised the alert is
 answered as if nothing happened."""
 
@@ -531,7 +531,7 @@ def build_service(
 
             scorer = SingleScorer(spec, load_backend(spec))
     if alert_sink is None and follow_control:
-        from streamproc.kafka.alerts import AlertPublisher
+        from streamproc.serving.alert_sink import AlertPublisher
 
         publisher = AlertPublisher.for_pipeline(cfg)
         closers.append(publisher.close)  # flushes the queued alerts
