@@ -187,14 +187,19 @@ def diff_specs(old: ModelSpec, new: ModelSpec) -> list[Change]:
 # Model attributes the pipeline builds the input matrix from, besides the inputs: the
 # window store's definitions and the event-time field it reads.
 _MATRIX_ATTRS = frozenset({"features", "time_field"})
+# Input attributes that only decide which events are admitted (the pipeline admits by its
+# configured model's): another version's are no reason to keep it off that matrix.
+_ADMISSION_ATTRS = frozenset({"min", "max", "allow_nan"})
 
 
 def input_changes(old: ModelSpec, new: ModelSpec) -> list[Change]:
     """The differences between ``old`` and ``new`` that change the input matrix: inputs
-    (added, removed, reordered, any attribute: an impute value or a range changes what the
-    model sees), windowed features and the event-time field. One pipeline builds one matrix
-    and scores every version of a rollout from it, so ``new`` can roll out against ``old``
-    there only when this is empty.
+    added, removed or reordered, their encoding, null rule or impute value (what the model
+    sees for an admitted event), windowed features and the event-time field. One pipeline
+    builds one matrix and scores every version of a rollout from it, so ``new`` can roll
+    out against ``old`` there only when this is empty. Ranges (``min``, ``max``,
+    ``allow_nan``) decide which events the pipeline admits, by its configured model's, and
+    are not listed: a fix that loosens a range rolls out (then its dead letters replay).
 
     >>> a = ModelSpec.model_validate({"name": "m", "version": "1.0.0",
     ...     "inputs": [{"field": "x"}], "buckets": [1, 8]})
@@ -205,12 +210,22 @@ def input_changes(old: ModelSpec, new: ModelSpec) -> list[Change]:
     ...     "inputs": [{"field": "x", "impute": 1.0}]})
     >>> [ch.describe() for ch in input_changes(a, c)]
     ['~ input x.impute: 0.0 -> 1.0 (imputed value changed)']
+    >>> wider = ModelSpec.model_validate({"name": "m", "version": "1.0.1",
+    ...     "inputs": [{"field": "x", "min": -5}], "buckets": [1, 8]})
+    >>> input_changes(a, wider)               # admits more events: the same matrix
+    []
     """
     return [
         c
         for c in diff_specs(old, new)
-        if c.section == "input" or (c.section == "model" and c.item in _MATRIX_ATTRS)
+        if (c.section == "input" and not _admission(c))
+        or (c.section == "model" and c.item in _MATRIX_ATTRS)
     ]
+
+
+def _admission(c: Change) -> bool:
+    # A changed input attribute is "<field>.<attr>" (a field may hold dots itself).
+    return c.kind == "changed" and c.item.rpartition(".")[2] in _ADMISSION_ATTRS
 
 
 def _digest(path: Path) -> str:
