@@ -93,6 +93,9 @@ class KeyTap(Scorer):
     def drain_alerts(self) -> list[Alert]:
         return self.inner.drain_alerts()
 
+    def route(self, keys: Sequence[bytes | None]) -> list[ModelSpec]:
+        return self.inner.route(keys)
+
     def take(self) -> tuple[Sequence[bytes | None], Scored] | None:
         last, self.last = self.last, None
         return last

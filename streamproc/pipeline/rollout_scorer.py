@@ -356,6 +356,19 @@ class RolloutScorer(Scorer):
         """The alerts of the guard's published rollbacks since the last call."""
         return self.guard.drain_alerts() if self.guard is not None else []
 
+    def route(self, keys: Sequence[bytes | None]) -> list[ModelSpec]:
+        """The version each key's row goes to now, as :meth:`score` routes it (keyless rows
+        to stable; one read of the snapshot)."""
+        snap = self._snap
+        state = snap.state
+        stable = snap.specs[state.stable or ""]
+        if not state.in_progress or state.candidate is None:
+            return [stable] * len(keys)
+        a = assign([b"" if k is None else k for k in keys], state)
+        cand = snap.specs[state.candidate]
+        return [cand if v and k is not None else stable
+                for v, k in zip(a.variant, keys, strict=True)]  # fmt: skip
+
 
 def build_rollout_scorer(
     bootstrap: KafkaSettings | str,

@@ -88,6 +88,10 @@ class Scorer(Protocol):
         """Alerts the scorer raised since the last call (a rollout's rollbacks)."""
         return []
 
+    def route(self, keys: Sequence[bytes | None]) -> list[ModelSpec]:
+        """The version that would score each key's row now. By default: the primary."""
+        return [self.primary] * len(keys)
+
 
 class SingleScorer(Scorer):
     """Every row scored by one model version."""

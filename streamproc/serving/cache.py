@@ -110,30 +110,11 @@ class PredictionCache:
                 cache[(model, version, key)] = (value, size)
 
 
-def routed_versions(scorer: Scorer, keys: Sequence[bytes | None]) -> list[ModelSpec]:
-    """The version ``scorer`` would serve each key's row with now: a rollout scorer routes
-    by key as :meth:`~streamproc.pipeline.rollout_scorer.RolloutScorer.score` does (keyless
-    rows to stable; one read of its snapshot), any other scorer serves its primary."""
-    from streamproc.pipeline.rollout_scorer import RolloutScorer
-    from streamproc.rollout.router import assign
-
-    if not isinstance(scorer, RolloutScorer):
-        return [scorer.primary] * len(keys)
-    snap = scorer.snapshot
-    state = snap.state
-    stable = snap.specs[state.stable or ""]
-    if not state.in_progress or state.candidate is None:
-        return [stable] * len(keys)
-    a = assign([b"" if k is None else k for k in keys], state)
-    cand = snap.specs[state.candidate]
-    return [cand if v and k is not None else stable for v, k in zip(a.variant, keys, strict=True)]
-
-
 class CachedScorer(Scorer):
     """A :class:`~streamproc.pipeline.scoring.Scorer` that answers rows it has seen under
     the same version from a :class:`PredictionCache` and scores the rest with ``inner``.
 
-    A batch is routed once (:func:`routed_versions`) to look the rows up; the misses are
+    A batch is routed once (:meth:`Scorer.route`) to look the rows up; the misses are
     scored by ``inner``, which may meanwhile have switched state: they are stored under the
     version that actually scored them. Cache hits are not shown to a rollout's guard and
     are not shadow-scored."""
@@ -157,12 +138,15 @@ class CachedScorer(Scorer):
     def drain_alerts(self) -> list[Alert]:
         return self.inner.drain_alerts()
 
+    def route(self, keys: Sequence[bytes | None]) -> list[ModelSpec]:
+        return self.inner.route(keys)
+
     def score(self, features: npt.NDArray[np.float32], keys: Sequence[bytes | None]) -> Scored:
         n = len(features)
         if not n:
             return self.inner.score(features, keys)
         name = self.inner.primary.name
-        routed = routed_versions(self.inner, keys)
+        routed = self.inner.route(keys)
         cached = self.cache.get_many(name, [v.version for v in routed], features)
         miss = [i for i, s in enumerate(cached) if s is None]
         if len(miss) == n:  # nothing cached: the inner scorer's result as it is

@@ -107,11 +107,16 @@ def test_cached_scorer_hits_return_identical_scores():
     assert [v.version for v in again.versions] == ["1.0.0"]
 
 
-def test_no_stale_score_after_a_rollout_switch():
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_no_stale_score_after_a_rollout_switch(wrapped):
+    """``wrapped``: the rollout scorer behind another scorer (the insight tap): the cache
+    still routes each key as the rollout does (Scorer.route), not by the wrapper's type."""
+    from streamproc.pipeline.insight import KeyTap
+
     backends = {"1.0.0": Counting(0.0), "2.0.0": Counting(100.0)}
     state = apply(None, Deploy("m", "1.0.0", at_ms=0))
     inner = RolloutScorer(state, lambda v: (spec(v), backends[v]))
-    scorer = CachedScorer(inner, PredictionCache(clock=Clock()))
+    scorer = CachedScorer(KeyTap(inner) if wrapped else inner, PredictionCache(clock=Clock()))
     x = rows(*range(50))
     keys = [f"k{i}".encode() for i in range(50)]
     assert scorer.score(x, keys).scores[:, 0].tolist() == list(range(50))
