@@ -208,6 +208,13 @@ class KafkaControlStore(ControlStore):
         log.warning("%s revision %d is committed but not yet visible to readers",
                     state.model, state.revision)  # fmt: skip
 
+    def close(self) -> None:
+        """Disconnect the publishing producer, if one was made (a later publish makes
+        another)."""
+        p, self._producer = self._producer, None
+        if p is not None:
+            p.close()
+
     def _transactional_producer(self) -> Producer:
         if self._producer is None:
             p = Producer({
@@ -368,6 +375,7 @@ class ReplicaReporter:
                 self._producer.produce(self.topic, None, self._key)  # a tombstone: gone
         # Bounded: a broker that is gone must not hold the processor's exit.
         self._producer.flush(timeout_s)
+        self._producer.close()  # no reconnecting to a broker that may be gone next
 
 
 def read_replicas(

@@ -438,6 +438,7 @@ def build_rollout_scorer(
             on_applied(s)
 
     scorer = RolloutScorer(state, load, on_applied=applied, contract=spec)
+    scorer.closers.append(store.close)
     if controller:
         scorer.guard = RolloutGuard(
             lambda: scorer.snapshot.requested,
