@@ -201,3 +201,32 @@ def test_a_model_that_fails_dead_letters_every_valid_event_with_the_reason(when:
         "ModelError: the device failed",
         "first byte is 0x01, not the Confluent magic byte 0x00",
     ]
+
+
+def test_alerts_decided_between_batches_are_pending_records_once() -> None:
+    """A rollout guard's rollback decided after the last batch: the handler gives it as an
+    alert record when the runner asks (it finds nothing to read), and only once."""
+    from streamproc.pipeline.guard import rollback_alert
+    from streamproc.rollout.controller import RolloutAlert
+    from streamproc.types import Alert
+
+    handler = _handler()
+    inner = handler.scorer
+    queued = [rollback_alert(RolloutAlert(model="fraud", version="1.1.0", stable="1.0.0",
+                                          reason="errors", metric="error_rate", value=1.0,
+                                          threshold=0.01, window_events=60, at_ms=1,
+                                          revision=3))]  # fmt: skip
+
+    class Deciding(SingleScorer):
+        def drain_alerts(self) -> list[Alert]:
+            out = list(queued)
+            queued.clear()
+            return out
+
+    handler.scorer = Deciding(inner.primary, load_backend(inner.primary, prefer=["onnxruntime"]))
+    (record,) = handler.pending()
+    assert record.topic == "in.alerts" and record.value is not None
+    alert = fastavro.schemaless_reader(io.BytesIO(record.value[5:]), schemas.parsed("Alert"))
+    assert (alert["type"], alert["model_name"], alert["statistic"]) == (
+        "rollback", inner.primary.name, "error_rate")  # fmt: skip
+    assert handler.pending() == []
