@@ -41,6 +41,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -72,6 +73,7 @@ from streamproc.insight.explain import (
 )
 from streamproc.insight.outliers import OutlierScorer
 from streamproc.insight.probing import ProbingDetector
+from streamproc.insight.process import ExplanationProcess, Explanations, discarding_sink
 from streamproc.models.spec import load_model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +121,8 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     })  # fmt: skip
 
     def handler(
-        on: bool, explain: bool = True, monitors: bool = True
-    ) -> tuple[BatchHandler, ExplanationWorker | None]:
+        on: bool, explain: bool = True, monitors: bool = True, thread: bool = False
+    ) -> tuple[BatchHandler, Explanations | None]:
         decoder = BatchDecoder(spec, reader_schema(spec),
                                DictSchemaSource({WRITER_ID: schemas.schema_text("Transaction")}),
                                specialiser=Specialiser())  # fmt: skip
@@ -140,12 +142,18 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
                     "outliers": type(settings.outliers)(), "probing": type(settings.probing)()
                 })  # fmt: skip
             e = settings.explanations
-            sent: list[dict[str, Any]] = []
-            worker = ExplanationWorker(
-                explainer_factory(settings, {spec.version: spec}), spec.columns, sent.extend,
-                queue_size=e.queue_size, batch=e.batch, max_cpu_share=e.max_cpu_share,
-                nice=e.nice,
-            ).start()  # fmt: skip
+            if thread:  # the explainer on a thread of this process (isolation: thread)
+                worker = ExplanationWorker(
+                    explainer_factory(settings, {spec.version: spec}), spec.columns,
+                    lambda records: None, queue_size=e.queue_size, batch=e.batch,
+                    max_cpu_share=e.max_cpu_share, nice=e.nice,
+                ).start()  # fmt: skip
+            else:  # the default: a child process (isolation: process)
+                worker = ExplanationProcess(
+                    functools.partial(explainer_factory, settings), {spec.version: spec},
+                    spec.columns, discarding_sink, queue_size=e.queue_size, batch=e.batch,
+                    max_cpu_share=e.max_cpu_share, nice=e.nice, linger_ms=e.linger_ms,
+                ).start()  # fmt: skip
             scorer = KeyTap(scorer)
             monitor = InsightMonitor(monitor, scorer, chosen, worker=worker)
         h = BatchHandler(
@@ -163,24 +171,27 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     on, worker = handler(True)
     monitors, _ = handler(True, explain=False)
     explain_only, worker2 = handler(True, monitors=False)
-    assert worker is not None and worker2 is not None
+    explain_thread, worker3 = handler(True, monitors=False, thread=True)
+    assert worker is not None and worker2 is not None and worker3 is not None
     for b in batches:  # warm-up: kernels, the explainer's model
         off(b)
         on(b)
         monitors(b)
         explain_only(b)
-    worker.wait_idle(60)
-    worker2.wait_idle(60)
-    names = ("off", "on", "monitors", "explain")
+        explain_thread(b)
+    for w in (worker, worker2, worker3):
+        w.wait_idle(120)
+    names = ("off", "on", "monitors", "explain", "thread")
     rates: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
-    own = {"on": worker, "explain": worker2}
+    own = {"on": worker, "explain": worker2, "thread": worker3}
     for w in own.values():  # start every pass with idle workers (see below)
         w.discard_queued()
         w.wait_idle(60)
     c0 = (worker.counts.explained, worker.counts.dropped, worker.counts.busy_s)
     for _ in range(passes):  # alternating, so that other load on the machine hits all alike
-        for name, h in zip(names, (off, on, monitors, explain_only), strict=True):
+        for name, h in zip(names, (off, on, monitors, explain_only, explain_thread),
+                           strict=True):  # fmt: skip
             t, c = time.perf_counter(), time.process_time()
             for b in batches:
                 h(b)
@@ -199,8 +210,9 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
     dropped = worker.counts.dropped - c0[1]
     busy = worker.counts.busy_s - c0[2]
     worker.close()
-    worker2.wait_idle(120)
-    worker2.close()
+    for w in (worker2, worker3):
+        w.wait_idle(120)
+        w.close()
     r_off, r_on = statistics.median(rates["off"]), statistics.median(rates["on"])
 
     def paired(name: str) -> float:
@@ -221,6 +233,8 @@ def throughput(n: int, passes: int) -> dict[str, Any]:
         ),
         "throughput_ratio_outliers_probing_only": paired("monitors"),
         "throughput_ratio_explanations_only": paired("explain"),
+        # The same with the explainer on a thread of the pipeline's process.
+        "throughput_ratio_explanations_thread": paired("thread"),
         "events_per_s_off": round(r_off),
         "events_per_s_on": round(r_on),
         "cpu_us_per_event_off": round(statistics.median(cpu["off"]), 3),
@@ -264,9 +278,40 @@ def explanations(exact: bool) -> dict[str, Any]:
         ref = ke.shap_values(events, nsamples=2048, silent=True)
         shap_ms = 1000 * (time.perf_counter() - t) / len(events)
     rho = [spearman(phi[i], ref[i]) for i in range(len(events))]
+    # DeepSHAP, the default where the model is a chain network (the demo model is).
+    import torch
+
+    from streamproc.backends.torch_backend import chain_layers, load_module
+    from streamproc.insight.explain import DeepShap
+
+    module = load_module(spec)
+    layers = chain_layers(module)
+    ds = DeepShap(layers, bg, 1)
+    ds.explain(events[:2])  # warm
+    t = time.perf_counter()
+    reps = 50
+    for _ in range(reps):
+        dphi, dbase, dfx = ds.explain(events)
+    deep_us = 1e6 * (time.perf_counter() - t) / (reps * len(events))
+    rho_d = [spearman(dphi[i], ref[i]) for i in range(len(events))]
+    # shap.DeepExplainer on the logits (its rule for a softmax output is not additive, so
+    # the comparison is before it): the same rescale rule must give the same attributions.
+    logit = torch.nn.Sequential(*list(module)[:-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sd = shap.DeepExplainer(logit, torch.from_numpy(bg))
+        sdv = np.asarray(sd.shap_values(torch.from_numpy(events), check_additivity=False))[..., 1]
+    lphi = DeepShap(layers[:-1], bg, 1).explain(events)[0]
     out: dict[str, Any] = {
-        "shap_rank_correlation": round(float(np.median(rho)), 4),
-        "shap_rank_correlation_min": round(float(np.min(rho)), 4),
+        # the default method (DeepSHAP) against shap's KernelExplainer
+        "shap_rank_correlation": round(float(np.median(rho_d)), 4),
+        "shap_rank_correlation_min": round(float(np.min(rho_d)), 4),
+        "deep_shap_us_per_event": round(deep_us, 1),
+        "deep_shap_additivity_max_error": float(np.abs(dphi.sum(axis=1) + dbase - dfx).max()),
+        "deep_shap_logit_max_error_vs_shap_deep": float(np.abs(lphi - sdv).max()),
+        # the model-agnostic method (Kernel SHAP, 512 coalitions) against the same
+        "kernel_shap_rank_correlation": round(float(np.median(rho)), 4),
+        "kernel_shap_rank_correlation_min": round(float(np.min(rho)), 4),
         "additivity_max_error": float(np.abs(phi.sum(axis=1) + base - fx).max()),
         "explain_ms_per_event": round(ms, 3),
         "shap_kernel_ms_per_event": round(shap_ms, 1),
@@ -277,7 +322,9 @@ def explanations(exact: bool) -> dict[str, Any]:
         ev = ex(events, silent=True).values
         rho_x = [spearman(phi[i], ev[i]) for i in range(len(events))]
         rho_k = [spearman(ref[i], ev[i]) for i in range(len(events))]
+        rho_dx = [spearman(dphi[i], ev[i]) for i in range(len(events))]
         out["shap_exact_rank_correlation"] = round(float(np.median(rho_x)), 4)
+        out["deep_shap_exact_rank_correlation"] = round(float(np.median(rho_dx)), 4)
         out["shap_kernel_vs_exact_rank_correlation"] = round(float(np.median(rho_k)), 4)
     backend.close()
     return out
@@ -441,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out: dict[str, Any] = {}
     for name, fn in (
-        ("throughput", lambda: throughput(65_536 if args.quick else 262_144,
-                                          15 if args.quick else 9)),
+        ("throughput", lambda: throughput(131_072 if args.quick else 262_144,
+                                          11 if args.quick else 9)),
         ("explanations", lambda: explanations(exact=not args.quick)),
         ("outliers", outliers),
         ("probing", probing),

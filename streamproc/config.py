@@ -416,16 +416,23 @@ class ExplanationSettings(_Strict):
     share: float = Field(0.0, ge=0, le=1)  # a random share of the predictions
     min_score: float | None = None  # and every prediction scoring at least this
     keys: list[str] = Field(default_factory=list)  # and every prediction for these keys
-    method: Literal["kernel_shap", "integrated_gradients"] = "kernel_shap"
+    # auto: DeepSHAP where the model is a chain network the torch extra rebuilds (exact
+    # additivity, no model calls), else Kernel SHAP (any backend)
+    method: Literal["auto", "deep_shap", "kernel_shap", "integrated_gradients"] = "auto"
     backend: str = "onnxruntime"  # the explainer's own model instance (kernel_shap)
     background_rows: int = Field(16, ge=1)
     samples: int = Field(512, ge=8)  # Kernel SHAP coalitions
     queue_size: int = Field(1_024, ge=1)  # requests waiting; more are dropped and counted
-    batch: int = Field(32, ge=1)
+    batch: int = Field(256, ge=1)  # events explained together (one call of the explainer)
     max_cpu_share: float = Field(0.25, gt=0, le=1)  # of one core, for the explainer thread
     # The explainer thread's nice value (Linux; 0: the pipeline's own priority). At 19 it
     # takes CPU time the pipeline's thread leaves, next to nothing of what it wants.
     nice: int = Field(19, ge=0, le=19)
+    # Where the explainer runs: a child process (its own interpreter: the pipeline's thread
+    # never waits for the GIL on its account) or a thread of the pipeline's process.
+    isolation: Literal["process", "thread"] = "process"
+    # process: how long the child lets requests gather before it explains them together
+    linger_ms: float = Field(50.0, ge=0, le=10_000)
 
 
 class InsightSettings(_Strict):

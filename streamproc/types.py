@@ -64,11 +64,12 @@ class JoinedKeys(Sequence[bytes | None]):
     (b'c', [b'a', b'', b'c'], True)
     """
 
-    __slots__ = ("_items", "_n", "joined")
+    __slots__ = ("_items", "_n", "joined", "starts")
 
-    def __init__(self, joined: bytes, n: int) -> None:
+    def __init__(self, joined: bytes, n: int, starts: npt.NDArray[np.int64] | None = None) -> None:
         self.joined = joined
         self._n = n
+        self.starts = starts  # where each id begins (and one past the end): see take()
         self._items: list[bytes] | None = None
 
     def _list(self) -> list[bytes]:
@@ -114,11 +115,12 @@ class JoinedIds(Sequence[str]):
     (b'e1\\x00\\x00e3', 'e3', True)
     """
 
-    __slots__ = ("_items", "_n", "joined")
+    __slots__ = ("_items", "_n", "joined", "starts")
 
-    def __init__(self, joined: bytes, n: int) -> None:
+    def __init__(self, joined: bytes, n: int, starts: npt.NDArray[np.int64] | None = None) -> None:
         self.joined = joined
         self._n = n
+        self.starts = starts  # where each id begins (and one past the end): see take()
         self._items: list[str] | None = None
 
     def _list(self) -> list[str]:
@@ -128,6 +130,21 @@ class JoinedIds(Sequence[str]):
                 raise ValueError(f"{len(items)} ids joined where {self._n} were expected")
             self._items = items
         return self._items
+
+    def take(self, rows: Sequence[int]) -> list[str]:
+        """The ids at ``rows``; without splitting the others where the decoder gave each
+        id's start (a sample of a batch).
+
+        >>> import numpy as np
+        >>> JoinedIds(b"e1\\x00\\x00e3", 3, np.array([0, 3, 4, 7])).take([2, 0])
+        ['e3', 'e1']
+        """
+        if self.starts is None:
+            items = self._list()
+            return [items[i] for i in rows]
+        st = self.starts
+        j = self.joined
+        return [j[st[i] : st[i + 1] - 1].decode("utf-8", "replace") for i in rows]
 
     def utf8(self) -> bytes:
         """The joined ids as valid UTF-8 (invalid bytes replaced, as ``self[i]`` reads)."""

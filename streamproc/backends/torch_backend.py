@@ -148,6 +148,36 @@ def load_module(spec: ModelSpec) -> Any:
     return onnx_to_torch(spec.model_path, spec.input_tensor, spec.outputs.tensor)
 
 
+def chain_layers(module: Any) -> list[tuple[str, Any, Any]]:
+    """The steps of a ``torch.nn.Sequential`` of the rebuild's modules (see
+    :func:`onnx_to_torch`) as NumPy arrays: what :class:`~streamproc.insight.explain.DeepShap`
+    passes its multipliers back through. :class:`~streamproc.errors.ModelError` for any
+    other module (TorchScript, ``torch.export``, other layer types)."""
+    torch = _torch()
+    nn = torch.nn
+    if not isinstance(module, nn.Sequential):
+        raise ModelError(f"not a chain of layers: {type(module).__name__}")
+
+    def arr(t: Any) -> np.ndarray[Any, Any]:
+        return np.asarray(t.detach().cpu().numpy(), dtype=np.float64)
+
+    names = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}
+    out: list[tuple[str, Any, Any]] = []
+    for layer in module:
+        if isinstance(layer, nn.Linear):
+            out.append(("linear", arr(layer.weight),
+                        None if layer.bias is None else arr(layer.bias)))  # fmt: skip
+        elif type(layer) in names:
+            out.append((names[type(layer)], None, None))
+        elif isinstance(layer, nn.Softmax) and layer.dim in (-1, 1):
+            out.append(("softmax", None, None))
+        elif type(layer).__name__ == "AddConstant":
+            out.append(("add", arr(layer.value), None))
+        else:
+            raise ModelError(f"no DeepSHAP rule for a {type(layer).__name__} layer")
+    return out
+
+
 def _first_tensor(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         return out[0]

@@ -140,8 +140,9 @@ def joined_ids(packed: Packed, out: Outputs) -> JoinedIds | None:
     an id holds a NUL byte itself."""
     n = out.id_off.shape[0]
     scratch = np.empty(packed.buf.size + n, np.uint8)
-    written = kernel.gather_ids(packed.buf, out.id_off, out.id_len, scratch)
-    return JoinedIds(scratch[:written].tobytes(), n) if written >= 0 else None
+    starts = np.empty(n + 1, np.int64)
+    written = kernel.gather_ids(packed.buf, out.id_off, out.id_len, scratch, starts)
+    return JoinedIds(scratch[:written].tobytes(), n, starts) if written >= 0 else None
 
 
 def event_ids(

@@ -490,7 +490,8 @@ def keys(
     n = key_off.shape[0]
     if n and (key_len >= 0).all():
         scratch = np.empty(int(key_len.sum()) + n, np.uint8)
-        w = gather_ids(np.frombuffer(raw, np.uint8), key_off, key_len, scratch)
+        starts = np.empty(n + 1, np.int64)
+        w = gather_ids(np.frombuffer(raw, np.uint8), key_off, key_len, scratch, starts)
         if w >= 0:
             joined = scratch[:w].tobytes()
             try:

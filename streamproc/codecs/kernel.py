@@ -518,14 +518,17 @@ def decode(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def gather_ids(buf, id_off, id_len, out):  # type: ignore[no-untyped-def]
+def gather_ids(buf, id_off, id_len, out, starts):  # type: ignore[no-untyped-def]
     """Copy every event's id bytes into ``out``, NUL-separated (an empty id where there is
-    none); returns the length written, or -1 when an id itself holds a NUL byte."""
+    none), and where each begins into ``starts`` (``starts[n]``: one past the end, as if a
+    separator followed); returns the length written, or -1 when an id itself holds a NUL
+    byte."""
     w = 0
     for e in range(id_off.shape[0]):
         if e > 0:
             out[w] = 0
             w += 1
+        starts[e] = w
         n = id_len[e]
         o = id_off[e]
         if n <= 0 or o < 0:
@@ -536,4 +539,5 @@ def gather_ids(buf, id_off, id_len, out):  # type: ignore[no-untyped-def]
                 return -1
             out[w] = c
             w += 1
+    starts[id_off.shape[0]] = w + 1
     return w

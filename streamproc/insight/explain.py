@@ -10,6 +10,10 @@ Two methods:
   one precomputed ``(d, M)`` matrix: explaining a batch of events costs one model call on
   ``events * M * K`` rows (``K`` background rows) and a matrix product. Additivity is exact
   by construction: ``base_value + sum(attributions) == f(x)``.
+* :class:`DeepShap` where the model is a chain network (an ONNX chain graph: dense layers
+  and elementwise activations): DeepLIFT's rescale rule against each background row, as
+  ``shap.DeepExplainer``; additive exactly, and a few hundred times cheaper than Kernel SHAP
+  on the demo model (no model calls: matrix products on the layers' weights).
 * :class:`IntegratedGradients` (Sundararajan et al., 2017) where the model is a torch
   module (the torch backend, or an ONNX chain graph rebuilt in torch): the path integral of
   the gradient from the background mean to ``x``; additive up to the integration error.
@@ -37,7 +41,18 @@ import numpy as np
 import numpy.typing as npt
 
 from streamproc.drift.profile import ReferenceProfile
-from streamproc.insight._kernels import coalition_rows
+from streamproc.insight._kernels import (
+    ADD,
+    IDENTITY,
+    LINEAR,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    coalition_rows,
+    deep_shap_kernel,
+)
+from streamproc.types import JoinedIds
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +265,99 @@ class IntegratedGradients:
         return phi, self.base_value, fx
 
 
+Layer = tuple[str, npt.NDArray[np.float64] | None, npt.NDArray[np.float64] | None]
+"""One step of a chain network: ``("linear", W (out, in), b (out,) or None)``, ``("add", c,
+None)``, or an elementwise ``("relu" | "sigmoid" | "tanh" | "identity", None, None)``, or
+``("softmax", None, None)`` over the last axis."""
+
+_ELEMENTWISE: dict[str, Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]] = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "tanh": np.tanh,
+    "identity": lambda z: z,
+}
+
+
+def _softmax(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.asarray(e / e.sum(axis=-1, keepdims=True), dtype=np.float64)
+
+
+class DeepShap:
+    """DeepSHAP of output ``index`` of a chain network (``layers``) against ``background``.
+
+    DeepLIFT's rescale rule (Shrikumar et al., 2017) from each background row, averaged over
+    the rows, as ``shap.DeepExplainer`` does (Lundberg and Lee, 2017): a linear step passes
+    its multipliers back through its weights; an elementwise one scales them by
+    ``(f(z) - f(z')) / (z - z')`` (its derivative where ``z == z'``); a softmax by its
+    Jacobian at the midpoint, rescaled to the change it made. Each step's multipliers sum
+    to its change in the output, so additivity is exact: ``base_value + sum(phi) == f(x)``.
+    A batch of ``n`` events costs ``n * K`` (``K`` background rows) forward and backward
+    passes of the network, in a few matrix products: no model calls.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> w1, w2 = rng.normal(size=(8, 3)), rng.normal(size=(2, 8))
+    >>> net = [("linear", w1, None), ("relu", None, None), ("linear", w2, None),
+    ...        ("softmax", None, None)]
+    >>> ex = DeepShap(net, rng.normal(size=(16, 3)), index=1)
+    >>> phi, base, fx = ex.explain(rng.normal(size=(4, 3)).astype(np.float32))
+    >>> bool(np.allclose(base + phi.sum(axis=1), fx))
+    True
+    """
+
+    method = "deep_shap"
+
+    def __init__(self, layers: Sequence[Layer], background: npt.ArrayLike, index: int) -> None:
+        for kind, _, _ in layers:
+            if kind not in _ELEMENTWISE and kind not in ("linear", "add", "softmax"):
+                raise ValueError(f"DeepSHAP cannot pass back through a {kind!r} step")
+        self.layers = list(layers)
+        self.background = np.asarray(background, dtype=np.float64)
+        self.index = index
+        bg_acts = self._forward(self.background)
+        self.base_value = float(bg_acts[-1][:, index].mean())
+        # The kernel's flat form: step kinds, the linear steps' weights in one array, and
+        # every step's input (the output last) side by side in one matrix per row.
+        codes = {"linear": LINEAR, "add": ADD, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH,
+                 "identity": IDENTITY, "softmax": SOFTMAX}  # fmt: skip
+        self._kinds = np.array([codes[k] for k, _, _ in self.layers], dtype=np.int64)
+        mats = [np.ascontiguousarray(a, dtype=np.float64).ravel() if k == "linear" and
+                a is not None else np.zeros(0) for k, a, _ in self.layers]  # fmt: skip
+        self._w_off = np.cumsum([0] + [len(w) for w in mats[:-1]]).astype(np.int64)
+        self._weights = np.concatenate(mats) if mats else np.zeros(0)
+        self._a_w = np.array([a.shape[1] for a in bg_acts], dtype=np.int64)
+        self._a_off = np.concatenate([[0], np.cumsum(self._a_w)[:-1]]).astype(np.int64)
+        self._ab = np.ascontiguousarray(np.concatenate(bg_acts, axis=1))
+
+    def _forward(self, x: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
+        """The input of every step, and the output last."""
+        acts = [x]
+        for kind, a, b in self.layers:
+            z = acts[-1]
+            if kind == "linear":
+                assert a is not None
+                z = z @ a.T if b is None else z @ a.T + b
+            elif kind == "add":
+                assert a is not None
+                z = z + a
+            elif kind == "softmax":
+                z = _softmax(z)
+            else:
+                z = _ELEMENTWISE[kind](z)
+            acts.append(z)
+        return acts
+
+    def explain(self, x: Matrix) -> tuple[npt.NDArray[np.float64], float, npt.NDArray[np.float64]]:
+        xs = np.asarray(x, dtype=np.float64).reshape(-1, self.background.shape[1])
+        acts = self._forward(xs)
+        phi = np.empty_like(xs)
+        deep_shap_kernel(self._kinds, self._w_off, self._weights, self._a_off, self._a_w,
+                         np.concatenate(acts, axis=1), self._ab, xs, self.background,
+                         self.index, phi)  # fmt: skip
+        return phi, self.base_value, acts[-1][:, self.index].copy()
+
+
 # ---------------------------------------------------------------------------- sampling
 
 
@@ -358,7 +466,7 @@ class ExplanationWorker:
         sink: Callable[[list[dict[str, Any]]], None],
         *,
         queue_size: int = 1_024,
-        batch: int = 32,
+        batch: int = 256,
         model_name: str = "",
         max_cpu_share: float = 1.0,
         nice: int = 0,
@@ -418,9 +526,10 @@ class ExplanationWorker:
             if took:
                 take = rows[:took]
                 xs = np.asarray(x[take], dtype=np.float32)
-                for r, i in enumerate(take.tolist()):
+                at = take.tolist()
+                for r, (i, e) in enumerate(zip(at, ids_at(event_ids, at), strict=True)):
                     v = versions if isinstance(versions, str) else versions[i]
-                    self._q.append(ExplainRequest(event_ids[i], v, xs[r]))
+                    self._q.append(ExplainRequest(e, v, xs[r]))
                 self._pending += took
                 self._cv.notify()
         return len(rows) - took
@@ -461,14 +570,15 @@ class ExplanationWorker:
                     return  # stopped, nothing left
                 items = [self._q.popleft() for _ in range(min(self.batch, len(self._q)))]
             t0 = time.perf_counter()
-            self._explain(items)
+            self.explain_items(items)
             with self._cv:
                 self._pending -= len(items)
                 self._cv.notify_all()
             if self.max_cpu_share < 1.0:  # rest so as to use at most this share of a core
                 time.sleep((time.perf_counter() - t0) * (1.0 / self.max_cpu_share - 1.0))
 
-    def _explain(self, items: list[ExplainRequest]) -> None:
+    def explain_items(self, items: list[ExplainRequest]) -> None:
+        """Explain ``items`` now, on the calling thread, and hand the records to the sink."""
         t0 = time.perf_counter()
         by_version: dict[str, list[ExplainRequest]] = {}
         for r in items:
@@ -497,6 +607,14 @@ class ExplanationWorker:
                 log.exception("explaining %d events of version %s failed", len(reqs), version)
                 self.counts.failed += len(reqs)
         self.counts.busy_s += time.perf_counter() - t0
+
+
+def ids_at(event_ids: Sequence[str], rows: list[int]) -> list[str]:
+    """``event_ids[i]`` for ``i`` in ``rows``; of a decoder's joined ids, without splitting
+    the batch's others."""
+    if isinstance(event_ids, JoinedIds):
+        return event_ids.take(rows)
+    return [event_ids[i] for i in rows]
 
 
 def _lower_priority(nice: int) -> None:

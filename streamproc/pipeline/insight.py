@@ -19,26 +19,31 @@ explain other events).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.config import InsightSettings, PipelineConfig
+from streamproc.config import InsightSettings, KafkaSettings, PipelineConfig, RegistrySettings
 from streamproc.drift.profile import ReferenceProfile
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, DependencyMissingError, ModelError
 from streamproc.insight.explain import (
+    DeepShap,
     Explainer,
     ExplanationWorker,
     IntegratedGradients,
     KernelShap,
+    Layer,
     SamplePolicy,
     background_from_profile,
 )
 from streamproc.insight.outliers import OutlierRateMonitor, OutlierScorer
 from streamproc.insight.probing import ProbingDetector
+from streamproc.insight.process import ExplanationProcess, Explanations
 from streamproc.models.spec import ModelSpec
 from streamproc.personal import Redactor
 from streamproc.telemetry import Sensor
@@ -112,7 +117,7 @@ class InsightMonitor(Monitor, RowScores):
         settings: InsightSettings,
         *,
         profile_for: Callable[[ModelSpec], ReferenceProfile | None] = load_profile,
-        worker: ExplanationWorker | None = None,
+        worker: Explanations | None = None,
         sensor: Sensor | None = None,
         redactor: Redactor | None = None,
     ) -> None:
@@ -244,6 +249,14 @@ class InsightMonitor(Monitor, RowScores):
         self.sensor.on_gauge("streamproc_explanations_failed", float(c.failed), {})
 
 
+def chain_of(spec: ModelSpec) -> list[Layer]:
+    """The model's layers as arrays, for DeepSHAP: a chain graph the torch backend rebuilds
+    (the ``torch`` extra); DependencyMissingError or ModelError where there is none."""
+    from streamproc.backends.torch_backend import chain_layers, load_module
+
+    return chain_layers(load_module(spec))
+
+
 def explainer_factory(
     settings: InsightSettings,
     specs: dict[str, ModelSpec],
@@ -276,12 +289,43 @@ def explainer_factory(
             from streamproc.backends.torch_backend import load_module
 
             ex = IntegratedGradients(load_module(spec), bg.mean(axis=0), index)
+        elif e.method in ("deep_shap", "auto"):
+            try:
+                ex = DeepShap(chain_of(spec), bg, index)
+            except (DependencyMissingError, ModelError) as exc:
+                if e.method == "deep_shap":
+                    raise
+                log.info("explaining %s %s with Kernel SHAP: no DeepSHAP (%s)", spec.name,
+                         version, exc)  # fmt: skip
+                ex = KernelShap((load or default_load)(spec), bg, index, samples=e.samples)
         else:
             ex = KernelShap((load or default_load)(spec), bg, index, samples=e.samples)
         cache[version] = ex
         return ex
 
     return build
+
+
+@dataclass(frozen=True)
+class KafkaExplanationSink:
+    """Opens the explanations' producer (and its closer) where the worker runs: in the
+    explanation process, so it pickles as this configuration, not as a client."""
+
+    kafka: KafkaSettings
+    registry: RegistrySettings
+    topic: str
+
+    def __call__(self) -> tuple[Callable[[list[dict[str, Any]]], None], Callable[[], None]]:
+        from streamproc.kafka.clients import EventProducer
+
+        producer = EventProducer(self.kafka, self.registry, self.topic, schema="Explanation")
+
+        def sink(records: list[dict[str, Any]]) -> None:
+            for r in records:
+                producer.send(r, key=r["event_id"])
+            producer.producer.poll(0)  # serve delivery reports
+
+        return sink, producer.close
 
 
 def row_scores(monitor: Monitor | None) -> RowScores | None:
@@ -308,36 +352,38 @@ def wire_insight(
     if not (s.outliers.enabled or s.probing.enabled or s.explanations.enabled):
         return scorer, monitor
     tap = KeyTap(scorer)
-    worker = None
+    worker: Explanations | None = None
     if s.explanations.enabled:
         from streamproc.kafka.admin import Admin
-        from streamproc.kafka.clients import EventProducer
 
         topic = s.explanations.topic or f"{cfg.topics.input}.explanations"
         Admin(cfg.kafka).ensure_topics([topic], partitions=cfg.topics.partitions)
-        producer = EventProducer(cfg.kafka, cfg.registry, topic, schema="Explanation")
-
-        def sink(records: list[dict[str, Any]]) -> None:
-            for r in records:
-                producer.send(r, key=r["event_id"])
-            producer.producer.poll(0)  # serve delivery reports
-
         specs: dict[str, ModelSpec] = {scorer.primary.version: scorer.primary}
         e = s.explanations
-        worker = ExplanationWorker(
-            explainer_factory(s, specs), scorer.primary.columns, sink, queue_size=e.queue_size,
-            batch=e.batch, model_name=scorer.primary.name, max_cpu_share=e.max_cpu_share,
-            nice=e.nice,
-        ).start()  # fmt: skip
+        sinks = KafkaExplanationSink(cfg.kafka, cfg.registry, topic)
+        if e.isolation == "process":
+            worker = ExplanationProcess(
+                functools.partial(explainer_factory, s), specs, scorer.primary.columns, sinks,
+                queue_size=e.queue_size, batch=e.batch, model_name=scorer.primary.name,
+                max_cpu_share=e.max_cpu_share, nice=e.nice, linger_ms=e.linger_ms,
+            ).start()  # fmt: skip
+            closers.append(worker.close)
+        else:
+            sink, close_sink = sinks()
+            thread = ExplanationWorker(
+                explainer_factory(s, specs), scorer.primary.columns, sink,
+                queue_size=e.queue_size, batch=e.batch, model_name=scorer.primary.name,
+                max_cpu_share=e.max_cpu_share, nice=e.nice,
+            ).start()  # fmt: skip
+            worker = thread
 
-        def close() -> None:
-            assert worker is not None
-            worker.close()
-            producer.close()
+            def close() -> None:
+                thread.close()
+                close_sink()
 
-        closers.append(close)
+            closers.append(close)
     mon = InsightMonitor(monitor or NullMonitor(), tap, s, worker=worker, sensor=sensor,
                          redactor=redactor)  # fmt: skip
     if worker is not None:
-        mon.specs = specs  # the worker's factory reads the versions the monitor meets
+        mon.specs = specs  # the worker reads the versions the monitor meets
     return tap, mon

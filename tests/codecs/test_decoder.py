@@ -56,6 +56,21 @@ def test_valid_batch_decodes_in_order(spec, txn_schema, source, mode):
     np.testing.assert_array_equal(out.features, want)
 
 
+def test_a_sample_of_the_ids_is_read_without_splitting_the_rest(spec, txn_schema, source, mode):
+    dec = make(spec, txn_schema, source, mode)
+    recs = [transaction(i) for i in range(40)]
+    recs[7]["event_id"] = ""  # an empty id keeps its place
+    recs[8]["event_id"] = "évènement"  # and a multi-byte one its bytes
+    out = dec.decode([payload(TXN_ID, txn_schema, r) for r in recs])
+    ids = out.event_ids
+    rows = [39, 0, 7, 8, 9, 7]
+    if isinstance(ids, JoinedIds):
+        assert ids.starts is not None  # the decoder said where each id begins
+        assert ids.take(rows) == [recs[i]["event_id"] for i in rows]
+        assert ids._items is None  # no split of the batch on the way
+    assert list(ids) == [r["event_id"] for r in recs]
+
+
 def test_empty_batch(spec, txn_schema, source, mode):
     out = make(spec, txn_schema, source, mode).decode([])
     assert len(out) == 0 and out.features.shape == (0, spec.n_features)

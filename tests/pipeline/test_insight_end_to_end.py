@@ -48,10 +48,11 @@ def test_explanations_topic_carries_explanations_of_sampled_events(
     columns = set(running.processor.handler.scorer.primary.columns)
     for e in explained:
         v = e.value
+        # method auto: DeepSHAP, the demo model being a chain network (the torch extra)
         assert (v["model_name"], v["model_version"], v["method"]) == (
             "fraud",
             "1.0.0",
-            "kernel_shap",
+            "deep_shap",
         )
         assert set(v["attributions"]) == columns
         # Additive, and the explained output is the prediction's score.
