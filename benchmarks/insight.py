@@ -5,19 +5,24 @@
 
 * ``throughput_ratio``: the in-process handler (``systems/core.py``'s build: decoder, ONNX
   Runtime scorer, Prediction encoder, default drift monitor; no Kafka) with explanations
-  at 1% (Kernel SHAP, the default settings: 512 coalitions, 16 background rows, at most a
-  quarter of a core, its thread at nice 19), outlier scores and probing on, over the same
-  handler with all three off, on the same events, passes alternating in one process; with
-  the explanations explained / dropped and their cost per explained event.
+  at 1% (the default settings: method auto, which is DeepSHAP for the demo model, 16
+  background rows, in a child process at nice 19 using at most a quarter of a core,
+  requests sent every 50 ms), outlier scores and probing on, over the same handler with
+  all three off, on the same events, passes alternating in one process; with the
+  explanations explained / dropped and their cost per explained event. Beside it
+  ``throughput_ratio_explanations_only`` (the issue's budget: within 5% of none at a 1%
+  sample), ``throughput_ratio_explanations_thread`` (the same on a thread of the
+  pipeline's process, ``isolation: thread``) and ``throughput_ratio_outliers_probing_only``.
 
   What is pinned and measured: no CPU is pinned, so every build's threads (the pipeline's
   one; in the builds with explanations on, the worker's too) may use all of the machine's
   CPUs, the same ones for every build. The ratio is of wall-clock events per second: per
   round (one pass of each build, in turn), the build's over all-off's, and the median over
-  the rounds (15 rounds of 65,536 events with ``--quick``, 9 of 262,144 without; before
-  commit "benchmarks/insight.py: paired ratios" the ratio of the median passes, and 5
-  rounds with ``--quick``: too few, on a loaded machine, for the same code to give the
-  same figure twice). A worker that runs on CPU time the pipeline's thread leaves (an idle
+  the rounds (11 rounds of 131,072 events with ``--quick``, 9 of 262,144 without; 15 of
+  65,536 with ``--quick`` until the explanations' linger, which a pass should outlast
+  several times; before commit "benchmarks/insight.py: paired ratios" the ratio of the
+  median passes, and 5 rounds with ``--quick``: too few, on a loaded machine, for the same
+  code to give the same figure twice). A worker that runs on CPU time the pipeline's thread leaves (an idle
   CPU) costs it nothing there, and at nice 19 the worker gets little else, so where the
   CPUs are contended it explains few of the sampled events (the explained / dropped
   counts say how many). ``throughput_ratio_cpu`` is the process's CPU time per event (all
@@ -26,9 +31,12 @@
   backlog is dropped (counted as dropped) and the batch in hand finished outside the timed
   pass (until commit 328dd36 the backlog ran on through the other builds' passes,
   all-off included, which charged them its CPU and flattered the ratio);
-* ``shap_rank_correlation``: the median per-event Spearman correlation of Kernel SHAP
-  attributions with ``shap.KernelExplainer`` (2048 samples, same background) on the demo
-  model 1.1.0 (without ``--quick``, also against ``shap``'s ExactExplainer);
+* ``shap_rank_correlation``: the median per-event Spearman correlation of the default
+  method's (DeepSHAP's) attributions with ``shap.KernelExplainer`` (2048 samples, same
+  background) on the demo model 1.1.0, and ``kernel_shap_rank_correlation`` Kernel SHAP's
+  (512 coalitions); ``deep_shap_logit_max_error_vs_shap_deep``: DeepSHAP against
+  ``shap.DeepExplainer`` on the logits (shap's rule for the softmax is not additive);
+  without ``--quick``, also both against ``shap``'s ExactExplainer;
 * ``outlier_auc`` / ``pyod_auc`` (PyOD ECOD, trained on the reference rows) and
   ``pyod_iforest_auc``, ``robust_z_auc`` on the same events with injected outliers;
 * ``probing_detected_within`` (requests of a probing client until its alert) and

@@ -72,8 +72,12 @@ def score(
         str, typer.Option("--format", help="avro | parquet (parquet needs pyarrow)")
     ] = "avro",
     codec: Annotated[
-        str, typer.Option(help="Avro part files' codec: deflate | snappy | null")
-    ] = "deflate",
+        str | None,
+        typer.Option(
+            help="Part files' compression: deflate | snappy | null (default: deflate for "
+            "Avro, snappy for Parquet; deflate is Parquet's GZIP)"
+        ),
+    ] = None,
     job: Annotated[
         str | None,
         typer.Option(
@@ -113,6 +117,7 @@ def score(
     # The options alone first: a wrong one fails before the pipeline is resolved.
     if out_format not in ("avro", "parquet"):
         raise ConfigError(f"--format must be avro or parquet, not {out_format!r}")
+    codec = codec or ("snappy" if out_format == "parquet" else "deflate")
     if codec not in ("deflate", "snappy", "null"):
         raise ConfigError(f"--codec must be deflate, snappy or null, not {codec!r}")
     if scorer not in ("single", "rollout"):

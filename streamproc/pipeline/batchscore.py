@@ -59,6 +59,8 @@ from streamproc.types import Outputs, RawBatch
 from .handler import BatchHandler, OutputTopics
 
 log = logging.getLogger(__name__)
+# Parquet's names for the part files' codecs (its deflate is GZIP: deflate in gzip framing)
+_PARQUET_CODECS = {"deflate": "gzip", "snappy": "snappy", "null": "none"}
 
 ScorerKind = Literal["single", "rollout"]
 
@@ -281,7 +283,7 @@ class ScoreJob:
     out_topic: str | None = None
     out_dir: Path | None = None
     out_format: Literal["avro", "parquet"] = "avro"
-    out_codec: Literal["deflate", "null", "snappy"] = "deflate"  # Avro part files
+    out_codec: Literal["deflate", "null", "snappy"] = "deflate"  # part files (Parquet's too)
     key_field: str | None = None  # files: the field whose value is each record's key
     scorer: ScorerKind = "single"
     batch_size: int = 4096
@@ -1104,7 +1106,8 @@ class FileSink:
         # The columns' types from the Avro schema, not inferred from the rows: every part of
         # a kind has the same schema (a part whose keys are all null still has a string
         # column), a map stays a map, timestamps stay milliseconds in UTC.
-        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(avro_schema)), path)
+        pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(avro_schema)), path,
+                       compression=_PARQUET_CODECS[self.job.out_codec])  # fmt: skip
 
     @staticmethod
     def _progress_path(out_dir: Path, job: str, partition: int) -> Path:

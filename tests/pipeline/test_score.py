@@ -287,7 +287,13 @@ def test_cli_parquet_output_holds_the_avro_output_s_predictions_and_dead_letters
         return pa.concat_tables(tables)
 
     preds = table("predictions")
-    assert len(list((tmp_path / "parquet").glob("predictions-*.parquet"))) >= 3  # several parts
+    parts = sorted((tmp_path / "parquet").glob("predictions-*.parquet"))
+    assert len(parts) >= 3  # several parts
+    # Parquet's usual snappy by default; --codec applies to Parquet too (deflate: GZIP).
+    assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(0).compression == "SNAPPY"
+    _score_cli(config, files, tmp_path / "gz", "--format", "parquet", "--codec", "deflate")
+    gz = sorted((tmp_path / "gz").glob("predictions-*.parquet"))[0]
+    assert pq.ParquetFile(gz).metadata.row_group(0).column(0).compression == "GZIP"
     types = {f.name: f.type for f in preds.schema}
     assert types["key"] == pa.string() and types["score"] == pa.float64()
     assert types["event_time"] == pa.timestamp("ms", tz="UTC")
