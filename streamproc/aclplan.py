@@ -12,7 +12,12 @@ Pure: :func:`plan` reads a :class:`~streamproc.config.PipelineConfig` and return
   configured one) and the control store's ``streamproc-control-`` prefix. No Create: the
   topics exist before it runs (``--create-topics`` adds Create on them by name). No cluster
   IdempotentWrite: since Kafka 3.0 (KIP-679) Write on a topic lets an idempotent producer
-  start.
+  start. With ``insight.explanations`` on, it writes the explanations topic too.
+- ``serve`` (``streamproc serve`` following the control topic, its default): reads and
+  writes the control topic with its audit and replicas topics (the rollout state, its
+  guard's rollback, its replica reports), writes the alerts topic (the guard's alerts),
+  with the control reader's groups and the control store's transactional ids. HTTP
+  requests and replies do not touch Kafka; with ``--no-follow-control`` it needs no ACL.
 - ``consumer``: reads the predictions topic, in groups with the given prefix (the CLI's and
   Python readers' default ``streamproc-reader-``).
 - ``alerts``: reads the alerts topic, in groups with the given prefix.
@@ -34,9 +39,9 @@ from streamproc.features.spec import (
 from streamproc.rollout.replicas import replicas_topic
 from streamproc.rollout.store import audit_topic
 
-Role = Literal["processor", "consumer", "alerts"]
+Role = Literal["processor", "serve", "consumer", "alerts"]
 Operation = Literal["READ", "WRITE", "DESCRIBE", "CREATE", "IDEMPOTENT_WRITE"]
-ROLES: tuple[Role, ...] = ("processor", "consumer", "alerts")
+ROLES: tuple[Role, ...] = ("processor", "serve", "consumer", "alerts")
 READER_GROUP_PREFIX = "streamproc-reader-"
 CONTROL_GROUP_PREFIX = "control-"
 CONTROL_TXN_PREFIX = "streamproc-control-"
@@ -96,13 +101,14 @@ def plan(
         topic(t.input, "READ", "DESCRIBE")
         if t.feedback:
             topic(t.feedback, "READ", "DESCRIBE")
-        for name in (t.predictions, t.dlq, t.shadow, t.alerts, t.metrics):
+        explain = [cfg.explanations_topic] if cfg.insight.explanations.enabled else []
+        for name in (t.predictions, t.dlq, t.shadow, t.alerts, t.metrics, *explain):
             topic(name, "WRITE", "DESCRIBE")
         for name in (t.control, audit_topic(t.control), replicas_topic(t.control)):
             topic(name, "READ", "WRITE", "DESCRIBE")
         if create_topics:
             names = [t.input, t.predictions, t.dlq, t.shadow, t.alerts, t.metrics, t.control,
-                     audit_topic(t.control), replicas_topic(t.control)]  # fmt: skip
+                     audit_topic(t.control), replicas_topic(t.control), *explain]  # fmt: skip
             for name in [*names, *([t.feedback] if t.feedback else [])]:
                 topic(name, "CREATE")
         group(cfg.group_id, "LITERAL")
@@ -125,6 +131,16 @@ def plan(
         for name, pattern in txns:
             out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "WRITE", principal))
             out.add(AclEntry("TRANSACTIONAL_ID", name, pattern, "DESCRIBE", principal))
+    elif role == "serve":
+        topic(t.alerts, "WRITE", "DESCRIBE")
+        control = (t.control, audit_topic(t.control), replicas_topic(t.control))
+        for name in control:
+            topic(name, "READ", "WRITE", "DESCRIBE")
+            if create_topics:
+                topic(name, "CREATE")
+        group(CONTROL_GROUP_PREFIX, "PREFIXED")
+        for op in ("WRITE", "DESCRIBE"):
+            out.add(AclEntry("TRANSACTIONAL_ID", CONTROL_TXN_PREFIX, "PREFIXED", op, principal))
     elif role in ("consumer", "alerts"):
         topic(t.predictions if role == "consumer" else t.alerts, "READ", "DESCRIBE")
         group(group_prefix, "PREFIXED")

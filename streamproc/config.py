@@ -544,6 +544,11 @@ class PipelineConfig(_Strict):
         """A copy with top-level sections replaced (``kafka=..., batching=...``)."""
         return self.model_copy(update=changes)
 
+    @property
+    def explanations_topic(self) -> str:
+        """Where ``insight.explanations`` go (default ``<input>.explanations``)."""
+        return self.insight.explanations.topic or f"{self.topics.input}.explanations"
+
 
 # Every setting the environment may give, as (variable, section, key). The CLI's resolver
 # (streamproc.cli.resolve) reads the same table to say where each effective value came from.

@@ -356,7 +356,7 @@ def wire_insight(
     if s.explanations.enabled:
         from streamproc.kafka.admin import Admin
 
-        topic = s.explanations.topic or f"{cfg.topics.input}.explanations"
+        topic = cfg.explanations_topic
         Admin(cfg.kafka).ensure_topics([topic], partitions=cfg.topics.partitions)
         specs: dict[str, ModelSpec] = {scorer.primary.version: scorer.primary}
         e = s.explanations

@@ -44,6 +44,32 @@ def test_readers_only_read(role: str, topic: str) -> None:
     }  # fmt: skip
 
 
+def test_explanations_add_their_topic_to_the_processor() -> None:
+    on = _cfg(insight={"explanations": {"enabled": True, "share": 0.01}})
+    extra = set(plan(on, "User:p")) - set(plan(_cfg(), "User:p"))
+    assert {(e.name, e.operation) for e in extra} == {
+        ("tx.explanations", "WRITE"), ("tx.explanations", "DESCRIBE")}  # fmt: skip
+    named = _cfg(insight={"explanations": {"enabled": True, "topic": "why"}})
+    assert AclEntry("TOPIC", "why", "LITERAL", "CREATE", "User:p") in plan(
+        named, "User:p", create_topics=True)  # fmt: skip
+
+
+def test_serve_gets_the_rollout_state_and_the_alerts_and_nothing_of_the_stream() -> None:
+    acls = plan(_cfg(), "User:s", "serve")
+    topics = {(e.name, e.operation) for e in acls if e.resource_type == "TOPIC"}
+    assert topics == {
+        (name, op)
+        for name in ("streamproc.control", "streamproc.control.audit",
+                     "streamproc.control.replicas")
+        for op in ("READ", "WRITE", "DESCRIBE")
+    } | {("streamproc.alerts", "WRITE"), ("streamproc.alerts", "DESCRIBE")}  # fmt: skip
+    assert {(e.resource_type, e.name) for e in acls if e.resource_type != "TOPIC"} == {
+        ("GROUP", "control-"), ("TRANSACTIONAL_ID", "streamproc-control-")}  # fmt: skip
+    # Everything serve needs, the processor has: one principal can run both.
+    assert set(acls) <= {AclEntry(e.resource_type, e.name, e.pattern_type, e.operation,
+                                  "User:s") for e in plan(_cfg(), "User:p")}  # fmt: skip
+
+
 def test_a_principal_needs_a_type() -> None:
     with pytest.raises(ConfigError, match="TYPE:NAME"):
         plan(_cfg(), "alice")
