@@ -44,9 +44,9 @@ from streamproc.insight.explain import (
     ExplainRequest,
     ExplanationWorker,
     WorkerCounts,
-    ids_at,
 )
 from streamproc.models.spec import ModelSpec
+from streamproc.types import JoinedIds
 
 log = logging.getLogger(__name__)
 
@@ -203,20 +203,24 @@ class ExplanationProcess:
         held, self._held, self._held_rows, self._held_since = self._held, [], 0, None
         self._drain(0.0)
         if held:
-            ids: list[str] = []
+            parts: list[bytes] = []
             vs: list[str] = []
+            one: str | None = held[0][3] if isinstance(held[0][3], str) else None
             for _, event_ids, take, v in held:
-                ids += ids_at(event_ids, take)
+                # The ids' bytes only: the child decodes them (JoinedIds: no split here).
+                parts.append(event_ids.take_joined(take) if isinstance(event_ids, JoinedIds)
+                             else "\0".join(event_ids[i] for i in take).encode())  # fmt: skip
                 vs += [v] * len(take) if isinstance(v, str) else v
-            one = vs[0] if all(v == vs[0] for v in vs) else None
+                if v != one:
+                    one = None
             self._send_specs(set(vs))
             xs = np.concatenate([h[0] for h in held]) if len(held) > 1 else held[0][0]
-            # Plain types only (a str, bytes): pickled in microseconds.
-            payload = pickle.dumps((self._epoch.value, "\0".join(ids), one or vs,
+            # Plain types only (bytes, a str): pickled in microseconds.
+            payload = pickle.dumps((self._epoch.value, b"\0".join(parts), one or vs,
                                     xs.shape[1], xs.tobytes()), protocol=5)  # fmt: skip
             if len(self._out) > _MAX_BACKLOG:  # the child is far behind: drop, counted
-                self._pending -= len(ids)
-                self._counts.dropped += len(ids)
+                self._pending -= len(xs)
+                self._counts.dropped += len(xs)
             else:
                 self._out += struct.pack("!i", len(payload)) + payload  # Connection's framing
         self._pump()
@@ -320,7 +324,7 @@ def _child_main(
     def ack(done: int, explained: int, dropped: int, failed: int, busy_s: float) -> None:
         acks.send_bytes(pickle.dumps((done, explained, dropped, failed, busy_s)))
 
-    waiting: list[tuple[int, str, Any, int, bytes]] = []
+    waiting: list[tuple[int, bytes, Any, int, bytes]] = []
     try:
         while True:
             ready = mp_connection.wait([requests, specs_in], timeout=1.0)
@@ -346,7 +350,7 @@ def _child_main(
             now = epoch.value
             items: list[ExplainRequest] = []
             for at, joined, versions, d, raw in waiting:
-                ids = joined.split("\0")
+                ids = joined.decode("utf-8", "replace").split("\0")
                 xs = np.frombuffer(raw, dtype=np.float32).reshape(len(ids), d)
                 if at != now:  # discarded while it waited
                     ack(len(ids), 0, len(ids), 0, 0.0)
