@@ -22,8 +22,9 @@
   65,536 with ``--quick`` until the explanations' linger, which a pass should outlast
   several times; before commit "benchmarks/insight.py: paired ratios" the ratio of the
   median passes, and 5 rounds with ``--quick``: too few, on a loaded machine, for the same
-  code to give the same figure twice). A worker that runs on CPU time the pipeline's thread leaves (an idle
-  CPU) costs it nothing there, and at nice 19 the worker gets little else, so where the
+  code to give the same figure twice). A worker that runs on CPU time the pipeline's
+  thread leaves (an idle CPU) costs it little there (less where its work is light in
+  floating point: benchmarks/RESULTS.md), and at nice 19 it gets little else, so where the
   CPUs are contended it explains few of the sampled events (the explained / dropped
   counts say how many). ``throughput_ratio_cpu`` is the process's CPU time per event (all
   threads, median pass), off over on: the ratio on one CPU that every thread must share.
