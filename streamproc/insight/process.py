@@ -271,7 +271,9 @@ class ExplanationProcess:
         if not self._started or self._closed:
             return
         self._closed = True
-        self.wait_idle(timeout_s)
+        if not self.wait_idle(timeout_s):
+            log.warning("explanation process: %d requests not explained in %.0f s: lost",
+                        self._pending, timeout_s)  # fmt: skip
         with contextlib.suppress(OSError):
             self._spec.send_bytes(pickle.dumps(None))  # stop
         self._proc.join(timeout_s)

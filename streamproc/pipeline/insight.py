@@ -21,14 +21,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from streamproc.config import InsightSettings, KafkaSettings, PipelineConfig, RegistrySettings
+from streamproc.config import (
+    ExplanationSettings,
+    InsightSettings,
+    KafkaSettings,
+    PipelineConfig,
+    RegistrySettings,
+)
 from streamproc.drift.profile import ReferenceProfile
 from streamproc.errors import ConfigError, DependencyMissingError, ModelError
 from streamproc.insight.explain import (
@@ -306,6 +313,15 @@ def explainer_factory(
     return build
 
 
+def explanation_isolation(e: ExplanationSettings) -> Literal["process", "thread"]:
+    """``e.isolation``, except in a daemonic process (a ``score --workers N`` worker), which
+    may not start children: there the explainer runs on a thread."""
+    if e.isolation == "process" and mp.current_process().daemon:
+        log.info("explanations on a thread: a daemonic process cannot start the explainer's")
+        return "thread"
+    return e.isolation
+
+
 @dataclass(frozen=True)
 class KafkaExplanationSink:
     """Opens the explanations' producer (and its closer) where the worker runs: in the
@@ -361,13 +377,16 @@ def wire_insight(
         specs: dict[str, ModelSpec] = {scorer.primary.version: scorer.primary}
         e = s.explanations
         sinks = KafkaExplanationSink(cfg.kafka, cfg.registry, topic)
-        if e.isolation == "process":
+        if explanation_isolation(e) == "process":
             worker = ExplanationProcess(
                 functools.partial(explainer_factory, s), specs, scorer.primary.columns, sinks,
                 queue_size=e.queue_size, batch=e.batch, model_name=scorer.primary.name,
                 max_cpu_share=e.max_cpu_share, nice=e.nice, linger_ms=e.linger_ms,
             ).start()  # fmt: skip
-            closers.append(worker.close)
+            proc = worker
+            # The child starts an interpreter and loads its model (torch, for DeepSHAP):
+            # at a prompt stop, seconds may pass before it has explained what it was sent.
+            closers.append(lambda: proc.close(timeout_s=60.0))
         else:
             sink, close_sink = sinks()
             thread = ExplanationWorker(

@@ -110,3 +110,21 @@ def test_discarded_requests_are_counted_as_dropped(tmp_path):
     p.close()
     assert read(tmp_path / "out.jsonl") == []
     assert (p.counts.explained, p.counts.dropped) == (0, 10)
+
+
+def test_a_daemonic_process_explains_on_a_thread(monkeypatch):
+    """A `score --workers N` worker is daemonic and may not start the explainer's process."""
+    import multiprocessing as mp
+
+    from streamproc.config import ExplanationSettings
+    from streamproc.pipeline.insight import explanation_isolation
+
+    e = ExplanationSettings()
+    assert explanation_isolation(e) == "process"
+
+    class Daemon:
+        daemon = True
+
+    monkeypatch.setattr(mp, "current_process", Daemon)
+    assert explanation_isolation(e) == "thread"
+    assert explanation_isolation(ExplanationSettings(isolation="thread")) == "thread"
