@@ -67,8 +67,9 @@ class WindowStore(Protocol):
         """Values for one partition's events (offset order), then update the state."""
         ...
 
-    def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
-        """Changelog entries since the last call (key -> state, None: evicted)."""
+    def changes(self, partition: int, prefix: bytes = b"") -> list[tuple[bytes, bytes | None]]:
+        """Changelog entries since the last call (key -> state, None: evicted), each state
+        after ``prefix`` (the caller's framing: :meth:`restore` takes states without it)."""
         ...
 
     def restore(self, partition: int, entries: Iterable[tuple[bytes, bytes | None]]) -> int:

@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from ._prefetch import prefetch
+
 COUNT, SUM, MEAN, MIN, MAX, STD, LAST, SINCE_LAST, DISTINCT = range(9)
 CODES = {
     "count": COUNT,
@@ -148,15 +150,18 @@ def _upper(
     x: int,
 ) -> int:
     """First index in [a, b) with T > x (b if none)."""
-    if a < b and T[b - 1] <= x:  # the usual case: x at or after the key's last event
+    if a >= b:
+        return a
+    if T[b - 1] <= x:  # the usual case: x at or after the key's last event
         return b
-    while a < b:
-        m = (a + b) >> 1
-        if T[m] <= x:
-            a = m + 1
-        else:
-            b = m
-    return a
+    # Branch-free halving (the answer stays in [a, a + n]): a compare and a conditional
+    # move per step, no mispredicted branch on the key's event times.
+    n = b - a
+    while n > 1:
+        half = n >> 1
+        a = a + half if T[a + half] <= x else a
+        n -= half
+    return a + 1 if T[a] <= x else a
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -167,15 +172,14 @@ def _lower(
     x: int,
 ) -> int:
     """First index in [a, b) with T >= x (b if none)."""
-    if a < b and T[a] >= x:  # a window reaching back past the key's oldest event
+    if a >= b or T[a] >= x:  # a window reaching back past the key's oldest event
         return a
-    while a < b:
-        m = (a + b) >> 1
-        if T[m] < x:
-            a = m + 1
-        else:
-            b = m
-    return a
+    n = b - a  # branch-free, as in _upper
+    while n > 1:
+        half = n >> 1
+        a = a + half if T[a + half] < x else a
+        n -= half
+    return a + 1 if T[a] < x else a
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -266,6 +270,39 @@ def _extreme(V: F64, BM: F64, vf: int, a: int, b: int, is_min: bool) -> float:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _moments(
+    code: int,
+    n: int,
+    sh1: float,
+    sl1: float,
+    sh0: float,
+    sl0: float,
+    qh1: float,
+    ql1: float,
+    qh0: float,
+    ql0: float,
+) -> float:
+    """sum, mean or std of a non-empty range from its running sums at its end (``*1``) and
+    just before it (``*0``), in double-double; ``n`` present values (squares: std only).
+    Scalars only: the hot loop of :func:`process` reads them itself (see there)."""
+    sh, sl = _dd_sub(sh1, sl1, sh0, sl0)
+    if code == SUM:
+        return sh + sl
+    if n == 0:
+        return np.nan
+    if code == MEAN:
+        return float((sh + sl) / n)
+    if n == 1:
+        return 0.0
+    s2h, s2l = _dd_sub(qh1, ql1, qh0, ql0)
+    mh, ml = _dd_mul(sh, sl, sh, sl)
+    mh, ml = _dd_div_d(mh, ml, float(n))
+    dh, dl = _dd_sub(s2h, s2l, mh, ml)
+    var = (dh + dl) / n
+    return math.sqrt(var) if var > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
 def _aggregate(
     code: int,
     vf: int,
@@ -304,26 +341,26 @@ def _aggregate(
         if b == a:
             return 0.0 if code == SUM else np.nan
         first = a == head[s]
-        lh = bsh[pr, s] if first else PSh[pr, a - 1]
-        ll = bsl[pr, s] if first else PSl[pr, a - 1]
-        sh, sl = _dd_sub(PSh[pr, b - 1], PSl[pr, b - 1], lh, ll)
-        if code == SUM:
-            return sh + sl
         n = PC[pr, b - 1] - (bc[pr, s] if first else PC[pr, a - 1])
-        if n == 0:
-            return np.nan
-        if code == MEAN:
-            return float((sh + sl) / n)
-        if n == 1:
-            return 0.0
-        qh = bqh[qr, s] if first else PQh[qr, a - 1]
-        ql = bql[qr, s] if first else PQl[qr, a - 1]
-        s2h, s2l = _dd_sub(PQh[qr, b - 1], PQl[qr, b - 1], qh, ql)
-        mh, ml = _dd_mul(sh, sl, sh, sl)
-        mh, ml = _dd_div_d(mh, ml, float(n))
-        dh, dl = _dd_sub(s2h, s2l, mh, ml)
-        var = (dh + dl) / n
-        return math.sqrt(var) if var > 0.0 else 0.0
+        if code != STD:
+            return _moments(
+                code,
+                n,
+                PSh[pr, b - 1],
+                PSl[pr, b - 1],
+                bsh[pr, s] if first else PSh[pr, a - 1],
+                bsl[pr, s] if first else PSl[pr, a - 1],
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            )
+        return _moments(code, n, PSh[pr, b - 1], PSl[pr, b - 1],
+                        bsh[pr, s] if first else PSh[pr, a - 1],
+                        bsl[pr, s] if first else PSl[pr, a - 1],
+                        PQh[qr, b - 1], PQl[qr, b - 1],
+                        bqh[qr, s] if first else PQh[qr, a - 1],
+                        bql[qr, s] if first else PQl[qr, a - 1])  # fmt: skip
     if code == LAST:
         for i in range(b - 1, a - 1, -1):
             x = V[vf, i]
@@ -334,7 +371,14 @@ def _aggregate(
         return _extreme(V, BMn, vf, a, b, True)
     if code == MAX:
         return _extreme(V, BMx, vf, a, b, False)
-    # DISTINCT: exact over the range (at most max_events_per_key values)
+    return _distinct(V, vf, a, b, scratch)
+
+
+@njit(cache=True, nogil=True)
+def _distinct(V: F64, vf: int, a: int, b: int, scratch: F64) -> float:
+    """distinct_count: exact over the range (at most max_events_per_key values). Apart from
+    _aggregate: its sort allocates, and a function that allocates takes a reference on each
+    array it is given, which made every _aggregate call cost ~0.25 us."""
     k = 0
     for i in range(a, b):
         x = V[vf, i]
@@ -671,16 +715,38 @@ def process(
     BMn: F64,
     out: F64,
     late: B,
+    dorder: I64,
+    ahead: int,
 ) -> tuple[int, bool, int, int]:
     """Values of every event (state before it), then add it unless late. Returns the
-    watermark, whether there is one, late and dropped counts."""
+    watermark, whether there is one, late and dropped counts.
+
+    ``dorder``: the definitions in the order their windows are searched (each search starts
+    where the previous one ended: see ``store._Layout``).
+    ``ahead`` > 0: while event ``i`` is computed, the slot of event ``i + 2 ahead`` and the
+    newest events of the key of event ``i + ahead`` (its slot asked for ``ahead`` events
+    before) are prefetched; 0: no prefetch."""
     nd = len(codes)
     nf = vals.shape[0]
     scratch = np.empty(max(cap, 1), np.float64)
     n_late = 0
     dropped = 0
     max_size = wsize.max() if nd else 0
-    for i in range(len(slots)):
+    n = len(slots)
+    for i in range(n):
+        if ahead > 0:
+            if i + 2 * ahead < n:
+                s2 = slots[i + 2 * ahead]
+                prefetch(off, s2)  # a slot row is 72+ bytes: its first and last words
+                if bc.shape[0]:
+                    prefetch(bc[bc.shape[0] - 1], s2)
+            if i + ahead < n:
+                s1 = slots[i + ahead]
+                e1 = head[s1] + cnt[s1]
+                if e1 > 0:
+                    prefetch(T, e1 - 1)
+                    if BMx.shape[0]:
+                        prefetch(BMx[0], (e1 - 1) // BLOCK)
         s = slots[i]
         t = times[i]
         h = head[s]
@@ -691,15 +757,51 @@ def process(
         # What eviction may already have removed is never seen, evicted or not: a late
         # event's values do not depend on where the batch boundaries fell.
         floor_t = wm - lateness - max_size + 1 if has_wm else times[i] - max_size - 1
-        for j in range(nd):
+        for jj in range(nd):
+            j = dorder[jj]
             lo_t = t - wsize[j] + 1 if wtype[j] == SLIDING else _floor_to(t, wstep[j])
             lo_t = max(lo_t, floor_t)
-            if lo_t != last_lo:  # definitions over the same window share the search
-                a = _lower(T, h, b, lo_t)
+            # Definitions over the same window share the search; the next start of a later
+            # window lies after this one's (dorder: sliding windows largest first).
+            if lo_t > last_lo:
+                a = _lower(T, a, b, lo_t)
                 last_lo = lo_t
-            out[i, j] = _aggregate(codes[j], vfield[j], prow[j], qrow_of_def[j], units[j], s,
-                                   a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
-                                   bsh, bsl, bqh, bql, bc, scratch, BMx, BMn)  # fmt: skip
+            elif lo_t < last_lo:
+                a = _lower(T, h, a, lo_t)
+                last_lo = lo_t
+            # The usual aggregations are computed here, not by a call to _aggregate: a call
+            # that passes this many arrays costs more than the aggregation (see
+            # benchmarks/README.md, "windows.py"); the rest go through it.
+            code = codes[j]
+            if code == COUNT:
+                out[i, j] = float(b - a)
+            elif code == SINCE_LAST:
+                out[i, j] = float((t - T[b - 1]) / units[j]) if b > a else np.nan
+            elif code in (SUM, MEAN, STD):
+                pr = prow[j]
+                if b == a:
+                    out[i, j] = 0.0 if code == SUM else np.nan
+                else:
+                    at_head = a == h
+                    sq = code == STD
+                    qr = qrow_of_def[j]
+                    out[i, j] = _moments(
+                        code, PC[pr, b - 1] - (bc[pr, s] if at_head else PC[pr, a - 1]),
+                        PSh[pr, b - 1], PSl[pr, b - 1],
+                        bsh[pr, s] if at_head else PSh[pr, a - 1],
+                        bsl[pr, s] if at_head else PSl[pr, a - 1],
+                        PQh[qr, b - 1] if sq else 0.0, PQl[qr, b - 1] if sq else 0.0,
+                        (bqh[qr, s] if at_head else PQh[qr, a - 1]) if sq else 0.0,
+                        (bql[qr, s] if at_head else PQl[qr, a - 1]) if sq else 0.0,
+                    )  # fmt: skip
+            elif code == MAX:
+                out[i, j] = _extreme(V, BMx, vfield[j], a, b, False)
+            elif code == MIN:
+                out[i, j] = _extreme(V, BMn, vfield[j], a, b, True)
+            else:
+                out[i, j] = _aggregate(code, vfield[j], prow[j], qrow_of_def[j], units[j], s,
+                                       a, b, t, T, V, PSh, PSl, PQh, PQl, PC, head,
+                                       bsh, bsl, bqh, bql, bc, scratch, BMx, BMn)  # fmt: skip
         if has_wm and t < wm - lateness:
             late[i] = True
             n_late += 1

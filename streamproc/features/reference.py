@@ -214,16 +214,18 @@ class ReferenceStore:
 
     # -- changelog ---------------------------------------------------------------------------
 
-    def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    def changes(self, partition: int, prefix: bytes = b"") -> list[tuple[bytes, bytes | None]]:
         p = self._part(partition)
         out: list[tuple[bytes, bytes | None]] = []
         for key in sorted(p.dirty):
             evs = p.events.get(key)
-            out.append((key, None if evs is None else
-                        json.dumps([[e.t, e.seq, e.values] for e in evs]).encode()))  # fmt: skip
+            state = (
+                None if evs is None else json.dumps([[e.t, e.seq, e.values] for e in evs]).encode()
+            )
+            out.append((key, None if state is None else prefix + state))
         if p.dirty:
             meta = [p.watermark, p.seq, p.closed_bound, p.late, p.evicted, p.dropped]
-            out.append((_META, json.dumps(meta).encode()))
+            out.append((_META, prefix + json.dumps(meta).encode()))
         p.dirty.clear()
         return out
 

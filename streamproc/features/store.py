@@ -40,6 +40,9 @@ _KEY_OVERHEAD = 120
 # Holes (events' worth of capacity) below which a partition is never compacted; the tests set
 # it to 0 to compact whenever holes are half the arena.
 COMPACT_MIN = 1 << 14
+# Events ahead of the one computed whose key's rows the kernel prefetches (0: none; see
+# kernels.process).
+PREFETCH = 8
 _A = npt.NDArray[Any]
 # T, V, PSh, PSl, PQh, PQl, PC and bsh, bsl, bqh, bql, bc (see kernels.py)
 _Arena = tuple[_A, _A, _A, _A, _A, _A, _A]
@@ -75,6 +78,15 @@ class _Layout:
                               _I64)  # fmt: skip
         self.wsize = np.array([d.window.size_ms for d in defs], _I64)
         self.wstep = np.array([d.window.step for d in defs], _I64)
+        # The order process() searches the windows in: sliding ones largest first, so that
+        # each search starts where the previous (earlier) window's start was found.
+        self.dorder = np.array(
+            sorted(
+                range(len(defs)),
+                key=lambda j: (defs[j].window.type != "sliding", -defs[j].window.size_ms, j),
+            ),
+            _I64,
+        )
         self.closing = np.array([j for j, d in enumerate(defs) if d.window.type != "sliding"], _I64)
         self.extremes = any(d.agg in ("min", "max") for d in defs)
         # arena bytes per event: time, values, running sums (hi, lo, count), squares (hi, lo)
@@ -349,6 +361,7 @@ class CompiledStore:
         self.spec = spec
         self._lay = _Layout(spec)
         self._parts: dict[int, _Part] = {}
+        self.prefetch = PREFETCH
 
     def warm(self) -> float:
         """Compile the kernels (or load them from numba's cache) now, not in the first
@@ -399,7 +412,8 @@ class CompiledStore:
                 slots, times, vals, lay.codes, lay.vfield, lay.prow, lay.qrow_of_def,
                 lay.units, lay.wtype, lay.wsize, lay.wstep, lay.pfield, lay.qrow, p.wm,
                 p.has_wm, self.spec.allowed_lateness_ms, cap, p.off, p.capb, p.head, p.cnt,
-                p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late,
+                p.dirty, *p.arena, *p.bases, p.first, p.BMx, p.BMn, out, late, lay.dorder,
+                self.prefetch,
             )  # fmt: skip
             p.wm, p.has_wm = int(wm), bool(has_wm)
             p.min_first = min(p.min_first, int(times.min()))  # a key's oldest may be new
@@ -464,31 +478,40 @@ class CompiledStore:
 
     # -- changelog ---------------------------------------------------------------------------
 
-    def changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+    def changes(self, partition: int, prefix: bytes = b"") -> list[tuple[bytes, bytes | None]]:
         p = self._part(partition)
         nf = self._lay.nf
         sel = np.flatnonzero(p.dirty[: len(p.keys)]).astype(_I64)
         p.dirty[sel] = 0
-        words = 1 + p.cnt[sel] * (1 + nf)
+        # A prefix of whole words is written into the buffer ahead of each value, so that
+        # each value is one copy out of it; any other prefix is joined to each value.
+        pw = len(prefix) // 8 if len(prefix) % 8 == 0 else 0
+        words = pw + 1 + p.cnt[sel] * (1 + nf)
         ends = np.cumsum(words)
         starts = ends - words
         total = int(ends[-1]) if len(ends) else 0
         if len(p.ser_buf) < total:  # kept: a fresh buffer of megabytes page-faults each batch
             p.ser_buf = np.empty(max(total, 2 * len(p.ser_buf)), _I64)
         buf = p.ser_buf
-        K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts)
-        raw = buf.data.cast("B")  # each value is copied once, out of the buffer
-        keys = p.keys
-        out: list[tuple[bytes, bytes | None]] = [
-            (keys[s], raw[8 * a : 8 * b].tobytes())  # type: ignore[misc]
-            for s, a, b in zip(sel.tolist(), starts.tolist(), ends.tolist(), strict=True)
-        ]
+        K.serialize(sel, p.head, p.cnt, p.T, p.V, buf, buf.view(_F64), starts + pw)
+        for w, word in enumerate(np.frombuffer(prefix, _I64) if pw else ()):
+            buf[starts + w] = word
+        # One copy of the buffer, then one bytes object per key (a slice of it), with the
+        # per-key loop in C (map): the Python work per key is what this costs.
+        blob = buf[:total].tobytes()
+        values = list(map(blob.__getitem__, map(slice, (8 * starts).tolist(),
+                                                (8 * ends).tolist())))  # fmt: skip
+        if prefix and not pw:
+            values = [prefix + v for v in values]
+        out: list[tuple[bytes, bytes | None]] = list(
+            zip(map(p.keys.__getitem__, sel.tolist()), values, strict=True)  # type: ignore[arg-type]
+        )
         index = p.index
         out.extend((k, None) for k in p.gone if k not in index)
         p.gone.clear()
         if out or p.meta_dirty:
             meta = [p.wm if p.has_wm else None, p.closed_bound, p.late, p.evicted, p.dropped]
-            out.append((_META, json.dumps(meta).encode()))
+            out.append((_META, prefix + json.dumps(meta).encode()))
         p.meta_dirty = False
         return out
 
@@ -511,7 +534,10 @@ class CompiledStore:
         lens = np.fromiter(map(len, blobs), _I64, len(blobs)) // 8
         starts = np.cumsum(lens) - lens
         sizes = K.restore_sizes(words, starts)
-        p.reserve(int(sizes.sum()) * 5 // 4)  # room for the first batches' relocations
+        # Room for the relocations of the next batches: an arena that grows doubles, and
+        # first touching that much memory mid-stream stalls the batches that meet it
+        # (benchmarks/README.md, "windows.py"); a restore does it before the first event.
+        p.reserve(int(sizes.sum()) * 2)
         p.top = K.restore_fill(words, words.view(_F64), starts, sizes, lay.pfield, lay.qrow,
                                p.off, p.capb, p.head, p.cnt, *p.arena, *p.bases,
                                p.first)  # fmt: skip

@@ -270,9 +270,8 @@ class FeatureStage:
             out.closed.extend(res.closed)
             reached_at = self._next[p]
             if self.changelog_topic is not None:
-                for key, state in self.store.changes(p):
-                    out.state.append(OutRecord(self.changelog_topic, key,
-                                               _frame(reached_at, state), partition=p))  # fmt: skip
+                topic, framed = self.changelog_topic, self.store.changes(p, _frame(reached_at))
+                out.state += [OutRecord(topic, k, v, partition=p) for k, v in framed]
             st = self.store.stats(p)
             self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
         if out.late:
@@ -381,7 +380,7 @@ def _no_key(key: bytes | None) -> bool:
     return not key
 
 
-def _frame(offset: int, state: bytes | None) -> bytes | None:
+def _frame(offset: int) -> bytes:
     # The kafka layer's framing, without importing it here (the pipeline layer stays free
     # of the Kafka client): 8 bytes of offset, big-endian, then the state.
-    return None if state is None else offset.to_bytes(8, "big", signed=True) + state
+    return offset.to_bytes(8, "big", signed=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,6 +181,30 @@ def test_changelog_marks_evicted_keys_and_restore_counts_entries() -> None:
     assert fresh.stats(0).keys == 1
     got = fresh.process(0, [b"a", b"b"], np.array([10_600, 10_600]), {})
     assert got.values[:, 0].tolist() == [0.0, 2.0]  # b: 1_000 and 10_500; a: gone
+
+
+@pytest.mark.parametrize("prefix", [b"\x00" * 7 + b"\x2a", b"abc"], ids=["one-word", "odd"])
+@pytest.mark.parametrize("make", [CompiledStore, ReferenceStore], ids=["compiled", "reference"])
+def test_changes_put_the_prefix_before_each_state_and_nothing_else(
+    make: Any, prefix: bytes
+) -> None:
+    """The pipeline frames each state with the input offset it reached (``prefix``); a
+    word-sized prefix is written into the compiled store's buffer, any other joined on."""
+    spec = FeaturesSpec.model_validate(
+        {"definitions": [{"name": "s", "agg": "sum", "value": "x", "window": {"size": "10s"}}]}
+    )
+    stores = [make(spec), make(spec)]
+    for st_ in stores:
+        st_.process(0, [b"a", b"b", b"a"], np.array([0, 1_000, 2_000]), {"x": np.ones(3)})
+    plain = stores[0].changes(0)
+    framed = stores[1].changes(0, prefix)
+    assert [k for k, _ in framed] == [k for k, _ in plain] and len(plain) == 3  # a, b, meta
+    assert all(f == prefix + v for (_, v), (_, f) in zip(plain, framed, strict=True))
+    for st_ in stores:  # a's events fall out of every window: a tombstone, never framed
+        st_.process(0, [b"b"], np.array([12_500]), {"x": np.ones(1)})
+    framed = dict(stores[1].changes(0, prefix))
+    assert framed[b"a"] is None and dict(stores[0].changes(0))[b"a"] is None
+    assert framed[b"b"] is not None and framed[b"b"].startswith(prefix)
 
 
 def test_memory_per_key_is_bounded_and_drops_are_counted() -> None:
