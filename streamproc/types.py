@@ -459,6 +459,18 @@ class BatchHandlerLike(Protocol):
         records is consumed): a stateful handler restores their state here."""
         return None  # a default, not an abstract method
 
+    def defer_state(self) -> None:
+        """The runner commits at-least-once with no batch in flight: a stateful handler may
+        then keep its state changes for :meth:`state_records` instead of putting them in
+        each batch's ``Outputs.state`` (told once, before the first batch)."""
+        return None
+
+    def state_records(self) -> list[OutRecord]:
+        """After :meth:`defer_state`: the state records of every change since the last call,
+        as the state stands now. The runner asks at each commit, once the outputs of every
+        batch handled so far are acknowledged and before their offsets move."""
+        return []
+
     def revoked(self, partitions: list[int]) -> None:
         """These input partitions were taken away, after their last batch was produced and
         committed (or lost: nothing was committed): a stateful handler forgets them."""

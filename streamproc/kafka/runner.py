@@ -296,6 +296,10 @@ class KafkaRunner:
         self._pending: list[OutRecord] = []
         if self._overlap is not None:
             log.info("one batch in flight: the next batch is decoded while the model scores")
+        elif not settings.exactly_once:
+            # Commits happen between batches (_process): the handler's state as it stands at
+            # a commit is the state of the batches produced, which is what may be written.
+            handler.defer_state()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -418,6 +422,11 @@ class KafkaRunner:
                 return
             self._inflight = (raw, started)
             return
+        if not self.settings.exactly_once:
+            # at-least-once: a due commit of the batches before this one, before the handler
+            # changes its state with this one (see defer_state; no wait when the producer's
+            # queue is empty, a flush of up to flush_timeout_s when it stayed busy)
+            self._commit_if_due()
         done = self._handle_with_retry(raw, rel.items, self.handler)
         if done is None:  # every event of it waits for the registry
             return
@@ -546,12 +555,14 @@ class KafkaRunner:
 
         exactly-once: one transaction per batch; outputs (the handler's state records too)
         and offsets become visible together.
-        at-least-once: the batch is produced now and its offsets kept; a later call (step 1),
-        a revoke or a stop flushes and then commits them (:meth:`_flush_and_commit`). The
-        handler's state records (``Outputs.state``, a window store's changelog) are kept
-        until that flush has acknowledged the outputs they follow, then produced and flushed
-        themselves before the offsets move: state that is durable never holds an event whose
-        prediction is not.
+        at-least-once: the batch is produced now and its offsets kept; a due commit before
+        a later batch (step 1, or :meth:`_process` before its handler runs when no batch is
+        in flight), a revoke or a stop flushes and then commits them
+        (:meth:`_flush_and_commit`). The handler's state records (``Outputs.state``, a window
+        store's changelog, or with no batch in flight :meth:`BatchHandlerLike.state_records`
+        asked at the commit) are produced only once that flush has acknowledged the outputs
+        they follow, and flushed themselves before the offsets move: state that is durable
+        never holds an event whose prediction is not.
         Every wait is bounded: the timeout of each step is in its comment.
         """
         s = self.settings
@@ -580,8 +591,10 @@ class KafkaRunner:
         else:
             # 1. if a commit is due, flush and commit the offsets of the batches produced
             #    before this one (_commit_if_due: no wait when the producer's queue is
-            #    empty; a flush of up to flush_timeout_s when it stayed busy)
-            self._commit_if_due()
+            #    empty; a flush of up to flush_timeout_s when it stayed busy). With no batch
+            #    in flight _process did this before the handler ran.
+            if self._overlap is not None:
+                self._commit_if_due()
             # 2. produce predictions, dead letters, alerts and snapshots; no wait unless the
             #    producer's queue is full (_backpressure: 50 ms a look); only a failed record
             #    reports back (_on_delivery)
@@ -676,9 +689,10 @@ class KafkaRunner:
             raise DeliveryError(
                 f"{remaining} records unacknowledged after {s.flush_timeout_s}s", topic=s.topic
             )
-        if self._state:
-            # The outputs are acknowledged: now the state that follows them, then offsets.
-            state, self._state = list(self._state.values()), {}
+        # The outputs are acknowledged: now the state that follows them (the latest record
+        # per key of the batches', then what the handler kept for the commit), then offsets.
+        state, self._state = [*self._state.values(), *self.handler.state_records()], {}
+        if state:
             self._produce_records(state)
             remaining = self.producer.flush(s.flush_timeout_s)
             self._raise_on_failed_delivery()

@@ -13,7 +13,10 @@ letter (MISSING_KEY, MISSING_EVENT_TIME). The model's input matrix is assembled 
 MISSING_FEATURE dead letter; ``min``/``max`` apply as to any input.
 
 State: after each batch the store's changes become changelog records
-(:mod:`streamproc.kafka.changelog`) in the batch's outputs (``Outputs.state``). On
+(:mod:`streamproc.kafka.changelog`) in the batch's outputs (``Outputs.state``); under
+at-least-once with no batch in flight the runner asks for them at each commit instead
+(:meth:`FeatureStage.state_records`: each key changed since the last commit once, as the
+state stands after the last batch handled, which is the last batch produced). On
 assignment a partition's state is restored from its changelog before any of its events is
 processed; on revoke the store forgets it. Keys the changelog holds *ahead* of the committed
 input offset (at-least-once: written before a crash, the offsets not committed yet) are
@@ -136,6 +139,9 @@ class FeatureStage:
         self.fspec = fs
         self.store = store
         self.changelog_topic = changelog_topic
+        # at-least-once with no batch in flight (defer_state): the changelog is written at
+        # each commit, each key once, rather than after each batch
+        self.deferred = False
         self.source = source
         self.sensor = sensor or Sensor()
         self.decoder_spec = decoder_spec(spec)
@@ -206,6 +212,27 @@ class FeatureStage:
         self.sensor.on_feature_discarded(p, len(dead))
         self.sensor.on_feature_state(p, 0, 0, 0)
 
+    def defer_state(self) -> None:
+        """From now on the changelog records are made by :meth:`state_records` (at each
+        commit) instead of in each batch's outputs."""
+        self.deferred = True
+
+    def state_records(self) -> list[OutRecord]:
+        """The changelog records of every key changed since the last call, each framed with
+        the input offset its partition's state has reached (after :meth:`defer_state`)."""
+        if not self.deferred or self.changelog_topic is None:
+            return []
+        out: list[OutRecord] = []
+        for p in self._next:
+            out += self._changes(p)
+        return out
+
+    def _changes(self, p: int) -> list[OutRecord]:
+        topic = self.changelog_topic
+        assert topic is not None
+        framed = self.store.changes(p, _frame(self._next[p]))
+        return [OutRecord(topic, k, v, partition=p) for k, v in framed]
+
     def revoked(self, partitions: list[int]) -> None:
         for p in partitions:
             self.store.revoke(p)
@@ -268,10 +295,8 @@ class FeatureStage:
             late = int(res.late.sum())
             out.late += late
             out.closed.extend(res.closed)
-            reached_at = self._next[p]
-            if self.changelog_topic is not None:
-                topic, framed = self.changelog_topic, self.store.changes(p, _frame(reached_at))
-                out.state += [OutRecord(topic, k, v, partition=p) for k, v in framed]
+            if self.changelog_topic is not None and not self.deferred:
+                out.state += self._changes(p)
             st = self.store.stats(p)
             self.sensor.on_feature_state(p, st.keys, st.bytes, st.evicted_keys)
         if out.late:

@@ -207,6 +207,13 @@ class BatchHandler(BatchHandlerLike):
         if self.features is not None:
             self.features.revoked(partitions)
 
+    def defer_state(self) -> None:
+        if self.features is not None:
+            self.features.defer_state()
+
+    def state_records(self) -> list[OutRecord]:
+        return self.features.state_records() if self.features is not None else []
+
     def warm(self, raw: RawBatch) -> None:
         """Add ``raw``'s events to the window state without scoring them (no outputs): a
         ``score`` job replays the history before its range so that the range's first

@@ -121,6 +121,12 @@ class TenantCountingHandler(BatchHandlerLike):
     def revoked(self, partitions: list[int]) -> None:
         self.inner.revoked(partitions)
 
+    def defer_state(self) -> None:
+        self.inner.defer_state()
+
+    def state_records(self) -> list[OutRecord]:
+        return self.inner.state_records()
+
 
 def prometheus_counter(registry: CollectorRegistry, pipeline: str) -> Callable[[str, int], None]:
     """``inc(tenant, n)`` on ``streamproc_tenant_events_total{pipeline, tenant}``."""

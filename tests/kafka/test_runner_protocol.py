@@ -689,6 +689,64 @@ def test_exactly_once_state_goes_in_the_batchs_transaction() -> None:
     assert broker.values("state") == [b"state-AB", b"state-CD"]
 
 
+class Deferring(Echo):
+    """A handler that keeps its state for the commit when told (``defer_state``): its state
+    is what it has handled so far, as a window store's is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred = False
+
+    def defer_state(self) -> None:
+        self.deferred = True
+
+    def state_records(self) -> list[OutRecord]:
+        if not self.deferred:
+            return []
+        return [OutRecord("state", b"k", b"state-" + b"".join(self.seen), partition=0)]
+
+
+class OverlappingDeferring(Overlapping, Deferring):
+    pass
+
+
+def test_at_least_once_deferred_state_is_asked_at_the_commit_before_the_next_batch() -> None:
+    # With no batch in flight the runner commits before the handler takes the next batch:
+    # the state it asks for then is that of exactly the batches produced and acknowledged,
+    # and it is produced and flushed before their offsets move.
+    broker = Broker(b"ABCDEFGH")
+    broker.deliver_on_poll = False
+    clock = Clock()
+    handler = Deferring()
+    runner = _runner(broker, handler, clock=clock, commit_interval_s=1.0)
+    assert handler.deferred
+    _steps(runner, 2)  # AB, CD: produced, not acknowledged
+    clock.now += 2.5  # due, and busy for two intervals: flush, state, flush, commit
+    _steps(runner, 1)  # EF is handled after that commit
+    assert handler.seen == [b"AB", b"CD", b"EF"]
+    assert broker.values("state") == [b"state-ABCD"] and broker.committed == {0: 4}
+    calls = [(c[0], c[1] if c[0] == "produce" else None) for c in broker.calls
+             if c[0] in ("produce", "flush", "commit")]  # fmt: skip
+    at = calls.index(("produce", "state"))
+    assert calls[at - 1] == ("flush", None)
+    assert calls[at + 1 :][:2] == [("flush", None), ("commit", None)]
+    _run_until_idle(broker, runner)  # GH, then the stop's flush and commit
+    assert broker.values("state")[-1] == b"state-ABCDEFGH" and broker.committed == {0: 8}
+    assert broker.violations == []
+
+
+@pytest.mark.parametrize("make, exactly_once", [(Deferring, True), (OverlappingDeferring, False)],
+                         ids=["exactly-once", "batch-in-flight"])  # fmt: skip
+def test_state_is_not_deferred_in_a_transaction_or_with_a_batch_in_flight(
+    make: type[Deferring], exactly_once: bool
+) -> None:
+    # Exactly-once writes each batch's state in its transaction; with a batch in flight the
+    # handler's state is already past the batch being committed.
+    handler = make()
+    _runner(Broker(b"AB"), handler, exactly_once=exactly_once)
+    assert not handler.deferred
+
+
 def test_the_handler_hears_of_assignments_and_revokes() -> None:
     broker = Broker(b"ABCDE")
     handler = Stateful()
