@@ -145,8 +145,9 @@ def test_a_due_commit_waits_for_an_empty_queue_then_for_a_flush(
     src, out = topic_factory("src"), topic_factory("out")
     runner = runner_factory(src, RunnerSettings(topic=src, commit_interval_s=1.0))
 
-    def batch(offset: int) -> None:
+    def batch(offset: int) -> None:  # as _process does: a due commit, then the batch
         record = OutRecord(out, b"k", b"v%d" % offset)
+        runner._commit_if_due()
         runner._commit(_one_record_batch(src, offset), Outputs(records=[record]))
 
     batch(9)
