@@ -44,6 +44,7 @@ COMPACT_MIN = 1 << 14
 # kernels.process).
 PREFETCH = 8
 _A = npt.NDArray[Any]
+_GONE: Any = np.empty(0, np.int64)  # the arena views while their buffer moves (reserve)
 # T, V, PSh, PSl, PQh, PQl, PC and bsh, bsl, bqh, bql, bc (see kernels.py)
 _Arena = tuple[_A, _A, _A, _A, _A, _A, _A]
 _Bases = tuple[_A, _A, _A, _A, _A]
@@ -239,10 +240,13 @@ class _Part:
         # One row of 8-byte words per event: time, values, then per summed field its running
         # sum (hi, lo) and count, then per squared field (hi, lo). Views of one buffer, so a
         # cold key's event is one or two cache lines rather than one per array.
+        buf = np.empty((n, self.lay.event_bytes // 8), _I64)
+        buf.fill(0)  # touched now: not a page fault per 4 kB as relocations reach it later
+        return self._views(buf)
+
+    def _views(self, buf: _A) -> _Arena:
         lay = self.lay
         nf, npr, nq = lay.nf, lay.npr, lay.nq
-        buf = np.empty((n, lay.event_bytes // 8), _I64)
-        buf.fill(0)  # touched now: not a page fault per 4 kB as relocations reach it later
         fl = buf.view(_F64)
         c = 1 + nf
         q = c + 3 * npr
@@ -281,10 +285,15 @@ class _Part:
         size = len(self.T)
         if self.top + extra <= size:
             return
-        new = self._new_arena(max(2 * size, self.top + extra))
-        _rows(new[0])[: self.top] = self.rows[: self.top]  # whole rows (see _new_arena)
+        # In place: realloc moves a large buffer's pages rather than copying them, and only
+        # the new rows are touched (numpy zeroes them). The old views would point into the
+        # freed buffer: the part's views are all made again from it at once.
+        buf = self.rows
+        assert buf.flags.owndata and buf.flags.c_contiguous
+        self.T = self.V = self.PSh = self.PSl = self.PQh = self.PQl = self.PC = _GONE
+        buf.resize((max(2 * size, self.top + extra), buf.shape[1]), refcheck=False)
         bmx, bmn = self.BMx, self.BMn
-        self._set_arena(*new)
+        self._set_arena(*self._views(buf))
         self.BMx[:, : bmx.shape[1]] = bmx
         self.BMn[:, : bmn.shape[1]] = bmn
 
