@@ -545,6 +545,9 @@ class ExplanationWorker:
             self._cv.notify_all()
         return n
 
+    def flush_due(self) -> None:
+        """Nothing to do: the thread takes each request as it is queued."""
+
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued request is explained (tests, benchmarks, shutdown)."""
         with self._cv:

@@ -71,6 +71,11 @@ class Explanations(Protocol):
 
     def discard_queued(self) -> int: ...
 
+    def flush_due(self) -> None:
+        """Send what waits past its linger (the pipeline found nothing to read: no next
+        batch will); never blocks."""
+        ...
+
     def wait_idle(self, timeout_s: float) -> bool: ...
 
     def close(self, timeout_s: float = 5.0) -> None: ...
@@ -103,8 +108,10 @@ class ExplanationProcess:
         max_cpu_share: float = 1.0,
         nice: int = 0,
         linger_ms: float = 50.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.specs = specs
+        self._clock = clock
         self.queue_size = queue_size
         self.batch = batch
         self.linger_s = linger_ms / 1000.0
@@ -190,12 +197,21 @@ class ExplanationProcess:
             self._pending += took
             self._counts.queued += took
             if self._held_since is None:
-                self._held_since = time.monotonic()
+                self._held_since = self._clock()
         if self._held_since is not None and (
-            self._held_rows >= self.batch or time.monotonic() - self._held_since >= self.linger_s
+            self._held_rows >= self.batch or self._clock() - self._held_since >= self.linger_s
         ):
             self._flush()
         return dropped
+
+    def flush_due(self) -> None:
+        """Rows held past ``linger_ms`` go to the child now, and what the pipe did not take
+        before is written (an idle stream sends no next batch to carry them)."""
+        if self._held_since is not None and self._clock() - self._held_since >= self.linger_s:
+            self._flush()
+        else:
+            self._pump()
+            self._drain(0.0)
 
     def _flush(self) -> None:
         """Send what is held as one message (the ids found only now, for the rows taken),

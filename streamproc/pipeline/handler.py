@@ -61,6 +61,11 @@ class Monitor(Protocol):
     ) -> list[Alert]:
         return []
 
+    def idle(self) -> None:
+        """The pipeline found nothing to read: work held for a next batch may go out now
+        (the explanations' linger)."""
+        return None
+
 
 class NullMonitor(Monitor):
     """No drift monitoring: :meth:`Monitor.observe`'s default."""
@@ -190,7 +195,9 @@ class BatchHandler(BatchHandlerLike):
         return self.finish(self.start(raw))
 
     def pending(self) -> list[OutRecord]:
-        """The rollout guard's alerts decided since the last batch (a rollback), as records."""
+        """The rollout guard's alerts decided since the last batch (a rollback), as records.
+        Asked when there is nothing to read: the monitor's held work goes out too."""
+        self.monitor.idle()
         alerts = self.scorer.drain_alerts()
         if not alerts:
             return []

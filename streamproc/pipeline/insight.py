@@ -145,6 +145,11 @@ class InsightMonitor(Monitor, RowScores):
         self.last_outlier_scores: npt.NDArray[np.float64] = np.zeros(0)
         self._written: npt.NDArray[np.float64] | None = None  # by scores(), for observe()
 
+    def idle(self) -> None:
+        self.inner.idle()
+        if self.worker is not None:
+            self.worker.flush_due()
+
     def _follow(self, spec: ModelSpec) -> None:
         """(Re)build the per-version state against ``spec``'s reference profile."""
         if spec.version == self._version:

@@ -187,3 +187,29 @@ def test_with_outliers_off_the_prediction_outlier_score_is_null():
         assert len(preds) == 20
         assert all(p["outlier_score"] is None for p in preds)
     backend.close()
+
+
+class _Worker:
+    """An explanation worker that counts the idle pipeline's calls."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush_due(self) -> None:
+        self.flushes += 1
+
+
+def test_an_idle_pipeline_has_the_explanations_held_rows_sent():
+    # The runner asks the handler for its pending records when it finds nothing to read;
+    # the explanation worker then sends the rows it holds for their linger, which no next
+    # batch would carry on an idle stream.
+    spec = load_model_spec(DEMO)
+    backend = OnnxRuntimeBackend.from_spec(spec)
+    settings = InsightSettings.model_validate({"explanations": {"enabled": True}})
+    tap = KeyTap(SingleScorer(spec, backend))
+    worker = _Worker()
+    mon = InsightMonitor(StreamMonitor(spec, DriftConfig(), load_profile(spec)), tap, settings,
+                         worker=worker)  # type: ignore[arg-type]  # fmt: skip
+    h = _handler(spec, tap, mon)
+    assert h.pending() == [] and worker.flushes == 1
+    backend.close()

@@ -112,6 +112,28 @@ def test_discarded_requests_are_counted_as_dropped(tmp_path):
     assert (p.counts.explained, p.counts.dropped) == (0, 10)
 
 
+def test_rows_held_past_their_linger_go_out_when_flush_due_is_called(tmp_path):
+    # An idle stream sends no next batch: the pipeline calls flush_due (through its
+    # monitor's idle hook) and the held rows reach the child once their linger has passed.
+    now = [0.0]
+    spec, p = proc(tmp_path, linger_ms=50, clock=lambda: now[0])
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    p.submit_rows(["e0", "e1", "e2"], spec.version, x, np.arange(3))
+    p.flush_due()  # 0 ms held: not due
+    assert p._held_rows == 3
+    now[0] = 0.05
+    p.flush_due()
+    assert p._held_rows == 0
+    deadline = time.monotonic() + 60  # the child starts an interpreter first
+    while len(read(tmp_path / "out.jsonl")) < 3 and time.monotonic() < deadline:
+        p.flush_due()  # takes the acknowledgements; never waits
+        time.sleep(0.05)
+    assert sorted(r["event_id"] for r in read(tmp_path / "out.jsonl")) == ["e0", "e1", "e2"]
+    assert p.wait_idle(30)
+    p.close()
+    assert p.counts.explained == 3
+
+
 def test_a_daemonic_process_explains_on_a_thread(monkeypatch):
     """A `score --workers N` worker is daemonic and may not start the explainer's process."""
     import multiprocessing as mp
