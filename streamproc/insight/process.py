@@ -32,6 +32,7 @@ import os
 import pickle
 import select
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -112,6 +113,10 @@ class ExplanationProcess:
     ) -> None:
         self.specs = specs
         self._clock = clock
+        # The pipeline's thread submits and flushes when idle; a stop (or a test, a
+        # benchmark) may wait_idle from another thread: one at a time on the pipes and
+        # their poll object. The idle flush never waits for it.
+        self._lock = threading.Lock()
         self.queue_size = queue_size
         self.batch = batch
         self.linger_s = linger_ms / 1000.0
@@ -186,6 +191,16 @@ class ExplanationProcess:
         for the child; returns how many were dropped (``queue_size`` outstanding). Never
         blocks: the rows are copied here and go to the child in one message per
         ``linger_ms`` (or per ``batch`` rows), written to a non-blocking pipe."""
+        with self._lock:
+            return self._submit(event_ids, versions, x, rows)
+
+    def _submit(
+        self,
+        event_ids: Sequence[str],
+        versions: Sequence[str] | str,
+        x: npt.NDArray[np.float32],
+        rows: npt.NDArray[np.intp],
+    ) -> int:
         took = max(0, min(len(rows), self.queue_size - self._pending))
         dropped = len(rows) - took
         self._counts.dropped += dropped
@@ -207,11 +222,16 @@ class ExplanationProcess:
     def flush_due(self) -> None:
         """Rows held past ``linger_ms`` go to the child now, and what the pipe did not take
         before is written (an idle stream sends no next batch to carry them)."""
-        if self._held_since is not None and self._clock() - self._held_since >= self.linger_s:
-            self._flush()
-        else:
-            self._pump()
-            self._drain(0.0)
+        if not self._lock.acquire(blocking=False):  # another thread is at it: no wait
+            return
+        try:
+            if self._held_since is not None and self._clock() - self._held_since >= self.linger_s:
+                self._flush()
+            else:
+                self._pump()
+                self._drain(0.0)
+        finally:
+            self._lock.release()
 
     def _flush(self) -> None:
         """Send what is held as one message (the ids found only now, for the rows taken),
@@ -262,24 +282,28 @@ class ExplanationProcess:
     def discard_queued(self) -> int:
         """Drop what is held here, and have the child drop what it has not begun (counted
         as dropped when it says so); returns how many were outstanding."""
-        n = self._pending
-        self._counts.dropped += self._held_rows
-        self._pending -= self._held_rows
-        self._held, self._held_rows, self._held_since = [], 0, None
-        self._epoch.value += 1
-        return n
+        with self._lock:
+            n = self._pending
+            self._counts.dropped += self._held_rows
+            self._pending -= self._held_rows
+            self._held, self._held_rows, self._held_since = [], 0, None
+            self._epoch.value += 1
+            return n
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until the child has acknowledged every request sent."""
         end = time.monotonic() + timeout_s
-        self._flush()
-        while self._pending > 0:
-            left = end - time.monotonic()
-            if left <= 0 or not self._proc.is_alive():
-                return False
-            self._pump()
-            self._drain(min(left, 0.05 if self._out else 0.5))
-        return True
+        with self._lock:
+            self._flush()
+        while True:
+            with self._lock:  # taken a short wait at a time: the pipeline may submit
+                if self._pending <= 0:
+                    return True
+                left = end - time.monotonic()
+                if left <= 0 or not self._proc.is_alive():
+                    return False
+                self._pump()
+                self._drain(min(left, 0.05))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Explain what is outstanding (up to ``timeout_s``), then stop the child (its sink
@@ -297,7 +321,8 @@ class ExplanationProcess:
             log.warning("the explanation process did not stop in %.0f s: terminated", timeout_s)
             self._proc.terminate()
             self._proc.join(timeout_s)
-        self._drain(0.0)
+        with self._lock:
+            self._drain(0.0)
         for end in (self._req, self._spec, self._ack):
             end.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -132,6 +133,34 @@ def test_rows_held_past_their_linger_go_out_when_flush_due_is_called(tmp_path):
     assert p.wait_idle(30)
     p.close()
     assert p.counts.explained == 3
+
+
+def test_the_idle_flush_and_a_wait_from_another_thread_take_turns(tmp_path):
+    # The processor's loop calls flush_due whenever it finds nothing to read, while a stop
+    # (or a test) waits for the child from another thread: both use the acknowledgements'
+    # poll object, which allows one caller at a time.
+    spec, p = proc(tmp_path, linger_ms=0)
+    x = np.zeros((20, 2), dtype=np.float32)
+    p.submit_rows([f"e{i}" for i in range(20)], spec.version, x, np.arange(20))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def idle_loop():
+        try:
+            while not stop.is_set():
+                p.flush_due()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=idle_loop)
+    t.start()
+    try:
+        assert p.wait_idle(60)
+    finally:
+        stop.set()
+        t.join()
+    p.close()
+    assert errors == [] and p.counts.explained == 20
 
 
 def test_a_daemonic_process_explains_on_a_thread(monkeypatch):
